@@ -1,0 +1,160 @@
+import datetime
+
+from baton.v1 import job_pb2 as _job_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("spec_yaml", "spec", "start_step", "request_id", "dry_run")
+    SPEC_YAML_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    START_STEP_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    spec_yaml: str
+    spec: _job_pb2.JobSpec
+    start_step: int
+    request_id: str
+    dry_run: bool
+    def __init__(self, spec_yaml: _Optional[str] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., start_step: _Optional[int] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("project", "group", "name", "states", "page_size", "page_token")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    group: str
+    name: str
+    states: _containers.RepeatedScalarFieldContainer[_job_pb2.JobState]
+    page_size: int
+    page_token: str
+    def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_job_pb2.JobState, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class PauseJobRequest(_message.Message):
+    __slots__ = ("job_id", "mode")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    mode: _job_pb2.PauseMode
+    def __init__(self, job_id: _Optional[str] = ..., mode: _Optional[_Union[_job_pb2.PauseMode, str]] = ...) -> None: ...
+
+class ResumeJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id", "grace_period", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    grace_period: _duration_pb2.Duration
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DeleteJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DeleteJobResponse(_message.Message):
+    __slots__ = ("job_id", "revision")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    revision: int
+    def __init__(self, job_id: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class StreamLogsRequest(_message.Message):
+    __slots__ = ("job_id", "offset", "tail_lines", "follow")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    offset: int
+    tail_lines: int
+    follow: bool
+    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ..., tail_lines: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class WatchJobsRequest(_message.Message):
+    __slots__ = ("since_revision", "project", "group", "name")
+    SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    since_revision: int
+    project: str
+    group: str
+    name: str
+    def __init__(self, since_revision: _Optional[int] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class GetConductorInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JobStateCount(_message.Message):
+    __slots__ = ("state", "count")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    state: _job_pb2.JobState
+    count: int
+    def __init__(self, state: _Optional[_Union[_job_pb2.JobState, str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ExecutorInfo(_message.Message):
+    __slots__ = ("name", "pause_modes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_MODES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    pause_modes: _containers.RepeatedScalarFieldContainer[_job_pb2.PauseMode]
+    def __init__(self, name: _Optional[str] = ..., pause_modes: _Optional[_Iterable[_Union[_job_pb2.PauseMode, str]]] = ...) -> None: ...
+
+class GetConductorInfoResponse(_message.Message):
+    __slots__ = ("version", "pid", "start_time", "job_counts", "executors", "revision", "status_dir", "checkpoints_dir", "max_running")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    JOB_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTORS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_DIR_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_DIR_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    pid: int
+    start_time: _timestamp_pb2.Timestamp
+    job_counts: _containers.RepeatedCompositeFieldContainer[JobStateCount]
+    executors: _containers.RepeatedCompositeFieldContainer[ExecutorInfo]
+    revision: int
+    status_dir: str
+    checkpoints_dir: str
+    max_running: int
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Iterable[_Union[JobStateCount, _Mapping]]] = ..., executors: _Optional[_Iterable[_Union[ExecutorInfo, _Mapping]]] = ..., revision: _Optional[int] = ..., status_dir: _Optional[str] = ..., checkpoints_dir: _Optional[str] = ..., max_running: _Optional[int] = ...) -> None: ...

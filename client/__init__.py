@@ -1,0 +1,1 @@
+"""The Python client for Baton and the ``baton`` command line."""

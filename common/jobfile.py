@@ -1,0 +1,57 @@
+"""status.json: a Job in the proto3 JSON mapping, written atomically.
+
+Writers replace the file with a rename, so readers see whole records only.
+Readers ignore unknown fields: a newer conductor may add some.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from baton.v1 import job_pb2
+
+
+def job_to_json(job: job_pb2.Job) -> str:
+    return json_format.MessageToJson(job, indent=1, sort_keys=True)
+
+
+def job_from_json(text: str | bytes) -> job_pb2.Job:
+    """Parse a status.json; raises ValueError when it is not a Job."""
+    try:
+        return json_format.Parse(text, job_pb2.Job(), ignore_unknown_fields=True)
+    except (json_format.ParseError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a Job in proto3 JSON: {exc}") from None
+
+
+def read_job(path: Path) -> job_pb2.Job:
+    """Read one status.json (blocking; call from a worker thread)."""
+    with open(path, "rb") as f:
+        return job_from_json(f.read())
+
+
+def write_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Replace ``path`` with ``data`` via a temp file and rename (blocking)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_job(path: Path, job: job_pb2.Job) -> None:
+    write_atomic(path, job_to_json(job).encode())

@@ -1,0 +1,153 @@
+"""gRPC plumbing both servers share: error translation, auth, request logging,
+health and reflection, and a server that stops cleanly.
+
+Servicers raise domain errors (``common.errors``); ``translate_errors`` turns
+them into status codes with rich details, so no servicer picks a code itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.errors import BatonError, grpc_status, invalid_field
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: BatonError) -> None:
+    status = grpc_status(err)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def translate_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a servicer method (unary or server-streaming) to map domain errors."""
+    import inspect
+
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except BatonError as err:
+                await _abort(context, err)
+
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except BatonError as err:
+            await _abort(context, err)
+
+    return unary
+
+
+def required(field: str, value: str) -> str:
+    """``value`` when set; InvalidArgument naming ``field`` when empty."""
+    if not value:
+        raise invalid_field(field, "is required")
+    return value
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost listen addresses."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every call but health and reflection."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if details.method.startswith(_OPEN_METHODS):
+            return await continuation(details)
+        sent = dict(details.invocation_metadata or ()).get("authorization")
+        if sent is None:
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer' metadata")
+        sent_bytes = sent.encode() if isinstance(sent, str) else sent
+        if not hmac.compare_digest(sent_bytes, self._expected):
+            return _deny(grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not valid")
+        return await continuation(details)
+
+
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    # Same shape for every RPC kind: the request is rejected before it is read.
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+class RequestLog(grpc.aio.ServerInterceptor):
+    """Binds the method to structlog's context for each call and logs unary calls."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(method=details.method)
+        return await continuation(details)
+
+
+async def build_server(
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    listen: str,
+    token: str | None,
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A started grpc.aio server with our services, health and reflection."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestLog()]
+    if token:
+        interceptors.append(TokenAuth(token))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    for name in ("", *service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
+
+
+def monotonic_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)

@@ -1,0 +1,269 @@
+"""The job spec: parsed from YAML or protobuf, validated once, turned into a JobSpec.
+
+Both services and the command line use this model, so a spec means the same
+everywhere. Validation errors name the field at fault (``spec.steps[1].command``).
+"""
+
+from __future__ import annotations
+
+import re
+import signal as _signal
+from typing import Any
+
+import yaml
+from google.protobuf import duration_pb2, json_format
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from baton.v1 import job_pb2
+from common.durations import parse_duration
+from common.errors import FieldViolation, InvalidArgument, invalid_field
+from common.names import name_problem
+
+DEFAULT_PAUSE_GRACE = 30.0
+DEFAULT_EXECUTOR = "local"
+MAX_RETRIES = 100
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
+
+
+def _check_name(value: str) -> str:
+    problem = name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _duration(value: Any) -> float:
+    try:
+        return parse_duration(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc) or "not a duration") from None
+
+
+def signal_name(value: str | int) -> str:
+    """Normalise "TERM", "SIGTERM" or 15 to "SIGTERM"; ValueError if unknown."""
+    try:
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            return _signal.Signals(int(value)).name
+        text = str(value).upper()
+        return _signal.Signals[text if text.startswith("SIG") else "SIG" + text].name
+    except (KeyError, ValueError):
+        raise ValueError(f"{value!r} is not a signal name such as SIGTERM or SIGUSR1") from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepModel(_Strict):
+    name: str
+    command: str
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class PauseModel(_Strict):
+    signal: str = "SIGTERM"
+    grace: float = DEFAULT_PAUSE_GRACE
+
+    @field_validator("signal", mode="before")
+    @classmethod
+    def _signal(cls, v: Any) -> str:
+        return signal_name(v)
+
+    _grace = field_validator("grace", mode="before")(lambda v: _duration(v))
+
+
+class ResourcesModel(_Strict):
+    cpus: float = Field(default=0, ge=0)
+    memory: int = Field(default=0, ge=0, description="bytes")
+    gpus: int = Field(default=0, ge=0)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        m = _SIZE.fullmatch(str(v).strip())
+        if not m:
+            raise ValueError(f"{v!r} is not a size such as 512M or 4Gi")
+        return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
+class SpecModel(_Strict):
+    """A validated job spec."""
+
+    name: str
+    project: str = "default"
+    group: str = "default"
+    command: str | None = None
+    steps: list[StepModel] | None = None
+    workdir: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    max_duration: float | None = None
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    pause: PauseModel = Field(default_factory=PauseModel)
+    executor: str = DEFAULT_EXECUTOR
+    resources: ResourcesModel = Field(default_factory=ResourcesModel)
+
+    _names = field_validator("name", "project", "group")(_check_name)
+
+    @field_validator("max_duration", mode="before")
+    @classmethod
+    def _max_duration(cls, v: Any) -> float | None:
+        if v is None:
+            return None
+        seconds = _duration(v)
+        if seconds <= 0:
+            raise ValueError("must be positive")
+        return seconds
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> dict[str, str]:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError("must be a mapping of variable names to values")
+        out: dict[str, str] = {}
+        for key, value in v.items():
+            if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if key.startswith("BATON_"):
+                raise ValueError(f"{key!r}: BATON_* variables are set by Baton")
+            if isinstance(value, dict | list) or value is None:
+                raise ValueError(f"{key}: value must be a string or number")
+            out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, v: str) -> str:
+        return _check_name(v)
+
+    @model_validator(mode="after")
+    def _command_or_steps(self) -> SpecModel:
+        if (self.command is None) == (not self.steps):
+            raise ValueError("give exactly one of 'command' and 'steps'")
+        if self.steps:
+            seen: set[str] = set()
+            for step in self.steps:
+                if step.name in seen:
+                    raise ValueError(f"step name {step.name!r} is used twice")
+                seen.add(step.name)
+        return self
+
+    def effective_steps(self) -> list[StepModel]:
+        """The steps to run: ``steps``, or one step named "main" for ``command``."""
+        if self.steps:
+            return list(self.steps)
+        assert self.command is not None
+        return [StepModel(name="main", command=self.command)]
+
+
+def _violations(exc: ValidationError, prefix: str) -> InvalidArgument:
+    out: list[FieldViolation] = []
+    for err in exc.errors():
+        path = prefix
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append(FieldViolation(path, msg))
+    summary = "; ".join(f"{v.field}: {v.description}" for v in out)
+    return InvalidArgument(message=f"invalid job spec: {summary}", violations=out)
+
+
+def from_mapping(data: Any, prefix: str = "spec") -> SpecModel:
+    """Validate a mapping (from YAML or JSON). Raises InvalidArgument."""
+    if not isinstance(data, dict):
+        raise invalid_field(prefix, "must be a mapping with at least 'name' and 'command'")
+    try:
+        return SpecModel.model_validate(data)
+    except ValidationError as exc:
+        raise _violations(exc, prefix) from None
+
+
+def from_yaml(text: str) -> SpecModel:
+    """Parse and validate a YAML spec. Raises InvalidArgument naming the field."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise invalid_field("spec_yaml", f"not valid YAML{where}: {problem}") from None
+    return from_mapping(data)
+
+
+def from_proto(spec: job_pb2.JobSpec) -> SpecModel:
+    """Validate a JobSpec message. Raises InvalidArgument naming the field."""
+    data = json_format.MessageToDict(spec, preserving_proto_field_name=True)
+    resources = data.get("resources")
+    if isinstance(resources, dict) and "memory_bytes" in resources:
+        resources["memory"] = int(resources.pop("memory_bytes"))
+    for key in ("command", "workdir"):
+        if data.get(key) == "":
+            data.pop(key)
+    if not data.get("steps"):
+        data.pop("steps", None)
+        data.setdefault("command", spec.command)
+    if not data.get("executor"):
+        data.pop("executor", None)
+    return from_mapping(data)
+
+
+def _to_duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def to_proto(model: SpecModel) -> job_pb2.JobSpec:
+    """The normalised JobSpec message for a validated spec."""
+    spec = job_pb2.JobSpec(
+        name=model.name,
+        project=model.project,
+        group=model.group,
+        command=model.command or "",
+        steps=[job_pb2.Step(name=s.name, command=s.command) for s in model.steps or []],
+        workdir=model.workdir or "",
+        env=model.env,
+        retries=model.retries,
+        pause=job_pb2.PausePolicy(signal=model.pause.signal, grace=_to_duration(model.pause.grace)),
+        executor=model.executor,
+        resources=job_pb2.Resources(
+            cpus=model.resources.cpus,
+            memory_bytes=model.resources.memory,
+            gpus=model.resources.gpus,
+        ),
+    )
+    if model.max_duration is not None:
+        spec.max_duration.CopyFrom(_to_duration(model.max_duration))
+    return spec

@@ -1,0 +1,1 @@
+"""The conductor: the only writer of jobs, their state and their status files."""

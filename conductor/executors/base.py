@@ -1,0 +1,111 @@
+"""The executor interface, shaped for remote engines from the start.
+
+A launch is named before it happens (``prepare``), so the lifecycle can record
+the name durably first and, after a conductor restart, ask the executor what
+became of it (``reattach``) by that name alone: running, ended (with its exit
+status), or never started. That is what lets a restarted conductor neither lose
+a job nor run one twice, whether the engine is a local process group, a Ray
+job submission or a Slurm job.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton.v1 import job_pb2
+
+
+class LaunchError(Exception):
+    """The executor could not start the launch; the message says why."""
+
+
+class Unsupported(Exception):
+    """The executor cannot do what was asked (for example, suspend)."""
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One run of one step: what to start, where its output goes."""
+
+    job_id: str
+    command: str
+    env: Mapping[str, str]
+    workdir: str
+    log_path: str
+    resources: job_pb2.Resources = field(default_factory=job_pb2.Resources)
+
+
+@dataclass
+class Handle:
+    """The executor's durable name for one launch; ``data`` is JSON-safe."""
+
+    executor: str
+    launch_id: str
+    external_id: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a launch ended. ``exit_code`` is None when it could not be learned."""
+
+    exit_code: int | None
+    signal: int | None = None
+    detail: str = ""
+
+
+class Presence(enum.Enum):
+    RUNNING = "running"
+    ENDED = "ended"
+    NOT_STARTED = "not_started"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    presence: Presence
+    status: ExitStatus | None = None
+
+
+class Executor(abc.ABC):
+    """Runs launches. Every method is async and never blocks the event loop."""
+
+    name: str
+    pause_modes: frozenset[int]
+
+    @abc.abstractmethod
+    def prepare(self, job_id: str, launch_seq: int) -> Handle:
+        """Name a launch without starting anything (no side effects)."""
+
+    @abc.abstractmethod
+    async def launch(self, handle: Handle, spec: LaunchSpec) -> Handle:
+        """Start the launch named by ``handle``; return it with external ids filled in."""
+
+    @abc.abstractmethod
+    async def reattach(self, handle: Handle) -> Attachment:
+        """After a restart: is the launch running, ended (and how), or never started?"""
+
+    @abc.abstractmethod
+    async def wait(self, handle: Handle) -> ExitStatus:
+        """Wait for a running launch to end."""
+
+    @abc.abstractmethod
+    async def signal(self, handle: Handle, signum: int) -> None:
+        """Send ``signum`` to every process of the launch."""
+
+    async def suspend(self, handle: Handle) -> None:
+        """Freeze every process of the launch in place."""
+        raise Unsupported(f"the {self.name} executor cannot suspend a job")
+
+    async def resume(self, handle: Handle) -> None:
+        """Thaw a suspended launch."""
+        raise Unsupported(f"the {self.name} executor cannot suspend a job")
+
+    async def forget(self, job_id: str) -> None:
+        """Drop what the executor keeps for an ended job (called on delete)."""
+
+    async def close(self) -> None:
+        """Stop watching launches; running ones keep running."""

@@ -1,0 +1,884 @@
+"""The lifecycle: the one state machine of the conductor.
+
+Every rule about jobs lives here: the queue and its limit, the transitions,
+steps and retries, pause in both modes, cancel and its grace, time limits,
+heartbeats, and recovery after a restart. Everything else is plumbing around
+it: the registry remembers, executors run processes, the publisher writes
+status.json, the servicer translates.
+
+Each change to a job gets the next revision and is handed to the registry in
+revision order. Any step with an outside effect (starting or signalling a
+process, answering a submit) waits until the change before it is durable, so
+a conductor killed at any moment neither loses a job nor runs one twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal as _signal
+import time
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from google.protobuf import timestamp_pb2
+
+from baton.v1 import job_pb2
+from common import spec as specs
+from common.durations import format_duration
+from common.errors import FailedPrecondition, NotFound, invalid_field
+from common.layout import Layout
+from common.paging import decode_token, encode_token, page_size
+from conductor.executors.base import (
+    Executor,
+    ExitStatus,
+    Handle,
+    LaunchError,
+    LaunchSpec,
+    Presence,
+    Unsupported,
+)
+from conductor.publisher import Publisher
+from conductor.registry import Registry
+
+log = structlog.get_logger(__name__)
+
+S = job_pb2
+TERMINAL = frozenset({S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED})
+DEFAULT_CANCEL_GRACE = 10.0
+RETRY_BACKOFF_FIRST = 1.0
+RETRY_BACKOFF_MAX = 60.0
+
+EventListener = Callable[[job_pb2.JobEvent], None]
+
+
+def state_name(state: int) -> str:
+    return S.JobState.Name(state).removeprefix("JOB_STATE_")
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _new_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def retry_backoff(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: 1 s doubling, at most 60 s."""
+    return float(min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_FIRST * 2 ** (attempt - 1)))
+
+
+def describe_exit(status: ExitStatus) -> str:
+    if status.exit_code is None:
+        return status.detail or "exit status unknown"
+    if status.signal is not None:
+        return f"killed by {_signal.Signals(status.signal).name}"
+    return f"exit code {status.exit_code}"
+
+
+@dataclass
+class _Run:
+    """What the lifecycle keeps about one job beyond the Job message itself."""
+
+    seq: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    handle: Handle | None = None
+    launch_seq: int = 0
+    holds_slot: bool = False
+    waiter: asyncio.Task[None] | None = None
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    # Persisted notes, so a restarted conductor can finish what was started.
+    cancel_reason: str = ""
+    kill_at: float | None = None
+    killed: bool = False
+    retry_at: float | None = None
+    resuming: bool = False
+    paused_at: float | None = None
+    paused_seconds: float = 0.0
+
+    def to_json(self) -> str:
+        h = self.handle
+        return json.dumps(
+            {
+                "handle": None
+                if h is None
+                else {
+                    "executor": h.executor,
+                    "launch_id": h.launch_id,
+                    "external_id": h.external_id,
+                    "data": h.data,
+                },
+                "launch_seq": self.launch_seq,
+                "cancel_reason": self.cancel_reason,
+                "kill_at": self.kill_at,
+                "killed": self.killed,
+                "retry_at": self.retry_at,
+                "resuming": self.resuming,
+                "paused_at": self.paused_at,
+                "paused_seconds": self.paused_seconds,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, seq: int, text: str | None) -> _Run:
+        run = cls(seq=seq)
+        if not text:
+            return run
+        d: dict[str, Any] = json.loads(text)
+        h = d.get("handle")
+        if h:
+            run.handle = Handle(h["executor"], h["launch_id"], h.get("external_id", ""), h["data"])
+        run.launch_seq = d.get("launch_seq", 0)
+        run.cancel_reason = d.get("cancel_reason", "")
+        run.kill_at = d.get("kill_at")
+        run.killed = d.get("killed", False)
+        run.retry_at = d.get("retry_at")
+        run.resuming = d.get("resuming", False)
+        run.paused_at = d.get("paused_at")
+        run.paused_seconds = d.get("paused_seconds", 0.0)
+        return run
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    project: str = ""
+    group: str = ""
+    name: str = ""
+    states: tuple[int, ...] = ()
+
+    def matches(self, job: job_pb2.Job) -> bool:
+        return (
+            (not self.project or job.project == self.project)
+            and (not self.group or job.group == self.group)
+            and (not self.name or job.name == self.name)
+            and (not self.states or job.state in self.states)
+        )
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        registry: Registry,
+        executors: dict[str, Executor],
+        layout: Layout,
+        publisher: Publisher,
+        *,
+        max_running: int,
+        heartbeat_interval: float = 30.0,
+    ) -> None:
+        self._registry = registry
+        self._executors = executors
+        self._layout = layout
+        self._publisher = publisher
+        self.max_running = max_running
+        self._heartbeat_interval = heartbeat_interval
+        self._jobs: dict[str, job_pb2.Job] = {}
+        self._runs: dict[str, _Run] = {}
+        self._order: list[int] = []  # seqs, ascending
+        self._by_seq: dict[int, str] = {}
+        self._by_request: dict[str, str] = {}
+        self._durable: dict[str, asyncio.Future[None]] = {}
+        self._queue: deque[str] = deque()
+        self._slots = 0
+        self._revision = 0
+        self._next_seq = 1
+        self._listeners: list[EventListener] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ start/stop
+
+    async def start(self) -> None:
+        """Load the registry and pick up every job that had not ended."""
+        stored = await self._registry.open()
+        max_rev = getattr(self._registry, "max_revision", 0)
+        recent = time.time() - 3600
+        for item in stored:
+            job = item.job
+            self._jobs[job.id] = job
+            self._runs[job.id] = _Run.from_json(item.seq, item.runtime)
+            self._order.append(item.seq)
+            self._by_seq[item.seq] = job.id
+            if job.request_id:
+                self._by_request[job.request_id] = job.id
+            max_rev = max(max_rev, job.revision)
+            self._next_seq = max(self._next_seq, item.seq + 1)
+            # Repair a status.json whose write a crash may have cut off.
+            if job.state not in TERMINAL or job.update_time.seconds >= recent:
+                self._publisher.publish(job)
+        self._order.sort()
+        self._revision = max_rev
+        for job_id in [self._by_seq[s] for s in self._order]:
+            if self._jobs[job_id].state not in TERMINAL:
+                await self._recover(job_id)
+        self._schedule()
+        self._heartbeat_task = asyncio.create_task(self._heartbeats())
+        log.info(
+            "lifecycle_started",
+            jobs=len(self._jobs),
+            revision=self._revision,
+            queued=len(self._queue),
+            running=self._slots,
+        )
+
+    async def stop(self) -> None:
+        """Stop supervising; jobs keep running and a new conductor re-attaches."""
+        self._closed = True
+        if self._heartbeat_task:
+            self._heartbeat_task.cancel()
+        for run in self._runs.values():
+            for timer in run.timers.values():
+                timer.cancel()
+            if run.waiter:
+                run.waiter.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        waiting = [r.waiter for r in self._runs.values() if r.waiter] + list(self._tasks)
+        await asyncio.gather(*waiting, return_exceptions=True)
+        for ex in self._executors.values():
+            await ex.close()
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Call ``listener`` with every change, in revision order."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: EventListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, job_id: str) -> job_pb2.Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
+        return job
+
+    def list(self, flt: ListFilter, size: int, token: str) -> tuple[list[job_pb2.Job], str]:
+        """Matching jobs, newest first, one page at a time."""
+        limit = page_size(size)
+        key = [flt.project, flt.group, flt.name, sorted(flt.states)]
+        after = decode_token("conductor.jobs", key, token)
+        if after is not None and not isinstance(after, int):
+            raise invalid_field("page_token", "is not a page token from this list")
+        # Newest first: walk the seqs downwards from just below the last one sent.
+        idx = len(self._order) if after is None else bisect_left(self._order, after)
+        out: list[job_pb2.Job] = []
+        while idx > 0:
+            idx -= 1
+            job = self._jobs[self._by_seq[self._order[idx]]]
+            if flt.matches(job):
+                if len(out) == limit:
+                    return out, encode_token("conductor.jobs", key, self._runs[out[-1].id].seq)
+                out.append(job)
+        return out, ""
+
+    def jobs(self, flt: ListFilter) -> Iterable[job_pb2.Job]:
+        """Every matching job, oldest first (for snapshots)."""
+        for seq in list(self._order):
+            job = self._jobs[self._by_seq[seq]]
+            if flt.matches(job):
+                yield job
+
+    def counts(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for job in self._jobs.values():
+            out[job.state] = out.get(job.state, 0) + 1
+        return out
+
+    def executor_modes(self) -> dict[str, frozenset[int]]:
+        return {name: ex.pause_modes for name, ex in self._executors.items()}
+
+    # ------------------------------------------------------------------ commands
+
+    async def submit(
+        self,
+        model: specs.SpecModel,
+        *,
+        start_step: int = 0,
+        request_id: str = "",
+        dry_run: bool = False,
+    ) -> job_pb2.Job:
+        """Queue a job; answers once it is durable. Same ``request_id``, same job."""
+        if request_id and request_id in self._by_request and not dry_run:
+            job_id = self._by_request[request_id]
+            pending = self._durable.get(job_id)
+            if pending is not None:
+                await asyncio.shield(pending)
+            return self._jobs.get(job_id) or self.get(job_id)
+        if len(request_id) > 128:
+            raise invalid_field("request_id", "must be at most 128 characters")
+        if model.executor not in self._executors:
+            offered = ", ".join(sorted(self._executors))
+            raise invalid_field(
+                "spec.executor", f"unknown executor {model.executor!r}; this conductor offers: {offered}"
+            )
+        steps = model.effective_steps()
+        if start_step < 0 or start_step > len(steps):
+            raise invalid_field("start_step", f"must be between 1 and {len(steps)} (the step count)")
+        if model.workdir is not None and not os.path.isabs(model.workdir):
+            raise invalid_field("spec.workdir", "must be an absolute path")
+        spec = specs.to_proto(model)
+        job = job_pb2.Job(
+            project=model.project,
+            group=model.group,
+            name=model.name,
+            state=S.JOB_STATE_QUEUED,
+            spec=spec,
+            executor=model.executor,
+            request_id=request_id,
+            step_count=len(steps),
+            start_step=max(start_step, 1),
+            checkpoint_dir=str(self._layout.checkpoint_dir(model.project, model.group, model.name)),
+            create_time=_now(),
+        )
+        if dry_run:
+            return job
+        job_id = _new_id()
+        while job_id in self._jobs:
+            job_id = _new_id()
+        job.id = job.run_id = job_id
+        job.run_dir = str(self._layout.run_dir(job.project, job.group, job.name, job_id))
+        seq = self._next_seq
+        self._next_seq += 1
+        run = _Run(seq=seq)
+        self._runs[job_id] = run
+        self._order.append(seq)
+        self._by_seq[seq] = job_id
+        self._jobs[job_id] = job
+        if request_id:
+            self._by_request[request_id] = job_id
+        job, fut = self._commit(job_id, lambda j: None)
+        self._durable[job_id] = fut
+        try:
+            await fut
+        finally:
+            self._durable.pop(job_id, None)
+        self._queue.append(job_id)
+        self._schedule()
+        return job
+
+    async def cancel(self, job_id: str, grace: float | None, reason: str) -> job_pb2.Job:
+        run = self._run(job_id)
+        async with run.lock:
+            job = self._jobs[job_id]
+            if job.state in TERMINAL:
+                raise FailedPrecondition(
+                    f"job {job_id} has already ended ({state_name(job.state)})",
+                    reason="JOB_ALREADY_ENDED",
+                    metadata={"job_id": job_id, "state": state_name(job.state)},
+                )
+            if job.state == S.JOB_STATE_CANCELLING:
+                return job
+            reason = reason or "cancelled by request"
+            await self._cancel_locked(job_id, DEFAULT_CANCEL_GRACE if grace is None else grace, reason)
+            return self._jobs[job_id]
+
+    async def _cancel_locked(self, job_id: str, grace: float, reason: str) -> None:
+        run = self._runs[job_id]
+        job = self._jobs[job_id]
+        if run.handle is None:
+            # Nothing is running: queued, paused with a checkpoint, or between retries.
+            with contextlib.suppress(ValueError):
+                self._queue.remove(job_id)
+            await self._finish(job_id, S.JOB_STATE_CANCELLED, None, reason)
+            return
+        was_suspended = job.state == S.JOB_STATE_PAUSED
+        run.cancel_reason = reason
+        run.kill_at = time.time() + grace
+        self._stop_timer(run, "deadline")
+        await self._commit(job_id, lambda j: _set(j, state=S.JOB_STATE_CANCELLING, reason=reason))[1]
+        executor = self._executors[job.executor]
+        await executor.signal(run.handle, _signal.SIGTERM)
+        if was_suspended:
+            await executor.resume(run.handle)
+        self._arm_kill(job_id, grace)
+
+    async def pause(self, job_id: str, mode: int) -> job_pb2.Job:
+        run = self._run(job_id)
+        async with run.lock:
+            job = self._jobs[job_id]
+            if job.state != S.JOB_STATE_RUNNING:
+                raise FailedPrecondition(
+                    f"job {job_id} is {state_name(job.state)}; only a RUNNING job can be paused",
+                    reason="JOB_NOT_RUNNING",
+                    metadata={"job_id": job_id, "state": state_name(job.state)},
+                )
+            executor = self._executors[job.executor]
+            if mode == S.PAUSE_MODE_UNSPECIFIED:
+                suspend_ok = S.PAUSE_MODE_SUSPEND in executor.pause_modes
+                mode = S.PAUSE_MODE_SUSPEND if suspend_ok else S.PAUSE_MODE_CHECKPOINT
+            if mode not in executor.pause_modes:
+                raise FailedPrecondition(
+                    f"the {executor.name} executor cannot pause with {S.PauseMode.Name(mode)}",
+                    reason="PAUSE_MODE_UNSUPPORTED",
+                    metadata={"executor": executor.name, "mode": S.PauseMode.Name(mode)},
+                )
+            self._stop_timer(run, "deadline")
+            run.paused_at = time.time()
+            if run.handle is None:
+                # Between retries: nothing to stop; resume starts the step again.
+                self._stop_timer(run, "retry")
+                run.retry_at = None
+                self._release(job_id)
+                await self._commit(
+                    job_id,
+                    lambda j: _set(
+                        j,
+                        state=S.JOB_STATE_PAUSED,
+                        pause_mode=S.PAUSE_MODE_CHECKPOINT,
+                        reason="paused between attempts",
+                    ),
+                )[1]
+            elif mode == S.PAUSE_MODE_SUSPEND:
+                try:
+                    await executor.suspend(run.handle)
+                except Unsupported as exc:
+                    raise FailedPrecondition(str(exc), reason="PAUSE_MODE_UNSUPPORTED") from None
+                await self._commit(
+                    job_id, lambda j: _set(j, state=S.JOB_STATE_PAUSED, pause_mode=mode, reason="suspended")
+                )[1]
+            else:
+                grace = job.spec.pause.grace.ToTimedelta().total_seconds()
+                signum = _signal.Signals[job.spec.pause.signal or "SIGTERM"]
+                run.kill_at = time.time() + grace
+                run.killed = False
+                await self._commit(
+                    job_id,
+                    lambda j: _set(
+                        j,
+                        state=S.JOB_STATE_PAUSING,
+                        pause_mode=mode,
+                        reason=f"asked to checkpoint and exit ({signum.name}, "
+                        f"grace {format_duration(grace)})",
+                    ),
+                )[1]
+                await executor.signal(run.handle, signum)
+                self._arm_kill(job_id, grace)
+            self._schedule()
+            return self._jobs[job_id]
+
+    async def resume(self, job_id: str) -> job_pb2.Job:
+        run = self._run(job_id)
+        async with run.lock:
+            job = self._jobs[job_id]
+            if job.state != S.JOB_STATE_PAUSED:
+                raise FailedPrecondition(
+                    f"job {job_id} is {state_name(job.state)}; only a PAUSED job can be resumed",
+                    reason="JOB_NOT_PAUSED",
+                    metadata={"job_id": job_id, "state": state_name(job.state)},
+                )
+            if run.paused_at is not None:
+                run.paused_seconds += max(0.0, time.time() - run.paused_at)
+                run.paused_at = None
+            if run.handle is not None:
+                await self._executors[job.executor].resume(run.handle)
+                await self._commit(job_id, lambda j: _set(j, state=S.JOB_STATE_RUNNING, reason=""))[1]
+                self._arm_deadline(job_id)
+                return self._jobs[job_id]
+            run.resuming = True
+            if self._slots < self.max_running:
+                self._take_slot(job_id)
+                await self._launch(job_id, step=job.step, attempt=job.attempt, resume=True)
+            else:
+                await self._commit(
+                    job_id,
+                    lambda j: _set(j, state=S.JOB_STATE_QUEUED, reason="resumed; waiting for a free slot"),
+                )[1]
+                self._queue.appendleft(job_id)
+            return self._jobs[job_id]
+
+    async def delete(self, job_id: str) -> int:
+        """Remove an ended job and its run directory; checkpoints stay."""
+        run = self._run(job_id)
+        async with run.lock:
+            job = self._jobs[job_id]
+            if job.state not in TERMINAL:
+                raise FailedPrecondition(
+                    f"job {job_id} is {state_name(job.state)}; only an ended job can be deleted",
+                    reason="JOB_NOT_ENDED",
+                    metadata={"job_id": job_id, "state": state_name(job.state)},
+                )
+            self._revision += 1
+            gone = job_pb2.Job()
+            gone.CopyFrom(job)
+            gone.revision = self._revision
+            await self._registry.delete(gone)
+            del self._jobs[job_id]
+            del self._runs[job_id]
+            self._order.remove(run.seq)
+            del self._by_seq[run.seq]
+            if job.request_id:
+                self._by_request.pop(job.request_id, None)
+            self._publisher.remove(job_id, job.run_dir)
+            self._emit(job_pb2.JobEvent(revision=gone.revision, job=gone, type=S.JOB_EVENT_TYPE_DELETED))
+            await self._executors[job.executor].forget(job_id)
+            return gone.revision
+
+    # ------------------------------------------------------------------ internals
+
+    def _run(self, job_id: str) -> _Run:
+        self.get(job_id)
+        return self._runs[job_id]
+
+    def _commit(
+        self, job_id: str, mutate: Callable[[job_pb2.Job], None], *, event: bool = True
+    ) -> tuple[job_pb2.Job, asyncio.Future[None]]:
+        """Apply a change: next revision, registry write, status.json, listeners.
+
+        The new Job replaces the old object (never mutated in place), so a Job
+        handed out earlier stays as it was.
+        """
+        job = job_pb2.Job()
+        job.CopyFrom(self._jobs[job_id])
+        mutate(job)
+        now = _now()
+        if event:
+            self._revision += 1
+            job.revision = self._revision
+            job.update_time.CopyFrom(now)
+        self._jobs[job_id] = job
+        run = self._runs[job_id]
+        fut = self._registry.put(run.seq, job, run.to_json(), S.JOB_EVENT_TYPE_UPDATED if event else None)
+        fut.add_done_callback(_log_failure)
+        self._publisher.publish(job)
+        if event:
+            self._emit(job_pb2.JobEvent(revision=job.revision, job=job, type=S.JOB_EVENT_TYPE_UPDATED))
+        return job, fut
+
+    def _emit(self, event: job_pb2.JobEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("listener_failed")
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_task_failure)
+
+    def _take_slot(self, job_id: str) -> None:
+        run = self._runs[job_id]
+        if not run.holds_slot:
+            run.holds_slot = True
+            self._slots += 1
+
+    def _release(self, job_id: str) -> None:
+        run = self._runs.get(job_id)
+        if run is not None and run.holds_slot:
+            run.holds_slot = False
+            self._slots -= 1
+
+    def _schedule(self) -> None:
+        """Start queued jobs, in submission order, while slots are free."""
+        while not self._closed and self._queue and self._slots < self.max_running:
+            job_id = self._queue.popleft()
+            if self._jobs.get(job_id, job_pb2.Job()).state != S.JOB_STATE_QUEUED:
+                continue
+            self._take_slot(job_id)
+            self._spawn_task(self._start_queued(job_id))
+
+    async def _start_queued(self, job_id: str) -> None:
+        run = self._runs[job_id]
+        async with run.lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state != S.JOB_STATE_QUEUED:
+                self._release(job_id)
+                self._schedule()
+                return
+            if run.resuming:
+                await self._launch(job_id, step=job.step, attempt=job.attempt, resume=True)
+            else:
+                await self._launch(job_id, step=job.start_step or 1, attempt=1, resume=False)
+
+    async def _launch(self, job_id: str, *, step: int, attempt: int, resume: bool) -> None:
+        """Start one attempt of one step. Called with the job's lock held."""
+        run = self._runs[job_id]
+        job = self._jobs[job_id]
+        executor = self._executors[job.executor]
+        model_steps = list(job.spec.steps) or [job_pb2.Step(name="main", command=job.spec.command)]
+        current = model_steps[step - 1]
+        resume_from = ""
+        if resume or attempt > 1:
+            latest = await asyncio.to_thread(self._layout.latest_checkpoint, job.project, job.group, job.name)
+            resume_from = str(latest) if latest else ""
+        run.launch_seq += 1
+        handle = executor.prepare(job_id, run.launch_seq)
+        run.handle = handle
+        run.resuming = False
+        run.retry_at = None
+        run.killed = False
+        first = not job.HasField("start_time")
+
+        def mark(j: job_pb2.Job) -> None:
+            j.state = S.JOB_STATE_RUNNING
+            j.step, j.attempt, j.step_name = step, attempt, current.name
+            j.resume_from = resume_from
+            j.external_id = ""
+            j.reason = ""
+            if first:
+                j.start_time.CopyFrom(_now())
+                j.heartbeat_time.CopyFrom(j.start_time)
+
+        # Durable before the process exists: a restart then asks the executor
+        # about this launch instead of starting it a second time.
+        await self._commit(job_id, mark)[1]
+        env = dict(job.spec.env)
+        env.update(
+            BATON_JOB_ID=job_id,
+            BATON_RUN_DIR=job.run_dir,
+            BATON_CHECKPOINT_DIR=job.checkpoint_dir,
+            BATON_STEP=str(step),
+            BATON_STEP_NAME=current.name,
+            BATON_ATTEMPT=str(attempt),
+        )
+        if resume_from:
+            env["BATON_RESUME_FROM"] = resume_from
+        launch = LaunchSpec(
+            job_id=job_id,
+            command=current.command,
+            env=env,
+            workdir=job.spec.workdir or job.run_dir,
+            log_path=os.path.join(job.run_dir, "output.log"),
+            resources=job.spec.resources,
+        )
+        try:
+            handle = await executor.launch(handle, launch)
+        except (LaunchError, OSError) as exc:
+            run.handle = None
+            await self._finish(job_id, S.JOB_STATE_FAILED, None, f"could not start: {exc}")
+            return
+        run.handle = handle
+        self._commit(job_id, lambda j: _set(j, external_id=handle.external_id))
+        run.waiter = asyncio.create_task(self._watch(job_id, handle))
+        if first:
+            self._arm_deadline(job_id)
+
+    async def _watch(self, job_id: str, handle: Handle) -> None:
+        executor = self._executors[handle.executor]
+        status = await executor.wait(handle)
+        run = self._runs.get(job_id)
+        if run is None:
+            return
+        async with run.lock:
+            if run.handle is not handle:
+                return
+            await self._on_exit(job_id, status)
+
+    async def _on_exit(self, job_id: str, status: ExitStatus) -> None:
+        """A launch ended. Called with the job's lock held."""
+        run = self._runs[job_id]
+        job = self._jobs[job_id]
+        run.handle = None
+        run.waiter = None
+        self._stop_timer(run, "kill")
+        run.kill_at = None
+        if job.state == S.JOB_STATE_CANCELLING:
+            await self._finish(job_id, S.JOB_STATE_CANCELLED, status, run.cancel_reason)
+        elif job.state == S.JOB_STATE_PAUSING:
+            how = "killed after the grace period" if run.killed else describe_exit(status)
+            self._release(job_id)
+            await self._commit(
+                job_id,
+                lambda j: _set(j, state=S.JOB_STATE_PAUSED, reason=f"paused with a checkpoint ({how})"),
+            )[1]
+            self._schedule()
+        elif status.exit_code == 0 and status.signal is None:
+            if job.step < job.step_count:
+                await self._launch(job_id, step=job.step + 1, attempt=1, resume=False)
+            else:
+                await self._finish(job_id, S.JOB_STATE_SUCCEEDED, status, "")
+        elif job.attempt <= job.spec.retries:
+            delay = retry_backoff(job.attempt)
+            run.retry_at = time.time() + delay
+            what = (
+                f"step {job.step_name!r} ({job.step} of {job.step_count})"
+                if job.step_count > 1
+                else "the job"
+            )
+            await self._commit(
+                job_id,
+                lambda j: _set(
+                    j,
+                    reason=f"{what} failed ({describe_exit(status)}); retry "
+                    f"{job.attempt} of {job.spec.retries} in {format_duration(delay)}",
+                ),
+            )[1]
+            self._arm_retry(job_id, delay)
+        else:
+            what = f"step {job.step_name!r} " if job.step_count > 1 else ""
+            await self._finish(job_id, S.JOB_STATE_FAILED, status, f"{what}failed: {describe_exit(status)}")
+
+    async def _finish(self, job_id: str, state: int, status: ExitStatus | None, reason: str) -> None:
+        run = self._runs[job_id]
+        for name in list(run.timers):
+            self._stop_timer(run, name)
+        run.handle = None
+        run.retry_at = run.kill_at = None
+
+        def end(j: job_pb2.Job) -> None:
+            j.state = state  # type: ignore[assignment]
+            j.reason = reason
+            j.end_time.CopyFrom(_now())
+            if status is not None and status.exit_code is not None:
+                j.exit_code = status.exit_code
+            if status is not None and status.signal is not None:
+                j.signal = status.signal
+
+        self._release(job_id)
+        await self._commit(job_id, end)[1]
+        self._schedule()
+
+    # ------------------------------------------------------------------ timers
+
+    def _stop_timer(self, run: _Run, name: str) -> None:
+        timer = run.timers.pop(name, None)
+        if timer:
+            timer.cancel()
+
+    def _arm(self, job_id: str, name: str, delay: float, action: Callable[[], Any]) -> None:
+        run = self._runs[job_id]
+        self._stop_timer(run, name)
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            run.timers.pop(name, None)
+            self._spawn_task(action())
+
+        run.timers[name] = loop.call_later(max(0.0, delay), fire)
+
+    def _arm_kill(self, job_id: str, grace: float) -> None:
+        async def kill() -> None:
+            run = self._runs.get(job_id)
+            if run is None or run.handle is None:
+                return
+            run.killed = True
+            await self._executors[run.handle.executor].signal(run.handle, _signal.SIGKILL)
+
+        self._arm(job_id, "kill", grace, kill)
+
+    def _arm_retry(self, job_id: str, delay: float) -> None:
+        async def retry() -> None:
+            run = self._runs.get(job_id)
+            if run is None:
+                return
+            async with run.lock:
+                job = self._jobs.get(job_id)
+                if job is None or job.state != S.JOB_STATE_RUNNING or run.handle is not None:
+                    return
+                await self._launch(job_id, step=job.step, attempt=job.attempt + 1, resume=False)
+
+        self._arm(job_id, "retry", delay, retry)
+
+    def _arm_deadline(self, job_id: str) -> None:
+        job = self._jobs[job_id]
+        if not job.spec.HasField("max_duration"):
+            return
+        limit = job.spec.max_duration.ToTimedelta().total_seconds()
+        started = job.start_time.ToDatetime().timestamp()
+        run = self._runs[job_id]
+        delay = started + limit + run.paused_seconds - time.time()
+
+        async def expire() -> None:
+            with contextlib.suppress(FailedPrecondition, NotFound):
+                await self.cancel(job_id, None, f"max_duration {format_duration(limit)} exceeded")
+
+        self._arm(job_id, "deadline", delay, expire)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            for job_id, job in list(self._jobs.items()):
+                if job.state == S.JOB_STATE_RUNNING:
+                    self._commit(job_id, lambda j: j.heartbeat_time.CopyFrom(_now()), event=False)
+
+    # ------------------------------------------------------------------ recovery
+
+    async def _recover(self, job_id: str) -> None:
+        run = self._runs[job_id]
+        job = self._jobs[job_id]
+        state = job.state
+        if state == S.JOB_STATE_QUEUED:
+            if run.resuming:
+                self._queue.appendleft(job_id)
+            else:
+                self._queue.append(job_id)
+            return
+        if run.handle is None:
+            if state == S.JOB_STATE_RUNNING and run.retry_at is not None:
+                self._take_slot(job_id)
+                self._arm_retry(job_id, run.retry_at - time.time())
+            elif state == S.JOB_STATE_CANCELLING:
+                await self._finish(job_id, S.JOB_STATE_CANCELLED, None, run.cancel_reason)
+            elif state in (S.JOB_STATE_PAUSING, S.JOB_STATE_RUNNING):
+                await self._commit(
+                    job_id,
+                    lambda j: _set(
+                        j,
+                        state=S.JOB_STATE_PAUSED,
+                        pause_mode=S.PAUSE_MODE_CHECKPOINT,
+                        reason="paused: the conductor restarted between attempts",
+                    ),
+                )[1]
+            return
+        executor = self._executors.get(run.handle.executor)
+        if executor is None:
+            await self._finish(
+                job_id, S.JOB_STATE_FAILED, None, f"executor {run.handle.executor!r} is not offered any more"
+            )
+            return
+        attachment = await executor.reattach(run.handle)
+        self._take_slot(job_id)
+        handle = run.handle
+        if attachment.presence is Presence.RUNNING:
+            log.info("reattached", job_id=job_id, external_id=handle.external_id)
+            run.waiter = asyncio.create_task(self._watch(job_id, handle))
+            if state in (S.JOB_STATE_CANCELLING, S.JOB_STATE_PAUSING):
+                self._arm_kill(job_id, (run.kill_at or time.time()) - time.time())
+            elif state == S.JOB_STATE_RUNNING:
+                self._arm_deadline(job_id)
+            if not job.external_id and handle.external_id:
+                self._commit(job_id, lambda j: _set(j, external_id=handle.external_id))
+        elif attachment.presence is Presence.ENDED:
+            assert attachment.status is not None
+            log.info("ended_while_down", job_id=job_id, status=describe_exit(attachment.status))
+            async with run.lock:
+                await self._on_exit(job_id, attachment.status)
+        else:
+            log.info("relaunching_unstarted", job_id=job_id, step=job.step, attempt=job.attempt)
+            async with run.lock:
+                await self._launch(
+                    job_id, step=job.step or job.start_step or 1, attempt=job.attempt or 1, resume=False
+                )
+
+
+def _set(job: job_pb2.Job, **fields: Any) -> None:
+    for key, value in fields.items():
+        setattr(job, key, value)
+
+
+def _log_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("registry_write_failed", error=str(fut.exception()))
+
+
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("lifecycle_task_failed", error=repr(task.exception()))

@@ -1,0 +1,75 @@
+"""The publisher: writes each job's status.json, off the event loop.
+
+The registry is the source of truth; status.json is its published copy for the
+viewer and any other reader. Writes for one job coalesce (only the newest
+version matters), happen in order, and are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import structlog
+
+from baton.v1 import job_pb2
+from common.jobfile import write_job
+from common.layout import STATUS_FILE
+
+log = structlog.get_logger(__name__)
+
+
+class Publisher:
+    def __init__(self) -> None:
+        # job id -> (run dir, newest Job to write, or None to remove the run dir)
+        self._pending: dict[str, tuple[Path, job_pb2.Job | None]] = {}
+        self._cond = threading.Condition()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="status-publisher", daemon=True)
+        self._thread.start()
+
+    def publish(self, job: job_pb2.Job) -> None:
+        """Queue ``job`` to be written to <run_dir>/status.json."""
+        self._put(job.id, Path(job.run_dir), job)
+
+    def remove(self, job_id: str, run_dir: str) -> None:
+        """Queue the removal of a deleted job's run directory."""
+        self._put(job_id, Path(run_dir), None)
+
+    def _put(self, job_id: str, run_dir: Path, job: job_pb2.Job | None) -> None:
+        with self._cond:
+            self._pending[job_id] = (run_dir, job)
+            self._idle.clear()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._idle.set()
+                    self._cond.wait()
+                if not self._pending and self._stopping:
+                    self._idle.set()
+                    return
+                batch, self._pending = self._pending, {}
+            for run_dir, job in batch.values():
+                try:
+                    if job is None:
+                        shutil.rmtree(run_dir, ignore_errors=True)
+                    else:
+                        write_job(run_dir / STATUS_FILE, job)
+                except OSError as exc:
+                    log.error("status_write_failed", run_dir=str(run_dir), error=str(exc))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until everything queued so far is written (for shutdown and tests)."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()

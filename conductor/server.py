@@ -1,0 +1,138 @@
+"""The conductor's wiring: storage, executors, lifecycle and the gRPC server.
+
+``start`` builds everything and returns a running conductor (tests use it
+in-process on port 0); ``serve`` runs one until SIGTERM or SIGINT. Jobs keep
+running when the conductor stops; the next one re-attaches to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from google.protobuf import timestamp_pb2
+
+from baton.v1 import conductor_pb2, conductor_pb2_grpc
+from common.jobfile import write_atomic
+from common.layout import Layout
+from common.rpc import build_server
+from conductor.config import ConductorConfig
+from conductor.executors import make_executors
+from conductor.lifecycle import Lifecycle
+from conductor.publisher import Publisher
+from conductor.registry import SqliteRegistry
+from conductor.servicer import ConductorServicer
+
+log = structlog.get_logger(__name__)
+SERVICE = conductor_pb2.DESCRIPTOR.services_by_name["Conductor"].full_name
+
+
+class HomeLocked(RuntimeError):
+    """Another conductor already runs on this home."""
+
+
+def _lock_home(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "conductor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise HomeLocked(f"another conductor (pid {holder}) is running on {state_dir.parent}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+@dataclass
+class RunningConductor:
+    config: ConductorConfig
+    server: grpc.aio.Server
+    port: int
+    lifecycle: Lifecycle
+    publisher: Publisher
+    registry: SqliteRegistry
+    lock_fd: int
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop serving and supervising; running jobs are left running."""
+        try:
+            await self.server.stop(grace)
+        finally:
+            await self.lifecycle.stop()
+            await self.registry.close()
+            await asyncio.to_thread(self.publisher.close)
+            os.close(self.lock_fd)
+
+
+async def start(config: ConductorConfig) -> RunningConductor:
+    assert config.status_dir is not None and config.checkpoints_dir is not None
+    lock_fd = await asyncio.to_thread(_lock_home, config.state_dir)
+    try:
+        token = config.token()
+        layout = Layout.under(config.status_dir, config.checkpoints_dir)
+        await asyncio.to_thread(layout.status_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(layout.checkpoints_dir.mkdir, parents=True, exist_ok=True)
+        registry = SqliteRegistry(config.state_dir / "registry.db")
+        publisher = Publisher()
+        lifecycle = Lifecycle(
+            registry,
+            make_executors(config.state_dir),
+            layout,
+            publisher,
+            max_running=config.max_running,
+            heartbeat_interval=config.heartbeat,
+        )
+        await lifecycle.start()
+        started = timestamp_pb2.Timestamp()
+        started.GetCurrentTime()
+        servicer = ConductorServicer(lifecycle, started, str(layout.status_dir), str(layout.checkpoints_dir))
+        server, port, _ = await build_server(
+            lambda s: conductor_pb2_grpc.add_ConductorServicer_to_server(servicer, s),
+            [SERVICE],
+            config.listen,
+            token,
+        )
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    running = RunningConductor(config, server, port, lifecycle, publisher, registry, lock_fd)
+    info = {"address": running.address, "pid": os.getpid()}
+    await asyncio.to_thread(write_atomic, config.state_dir / "conductor.json", json.dumps(info).encode())
+    log.info(
+        "conductor_serving",
+        address=running.address,
+        home=str(config.home),
+        status_dir=str(layout.status_dir),
+        max_running=config.max_running,
+    )
+    return running
+
+
+async def serve(config: ConductorConfig) -> None:
+    """Run a conductor until SIGTERM or SIGINT."""
+    running = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("conductor_stopping")
+    finally:
+        with contextlib.suppress(Exception):
+            await running.stop()

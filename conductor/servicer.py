@@ -1,0 +1,103 @@
+"""The Conductor servicer: protobuf in, lifecycle calls, protobuf out. Nothing more.
+
+Rules live in ``conductor.lifecycle``; status codes come from the domain
+errors it raises (``common.rpc.translate_errors``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from baton.v1 import conductor_pb2 as pb
+from baton.v1 import conductor_pb2_grpc, job_pb2
+from common import spec as specs
+from common.errors import invalid_field
+from common.rpc import required, translate_errors
+from common.version import VERSION
+from conductor.lifecycle import Lifecycle, ListFilter
+
+
+class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
+    def __init__(
+        self, lifecycle: Lifecycle, start_time: timestamp_pb2.Timestamp, status_dir: str, checkpoints_dir: str
+    ) -> None:
+        self._lc = lifecycle
+        self._start_time = start_time
+        self._status_dir = status_dir
+        self._checkpoints_dir = checkpoints_dir
+
+    @translate_errors
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
+        source = request.WhichOneof("source")
+        if source == "spec_yaml":
+            model = specs.from_yaml(request.spec_yaml)
+        elif source == "spec":
+            model = specs.from_proto(request.spec)
+        else:
+            raise invalid_field("spec", "give the job spec as spec_yaml or spec")
+        return await self._lc.submit(
+            model, start_step=request.start_step, request_id=request.request_id, dry_run=request.dry_run
+        )
+
+    @translate_errors
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
+        return self._lc.get(required("job_id", request.job_id))
+
+    @translate_errors
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsResponse:
+        flt = ListFilter(request.project, request.group, request.name, tuple(request.states))
+        jobs, token = self._lc.list(flt, request.page_size, request.page_token)
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    @translate_errors
+    async def PauseJob(self, request: pb.PauseJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
+        return await self._lc.pause(required("job_id", request.job_id), request.mode)
+
+    @translate_errors
+    async def ResumeJob(self, request: pb.ResumeJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
+        return await self._lc.resume(required("job_id", request.job_id))
+
+    @translate_errors
+    async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
+        grace = None
+        if request.HasField("grace_period"):
+            grace = request.grace_period.ToTimedelta().total_seconds()
+            if grace < 0:
+                raise invalid_field("grace_period", "must not be negative")
+        return await self._lc.cancel(required("job_id", request.job_id), grace, request.reason)
+
+    @translate_errors
+    async def DeleteJob(
+        self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteJobResponse:
+        job_id = required("job_id", request.job_id)
+        revision = await self._lc.delete(job_id)
+        return pb.DeleteJobResponse(job_id=job_id, revision=revision)
+
+    @translate_errors
+    async def GetConductorInfo(
+        self, request: pb.GetConductorInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetConductorInfoResponse:
+        counts = self._lc.counts()
+        return pb.GetConductorInfoResponse(
+            version=VERSION,
+            pid=os.getpid(),
+            start_time=self._start_time,
+            job_counts=[
+                pb.JobStateCount(state=s, count=n)  # type: ignore[arg-type]
+                for s, n in sorted(counts.items())
+            ],
+            executors=[
+                pb.ExecutorInfo(name=name, pause_modes=sorted(modes))  # type: ignore[arg-type]
+                for name, modes in sorted(self._lc.executor_modes().items())
+            ],
+            revision=self._lc.revision,
+            status_dir=self._status_dir,
+            checkpoints_dir=self._checkpoints_dir,
+            max_running=self._lc.max_running,
+        )

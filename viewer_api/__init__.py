@@ -1,0 +1,1 @@
+"""The viewer: a read-only index of status and checkpoint directories."""
