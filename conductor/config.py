@@ -23,6 +23,8 @@ class ConductorConfig(BaseModel):
     checkpoints_dir: Path | None = None
     max_running: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     heartbeat: float = Field(default=30.0, gt=0)
+    # Seconds of quiet after which a log or watch stream sends a heartbeat.
+    feed_heartbeat: float = Field(default=5.0, gt=0)
     token_file: Path | None = None
     insecure: bool = False
     log_level: str = "info"

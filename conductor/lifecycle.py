@@ -269,6 +269,10 @@ class Lifecycle:
             raise NotFound(f"no job {job_id!r}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
         return job
 
+    def jobs_by_id(self, job_id: str) -> job_pb2.Job | None:
+        """The job, or None when there is no such job (any more)."""
+        return self._jobs.get(job_id)
+
     def list(self, flt: ListFilter, size: int, token: str) -> tuple[list[job_pb2.Job], str]:
         """Matching jobs, newest first, one page at a time."""
         limit = page_size(size)
@@ -518,7 +522,11 @@ class Lifecycle:
             gone = job_pb2.Job()
             gone.CopyFrom(job)
             gone.revision = self._revision
-            await self._registry.delete(gone)
+            fut = self._registry.delete(gone)
+            self._emit_when_durable(
+                fut, job_pb2.JobEvent(revision=gone.revision, job=gone, type=S.JOB_EVENT_TYPE_DELETED)
+            )
+            await fut
             del self._jobs[job_id]
             del self._runs[job_id]
             self._order.remove(run.seq)
@@ -526,7 +534,6 @@ class Lifecycle:
             if job.request_id:
                 self._by_request.pop(job.request_id, None)
             self._publisher.remove(job_id, job.run_dir)
-            self._emit(job_pb2.JobEvent(revision=gone.revision, job=gone, type=S.JOB_EVENT_TYPE_DELETED))
             await self._executors[job.executor].forget(job_id)
             return gone.revision
 
@@ -555,11 +562,29 @@ class Lifecycle:
         self._jobs[job_id] = job
         run = self._runs[job_id]
         fut = self._registry.put(run.seq, job, run.to_json(), S.JOB_EVENT_TYPE_UPDATED if event else None)
-        fut.add_done_callback(_log_failure)
         self._publisher.publish(job)
         if event:
-            self._emit(job_pb2.JobEvent(revision=job.revision, job=job, type=S.JOB_EVENT_TYPE_UPDATED))
+            self._emit_when_durable(
+                fut, job_pb2.JobEvent(revision=job.revision, job=job, type=S.JOB_EVENT_TYPE_UPDATED)
+            )
+        else:
+            fut.add_done_callback(_log_failure)
         return job, fut
+
+    def _emit_when_durable(self, fut: asyncio.Future[None], event: job_pb2.JobEvent) -> None:
+        """Tell listeners once the change is on disk.
+
+        The registry settles its futures in write order, so listeners hear of
+        changes in revision order, and never of one that a crash could take back.
+        """
+
+        def done(f: asyncio.Future[None]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                _log_failure(f)
+                return
+            self._emit(event)
+
+        fut.add_done_callback(done)
 
     def _emit(self, event: job_pb2.JobEvent) -> None:
         for listener in list(self._listeners):

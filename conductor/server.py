@@ -26,6 +26,7 @@ from common.layout import Layout
 from common.rpc import build_server
 from conductor.config import ConductorConfig
 from conductor.executors import make_executors
+from conductor.feeds import Feeds
 from conductor.lifecycle import Lifecycle
 from conductor.publisher import Publisher
 from conductor.registry import SqliteRegistry
@@ -59,6 +60,7 @@ class RunningConductor:
     server: grpc.aio.Server
     port: int
     lifecycle: Lifecycle
+    feeds: Feeds
     publisher: Publisher
     registry: SqliteRegistry
     lock_fd: int
@@ -73,6 +75,7 @@ class RunningConductor:
         try:
             await self.server.stop(grace)
         finally:
+            self.feeds.close()
             await self.lifecycle.stop()
             await self.registry.close()
             await asyncio.to_thread(self.publisher.close)
@@ -100,7 +103,10 @@ async def start(config: ConductorConfig) -> RunningConductor:
         await lifecycle.start()
         started = timestamp_pb2.Timestamp()
         started.GetCurrentTime()
-        servicer = ConductorServicer(lifecycle, started, str(layout.status_dir), str(layout.checkpoints_dir))
+        feeds = Feeds(lifecycle, registry, heartbeat=config.feed_heartbeat)
+        servicer = ConductorServicer(
+            lifecycle, feeds, started, str(layout.status_dir), str(layout.checkpoints_dir)
+        )
         server, port, _ = await build_server(
             lambda s: conductor_pb2_grpc.add_ConductorServicer_to_server(servicer, s),
             [SERVICE],
@@ -110,7 +116,7 @@ async def start(config: ConductorConfig) -> RunningConductor:
     except BaseException:
         os.close(lock_fd)
         raise
-    running = RunningConductor(config, server, port, lifecycle, publisher, registry, lock_fd)
+    running = RunningConductor(config, server, port, lifecycle, feeds, publisher, registry, lock_fd)
     info = {"address": running.address, "pid": os.getpid()}
     await asyncio.to_thread(write_atomic, config.state_dir / "conductor.json", json.dumps(info).encode())
     log.info(

@@ -7,6 +7,7 @@ errors it raises (``common.rpc.translate_errors``).
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -17,14 +18,21 @@ from common import spec as specs
 from common.errors import invalid_field
 from common.rpc import required, translate_errors
 from common.version import VERSION
+from conductor.feeds import Feeds
 from conductor.lifecycle import Lifecycle, ListFilter
 
 
 class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
     def __init__(
-        self, lifecycle: Lifecycle, start_time: timestamp_pb2.Timestamp, status_dir: str, checkpoints_dir: str
+        self,
+        lifecycle: Lifecycle,
+        feeds: Feeds,
+        start_time: timestamp_pb2.Timestamp,
+        status_dir: str,
+        checkpoints_dir: str,
     ) -> None:
         self._lc = lifecycle
+        self._feeds = feeds
         self._start_time = start_time
         self._status_dir = status_dir
         self._checkpoints_dir = checkpoints_dir
@@ -101,3 +109,20 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
             checkpoints_dir=self._checkpoints_dir,
             max_running=self._lc.max_running,
         )
+
+    @translate_errors
+    async def StreamLogs(
+        self, request: pb.StreamLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[job_pb2.LogChunk]:
+        async for chunk in self._feeds.logs(
+            required("job_id", request.job_id), request.offset, request.tail_lines, request.follow
+        ):
+            yield chunk
+
+    @translate_errors
+    async def WatchJobs(
+        self, request: pb.WatchJobsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[job_pb2.JobEvent]:
+        flt = ListFilter(request.project, request.group, request.name)
+        async for event in self._feeds.watch(request.since_revision, flt):
+            yield event

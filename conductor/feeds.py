@@ -1,0 +1,198 @@
+"""The conductor's live feeds: job logs (StreamLogs) and job changes (WatchJobs).
+
+Logs come from the shared tailer (``common.tailer``), woken by inotify for new
+bytes and by the lifecycle when the job changes state, and end with a
+``complete`` chunk carrying the job's outcome.
+
+Changes come from one shared, bounded history of durable events (the newest
+``ring_size`` in memory, older ones from the registry). Each subscriber keeps
+only a cursor into it: a subscriber that stops reading costs nothing more than
+its own stream's transport buffer, never slows the others, and when its
+cursor falls out of the history it gets OUT_OF_RANGE telling it to take a new
+snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from baton.v1 import job_pb2
+from common.errors import OutOfRange, invalid_field
+from common.filewatch import FileWatcher
+from common.layout import LOG_FILE
+from common.tailer import offset_of_last_lines, tail
+from conductor.lifecycle import TERMINAL, Lifecycle, ListFilter
+from conductor.registry import Registry
+
+S = job_pb2
+DEFAULT_RING = 10_000
+# Events fetched from the registry per trip when a subscriber catches up from disk.
+CATCH_UP_BATCH = 1_000
+
+
+class Feeds:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        registry: Registry,
+        *,
+        heartbeat: float = 5.0,
+        ring_size: int = DEFAULT_RING,
+    ) -> None:
+        self._lc = lifecycle
+        self._registry = registry
+        self._heartbeat = heartbeat
+        self.watcher = FileWatcher()
+        self._ring_size = ring_size
+        self._ring: list[job_pb2.JobEvent] = []
+        self._ring_revs: list[int] = []
+        self._durable = lifecycle.revision
+        self._changed = asyncio.Event()
+        self._job_wakers: dict[str, set[asyncio.Event]] = {}
+        self.active_log_streams = 0
+        self.active_watches = 0
+        lifecycle.add_listener(self._on_event)
+
+    def close(self) -> None:
+        self._lc.remove_listener(self._on_event)
+        self.watcher.close()
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, event: job_pb2.JobEvent) -> None:
+        self._ring.append(event)
+        self._ring_revs.append(event.revision)
+        if len(self._ring) > 2 * self._ring_size:
+            del self._ring[: -self._ring_size]
+            del self._ring_revs[: -self._ring_size]
+        self._durable = max(self._durable, event.revision)
+        # Wake every watcher at once: they each read the shared history.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        for wake in self._job_wakers.get(event.job.id, ()):
+            wake.set()
+
+    async def _wait_durable(self, revision: int) -> None:
+        while self._durable < revision:
+            await self._changed.wait()
+
+    async def _events_after(self, cursor: int) -> list[job_pb2.JobEvent]:
+        """Durable events after ``cursor``, from memory or, when older, from disk."""
+        if self._ring_revs and cursor >= self._ring_revs[0] - 1:
+            i = bisect.bisect_right(self._ring_revs, cursor)
+            return self._ring[i:]
+        if cursor >= self._durable:
+            return []
+        oldest = await self._registry.oldest_revision()
+        if oldest == 0 or cursor < oldest - 1:
+            raise OutOfRange(
+                f"revision {cursor} is no longer kept (oldest kept: {oldest}); "
+                "watch again with since_revision 0 to take a new snapshot",
+                reason="REVISION_COMPACTED",
+                metadata={"oldest_revision": str(oldest)},
+            )
+        stored = await self._registry.events_after(cursor, CATCH_UP_BATCH)
+        return [
+            job_pb2.JobEvent(revision=e.revision, job=e.job, type=e.type)  # type: ignore[arg-type]
+            for e in stored
+            if e.revision <= self._durable
+        ]
+
+    async def watch(self, since: int, flt: ListFilter) -> AsyncIterator[job_pb2.JobEvent]:
+        """Changes after ``since`` in revision order; ``since`` 0 starts with a snapshot."""
+        if since < 0:
+            raise invalid_field("since_revision", "must not be negative")
+        if since > self._lc.revision:
+            raise OutOfRange(
+                f"since_revision {since} is ahead of this conductor (revision {self._lc.revision}); "
+                "watch again with since_revision 0",
+                reason="REVISION_AHEAD",
+            )
+        self.active_watches += 1
+        try:
+            cursor = since
+            if since == 0:
+                # The jobs as they stand at one revision, sent once that revision is durable.
+                cursor = self._lc.revision
+                jobs = list(self._lc.jobs(flt))
+                await self._wait_durable(cursor)
+                for job in jobs:
+                    yield job_pb2.JobEvent(revision=cursor, job=job, type=S.JOB_EVENT_TYPE_SNAPSHOT)
+                # A job-less event marks the end of the snapshot.
+                yield job_pb2.JobEvent(revision=cursor)
+            loop = asyncio.get_running_loop()
+            last_sent = loop.time()
+            while True:
+                changed = self._changed
+                events = await self._events_after(cursor)
+                if events:
+                    for ev in events:
+                        cursor = ev.revision
+                        if flt.matches(ev.job):
+                            last_sent = loop.time()
+                            yield ev
+                    continue
+                wait = last_sent + self._heartbeat - loop.time()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(changed.wait(), wait)
+                        continue
+                    except TimeoutError:
+                        pass
+                last_sent = loop.time()
+                yield job_pb2.JobEvent(revision=max(cursor, self._durable))
+        finally:
+            self.active_watches -= 1
+
+    # ------------------------------------------------------------------ logs
+
+    async def logs(
+        self, job_id: str, offset: int, tail_lines: int, follow: bool
+    ) -> AsyncIterator[job_pb2.LogChunk]:
+        """A job's output.log as chunks; a followed log ends with a ``complete`` chunk."""
+        job = self._lc.get(job_id)
+        if offset < 0:
+            raise invalid_field("offset", "must not be negative")
+        if tail_lines < 0:
+            raise invalid_field("tail_lines", "must not be negative")
+        path = Path(job.run_dir) / LOG_FILE
+        if tail_lines > 0:
+            offset = await asyncio.to_thread(offset_of_last_lines, path, tail_lines)
+        wake = asyncio.Event()
+        self._job_wakers.setdefault(job_id, set()).add(wake)
+
+        async def ended() -> bool:
+            current = self._lc.jobs_by_id(job_id)
+            return current is None or current.state in TERMINAL
+
+        self.active_log_streams += 1
+        try:
+            async for piece in tail(
+                path,
+                offset,
+                follow=follow,
+                watcher=self.watcher,
+                ended=ended,
+                wake=wake,
+                heartbeat=self._heartbeat,
+            ):
+                yield job_pb2.LogChunk(offset=piece.offset, data=piece.data, truncated=piece.truncated)
+                offset = piece.offset + len(piece.data)
+            final = self._lc.jobs_by_id(job_id)
+            if final is not None and final.state in TERMINAL:
+                chunk = job_pb2.LogChunk(offset=offset, complete=True, state=final.state)
+                if final.HasField("exit_code"):
+                    chunk.exit_code = final.exit_code
+                if final.HasField("signal"):
+                    chunk.signal = final.signal
+                yield chunk
+        finally:
+            self.active_log_streams -= 1
+            wakers = self._job_wakers.get(job_id)
+            if wakers is not None:
+                wakers.discard(wake)
+                if not wakers:
+                    del self._job_wakers[job_id]
