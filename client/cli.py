@@ -53,6 +53,33 @@ def _conductor_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _viewer_cmd(args: argparse.Namespace) -> int:
+    from common.logs import configure
+    from viewer_api.config import ViewerConfig
+    from viewer_api.server import serve
+
+    configure(args.log_level)
+    fields = {
+        "listen": args.listen,
+        "home": args.home,
+        "status_dir": args.status_dir,
+        "checkpoints_dir": args.checkpoints_dir,
+        "watch": args.watch,
+        "poll_interval": args.poll_interval,
+        "stale_after": args.stale_after,
+        "token_file": args.token_file,
+        "insecure": args.insecure,
+        "log_level": args.log_level,
+    }
+    try:
+        config = ViewerConfig(**{k: v for k, v in fields.items() if v is not None})
+    except ValueError as exc:
+        print(f"baton viewer: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config))
+    return 0
+
+
 def _stub(args: argparse.Namespace) -> conductor_pb2_grpc.ConductorStub:
     channel = grpc.insecure_channel(args.conductor)
     return conductor_pb2_grpc.ConductorStub(channel)
@@ -162,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--insecure", action="store_true", help="allow a non-loopback address with no token")
     c.add_argument("--log-level", default="info")
     c.set_defaults(func=_conductor_cmd)
+
+    v = sub.add_parser("viewer", help="run the read-only viewer")
+    v.add_argument("--listen", help="address to listen on (default 127.0.0.1:50052)")
+    v.add_argument("--home", type=Path, help="read <home>/status and <home>/checkpoints")
+    v.add_argument("--status-dir", type=Path)
+    v.add_argument("--checkpoints-dir", type=Path)
+    v.add_argument("--watch", choices=["inotify", "poll"], help="how to notice changes (default inotify)")
+    v.add_argument("--poll-interval", type=float, help="seconds between scans with --watch poll")
+    v.add_argument("--stale-after", type=float, help="seconds without heartbeat before a run is stale")
+    v.add_argument("--token-file", type=Path, help="require this bearer token")
+    v.add_argument("--insecure", action="store_true", help="allow a non-loopback address with no token")
+    v.add_argument("--log-level", default="info")
+    v.set_defaults(func=_viewer_cmd)
 
     def client_verb(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)

@@ -15,6 +15,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from baton.v1 import job_pb2
+from common.protojson import fill
 
 
 def job_to_json(job: job_pb2.Job) -> str:
@@ -24,9 +25,17 @@ def job_to_json(job: job_pb2.Job) -> str:
 def job_from_json(text: str | bytes) -> job_pb2.Job:
     """Parse a status.json; raises ValueError when it is not a Job."""
     try:
-        return json_format.Parse(text, job_pb2.Job(), ignore_unknown_fields=True)
-    except (json_format.ParseError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    job = job_pb2.Job()
+    try:
+        fill(job, data)
+    except ValueError as exc:
         raise ValueError(f"not a Job in proto3 JSON: {exc}") from None
+    return job
 
 
 def read_job(path: Path) -> job_pb2.Job:

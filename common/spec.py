@@ -154,10 +154,11 @@ class SpecModel(_Strict):
             out[key] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
 
-    @field_validator("command")
+    @field_validator("command", mode="before")
     @classmethod
-    def _command(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
+    def _command(cls, v: Any) -> Any:
+        # `command:` with nothing after it is YAML's null: an empty command, not a missing one.
+        if v is None or (isinstance(v, str) and not v.strip()):
             raise ValueError("must not be empty")
         return v
 

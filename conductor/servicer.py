@@ -97,7 +97,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
             pid=os.getpid(),
             start_time=self._start_time,
             job_counts=[
-                pb.JobStateCount(state=s, count=n)  # type: ignore[arg-type]
+                job_pb2.JobStateCount(state=s, count=n)  # type: ignore[arg-type]
                 for s, n in sorted(counts.items())
             ],
             executors=[

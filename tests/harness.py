@@ -134,9 +134,21 @@ class SubprocessConductor(_Client):
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
         self.log = open(self.home.parent / f"{self.home.name}-conductor.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "conductor", "--listen", "127.0.0.1:0",
-             "--home", str(self.home), *self.args],
-            stdout=self.log, stderr=self.log, env=env, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "client.cli",
+                "conductor",
+                "--listen",
+                "127.0.0.1:0",
+                "--home",
+                str(self.home),
+                *self.args,
+            ],
+            stdout=self.log,
+            stderr=self.log,
+            env=env,
+            cwd=REPO,
         )
         deadline = time.monotonic() + timeout
         while True:

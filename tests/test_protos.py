@@ -32,5 +32,7 @@ def test_generated_code_imports_from_installed_distribution(tmp_path: Path) -> N
         "import baton.v1.conductor_pb2_grpc as g, baton.v1.job_pb2 as j, conductor, client, common;"
         "print(j.Job.DESCRIPTOR.full_name, g.ConductorStub.__name__)"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["baton.v1.Job", "ConductorStub"]

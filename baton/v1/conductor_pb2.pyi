@@ -121,14 +121,6 @@ class GetConductorInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class JobStateCount(_message.Message):
-    __slots__ = ("state", "count")
-    STATE_FIELD_NUMBER: _ClassVar[int]
-    COUNT_FIELD_NUMBER: _ClassVar[int]
-    state: _job_pb2.JobState
-    count: int
-    def __init__(self, state: _Optional[_Union[_job_pb2.JobState, str]] = ..., count: _Optional[int] = ...) -> None: ...
-
 class ExecutorInfo(_message.Message):
     __slots__ = ("name", "pause_modes")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -151,10 +143,10 @@ class GetConductorInfoResponse(_message.Message):
     version: str
     pid: int
     start_time: _timestamp_pb2.Timestamp
-    job_counts: _containers.RepeatedCompositeFieldContainer[JobStateCount]
+    job_counts: _containers.RepeatedCompositeFieldContainer[_job_pb2.JobStateCount]
     executors: _containers.RepeatedCompositeFieldContainer[ExecutorInfo]
     revision: int
     status_dir: str
     checkpoints_dir: str
     max_running: int
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Iterable[_Union[JobStateCount, _Mapping]]] = ..., executors: _Optional[_Iterable[_Union[ExecutorInfo, _Mapping]]] = ..., revision: _Optional[int] = ..., status_dir: _Optional[str] = ..., checkpoints_dir: _Optional[str] = ..., max_running: _Optional[int] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Iterable[_Union[_job_pb2.JobStateCount, _Mapping]]] = ..., executors: _Optional[_Iterable[_Union[ExecutorInfo, _Mapping]]] = ..., revision: _Optional[int] = ..., status_dir: _Optional[str] = ..., checkpoints_dir: _Optional[str] = ..., max_running: _Optional[int] = ...) -> None: ...

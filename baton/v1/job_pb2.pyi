@@ -200,3 +200,11 @@ class JobEvent(_message.Message):
     job: Job
     type: JobEventType
     def __init__(self, revision: _Optional[int] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., type: _Optional[_Union[JobEventType, str]] = ...) -> None: ...
+
+class JobStateCount(_message.Message):
+    __slots__ = ("state", "count")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    state: JobState
+    count: int
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., count: _Optional[int] = ...) -> None: ...

@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import signal as _signal
+import time
 from pathlib import Path
 
 from baton.v1 import job_pb2
@@ -136,10 +137,16 @@ class LocalExecutor(Executor):
         launch_dir = Path(handle.data["dir"])
         if "shim_pid" not in handle.data:
             # The conductor stopped between starting the supervisor and recording it.
-            try:
-                shim_pid, job_pid = map(int, (launch_dir / "pids").read_text().split())
-            except (OSError, ValueError):
+            pids = _read_pids(launch_dir)
+            if pids is None and _process_naming(str(launch_dir)):
+                # The supervisor is alive but had not written its pids yet: it will.
+                deadline = time.monotonic() + 5.0
+                while pids is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    pids = _read_pids(launch_dir)
+            if pids is None:
                 return Attachment(Presence.NOT_STARTED)
+            shim_pid, job_pid = pids
             start = _start_time(shim_pid)
             if start is not None and str(launch_dir) in _cmdline(shim_pid):
                 handle.data.update(shim_pid=shim_pid, shim_start=start, pid=job_pid)
@@ -197,6 +204,19 @@ class LocalExecutor(Executor):
     async def forget(self, job_id: str) -> None:
         target = self._root / job_id
         await asyncio.to_thread(shutil.rmtree, target, True)
+
+
+def _read_pids(launch_dir: Path) -> tuple[int, int] | None:
+    try:
+        shim_pid, job_pid = map(int, (launch_dir / "pids").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return shim_pid, job_pid
+
+
+def _process_naming(text: str) -> bool:
+    """True when a live process has ``text`` in its command line (a /proc scan)."""
+    return any(entry.name.isdigit() and text in _cmdline(int(entry.name)) for entry in os.scandir("/proc"))
 
 
 def _cmdline(pid: int) -> str:

@@ -20,7 +20,7 @@ exec >/dev/null
 wait "$job"
 code=$?
 # The leader is gone: nothing of the job may outlive it.
-kill -KILL -- "-$job" 2>/dev/null
+kill -KILL "-$job" 2>/dev/null
 echo "$code" >"$dir/exit.tmp"
 # A rename keeps a half-written status from ever being read as final.
 mv -f "$dir/exit.tmp" "$dir/exit"

@@ -1,0 +1,349 @@
+"""The viewer's in-memory index of runs and checkpoints, and the queries on it.
+
+Runs are kept in sorted lists of keys, newest start first: one list for all
+runs, and one per (project, group, name, state) bucket, so a filtered page
+merges only the buckets that can match and never walks the whole index. Each
+run keeps its status.json bytes; its Job message is built the first time it
+is asked for and then kept in binary form (a few hundred bytes).
+
+The index is changed only on the event loop, by the indexer (``indexer.py``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from baton.v1 import job_pb2
+from common.errors import invalid_field
+from common.jobfile import job_from_json
+from common.paging import decode_token, encode_token, page_size
+from viewer_api.scan import CheckpointFile, JobKey, RunFile, RunKey, Signature
+
+S = job_pb2
+# Sort keys: ascending order is newest first.
+SortKey = tuple[float, str, str, str, str]
+Bucket = tuple[str, str, str, int]
+
+
+class RunEntry:
+    __slots__ = (
+        "built",
+        "create_ts",
+        "end_ts",
+        "heartbeat_ts",
+        "job_id",
+        "key",
+        "payload",
+        "signature",
+        "sort",
+        "start_ts",
+        "state",
+    )  # fmt: skip
+
+    def __init__(self, rf: RunFile) -> None:
+        self.key = rf.key
+        self.job_id = rf.job_id
+        self.state = rf.state
+        self.create_ts = rf.create_ts
+        self.start_ts = rf.start_ts
+        self.end_ts = rf.end_ts
+        self.heartbeat_ts = rf.heartbeat_ts
+        self.signature: Signature = rf.signature
+        # The status.json bytes until first built, then the serialized Job.
+        self.payload: bytes = rf.raw
+        self.built = False
+        p, g, n, r = rf.key
+        self.sort: SortKey = (-(rf.start_ts or rf.create_ts), p, g, n, r)
+
+    def job(self) -> job_pb2.Job:
+        if self.built:
+            return job_pb2.Job.FromString(self.payload)
+        try:
+            job = job_from_json(self.payload)
+        except ValueError:
+            job = job_pb2.Job(id=self.job_id, state=self.state)  # type: ignore[arg-type]
+        p, g, n, r = self.key
+        job.project, job.group, job.name, job.run_id = p, g, n, r
+        self.payload = job.SerializeToString()
+        self.built = True
+        return job
+
+    @property
+    def last_activity(self) -> float:
+        return max(self.start_ts, self.end_ts, self.heartbeat_ts, self.create_ts)
+
+
+@dataclass
+class Filter:
+    project: str = ""
+    group: str = ""
+    name: str = ""
+    states: tuple[int, ...] = ()
+
+    def matches_bucket(self, b: Bucket) -> bool:
+        return (
+            (not self.project or b[0] == self.project)
+            and (not self.group or b[1] == self.group)
+            and (not self.name or b[2] == self.name)
+            and (not self.states or b[3] in self.states)
+        )
+
+    def token_key(self) -> list[Any]:
+        return [self.project, self.group, self.name, sorted(self.states)]
+
+
+class Index:
+    def __init__(self) -> None:
+        self.runs: dict[RunKey, RunEntry] = {}
+        self.by_id: dict[str, RunKey] = {}
+        self._order: list[SortKey] = []
+        self._buckets: dict[Bucket, list[SortKey]] = {}
+        self._project_buckets: dict[str, set[Bucket]] = {}
+        self.state_counts: Counter[int] = Counter()
+        self.problems: dict[str, str] = {}
+        self.checkpoints: dict[JobKey, dict[str, CheckpointFile]] = {}
+        self._ckpt_order: list[tuple[float, str, str, str, str]] = []
+        self.checkpoint_bytes = 0
+        self.checkpoint_count = 0
+        self._listeners: dict[RunKey, set[Callable[[], None]]] = {}
+        self.last_full_scan = 0.0
+
+    # ------------------------------------------------------------------ runs
+
+    def upsert_run(self, rf: RunFile) -> None:
+        old = self.runs.get(rf.key)
+        if old is not None:
+            self._unlink(old)
+        entry = RunEntry(rf)
+        self.runs[rf.key] = entry
+        if entry.job_id:
+            self.by_id[entry.job_id] = rf.key
+        bisect.insort(self._order, entry.sort)
+        bucket = (*rf.key[:3], rf.state)
+        bisect.insort(self._buckets.setdefault(bucket, []), entry.sort)
+        self._project_buckets.setdefault(rf.key[0], set()).add(bucket)
+        self.state_counts[rf.state] += 1
+        self._notify(rf.key)
+
+    def remove_run(self, key: RunKey) -> None:
+        entry = self.runs.pop(key, None)
+        if entry is not None:
+            self._unlink(entry)
+            self._notify(key)
+
+    def remove_runs_under(self, prefix: tuple[str, ...]) -> None:
+        for key in [k for k in self.runs if k[: len(prefix)] == prefix]:
+            self.remove_run(key)
+
+    def _unlink(self, entry: RunEntry) -> None:
+        if entry.job_id and self.by_id.get(entry.job_id) == entry.key:
+            del self.by_id[entry.job_id]
+        _remove_sorted(self._order, entry.sort)
+        bucket = (*entry.key[:3], entry.state)
+        lst = self._buckets.get(bucket)
+        if lst is not None:
+            _remove_sorted(lst, entry.sort)
+            if not lst:
+                del self._buckets[bucket]
+                self._project_buckets[entry.key[0]].discard(bucket)
+                if not self._project_buckets[entry.key[0]]:
+                    del self._project_buckets[entry.key[0]]
+        self.state_counts[entry.state] -= 1
+        if self.state_counts[entry.state] <= 0:
+            del self.state_counts[entry.state]
+
+    def signatures(self) -> dict[RunKey, Signature]:
+        return {k: e.signature for k, e in self.runs.items()}
+
+    # -------------------------------------------------------------- listeners
+
+    def listen(self, key: RunKey, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` whenever run ``key`` changes; returns the way to stop."""
+        self._listeners.setdefault(key, set()).add(callback)
+
+        def stop() -> None:
+            cbs = self._listeners.get(key)
+            if cbs is not None:
+                cbs.discard(callback)
+                if not cbs:
+                    del self._listeners[key]
+
+        return stop
+
+    def _notify(self, key: RunKey) -> None:
+        for cb in list(self._listeners.get(key, ())):
+            cb()
+
+    # ---------------------------------------------------------------- queries
+
+    def _iter_sorted(self, flt: Filter, after: SortKey | None) -> tuple[Iterator[SortKey], int]:
+        """Matching sort keys after ``after``, newest first, and the total count."""
+        if not (flt.project or flt.group or flt.name or flt.states):
+            start = 0 if after is None else bisect.bisect_right(self._order, after)
+            return iter(self._order[start:]), len(self._order)
+        if flt.project:
+            candidates: Iterable[Bucket] = self._project_buckets.get(flt.project, ())
+        else:
+            candidates = self._buckets.keys()
+        lists = [self._buckets[b] for b in candidates if flt.matches_bucket(b)]
+        total = sum(len(lst) for lst in lists)
+        iters = []
+        for lst in lists:
+            start = 0 if after is None else bisect.bisect_right(lst, after)
+            if start < len(lst):
+                iters.append(_from(lst, start))
+        return heapq.merge(*iters), total
+
+    def list_runs(
+        self, flt: Filter, size: int, token: str, scope: str = "viewer.jobs"
+    ) -> tuple[list[job_pb2.Job], str, int]:
+        """One page of matching runs, newest first; with the token for the next and the total."""
+        limit = page_size(size)
+        after = _sort_key(decode_token(scope, flt.token_key(), token))
+        it, total = self._iter_sorted(flt, after)
+        page: list[RunEntry] = []
+        for sk in it:
+            if len(page) == limit:
+                return (
+                    [e.job() for e in page],
+                    encode_token(scope, flt.token_key(), list(page[-1].sort)),
+                    total,
+                )
+            page.append(self.runs[sk[1:]])  # type: ignore[index]
+        return [e.job() for e in page], "", total
+
+    def running(self, project: str) -> list[RunEntry]:
+        flt = Filter(project=project, states=(S.JOB_STATE_RUNNING,))
+        it, _ = self._iter_sorted(flt, None)
+        return [self.runs[sk[1:]] for sk in it]  # type: ignore[index]
+
+    def recent(self, project: str, since_ts: float, limit: int) -> list[job_pb2.Job]:
+        flt = Filter(project=project)
+        it, _ = self._iter_sorted(flt, None)
+        out: list[job_pb2.Job] = []
+        for sk in it:
+            if -sk[0] < since_ts or len(out) >= limit:
+                break
+            out.append(self.runs[sk[1:]].job())  # type: ignore[index]
+        return out
+
+    def projects(self) -> list[tuple[str, int, Counter[int], float]]:
+        out: list[tuple[str, int, Counter[int], float]] = []
+        for project in sorted(self._project_buckets):
+            counts: Counter[int] = Counter()
+            last = 0.0
+            for bucket in self._project_buckets[project]:
+                keys = self._buckets[bucket]
+                counts[bucket[3]] += len(keys)
+                for sk in keys:
+                    entry = self.runs[sk[1:]]  # type: ignore[index]
+                    last = max(last, entry.last_activity)
+            out.append((project, sum(counts.values()), counts, last))
+        return out
+
+    def failures_since(self, project: str, since_ts: float) -> list[RunEntry]:
+        it, _ = self._iter_sorted(Filter(project=project, states=(S.JOB_STATE_FAILED,)), None)
+        found = [self.runs[sk[1:]] for sk in it]  # type: ignore[index]
+        recent = [e for e in found if (e.end_ts or -1) >= since_ts]
+        recent.sort(key=lambda e: -e.end_ts)
+        return recent
+
+    def project_state_counts(self, project: str) -> Counter[int]:
+        if not project:
+            return Counter(self.state_counts)
+        counts: Counter[int] = Counter()
+        for bucket in self._project_buckets.get(project, ()):
+            counts[bucket[3]] += len(self._buckets[bucket])
+        return counts
+
+    # ------------------------------------------------------------ checkpoints
+
+    def upsert_checkpoint(self, cf: CheckpointFile) -> None:
+        self.remove_checkpoint(cf.key, cf.suffix)
+        self.checkpoints.setdefault(cf.key, {})[cf.suffix] = cf
+        bisect.insort(self._ckpt_order, (-cf.create_ts, *cf.key, cf.suffix))
+        self.checkpoint_bytes += cf.size_bytes
+        self.checkpoint_count += 1
+
+    def remove_checkpoint(self, key: JobKey, suffix: str) -> None:
+        by_suffix = self.checkpoints.get(key)
+        if not by_suffix or suffix not in by_suffix:
+            return
+        cf = by_suffix.pop(suffix)
+        if not by_suffix:
+            del self.checkpoints[key]
+        _remove_sorted(self._ckpt_order, (-cf.create_ts, *cf.key, cf.suffix))
+        self.checkpoint_bytes -= cf.size_bytes
+        self.checkpoint_count -= 1
+
+    def remove_checkpoints_under(self, prefix: tuple[str, ...]) -> None:
+        for key in [k for k in self.checkpoints if k[: len(prefix)] == prefix]:
+            for suffix in list(self.checkpoints.get(key, {})):
+                self.remove_checkpoint(key, suffix)
+
+    def list_checkpoints(
+        self, project: str, group: str, name: str, size: int, token: str
+    ) -> tuple[list[CheckpointFile], str]:
+        limit = page_size(size)
+        fkey = [project, group, name]
+        pos = decode_token("viewer.checkpoints", fkey, token)
+        after = tuple(pos) if isinstance(pos, list) and len(pos) == 5 else None
+        if pos is not None and after is None:
+            raise invalid_field("page_token", "is not a page token from this list")
+        start = 0 if after is None else bisect.bisect_right(self._ckpt_order, after)  # type: ignore[arg-type]
+        out: list[CheckpointFile] = []
+        for sk in self._ckpt_order[start:]:
+            _, p, g, n, suffix = sk
+            if (project and p != project) or (group and g != group) or (name and n != name):
+                continue
+            if len(out) == limit:
+                last = out[-1]
+                return out, encode_token(
+                    "viewer.checkpoints", fkey, [-last.create_ts, *last.key, last.suffix]
+                )
+            out.append(self.checkpoints[(p, g, n)][suffix])
+        return out, ""
+
+    def latest_checkpoint(self, key: JobKey) -> CheckpointFile | None:
+        by_suffix = self.checkpoints.get(key)
+        if not by_suffix:
+            return None
+        return max(by_suffix.values(), key=lambda c: (c.create_ts, c.suffix))
+
+    def checkpoint_totals(self, project: str, group: str, name: str) -> tuple[int, int]:
+        count = size = 0
+        for key, by_suffix in self.checkpoints.items():
+            if (project and key[0] != project) or (group and key[1] != group) or (name and key[2] != name):
+                continue
+            count += len(by_suffix)
+            size += sum(c.size_bytes for c in by_suffix.values())
+        return count, size
+
+
+def _from(lst: list[SortKey], start: int) -> Iterator[SortKey]:
+    for i in range(start, len(lst)):
+        yield lst[i]
+
+
+def _remove_sorted(lst: list[Any], item: Any) -> None:
+    i = bisect.bisect_left(lst, item)
+    if i < len(lst) and lst[i] == item:
+        del lst[i]
+
+
+def _sort_key(pos: Any) -> SortKey | None:
+    if pos is None:
+        return None
+    if (
+        isinstance(pos, list)
+        and len(pos) == 5
+        and isinstance(pos[0], int | float)
+        and all(isinstance(p, str) for p in pos[1:])
+    ):
+        return (float(pos[0]), pos[1], pos[2], pos[3], pos[4])
+    raise invalid_field("page_token", "is not a page token from this list")

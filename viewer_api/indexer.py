@@ -1,0 +1,328 @@
+"""Keeps the index fresh: a full scan at start, inotify (or polling) after it,
+and a periodic reconciliation scan as the safety net.
+
+With inotify, every directory of both trees down to the run directories (and
+to the job directories of the checkpoint tree) is watched. An event marks a
+path dirty; a worker reads dirty paths in a thread and applies what it read to
+the index on the event loop, so a rewritten status.json shows in ListJobs a
+few milliseconds later. If the kernel runs out of watches or drops events,
+the reconciliation scan repairs whatever was missed. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from inotify_simple import INotify
+from inotify_simple import flags as F
+
+from common.names import is_valid_name
+from viewer_api import scan
+from viewer_api.index import Index
+
+log = structlog.get_logger(__name__)
+
+# No MODIFY: a log being written would flood us, and whole status files arrive
+# by rename (MOVED_TO) or, from writers that do not rename, CLOSE_WRITE.
+_DIR_MASK = F.CREATE | F.DELETE | F.MOVED_TO | F.MOVED_FROM | F.CLOSE_WRITE | F.ONLYDIR
+
+
+@dataclass
+class _Tree:
+    kind: str  # "status" or "checkpoints"
+    root: str
+    # Depth of the deepest watched directory: run dirs (4) / job dirs (3).
+    depth: int
+    wds: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    paths: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+
+@dataclass
+class _Dirty:
+    status_runs: set[tuple[str, ...]] = field(default_factory=set)
+    status_subtrees: set[tuple[str, ...]] = field(default_factory=set)
+    ckpt_items: set[tuple[str, ...]] = field(default_factory=set)
+    ckpt_subtrees: set[tuple[str, ...]] = field(default_factory=set)
+
+
+@dataclass
+class _Read:
+    runs: list[tuple[scan.RunKey, scan.RunFile | str | None]] = field(default_factory=list)
+    status_subtrees: list[tuple[tuple[str, ...], scan.ScanResult]] = field(default_factory=list)
+    checkpoints: list[tuple[tuple[scan.JobKey, str], scan.CheckpointFile | str | None]] = field(
+        default_factory=list
+    )
+    checkpoint_subtrees: list[tuple[tuple[str, ...], scan.ScanResult]] = field(default_factory=list)
+
+
+def _valid(rel: tuple[str, ...]) -> bool:
+    return all(is_valid_name(part) for part in rel)
+
+
+def _covered(rel: tuple[str, ...], prefixes: set[tuple[str, ...]]) -> bool:
+    return any(rel[: len(p)] == p for p in prefixes)
+
+
+def _outermost(prefixes: set[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Valid prefixes not inside another one: rescanning those covers the rest."""
+    return [
+        rel
+        for rel in sorted(prefixes, key=len)
+        if _valid(rel) and not any(rel[: len(p)] == p for p in prefixes if len(p) < len(rel))
+    ]
+
+
+class Indexer:
+    def __init__(
+        self,
+        index: Index,
+        status_dir: str,
+        checkpoints_dir: str,
+        *,
+        mode: str = "inotify",
+        poll_interval: float = 2.0,
+        reconcile_interval: float = 300.0,
+    ) -> None:
+        if mode not in ("inotify", "poll"):
+            raise ValueError("watch mode must be 'inotify' or 'poll'")
+        self.index = index
+        self.mode = mode
+        self._trees = {
+            "status": _Tree("status", os.path.realpath(status_dir), 4),
+            "checkpoints": _Tree("checkpoints", os.path.realpath(checkpoints_dir), 3),
+        }
+        self._poll_interval = poll_interval
+        self._reconcile_interval = reconcile_interval
+        self._inotify: INotify | None = None
+        self._dirty: set[tuple[str, tuple[str, ...]]] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reconcile_lock = asyncio.Lock()
+        self.unwatched = 0
+
+    # ---------------------------------------------------------------- start
+
+    async def start(self) -> None:
+        t0 = time.perf_counter()
+        if self.mode == "inotify":
+            self._inotify = INotify(nonblocking=True)
+            asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_events)
+        await self.reconcile(full=True)
+        log.info(
+            "index_ready",
+            runs=len(self.index.runs),
+            checkpoints=self.index.checkpoint_count,
+            seconds=round(time.perf_counter() - t0, 3),
+            mode=self.mode,
+            unwatched=self.unwatched,
+        )
+        self._tasks.append(asyncio.create_task(self._apply_dirty()))
+        interval = self._poll_interval if self.mode == "poll" else self._reconcile_interval
+        self._tasks.append(asyncio.create_task(self._periodic(interval)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inotify is not None:
+            asyncio.get_running_loop().remove_reader(self._inotify.fileno())
+            self._inotify.close()
+            self._inotify = None
+
+    async def _periodic(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile_failed")
+
+    # ------------------------------------------------------------ reconcile
+
+    async def reconcile(self, *, full: bool = False) -> None:
+        """Scan both trees and make the index match them exactly."""
+        async with self._reconcile_lock:
+            st = self._trees["status"]
+            ck = self._trees["checkpoints"]
+            known = {} if full else self.index.signatures()
+            status, ckpts = await asyncio.gather(
+                asyncio.to_thread(scan.scan_status, st.root, known),
+                asyncio.to_thread(scan.scan_checkpoints, ck.root),
+            )
+            index = self.index
+            seen = set(status.unchanged)
+            for rf in status.runs:
+                index.upsert_run(rf)
+                seen.add(rf.key)
+            for key in [k for k in index.runs if k not in seen]:
+                index.remove_run(key)
+            want = {(c.key, c.suffix): c for c in ckpts.checkpoints}
+            for job_key, by_suffix in list(index.checkpoints.items()):
+                for suffix in list(by_suffix):
+                    if (job_key, suffix) not in want:
+                        index.remove_checkpoint(job_key, suffix)
+            for (job_key, suffix), cf in want.items():
+                old = index.checkpoints.get(job_key, {}).get(suffix)
+                if (
+                    old is None
+                    or (old.size_bytes, old.create_ts, old.file_count)
+                    != (cf.size_bytes, cf.create_ts, cf.file_count)
+                    or old.config_file != cf.config_file
+                ):
+                    index.upsert_checkpoint(cf)
+            index.problems = {**status.problems, **ckpts.problems}
+            index.last_full_scan = time.time()
+            if self._inotify is not None:
+                await asyncio.to_thread(self._watch_dirs, st, status.dirs)
+                await asyncio.to_thread(self._watch_dirs, ck, ckpts.dirs)
+
+    # ------------------------------------------------------------- inotify
+
+    def _rel(self, tree: _Tree, path: str) -> tuple[str, ...] | None:
+        if path == tree.root:
+            return ()
+        if not path.startswith(tree.root + os.sep):
+            return None
+        return tuple(path[len(tree.root) + 1 :].split(os.sep))
+
+    def _watch_dirs(self, tree: _Tree, dirs: list[str]) -> None:
+        """Add watches for ``dirs`` (blocking: called in a thread)."""
+        assert self._inotify is not None
+        for path in dirs:
+            rel = self._rel(tree, os.path.realpath(path)) if os.path.islink(path) else self._rel(tree, path)
+            if rel is None or len(rel) > tree.depth or rel in tree.paths:
+                continue
+            try:
+                wd = self._inotify.add_watch(path, _DIR_MASK)
+            except OSError:
+                self.unwatched += 1
+                continue
+            tree.wds[wd] = rel
+            tree.paths[rel] = wd
+
+    def _tree_of(self, wd: int) -> tuple[_Tree, tuple[str, ...]] | None:
+        for tree in self._trees.values():
+            rel = tree.wds.get(wd)
+            if rel is not None:
+                return tree, rel
+        return None
+
+    def _on_events(self) -> None:
+        assert self._inotify is not None
+        try:
+            events = self._inotify.read(timeout=0)
+        except BlockingIOError:
+            return
+        for ev in events:
+            if ev.mask & F.Q_OVERFLOW:
+                # Events were lost: only a scan can tell what changed.
+                asyncio.get_running_loop().create_task(self.reconcile())
+                continue
+            found = self._tree_of(ev.wd)
+            if found is None:
+                continue
+            tree, rel = found
+            if ev.mask & F.IGNORED:
+                tree.wds.pop(ev.wd, None)
+                if tree.paths.get(rel) == ev.wd:
+                    del tree.paths[rel]
+                continue
+            if not ev.name:
+                continue  # the watched directory itself; its parent reports it
+            self._dirty.add((tree.kind, (*rel, ev.name)))
+        if self._dirty:
+            self._wake.set()
+
+    async def _apply_dirty(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._dirty = self._dirty, set()
+            try:
+                await self._apply(batch)
+            except Exception:
+                log.exception("index_update_failed")
+
+    async def _apply(self, batch: set[tuple[str, tuple[str, ...]]]) -> None:
+        dirty = _Dirty()
+        for kind, rel in batch:
+            if kind == "status":
+                if len(rel) == 5:
+                    if rel[4] == scan.STATUS_FILE:
+                        dirty.status_runs.add(rel[:4])
+                elif len(rel) <= 4:
+                    dirty.status_subtrees.add(rel)
+            elif len(rel) == 4:
+                dirty.ckpt_items.add(rel)
+            elif len(rel) < 4:
+                dirty.ckpt_subtrees.add(rel)
+        st, ck = self._trees["status"], self._trees["checkpoints"]
+        read = await asyncio.to_thread(self._read_changes, st, ck, dirty)
+        index = self.index
+        for rel, outcome in read.runs:
+            path = os.path.join(st.root, *rel, scan.STATUS_FILE)
+            if isinstance(outcome, scan.RunFile):
+                index.upsert_run(outcome)
+                index.problems.pop(path, None)
+            elif outcome == "missing":
+                index.remove_run(rel)
+            elif outcome is not None:
+                # Unreadable for now: keep what the index had; the next write or scan decides.
+                index.problems[path] = outcome
+        for prefix, sub in read.status_subtrees:
+            index.remove_runs_under(prefix)
+            for rf in sub.runs:
+                index.upsert_run(rf)
+            index.problems.update(sub.problems)
+        for (job_key, suffix), got in read.checkpoints:
+            index.remove_checkpoint(job_key, suffix)
+            if isinstance(got, scan.CheckpointFile):
+                index.upsert_checkpoint(got)
+            elif isinstance(got, str):
+                index.problems[os.path.join(ck.root, *job_key, suffix)] = got
+        for prefix, sub in read.checkpoint_subtrees:
+            index.remove_checkpoints_under(prefix)
+            for cf in sub.checkpoints:
+                index.upsert_checkpoint(cf)
+            index.problems.update(sub.problems)
+
+    def _read_changes(self, st: _Tree, ck: _Tree, dirty: _Dirty) -> _Read:
+        """Read what the dirty paths now hold (blocking: runs in a thread)."""
+        out = _Read()
+        # A changed directory at any level: rescan below it (it may be new, moved or gone).
+        for rel in _outermost(dirty.status_subtrees):
+            result = scan.ScanResult()
+            path = os.path.join(st.root, *rel)
+            if os.path.isdir(path):
+                scan.scan_status_under(st.root, rel, path, result, {})
+                if self._inotify is not None:
+                    self._watch_dirs(st, result.dirs)
+            out.status_subtrees.append((rel, result))
+        for rel in dirty.status_runs:
+            if _covered(rel, dirty.status_subtrees) or not _valid(rel):
+                continue
+            key: scan.RunKey = (rel[0], rel[1], rel[2], rel[3])
+            out.runs.append((key, scan.read_run(st.root, key, os.path.join(st.root, *rel))))
+        for rel in _outermost(dirty.ckpt_subtrees):
+            result = scan.ScanResult()
+            path = os.path.join(ck.root, *rel)
+            if os.path.isdir(path):
+                scan.scan_checkpoints_under(ck.root, rel, path, result)
+                if self._inotify is not None:
+                    self._watch_dirs(ck, result.dirs)
+            out.checkpoint_subtrees.append((rel, result))
+        for rel in dirty.ckpt_items:
+            if _covered(rel, dirty.ckpt_subtrees) or not _valid(rel[:3]):
+                continue
+            job_key: scan.JobKey = (rel[0], rel[1], rel[2])
+            got = scan.read_checkpoint(ck.root, job_key, rel[3], os.path.join(ck.root, *rel))
+            out.checkpoints.append(((job_key, rel[3]), got))
+        return out
+
+    @property
+    def watch_count(self) -> int:
+        return sum(len(t.wds) for t in self._trees.values())

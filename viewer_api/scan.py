@@ -1,0 +1,295 @@
+"""Reading the status and checkpoint trees (blocking; run in worker threads).
+
+    <status_dir>/<project>/<group>/<name>/<run_id>/status.json
+    <checkpoints_dir>/<project>/<group>/<name>/<suffix>/
+
+Everything here only reads. A directory whose name breaks the naming rule, a
+link that leads outside its root, and a status.json that is not a Job are
+reported as problems (counted in the stats), never indexed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from baton.v1 import job_pb2
+from common.layout import CONFIG_FILES, JOB_SPEC_FILE, STATUS_FILE, is_complete_checkpoint
+from common.names import is_valid_name
+
+RunKey = tuple[str, str, str, str]
+JobKey = tuple[str, str, str]
+
+INVALID_STATUS = "invalid_status"
+INVALID_NAME = "invalid_name"
+OUTSIDE_LINK = "outside_link"
+
+_STATES = {v.name: v.number for v in job_pb2.JobState.DESCRIPTOR.values}
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+Signature = tuple[int, int, int]  # inode, mtime_ns, size
+
+
+def rfc3339_seconds(text: Any) -> float:
+    """Seconds since the epoch of a proto3-JSON timestamp; 0.0 when absent."""
+    if not text:
+        return 0.0
+    if not isinstance(text, str):
+        raise ValueError("timestamp is not a string")
+    if len(text) >= 20 and text[-1] == "Z" and text[10] == "T":
+        day = datetime.date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal()
+        secs = (day - _EPOCH_ORDINAL) * 86400 + int(text[11:13]) * 3600 + int(text[14:16]) * 60
+        secs += int(text[17:19])
+        frac = text[20:-1] if text[19] == "." else ""
+        return secs + (float("0." + frac) if frac else 0.0)
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+@dataclass(slots=True)
+class RunFile:
+    """What the index keeps of one status.json: its key fields and its bytes."""
+
+    key: RunKey
+    job_id: str
+    state: int
+    create_ts: float
+    start_ts: float
+    end_ts: float
+    heartbeat_ts: float
+    raw: bytes
+    signature: Signature
+
+
+@dataclass(slots=True)
+class CheckpointFile:
+    key: JobKey
+    suffix: str
+    path: str
+    create_ts: float
+    size_bytes: int
+    file_count: int
+    config_file: str
+    has_job_spec: bool
+
+
+@dataclass
+class ScanResult:
+    runs: list[RunFile] = field(default_factory=list)
+    # Runs whose status.json did not change since the signature the caller gave.
+    unchanged: list[RunKey] = field(default_factory=list)
+    checkpoints: list[CheckpointFile] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)
+    dirs: list[str] = field(default_factory=list)
+
+
+def parse_run(key: RunKey, raw: bytes, signature: Signature) -> RunFile:
+    """Index fields of a status.json; ValueError when it is not a Job."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    state = data.get("state", 0)
+    if isinstance(state, str):
+        if state not in _STATES:
+            raise ValueError(f"unknown state {state!r}")
+        state = _STATES[state]
+    elif not isinstance(state, int):
+        raise ValueError("state is not an enum")
+    job_id = data.get("id", "")
+    if not isinstance(job_id, str):
+        raise ValueError("id is not a string")
+    try:
+        create = rfc3339_seconds(data.get("createTime"))
+        start = rfc3339_seconds(data.get("startTime"))
+        end = rfc3339_seconds(data.get("endTime"))
+        beat = rfc3339_seconds(data.get("heartbeatTime"))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"bad timestamp: {exc}") from None
+    return RunFile(key, job_id, state, create, start, end, beat, raw, signature)
+
+
+def _signature(st: os.stat_result) -> Signature:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _inside(root: str, path: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root + os.sep)
+
+
+def _subdirs(path: str, root: str, problems: dict[str, str]) -> list[tuple[str, str]]:
+    """(name, path) of the valid subdirectories of ``path``; problems noted."""
+    out: list[tuple[str, str]] = []
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return out
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=True):
+                continue
+        except OSError:
+            continue
+        if entry.name.startswith(".") or entry.name.endswith(".tmp"):
+            continue  # being written, or not ours
+        if not is_valid_name(entry.name):
+            problems[entry.path] = INVALID_NAME
+            continue
+        if entry.is_symlink() and not _inside(root, entry.path):
+            problems[entry.path] = OUTSIDE_LINK
+            continue
+        out.append((entry.name, entry.path))
+    return out
+
+
+def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = None) -> RunFile | str | None:
+    """A run's status.json: a RunFile, None when unchanged since ``known``, or a problem."""
+    path = os.path.join(run_dir, STATUS_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        if os.path.islink(path) and not _inside(root, path):
+            return OUTSIDE_LINK
+        if os.path.islink(path):
+            try:
+                fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return INVALID_STATUS
+        else:
+            return INVALID_STATUS
+    try:
+        sig = _signature(os.fstat(fd))
+        if known is not None and sig == known:
+            return None
+        chunks = []
+        while True:
+            block = os.read(fd, 1 << 16)
+            if not block:
+                break
+            chunks.append(block)
+    finally:
+        os.close(fd)
+    try:
+        return parse_run(key, b"".join(chunks), sig)
+    except ValueError:
+        return INVALID_STATUS
+
+
+def scan_status(root: str, known: dict[RunKey, Signature] | None = None) -> ScanResult:
+    """Every run under ``root``; with ``known``, unchanged files are not re-read."""
+    result = ScanResult()
+    if not os.path.isdir(root):
+        return result
+    root = os.path.realpath(root)
+    scan_status_under(root, (), root, result, known or {})
+    return result
+
+
+def scan_status_under(
+    root: str, prefix: tuple[str, ...], path: str, result: ScanResult, known: dict[RunKey, Signature]
+) -> None:
+    """Scan the subtree at ``path`` (whose names so far are ``prefix``) into ``result``."""
+    result.dirs.append(path)
+    if len(prefix) == 4:
+        key: RunKey = prefix  # type: ignore[assignment]
+        got = read_run(root, key, path, known.get(key))
+        if got is None:
+            result.unchanged.append(key)
+        elif isinstance(got, RunFile):
+            result.runs.append(got)
+        elif got != "missing":
+            result.problems[os.path.join(path, STATUS_FILE)] = got
+        return
+    for name, sub in _subdirs(path, root, result.problems):
+        scan_status_under(root, (*prefix, name), sub, result, known)
+
+
+def _dir_usage(path: str) -> tuple[int, int]:
+    """Bytes and files below ``path``, not following links."""
+    size = files = 0
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                else:
+                    size += entry.stat(follow_symlinks=False).st_size
+                    files += 1
+            except OSError:
+                continue
+    return size, files
+
+
+def read_checkpoint(root: str, key: JobKey, suffix: str, path: str) -> CheckpointFile | str | None:
+    """One complete checkpoint directory, a problem, or None when not a checkpoint."""
+    if not is_complete_checkpoint(suffix):
+        return None
+    if not is_valid_name(suffix):
+        return INVALID_NAME
+    if os.path.islink(path) and not _inside(root, path):
+        return OUTSIDE_LINK
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not os.path.isdir(path):
+        return None
+    size, files = _dir_usage(path)
+    config = next((c for c in CONFIG_FILES if os.path.isfile(os.path.join(path, c))), "")
+    return CheckpointFile(
+        key, suffix, path, st.st_mtime, size, files, config, os.path.isfile(os.path.join(path, JOB_SPEC_FILE))
+    )
+
+
+def scan_checkpoints(root: str) -> ScanResult:
+    result = ScanResult()
+    if not os.path.isdir(root):
+        return result
+    root = os.path.realpath(root)
+    scan_checkpoints_under(root, (), root, result)
+    return result
+
+
+def scan_checkpoints_under(root: str, prefix: tuple[str, ...], path: str, result: ScanResult) -> None:
+    if len(prefix) == 4:
+        key: JobKey = prefix[:3]  # type: ignore[assignment]
+        got = read_checkpoint(root, key, prefix[3], path)
+        if isinstance(got, CheckpointFile):
+            result.checkpoints.append(got)
+        elif isinstance(got, str):
+            result.problems[path] = got
+        return
+    result.dirs.append(path)
+    if len(prefix) == 3:
+        # Checkpoint names that are still being written are skipped, not problems.
+        try:
+            entries = [e for e in os.scandir(path) if e.is_dir(follow_symlinks=True)]
+        except OSError:
+            return
+        for entry in entries:
+            scan_checkpoints_under(root, (*prefix, entry.name), entry.path, result)
+        return
+    for name, sub in _subdirs(path, root, result.problems):
+        scan_checkpoints_under(root, (*prefix, name), sub, result)
+
+
+def read_text(path: Path, limit: int = 8 << 20) -> str:
+    """A small file's text, opened read-only; ValueError when too large."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path.name} is larger than {limit} bytes")
+    return data.decode()

@@ -1,0 +1,95 @@
+"""The viewer's wiring: index, indexer, service and the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from baton.v1 import viewer_pb2, viewer_pb2_grpc
+from common.rpc import build_server
+from viewer_api.config import ViewerConfig
+from viewer_api.index import Index
+from viewer_api.indexer import Indexer
+from viewer_api.service import ViewerService
+from viewer_api.servicer import ViewerServicer
+
+log = structlog.get_logger(__name__)
+SERVICE = viewer_pb2.DESCRIPTOR.services_by_name["Viewer"].full_name
+
+
+@dataclass
+class RunningViewer:
+    config: ViewerConfig
+    server: grpc.aio.Server
+    port: int
+    service: ViewerService
+    indexer: Indexer
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
+
+    async def stop(self, grace: float = 2.0) -> None:
+        try:
+            await self.server.stop(grace)
+        finally:
+            await self.indexer.stop()
+            self.service.close()
+
+
+async def start(config: ViewerConfig) -> RunningViewer:
+    assert config.status_dir is not None and config.checkpoints_dir is not None
+    token = config.token()
+    index = Index()
+    indexer = Indexer(
+        index,
+        str(config.status_dir),
+        str(config.checkpoints_dir),
+        mode=config.watch,
+        poll_interval=config.poll_interval,
+        reconcile_interval=config.reconcile_interval,
+    )
+    await indexer.start()
+    service = ViewerService(
+        index, indexer, str(config.status_dir), str(config.checkpoints_dir),
+        stale_after=config.stale_after, heartbeat=config.feed_heartbeat,
+    )  # fmt: skip
+    servicer = ViewerServicer(service)
+    try:
+        server, port, _ = await build_server(
+            lambda s: viewer_pb2_grpc.add_ViewerServicer_to_server(servicer, s),
+            [SERVICE],
+            config.listen,
+            token,
+        )
+    except BaseException:
+        await indexer.stop()
+        service.close()
+        raise
+    running = RunningViewer(config, server, port, service, indexer)
+    log.info(
+        "viewer_serving",
+        address=running.address,
+        status_dir=str(config.status_dir),
+        checkpoints_dir=str(config.checkpoints_dir),
+        watch=config.watch,
+    )
+    return running
+
+
+async def serve(config: ViewerConfig) -> None:
+    running = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await running.stop()

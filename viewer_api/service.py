@@ -1,0 +1,420 @@
+"""What the viewer answers, in domain terms: queries on the index, fresh reads
+of single runs and checkpoints, and logs through the shared tailer.
+
+Everything here reads; files are opened read-only. Errors are domain errors
+(``common.errors``); the servicer maps them to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from baton.v1 import job_pb2
+from baton.v1 import viewer_pb2 as pb
+from common.errors import FailedPrecondition, NotFound, invalid_field
+from common.filewatch import FileWatcher
+from common.jobfile import job_from_json
+from common.layout import JOB_SPEC_FILE, LOG_FILE, STATUS_FILE
+from common.names import name_problem
+from common.paging import decode_token, encode_token, page_size
+from common.tailer import CHUNK, offset_of_last_lines, tail
+from viewer_api.index import Filter, Index, RunEntry
+from viewer_api.indexer import Indexer
+from viewer_api.scan import CheckpointFile, JobKey, RunKey, read_text
+
+S = job_pb2
+TERMINAL = frozenset({S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED})
+MAX_READ = 4 << 20
+DEFAULT_TAIL_LINES = 100
+DEFAULT_RECENT_HOURS = 24
+DEFAULT_RECENT_LIMIT = 50
+RECENT_FAILURES_SHOWN = 10
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if seconds:
+        ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _names(**parts: str) -> None:
+    for field_name, value in parts.items():
+        problem = name_problem(value)
+        if problem:
+            raise invalid_field(field_name, problem)
+
+
+def _to_struct(data: Any, what: str) -> struct_pb2.Struct:
+    if not isinstance(data, dict):
+        raise FailedPrecondition(f"{what} does not hold a mapping", reason="CHECKPOINT_FILE_INVALID")
+    # YAML may hold dates and other non-JSON values; their text form is kept.
+    plain = json.loads(json.dumps(data, default=str))
+    struct = struct_pb2.Struct()
+    struct.update(plain)
+    return struct
+
+
+class ViewerService:
+    def __init__(
+        self,
+        index: Index,
+        indexer: Indexer,
+        status_dir: str,
+        checkpoints_dir: str,
+        *,
+        stale_after: float = 300.0,
+        heartbeat: float = 5.0,
+    ) -> None:
+        self.index = index
+        self.indexer = indexer
+        self._status_root = Path(os.path.realpath(status_dir))
+        self._ckpt_root = Path(os.path.realpath(checkpoints_dir))
+        self.stale_after = stale_after
+        self._heartbeat = heartbeat
+        self.watcher = FileWatcher()
+        self.active_streams = 0
+
+    def close(self) -> None:
+        self.watcher.close()
+
+    # ------------------------------------------------------------------ runs
+
+    def list_jobs(self, flt: Filter, size: int, token: str) -> tuple[list[job_pb2.Job], str, int]:
+        return self.index.list_runs(flt, size, token)
+
+    def list_job_runs(
+        self, project: str, group: str, name: str, size: int, token: str
+    ) -> tuple[list[job_pb2.Job], str]:
+        _names(project=project, group=group, name=name)
+        jobs, nxt, _ = self.index.list_runs(Filter(project, group, name), size, token, scope="viewer.runs")
+        return jobs, nxt
+
+    def _resolve(self, job_id: str, project: str, group: str, name: str, run_id: str) -> RunKey:
+        if job_id:
+            key = self.index.by_id.get(job_id)
+            if key is None:
+                raise NotFound(
+                    f"no run with job id {job_id!r}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id}
+                )
+            return key
+        if not (project or group or name or run_id):
+            raise invalid_field("job_id", "give job_id, or project, group, name and run_id")
+        _names(project=project, group=group, name=name, run_id=run_id)
+        return (project, group, name, run_id)
+
+    def _run_dir(self, key: RunKey) -> Path:
+        return self._status_root.joinpath(*key)
+
+    async def get_job(self, job_id: str, project: str, group: str, name: str, run_id: str) -> job_pb2.Job:
+        key = self._resolve(job_id, project, group, name, run_id)
+        path = self._run_dir(key) / STATUS_FILE
+        try:
+            raw = await asyncio.to_thread(read_text, path, 16 << 20)
+            job = job_from_json(raw)
+            p, g, n, r = key
+            job.project, job.group, job.name, job.run_id = p, g, n, r
+            return job
+        except (OSError, ValueError):
+            entry = self.index.runs.get(key)
+            if entry is None:
+                raise NotFound(
+                    f"no run {'/'.join(key)}", reason="JOB_NOT_FOUND", metadata={"run": "/".join(key)}
+                ) from None
+            return entry.job()
+
+    def _age(self, entry: RunEntry, now: float) -> float:
+        return now - (entry.heartbeat_ts or entry.start_ts or entry.create_ts)
+
+    def list_running(
+        self, project: str, include_stale: bool, stale_after: float | None, size: int, token: str
+    ) -> tuple[list[pb.RunningJob], str]:
+        limit = page_size(size)
+        threshold = self.stale_after if stale_after is None else stale_after
+        key_filter = [project, include_stale, threshold]
+        after = decode_token("viewer.running", key_filter, token)
+        now = time.time()
+        out: list[pb.RunningJob] = []
+        last_sort: list[Any] = []
+        for entry in self.index.running(project):
+            if after is not None and list(entry.sort) <= after:
+                continue
+            age = self._age(entry, now)
+            stale = age > threshold
+            if stale and not include_stale:
+                continue
+            if len(out) == limit:
+                return out, encode_token("viewer.running", key_filter, last_sort)
+            heartbeat_age = duration_pb2.Duration()
+            heartbeat_age.FromNanoseconds(int(max(age, 0.0) * 1e9))
+            out.append(pb.RunningJob(job=entry.job(), stale=stale, heartbeat_age=heartbeat_age))
+            last_sort = list(entry.sort)
+        return out, ""
+
+    def list_recent(self, project: str, hours: int, limit: int) -> list[job_pb2.Job]:
+        if hours < 0:
+            raise invalid_field("hours", "must not be negative")
+        if limit < 0:
+            raise invalid_field("limit", "must not be negative")
+        since = time.time() - (hours or DEFAULT_RECENT_HOURS) * 3600
+        return self.index.recent(project, since, min(limit or DEFAULT_RECENT_LIMIT, 1000))
+
+    def list_projects(self, size: int, token: str) -> tuple[list[pb.ProjectSummary], str]:
+        limit = page_size(size)
+        after = decode_token("viewer.projects", [], token)
+        if after is not None and not isinstance(after, str):
+            raise invalid_field("page_token", "is not a page token from this list")
+        out: list[pb.ProjectSummary] = []
+        for project, runs, counts, last in self.index.projects():
+            if after is not None and project <= after:
+                continue
+            if len(out) == limit:
+                return out, encode_token("viewer.projects", [], out[-1].project)
+            out.append(
+                pb.ProjectSummary(
+                    project=project,
+                    run_count=runs,
+                    state_counts=[
+                        job_pb2.JobStateCount(state=s, count=c)  # type: ignore[arg-type]
+                        for s, c in sorted(counts.items())
+                    ],
+                    last_activity_time=_ts(last),
+                )
+            )
+        return out, ""
+
+    def dashboard(self, project: str) -> pb.GetDashboardStatsResponse:
+        index = self.index
+        counts = index.project_state_counts(project)
+        now = time.time()
+        running = index.running(project)
+        stale = sum(1 for e in running if self._age(e, now) > self.stale_after)
+        failures = index.failures_since(project, now - 86400)
+        ckpt_count, ckpt_bytes = index.checkpoint_totals(project, "", "")
+        problems = list(index.problems.values())
+        return pb.GetDashboardStatsResponse(
+            total_runs=sum(counts.values()),
+            state_counts=[
+                job_pb2.JobStateCount(state=s, count=c)  # type: ignore[arg-type]
+                for s, c in sorted(counts.items())
+            ],
+            running=len(running),
+            stale=stale,
+            recent_failures=[e.job() for e in failures[:RECENT_FAILURES_SHOWN]],
+            recent_failure_count=len(failures),
+            checkpoint_count=ckpt_count,
+            checkpoint_bytes=ckpt_bytes,
+            invalid_status_files=problems.count("invalid_status"),
+            invalid_names=problems.count("invalid_name"),
+            outside_links=problems.count("outside_link"),
+            last_full_scan_time=_ts(index.last_full_scan),
+            watch_mode=self.indexer.mode,
+        )
+
+    # ----------------------------------------------------------- checkpoints
+
+    @staticmethod
+    def checkpoint_message(cf: CheckpointFile) -> pb.Checkpoint:
+        p, g, n = cf.key
+        return pb.Checkpoint(
+            project=p, group=g, name=n, suffix=cf.suffix, path=cf.path, create_time=_ts(cf.create_ts),
+            size_bytes=cf.size_bytes, file_count=cf.file_count, config_file=cf.config_file,
+            has_job_spec=cf.has_job_spec,
+        )  # fmt: skip
+
+    def list_checkpoints(
+        self, project: str, group: str, name: str, size: int, token: str
+    ) -> tuple[list[pb.Checkpoint], str]:
+        found, nxt = self.index.list_checkpoints(project, group, name, size, token)
+        return [self.checkpoint_message(c) for c in found], nxt
+
+    def _checkpoint(self, project: str, group: str, name: str, suffix: str) -> CheckpointFile:
+        _names(project=project, group=group, name=name)
+        key: JobKey = (project, group, name)
+        if not suffix:
+            latest = self.index.latest_checkpoint(key)
+            if latest is None:
+                raise NotFound(f"no checkpoints for {project}/{group}/{name}", reason="CHECKPOINT_NOT_FOUND")
+            return latest
+        problem = name_problem(suffix)
+        if problem:
+            raise invalid_field("suffix", problem)
+        cf = self.index.checkpoints.get(key, {}).get(suffix)
+        if cf is None:
+            raise NotFound(
+                f"no checkpoint {suffix!r} for {project}/{group}/{name}", reason="CHECKPOINT_NOT_FOUND"
+            )
+        return cf
+
+    def get_checkpoint(self, project: str, group: str, name: str, suffix: str) -> pb.Checkpoint:
+        if not suffix:
+            raise invalid_field("suffix", "is required")
+        return self.checkpoint_message(self._checkpoint(project, group, name, suffix))
+
+    def latest_checkpoint(self, project: str, group: str, name: str) -> pb.Checkpoint:
+        return self.checkpoint_message(self._checkpoint(project, group, name, ""))
+
+    async def checkpoint_config(
+        self, project: str, group: str, name: str, suffix: str
+    ) -> pb.GetCheckpointConfigResponse:
+        cf = self._checkpoint(project, group, name, suffix)
+
+        def load() -> tuple[Any, str]:
+            for file_name, parse in (("config.yaml", yaml.safe_load), ("config.json", json.loads)):
+                path = Path(cf.path) / file_name
+                try:
+                    text = read_text(path)
+                except FileNotFoundError:
+                    continue
+                except (OSError, ValueError) as exc:
+                    raise FailedPrecondition(
+                        f"{file_name} cannot be read: {exc}", reason="CHECKPOINT_FILE_INVALID"
+                    ) from None
+                try:
+                    return parse(text), file_name
+                except (yaml.YAMLError, ValueError) as exc:
+                    raise FailedPrecondition(
+                        f"{file_name} is not valid: {exc}", reason="CHECKPOINT_FILE_INVALID"
+                    ) from None
+            raise NotFound(
+                f"checkpoint {cf.suffix!r} has no config.yaml or config.json",
+                reason="CHECKPOINT_CONFIG_NOT_FOUND",
+            )
+
+        data, source = await asyncio.to_thread(load)
+        return pb.GetCheckpointConfigResponse(
+            config=_to_struct(data, source), source_file=source, suffix=cf.suffix
+        )
+
+    async def checkpoint_job_spec(
+        self, project: str, group: str, name: str, suffix: str
+    ) -> pb.GetCheckpointJobSpecResponse:
+        cf = self._checkpoint(project, group, name, suffix)
+
+        def load() -> Any:
+            try:
+                return json.loads(read_text(Path(cf.path) / JOB_SPEC_FILE))
+            except FileNotFoundError:
+                raise NotFound(
+                    f"checkpoint {cf.suffix!r} has no {JOB_SPEC_FILE}", reason="CHECKPOINT_JOB_SPEC_NOT_FOUND"
+                ) from None
+            except (OSError, ValueError) as exc:
+                raise FailedPrecondition(
+                    f"{JOB_SPEC_FILE} is not valid: {exc}", reason="CHECKPOINT_FILE_INVALID"
+                ) from None
+
+        data = await asyncio.to_thread(load)
+        return pb.GetCheckpointJobSpecResponse(job_spec=_to_struct(data, JOB_SPEC_FILE), suffix=cf.suffix)
+
+    def checkpoint_stats(self, project: str, group: str, name: str) -> pb.GetCheckpointStatsResponse:
+        count, total = self.index.checkpoint_totals(project, group, name)
+        return pb.GetCheckpointStatsResponse(checkpoint_count=count, total_bytes=total)
+
+    # ------------------------------------------------------------------ logs
+
+    def _log_path(self, key: RunKey) -> Path:
+        return self._run_dir(key) / LOG_FILE
+
+    def _known_run(self, key: RunKey) -> None:
+        if key not in self.index.runs:
+            raise NotFound(f"no run {'/'.join(key)}", reason="JOB_NOT_FOUND", metadata={"run": "/".join(key)})
+
+    async def read_log(
+        self, ref: tuple[str, str, str, str, str], offset: int, limit: int
+    ) -> pb.ReadLogResponse:
+        key = self._resolve(*ref)
+        self._known_run(key)
+        if offset < 0:
+            raise invalid_field("offset", "must not be negative")
+        if limit < 0:
+            raise invalid_field("limit", "must not be negative")
+        want = min(limit or CHUNK, MAX_READ)
+        path = self._log_path(key)
+
+        def read() -> tuple[bytes, int]:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return b"", 0
+            try:
+                size = os.fstat(fd).st_size
+                return (os.pread(fd, min(want, size - offset), offset) if offset < size else b""), size
+            finally:
+                os.close(fd)
+
+        data, size = await asyncio.to_thread(read)
+        if offset > size:
+            raise invalid_field("offset", f"is past the end of the log ({size} bytes)")
+        return pb.ReadLogResponse(data=data, offset=offset, next_offset=offset + len(data), size=size)
+
+    async def tail_log(self, ref: tuple[str, str, str, str, str], lines: int) -> pb.TailLogResponse:
+        key = self._resolve(*ref)
+        self._known_run(key)
+        if lines < 0:
+            raise invalid_field("lines", "must not be negative")
+        path = self._log_path(key)
+        wanted = lines or DEFAULT_TAIL_LINES
+
+        def read() -> tuple[bytes, int, int]:
+            start = offset_of_last_lines(path, wanted)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    data = f.read(MAX_READ)
+                    return data, start, start + len(data)
+            except FileNotFoundError:
+                return b"", 0, 0
+
+        data, start, size = await asyncio.to_thread(read)
+        return pb.TailLogResponse(data=data, offset=start, size=size)
+
+    async def stream_log(
+        self, ref: tuple[str, str, str, str, str], offset: int, tail_lines: int, follow: bool
+    ) -> AsyncIterator[job_pb2.LogChunk]:
+        key = self._resolve(*ref)
+        self._known_run(key)
+        if offset < 0:
+            raise invalid_field("offset", "must not be negative")
+        if tail_lines < 0:
+            raise invalid_field("tail_lines", "must not be negative")
+        path = self._log_path(key)
+        if tail_lines > 0:
+            offset = await asyncio.to_thread(offset_of_last_lines, path, tail_lines)
+        wake = asyncio.Event()
+        stop_listening = self.index.listen(key, wake.set)
+
+        async def ended() -> bool:
+            entry = self.index.runs.get(key)
+            return entry is None or entry.state in TERMINAL
+
+        self.active_streams += 1
+        try:
+            async for piece in tail(path, offset, follow=follow, watcher=self.watcher, ended=ended,
+                                    wake=wake, heartbeat=self._heartbeat):  # fmt: skip
+                yield job_pb2.LogChunk(offset=piece.offset, data=piece.data, truncated=piece.truncated)
+                offset = piece.offset + len(piece.data)
+            entry = self.index.runs.get(key)
+            if entry is None:
+                raise NotFound(
+                    f"run {'/'.join(key)} was removed while its log was read", reason="JOB_REMOVED"
+                )
+            if entry.state in TERMINAL:
+                job = entry.job()
+                chunk = job_pb2.LogChunk(offset=offset, complete=True, state=job.state)
+                if job.HasField("exit_code"):
+                    chunk.exit_code = job.exit_code
+                if job.HasField("signal"):
+                    chunk.signal = job.signal
+                yield chunk
+        finally:
+            stop_listening()
+            self.active_streams -= 1
