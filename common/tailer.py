@@ -82,9 +82,10 @@ class _Reader:
             self._ino = None
 
 
-def offset_of_last_lines(path: Path, lines: int) -> int:
+def offset_of_last_lines(path: Path, lines: int, start: int = 0, end: int | None = None) -> int:
     """The offset where the last ``lines`` lines of ``path`` begin (blocking).
 
+    Only the byte range [start, end) counts (end: the file's size when None).
     A final line without a newline counts as a line.
     """
     try:
@@ -92,16 +93,18 @@ def offset_of_last_lines(path: Path, lines: int) -> int:
     except FileNotFoundError:
         return 0
     try:
-        end = os.fstat(fd).st_size
-        if end == 0 or lines <= 0:
+        size = os.fstat(fd).st_size
+        end = size if end is None else min(end, size)
+        floor = min(start, end)
+        if end <= floor or lines <= 0:
             return end
         if os.pread(fd, 1, end - 1) == b"\n":
             end -= 1  # the last line's own newline does not start another line
         found = 0
         pos = end
-        while pos > 0:
-            start = max(0, pos - CHUNK)
-            block = os.pread(fd, pos - start, start)
+        while pos > floor:
+            begin = max(floor, pos - CHUNK)
+            block = os.pread(fd, pos - begin, begin)
             idx = len(block)
             while True:
                 idx = block.rfind(b"\n", 0, idx)
@@ -109,9 +112,21 @@ def offset_of_last_lines(path: Path, lines: int) -> int:
                     break
                 found += 1
                 if found == lines:
-                    return start + idx + 1
-            pos = start
-        return 0
+                    return begin + idx + 1
+            pos = begin
+        return floor
+    finally:
+        os.close(fd)
+
+
+def read_range(path: Path, start: int, end: int) -> bytes:
+    """Bytes [start, end) of ``path`` (blocking); fewer when the file is shorter."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    try:
+        return os.pread(fd, max(0, end - start), start)
     finally:
         os.close(fd)
 

@@ -25,6 +25,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,8 +35,12 @@ from baton.v1 import job_pb2
 from common import spec as specs
 from common.durations import format_duration
 from common.errors import FailedPrecondition, NotFound, invalid_field
-from common.layout import Layout
+from common.layout import LOG_FILE, Layout
+from common.names import name_problem
 from common.paging import decode_token, encode_token, page_size
+from common.tailer import offset_of_last_lines, read_range
+from conductor import checkpoints as ckpt
+from conductor import steps as steps_mod
 from conductor.executors.base import (
     Executor,
     ExitStatus,
@@ -43,10 +48,12 @@ from conductor.executors.base import (
     LaunchError,
     LaunchSpec,
     Presence,
+    ProcessHealth,
     Unsupported,
 )
 from conductor.publisher import Publisher
 from conductor.registry import Registry
+from conductor.results import RESULT_FILE, read_result
 
 log = structlog.get_logger(__name__)
 
@@ -150,6 +157,17 @@ class _Run:
 
 
 @dataclass(frozen=True)
+class JobHealth:
+    job: job_pb2.Job
+    process: ProcessHealth | None
+    detail: str
+    last_output: float | None
+
+
+_ACTIVE = frozenset({S.JOB_STATE_RUNNING, S.JOB_STATE_PAUSING, S.JOB_STATE_PAUSED, S.JOB_STATE_CANCELLING})
+
+
+@dataclass(frozen=True)
 class ListFilter:
     project: str = ""
     group: str = ""
@@ -195,6 +213,7 @@ class Lifecycle:
         self._listeners: list[EventListener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._name_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ start/stop
@@ -273,7 +292,7 @@ class Lifecycle:
         """The job, or None when there is no such job (any more)."""
         return self._jobs.get(job_id)
 
-    def list(self, flt: ListFilter, size: int, token: str) -> tuple[list[job_pb2.Job], str]:
+    def list_jobs(self, flt: ListFilter, size: int, token: str) -> tuple[list[job_pb2.Job], str]:
         """Matching jobs, newest first, one page at a time."""
         limit = page_size(size)
         key = [flt.project, flt.group, flt.name, sorted(flt.states)]
@@ -317,6 +336,7 @@ class Lifecycle:
         start_step: int = 0,
         request_id: str = "",
         dry_run: bool = False,
+        resume_from: str = "",
     ) -> job_pb2.Job:
         """Queue a job; answers once it is durable. Same ``request_id``, same job."""
         if request_id and request_id in self._by_request and not dry_run:
@@ -337,6 +357,17 @@ class Lifecycle:
             raise invalid_field("start_step", f"must be between 1 and {len(steps)} (the step count)")
         if model.workdir is not None and not os.path.isabs(model.workdir):
             raise invalid_field("spec.workdir", "must be an absolute path")
+        if resume_from:
+            problem = name_problem(resume_from)
+            if problem:
+                raise invalid_field("resume_from", problem)
+            base = self._layout.checkpoint_dir(model.project, model.group, model.name)
+            if not await asyncio.to_thread(os.path.isdir, base / resume_from):
+                raise NotFound(
+                    f"no checkpoint {resume_from!r} for {model.project}/{model.group}/{model.name}",
+                    reason="CHECKPOINT_NOT_FOUND",
+                    metadata={"resume_from": resume_from},
+                )
         spec = specs.to_proto(model)
         job = job_pb2.Job(
             project=model.project,
@@ -350,7 +381,9 @@ class Lifecycle:
             start_step=max(start_step, 1),
             checkpoint_dir=str(self._layout.checkpoint_dir(model.project, model.group, model.name)),
             create_time=_now(),
+            resume_from_suffix=resume_from,
         )
+        steps_mod.init_steps(job, [s.name for s in steps], max(start_step, 1))
         if dry_run:
             return job
         job_id = _new_id()
@@ -537,6 +570,116 @@ class Lifecycle:
             await self._executors[job.executor].forget(job_id)
             return gone.revision
 
+    # ------------------------------------------------------------ inspection
+
+    @property
+    def running_count(self) -> int:
+        """Jobs holding a slot: a process, or about to have one."""
+        return self._slots
+
+    async def health(self, job_id: str) -> JobHealth:
+        """The job's processes now, from its executor, and when it last wrote output."""
+        job = self.get(job_id)
+        run = self._runs[job_id]
+        last_output = await asyncio.to_thread(_mtime, os.path.join(job.run_dir, LOG_FILE))
+        if run.handle is None or not run.handle.external_id:
+            detail = {
+                S.JOB_STATE_QUEUED: "queued: not started yet",
+                S.JOB_STATE_PAUSED: "paused with a checkpoint: no process until it is resumed",
+                S.JOB_STATE_RUNNING: "between attempts: the next one starts soon",
+            }.get(job.state, f"{state_name(job.state).lower()}: the job has no process")
+            return JobHealth(job, None, detail, last_output)
+        executor = self._executors[job.executor]
+        try:
+            process = await executor.health(run.handle)
+        except Unsupported as exc:
+            return JobHealth(job, None, str(exc), last_output)
+        return JobHealth(job, process, "", last_output)
+
+    async def job_step(self, job_id: str, step: int, tail_lines: int) -> tuple[job_pb2.StepStatus, bytes]:
+        """One step's status and the last ``tail_lines`` lines of its own output."""
+        job = self.get(job_id)
+        if step < 1 or step > len(job.steps):
+            raise invalid_field("step", f"must be between 1 and {len(job.steps)} (the step count)")
+        if tail_lines < 0:
+            raise invalid_field("tail_lines", "must not be negative")
+        entry = job.steps[step - 1]
+        tail = b""
+        if tail_lines and entry.state not in (S.STEP_STATE_PENDING, S.STEP_STATE_SKIPPED):
+            path = Path(job.run_dir) / LOG_FILE
+            end = entry.log_end if entry.log_end else None
+            size = await asyncio.to_thread(_size, job.run_dir)
+            start = await asyncio.to_thread(offset_of_last_lines, path, tail_lines, entry.log_start, end)
+            tail = await asyncio.to_thread(read_range, path, start, end if end is not None else size)
+        return entry, tail
+
+    # ----------------------------------------------------------- checkpoints
+
+    def _name_lock(self, key: tuple[str, str, str]) -> asyncio.Lock:
+        return self._name_locks.setdefault(key, asyncio.Lock())
+
+    async def delete_checkpoints(
+        self, project: str, group: str, name: str, suffixes: list[str]
+    ) -> tuple[int, int]:
+        """Remove checkpoints of one job name; all of them when ``suffixes`` is empty."""
+        for field_name, value in (("project", project), ("group", group), ("name", name)):
+            problem = name_problem(value)
+            if problem:
+                raise invalid_field(field_name, problem)
+        for i, suffix in enumerate(suffixes):
+            problem = name_problem(suffix)
+            if problem:
+                raise invalid_field(f"suffixes[{i}]", problem)
+        key = (project, group, name)
+        async with self._name_lock(key):
+            active = [
+                j for j in self._jobs.values()
+                if (j.project, j.group, j.name) == key and j.state in _ACTIVE
+            ]  # fmt: skip
+            if active:
+                raise FailedPrecondition(
+                    f"{project}/{group}/{name} has a run that is {state_name(active[0].state)} "
+                    f"({active[0].id}); its checkpoints stay until it ends or is cancelled",
+                    reason="JOB_ACTIVE",
+                    metadata={"job_id": active[0].id},
+                )
+            base = self._layout.checkpoint_dir(project, group, name)
+            present = await asyncio.to_thread(ckpt.existing, base)
+            if suffixes:
+                missing = [s for s in suffixes if s not in present]
+                if missing:
+                    raise NotFound(
+                        f"no checkpoint {missing[0]!r} for {project}/{group}/{name}",
+                        reason="CHECKPOINT_NOT_FOUND",
+                        metadata={"suffix": missing[0]},
+                    )
+            return await asyncio.to_thread(ckpt.delete, base, list(suffixes) or present)
+
+    async def clear_jobs(
+        self, states: list[int], project: str, group: str, name: str, older_than: float
+    ) -> list[str]:
+        """Delete ended jobs matching the filters, as DeleteJob does; returns their ids."""
+        for i, st in enumerate(states):
+            if st not in TERMINAL:
+                raise invalid_field(
+                    f"states[{i}]", f"{state_name(st)} is not an ended state (SUCCEEDED, FAILED, CANCELLED)"
+                )
+        if older_than < 0:
+            raise invalid_field("older_than", "must not be negative")
+        wanted = set(states) or set(TERMINAL)
+        cutoff = time.time() - older_than
+        flt = ListFilter(project, group, name, tuple(wanted))
+        doomed = [
+            j.id for j in self.jobs(flt)
+            if j.end_time.ToDatetime().timestamp() <= cutoff or not j.HasField("end_time")
+        ]  # fmt: skip
+        deleted = []
+        for job_id in doomed:
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await self.delete(job_id)
+                deleted.append(job_id)
+        return deleted
+
     # ------------------------------------------------------------------ internals
 
     def _run(self, job_id: str) -> _Run:
@@ -640,31 +783,42 @@ class Lifecycle:
         executor = self._executors[job.executor]
         model_steps = list(job.spec.steps) or [job_pb2.Step(name="main", command=job.spec.command)]
         current = model_steps[step - 1]
-        resume_from = ""
-        if resume or attempt > 1:
-            latest = await asyncio.to_thread(self._layout.latest_checkpoint, job.project, job.group, job.name)
-            resume_from = str(latest) if latest else ""
-        run.launch_seq += 1
-        handle = executor.prepare(job_id, run.launch_seq)
-        run.handle = handle
-        run.resuming = False
-        run.retry_at = None
-        run.killed = False
         first = not job.HasField("start_time")
+        log_size = await asyncio.to_thread(_size, job.run_dir)
+        # Under the name lock until the job shows as RUNNING, so delete_checkpoints
+        # either sees it active or has finished before the checkpoint is chosen.
+        async with self._name_lock((job.project, job.group, job.name)):
+            resume_from = ""
+            if first and job.resume_from_suffix:
+                resume_from = os.path.join(job.checkpoint_dir, job.resume_from_suffix)
+            elif resume or attempt > 1:
+                latest = await asyncio.to_thread(
+                    self._layout.latest_checkpoint, job.project, job.group, job.name
+                )
+                resume_from = str(latest) if latest else ""
+            run.launch_seq += 1
+            handle = executor.prepare(job_id, run.launch_seq)
+            run.handle = handle
+            run.resuming = False
+            run.retry_at = None
+            run.killed = False
 
-        def mark(j: job_pb2.Job) -> None:
-            j.state = S.JOB_STATE_RUNNING
-            j.step, j.attempt, j.step_name = step, attempt, current.name
-            j.resume_from = resume_from
-            j.external_id = ""
-            j.reason = ""
-            if first:
-                j.start_time.CopyFrom(_now())
-                j.heartbeat_time.CopyFrom(j.start_time)
+            def mark(j: job_pb2.Job) -> None:
+                now = _now()
+                j.state = S.JOB_STATE_RUNNING
+                j.step, j.attempt, j.step_name = step, attempt, current.name
+                j.resume_from = resume_from
+                j.external_id = ""
+                j.reason = ""
+                if first:
+                    j.start_time.CopyFrom(now)
+                    j.heartbeat_time.CopyFrom(now)
+                steps_mod.step_started(j, step, attempt, log_size, now)
 
+            durable = self._commit(job_id, mark)[1]
         # Durable before the process exists: a restart then asks the executor
         # about this launch instead of starting it a second time.
-        await self._commit(job_id, mark)[1]
+        await durable
         env = dict(job.spec.env)
         env.update(
             BATON_JOB_ID=job_id,
@@ -673,6 +827,7 @@ class Lifecycle:
             BATON_STEP=str(step),
             BATON_STEP_NAME=current.name,
             BATON_ATTEMPT=str(attempt),
+            BATON_RESULT_FILE=os.path.join(job.run_dir, RESULT_FILE),
         )
         if resume_from:
             env["BATON_RESUME_FROM"] = resume_from
@@ -688,7 +843,9 @@ class Lifecycle:
             handle = await executor.launch(handle, launch)
         except (LaunchError, OSError) as exc:
             run.handle = None
-            await self._finish(job_id, S.JOB_STATE_FAILED, None, f"could not start: {exc}")
+            await self._finish(
+                job_id, S.JOB_STATE_FAILED, None, f"could not start: {exc}", S.STEP_STATE_FAILED
+            )
             return
         run.handle = handle
         self._commit(job_id, lambda j: _set(j, external_id=handle.external_id))
@@ -715,21 +872,33 @@ class Lifecycle:
         run.waiter = None
         self._stop_timer(run, "kill")
         run.kill_at = None
+        log_size = await asyncio.to_thread(_size, job.run_dir)
+        step = job.step
         if job.state == S.JOB_STATE_CANCELLING:
-            await self._finish(job_id, S.JOB_STATE_CANCELLED, status, run.cancel_reason)
+            await self._finish(
+                job_id, S.JOB_STATE_CANCELLED, status, run.cancel_reason, S.STEP_STATE_CANCELLED, log_size
+            )
         elif job.state == S.JOB_STATE_PAUSING:
             how = "killed after the grace period" if run.killed else describe_exit(status)
             self._release(job_id)
-            await self._commit(
-                job_id,
-                lambda j: _set(j, state=S.JOB_STATE_PAUSED, reason=f"paused with a checkpoint ({how})"),
-            )[1]
+
+            def paused(j: job_pb2.Job) -> None:
+                _set(j, state=S.JOB_STATE_PAUSED, reason=f"paused with a checkpoint ({how})")
+                steps_mod.step_ended(j, step, S.STEP_STATE_PAUSED, status, log_size, _now(), how)
+
+            await self._commit(job_id, paused)[1]
             self._schedule()
         elif status.exit_code == 0 and status.signal is None:
             if job.step < job.step_count:
+                self._commit(
+                    job_id,
+                    lambda j: steps_mod.step_ended(j, step, S.STEP_STATE_SUCCEEDED, status, log_size, _now()),
+                )
                 await self._launch(job_id, step=job.step + 1, attempt=1, resume=False)
             else:
-                await self._finish(job_id, S.JOB_STATE_SUCCEEDED, status, "")
+                await self._finish(
+                    job_id, S.JOB_STATE_SUCCEEDED, status, "", S.STEP_STATE_SUCCEEDED, log_size
+                )
         elif job.attempt <= job.spec.retries:
             delay = retry_backoff(job.attempt)
             run.retry_at = time.time() + delay
@@ -738,34 +907,63 @@ class Lifecycle:
                 if job.step_count > 1
                 else "the job"
             )
-            await self._commit(
-                job_id,
-                lambda j: _set(
-                    j,
-                    reason=f"{what} failed ({describe_exit(status)}); retry "
-                    f"{job.attempt} of {job.spec.retries} in {format_duration(delay)}",
-                ),
-            )[1]
+            why = (
+                f"{what} failed ({describe_exit(status)}); retry "
+                f"{job.attempt} of {job.spec.retries} in {format_duration(delay)}"
+            )
+
+            def retrying(j: job_pb2.Job) -> None:
+                j.reason = why
+                steps_mod.step_ended(
+                    j, step, S.STEP_STATE_FAILED, status, log_size, _now(), describe_exit(status)
+                )
+
+            await self._commit(job_id, retrying)[1]
             self._arm_retry(job_id, delay)
         else:
             what = f"step {job.step_name!r} " if job.step_count > 1 else ""
-            await self._finish(job_id, S.JOB_STATE_FAILED, status, f"{what}failed: {describe_exit(status)}")
+            await self._finish(
+                job_id,
+                S.JOB_STATE_FAILED,
+                status,
+                f"{what}failed: {describe_exit(status)}",
+                S.STEP_STATE_FAILED,
+                log_size,
+            )
 
-    async def _finish(self, job_id: str, state: int, status: ExitStatus | None, reason: str) -> None:
+    async def _finish(
+        self,
+        job_id: str,
+        state: int,
+        status: ExitStatus | None,
+        reason: str,
+        step_state: int | None = None,
+        log_size: int = 0,
+    ) -> None:
+        """End the job; with ``step_state``, its current step ends that way too."""
         run = self._runs[job_id]
         for name in list(run.timers):
             self._stop_timer(run, name)
         run.handle = None
         run.retry_at = run.kill_at = None
+        job = self._jobs[job_id]
+        result, problem = await asyncio.to_thread(read_result, Path(job.run_dir) / RESULT_FILE)
+        if problem:
+            reason = f"{reason}; result dropped: {problem}" if reason else f"result dropped: {problem}"
 
         def end(j: job_pb2.Job) -> None:
+            now = _now()
             j.state = state  # type: ignore[assignment]
             j.reason = reason
-            j.end_time.CopyFrom(_now())
+            j.end_time.CopyFrom(now)
             if status is not None and status.exit_code is not None:
                 j.exit_code = status.exit_code
             if status is not None and status.signal is not None:
                 j.signal = status.signal
+            if result is not None:
+                j.result.CopyFrom(result)
+            if step_state is not None and j.step:
+                steps_mod.step_ended(j, j.step, step_state, status, log_size, now)
 
         self._release(job_id)
         await self._commit(job_id, end)[1]
@@ -892,6 +1090,21 @@ class Lifecycle:
                 await self._launch(
                     job_id, step=job.step or job.start_step or 1, attempt=job.attempt or 1, resume=False
                 )
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _size(run_dir: str) -> int:
+    """The size of a run's output.log (0 before it exists); blocking."""
+    try:
+        return os.stat(os.path.join(run_dir, LOG_FILE)).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _set(job: job_pb2.Job, **fields: Any) -> None:

@@ -6,11 +6,13 @@ errors it raises (``common.rpc.translate_errors``).
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
@@ -18,6 +20,7 @@ from common import spec as specs
 from common.errors import invalid_field
 from common.rpc import required, translate_errors
 from common.version import VERSION
+from conductor.executors.procfs import self_rss
 from conductor.feeds import Feeds
 from conductor.lifecycle import Lifecycle, ListFilter
 
@@ -47,7 +50,11 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
         else:
             raise invalid_field("spec", "give the job spec as spec_yaml or spec")
         return await self._lc.submit(
-            model, start_step=request.start_step, request_id=request.request_id, dry_run=request.dry_run
+            model,
+            start_step=request.start_step,
+            request_id=request.request_id,
+            dry_run=request.dry_run,
+            resume_from=request.resume_from,
         )
 
     @translate_errors
@@ -59,7 +66,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
         flt = ListFilter(request.project, request.group, request.name, tuple(request.states))
-        jobs, token = self._lc.list(flt, request.page_size, request.page_token)
+        jobs, token = self._lc.list_jobs(flt, request.page_size, request.page_token)
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @translate_errors
@@ -108,7 +115,60 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
             status_dir=self._status_dir,
             checkpoints_dir=self._checkpoints_dir,
             max_running=self._lc.max_running,
+            rss_bytes=await asyncio.to_thread(self_rss),
+            uptime=_duration(time.time() - self._start_time.ToDatetime().timestamp()),
+            running_jobs=self._lc.running_count,
         )
+
+    @translate_errors
+    async def GetJobHealth(
+        self, request: pb.GetJobHealthRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJobHealthResponse:
+        health = await self._lc.health(required("job_id", request.job_id))
+        job, proc = health.job, health.process
+        out = pb.GetJobHealthResponse(
+            job_id=job.id, state=job.state, has_process=proc is not None, detail=health.detail
+        )
+        if job.HasField("heartbeat_time"):
+            out.heartbeat_time.CopyFrom(job.heartbeat_time)
+        if health.last_output is not None:
+            out.last_output_time.FromNanoseconds(int(health.last_output * 1e9))
+        if proc is not None:
+            out.pid, out.alive, out.zombie = proc.pid, proc.alive, proc.zombie
+            out.process_count, out.cpu_percent, out.rss_bytes = (
+                proc.process_count,
+                proc.cpu_percent,
+                proc.rss_bytes,
+            )
+            out.stopped = proc.stopped
+            out.uptime.CopyFrom(_duration(proc.uptime_seconds))
+        return out
+
+    @translate_errors
+    async def GetJobStep(
+        self, request: pb.GetJobStepRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJobStepResponse:
+        step, tail = await self._lc.job_step(
+            required("job_id", request.job_id), request.step, request.tail_lines
+        )
+        return pb.GetJobStepResponse(step=step, tail=tail)
+
+    @translate_errors
+    async def DeleteCheckpoints(
+        self, request: pb.DeleteCheckpointsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteCheckpointsResponse:
+        r = request
+        count, size = await self._lc.delete_checkpoints(r.project, r.group, r.name, list(r.suffixes))
+        return pb.DeleteCheckpointsResponse(deleted_count=count, deleted_bytes=size)
+
+    @translate_errors
+    async def ClearJobs(
+        self, request: pb.ClearJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClearJobsResponse:
+        r = request
+        older = r.older_than.ToTimedelta().total_seconds() if r.HasField("older_than") else 0.0
+        ids = await self._lc.clear_jobs(list(r.states), r.project, r.group, r.name, older)
+        return pb.ClearJobsResponse(deleted_count=len(ids), job_ids=ids)
 
     @translate_errors
     async def StreamLogs(
@@ -126,3 +186,9 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
         flt = ListFilter(request.project, request.group, request.name)
         async for event in self._feeds.watch(request.since_revision, flt):
             yield event
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(max(seconds, 0.0) * 1e9))
+    return d

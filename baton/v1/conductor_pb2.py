@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x61ton/v1/conductor.proto\x12\x08\x62\x61ton.v1\x1a\x12\x62\x61ton/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n\x10SubmitJobRequest\x12\x13\n\tspec_yaml\x18\x01 \x01(\tH\x00\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x11.baton.v1.JobSpecH\x00\x12\x12\n\nstart_step\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x42\x08\n\x06source\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x8a\x01\n\x0fListJobsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\"\n\x06states\x18\x04 \x03(\x0e\x32\x12.baton.v1.JobState\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.baton.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x0fPauseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04mode\x18\x02 \x01(\x0e\x32\x13.baton.v1.PauseMode\"\"\n\x10ResumeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"c\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"5\n\x11\x44\x65leteJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\"W\n\x11StreamLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"X\n\x10WatchJobsRequest\x12\x16\n\x0esince_revision\x18\x01 \x01(\x03\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"\x19\n\x17GetConductorInfoRequest\"F\n\x0c\x45xecutorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x0bpause_modes\x18\x02 \x03(\x0e\x32\x13.baton.v1.PauseMode\"\x94\x02\n\x18GetConductorInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\njob_counts\x18\x04 \x03(\x0b\x32\x17.baton.v1.JobStateCount\x12)\n\texecutors\x18\x05 \x03(\x0b\x32\x16.baton.v1.ExecutorInfo\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12\x12\n\nstatus_dir\x18\x07 \x01(\t\x12\x17\n\x0f\x63heckpoints_dir\x18\x08 \x01(\t\x12\x13\n\x0bmax_running\x18\t \x01(\x05\x32\xff\x04\n\tConductor\x12\x36\n\tSubmitJob\x12\x1a.baton.v1.SubmitJobRequest\x1a\r.baton.v1.Job\x12\x30\n\x06GetJob\x12\x17.baton.v1.GetJobRequest\x1a\r.baton.v1.Job\x12\x41\n\x08ListJobs\x12\x19.baton.v1.ListJobsRequest\x1a\x1a.baton.v1.ListJobsResponse\x12\x34\n\x08PauseJob\x12\x19.baton.v1.PauseJobRequest\x1a\r.baton.v1.Job\x12\x36\n\tResumeJob\x12\x1a.baton.v1.ResumeJobRequest\x1a\r.baton.v1.Job\x12\x36\n\tCancelJob\x12\x1a.baton.v1.CancelJobRequest\x1a\r.baton.v1.Job\x12\x44\n\tDeleteJob\x12\x1a.baton.v1.DeleteJobRequest\x1a\x1b.baton.v1.DeleteJobResponse\x12?\n\nStreamLogs\x12\x1b.baton.v1.StreamLogsRequest\x1a\x12.baton.v1.LogChunk0\x01\x12=\n\tWatchJobs\x12\x1a.baton.v1.WatchJobsRequest\x1a\x12.baton.v1.JobEvent0\x01\x12Y\n\x10GetConductorInfo\x12!.baton.v1.GetConductorInfoRequest\x1a\".baton.v1.GetConductorInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x61ton/v1/conductor.proto\x12\x08\x62\x61ton.v1\x1a\x12\x62\x61ton/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x01\n\x10SubmitJobRequest\x12\x13\n\tspec_yaml\x18\x01 \x01(\tH\x00\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x11.baton.v1.JobSpecH\x00\x12\x12\n\nstart_step\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12\x13\n\x0bresume_from\x18\x06 \x01(\tB\x08\n\x06source\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x8a\x01\n\x0fListJobsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\"\n\x06states\x18\x04 \x03(\x0e\x32\x12.baton.v1.JobState\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.baton.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x0fPauseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x04mode\x18\x02 \x01(\x0e\x32\x13.baton.v1.PauseMode\"\"\n\x10ResumeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"c\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"5\n\x11\x44\x65leteJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\"W\n\x11StreamLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"X\n\x10WatchJobsRequest\x12\x16\n\x0esince_revision\x18\x01 \x01(\x03\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"\x19\n\x17GetConductorInfoRequest\"F\n\x0c\x45xecutorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x0bpause_modes\x18\x02 \x03(\x0e\x32\x13.baton.v1.PauseMode\"\xe8\x02\n\x18GetConductorInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\njob_counts\x18\x04 \x03(\x0b\x32\x17.baton.v1.JobStateCount\x12)\n\texecutors\x18\x05 \x03(\x0b\x32\x16.baton.v1.ExecutorInfo\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12\x12\n\nstatus_dir\x18\x07 \x01(\t\x12\x17\n\x0f\x63heckpoints_dir\x18\x08 \x01(\t\x12\x13\n\x0bmax_running\x18\t \x01(\x05\x12\x11\n\trss_bytes\x18\n \x01(\x03\x12)\n\x06uptime\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0crunning_jobs\x18\x0c \x01(\x05\"%\n\x13GetJobHealthRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xff\x02\n\x14GetJobHealthResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.baton.v1.JobState\x12\x13\n\x0bhas_process\x18\x03 \x01(\x08\x12\x0b\n\x03pid\x18\x04 \x01(\x03\x12\r\n\x05\x61live\x18\x05 \x01(\x08\x12\x0e\n\x06zombie\x18\x06 \x01(\x08\x12\x15\n\rprocess_count\x18\x07 \x01(\x05\x12\x13\n\x0b\x63pu_percent\x18\x08 \x01(\x01\x12\x11\n\trss_bytes\x18\t \x01(\x03\x12)\n\x06uptime\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07stopped\x18\x0b \x01(\x08\x12\x32\n\x0eheartbeat_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_output_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\x0e \x01(\t\"E\n\x11GetJobStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\x12\n\ntail_lines\x18\x03 \x01(\x05\"F\n\x12GetJobStepResponse\x12\"\n\x04step\x18\x01 \x01(\x0b\x32\x14.baton.v1.StepStatus\x12\x0c\n\x04tail\x18\x02 \x01(\x0c\"Z\n\x18\x44\x65leteCheckpointsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08suffixes\x18\x04 \x03(\t\"I\n\x19\x44\x65leteCheckpointsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\x12\x15\n\rdeleted_bytes\x18\x02 \x01(\x03\"\x93\x01\n\x10\x43learJobsRequest\x12\"\n\x06states\x18\x01 \x03(\x0e\x32\x12.baton.v1.JobState\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12-\n\nolder_than\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x11\x43learJobsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x03\x12\x0f\n\x07job_ids\x18\x02 \x03(\t2\xbb\x07\n\tConductor\x12\x36\n\tSubmitJob\x12\x1a.baton.v1.SubmitJobRequest\x1a\r.baton.v1.Job\x12\x30\n\x06GetJob\x12\x17.baton.v1.GetJobRequest\x1a\r.baton.v1.Job\x12\x41\n\x08ListJobs\x12\x19.baton.v1.ListJobsRequest\x1a\x1a.baton.v1.ListJobsResponse\x12\x34\n\x08PauseJob\x12\x19.baton.v1.PauseJobRequest\x1a\r.baton.v1.Job\x12\x36\n\tResumeJob\x12\x1a.baton.v1.ResumeJobRequest\x1a\r.baton.v1.Job\x12\x36\n\tCancelJob\x12\x1a.baton.v1.CancelJobRequest\x1a\r.baton.v1.Job\x12\x44\n\tDeleteJob\x12\x1a.baton.v1.DeleteJobRequest\x1a\x1b.baton.v1.DeleteJobResponse\x12?\n\nStreamLogs\x12\x1b.baton.v1.StreamLogsRequest\x1a\x12.baton.v1.LogChunk0\x01\x12=\n\tWatchJobs\x12\x1a.baton.v1.WatchJobsRequest\x1a\x12.baton.v1.JobEvent0\x01\x12Y\n\x10GetConductorInfo\x12!.baton.v1.GetConductorInfoRequest\x1a\".baton.v1.GetConductorInfoResponse\x12M\n\x0cGetJobHealth\x12\x1d.baton.v1.GetJobHealthRequest\x1a\x1e.baton.v1.GetJobHealthResponse\x12G\n\nGetJobStep\x12\x1b.baton.v1.GetJobStepRequest\x1a\x1c.baton.v1.GetJobStepResponse\x12\\\n\x11\x44\x65leteCheckpoints\x12\".baton.v1.DeleteCheckpointsRequest\x1a#.baton.v1.DeleteCheckpointsResponse\x12\x44\n\tClearJobs\x12\x1a.baton.v1.ClearJobsRequest\x1a\x1b.baton.v1.ClearJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,49 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'baton.v1.conductor_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITJOBREQUEST']._serialized_start=124
-  _globals['_SUBMITJOBREQUEST']._serialized_end=265
-  _globals['_GETJOBREQUEST']._serialized_start=267
-  _globals['_GETJOBREQUEST']._serialized_end=298
-  _globals['_LISTJOBSREQUEST']._serialized_start=301
-  _globals['_LISTJOBSREQUEST']._serialized_end=439
-  _globals['_LISTJOBSRESPONSE']._serialized_start=441
-  _globals['_LISTJOBSRESPONSE']._serialized_end=513
-  _globals['_PAUSEJOBREQUEST']._serialized_start=515
-  _globals['_PAUSEJOBREQUEST']._serialized_end=583
-  _globals['_RESUMEJOBREQUEST']._serialized_start=585
-  _globals['_RESUMEJOBREQUEST']._serialized_end=619
-  _globals['_CANCELJOBREQUEST']._serialized_start=621
-  _globals['_CANCELJOBREQUEST']._serialized_end=720
-  _globals['_DELETEJOBREQUEST']._serialized_start=722
-  _globals['_DELETEJOBREQUEST']._serialized_end=756
-  _globals['_DELETEJOBRESPONSE']._serialized_start=758
-  _globals['_DELETEJOBRESPONSE']._serialized_end=811
-  _globals['_STREAMLOGSREQUEST']._serialized_start=813
-  _globals['_STREAMLOGSREQUEST']._serialized_end=900
-  _globals['_WATCHJOBSREQUEST']._serialized_start=902
-  _globals['_WATCHJOBSREQUEST']._serialized_end=990
-  _globals['_GETCONDUCTORINFOREQUEST']._serialized_start=992
-  _globals['_GETCONDUCTORINFOREQUEST']._serialized_end=1017
-  _globals['_EXECUTORINFO']._serialized_start=1019
-  _globals['_EXECUTORINFO']._serialized_end=1089
-  _globals['_GETCONDUCTORINFORESPONSE']._serialized_start=1092
-  _globals['_GETCONDUCTORINFORESPONSE']._serialized_end=1368
-  _globals['_CONDUCTOR']._serialized_start=1371
-  _globals['_CONDUCTOR']._serialized_end=2010
+  _globals['_SUBMITJOBREQUEST']._serialized_end=286
+  _globals['_GETJOBREQUEST']._serialized_start=288
+  _globals['_GETJOBREQUEST']._serialized_end=319
+  _globals['_LISTJOBSREQUEST']._serialized_start=322
+  _globals['_LISTJOBSREQUEST']._serialized_end=460
+  _globals['_LISTJOBSRESPONSE']._serialized_start=462
+  _globals['_LISTJOBSRESPONSE']._serialized_end=534
+  _globals['_PAUSEJOBREQUEST']._serialized_start=536
+  _globals['_PAUSEJOBREQUEST']._serialized_end=604
+  _globals['_RESUMEJOBREQUEST']._serialized_start=606
+  _globals['_RESUMEJOBREQUEST']._serialized_end=640
+  _globals['_CANCELJOBREQUEST']._serialized_start=642
+  _globals['_CANCELJOBREQUEST']._serialized_end=741
+  _globals['_DELETEJOBREQUEST']._serialized_start=743
+  _globals['_DELETEJOBREQUEST']._serialized_end=777
+  _globals['_DELETEJOBRESPONSE']._serialized_start=779
+  _globals['_DELETEJOBRESPONSE']._serialized_end=832
+  _globals['_STREAMLOGSREQUEST']._serialized_start=834
+  _globals['_STREAMLOGSREQUEST']._serialized_end=921
+  _globals['_WATCHJOBSREQUEST']._serialized_start=923
+  _globals['_WATCHJOBSREQUEST']._serialized_end=1011
+  _globals['_GETCONDUCTORINFOREQUEST']._serialized_start=1013
+  _globals['_GETCONDUCTORINFOREQUEST']._serialized_end=1038
+  _globals['_EXECUTORINFO']._serialized_start=1040
+  _globals['_EXECUTORINFO']._serialized_end=1110
+  _globals['_GETCONDUCTORINFORESPONSE']._serialized_start=1113
+  _globals['_GETCONDUCTORINFORESPONSE']._serialized_end=1473
+  _globals['_GETJOBHEALTHREQUEST']._serialized_start=1475
+  _globals['_GETJOBHEALTHREQUEST']._serialized_end=1512
+  _globals['_GETJOBHEALTHRESPONSE']._serialized_start=1515
+  _globals['_GETJOBHEALTHRESPONSE']._serialized_end=1898
+  _globals['_GETJOBSTEPREQUEST']._serialized_start=1900
+  _globals['_GETJOBSTEPREQUEST']._serialized_end=1969
+  _globals['_GETJOBSTEPRESPONSE']._serialized_start=1971
+  _globals['_GETJOBSTEPRESPONSE']._serialized_end=2041
+  _globals['_DELETECHECKPOINTSREQUEST']._serialized_start=2043
+  _globals['_DELETECHECKPOINTSREQUEST']._serialized_end=2133
+  _globals['_DELETECHECKPOINTSRESPONSE']._serialized_start=2135
+  _globals['_DELETECHECKPOINTSRESPONSE']._serialized_end=2208
+  _globals['_CLEARJOBSREQUEST']._serialized_start=2211
+  _globals['_CLEARJOBSREQUEST']._serialized_end=2358
+  _globals['_CLEARJOBSRESPONSE']._serialized_start=2360
+  _globals['_CLEARJOBSRESPONSE']._serialized_end=2419
+  _globals['_CONDUCTOR']._serialized_start=2422
+  _globals['_CONDUCTOR']._serialized_end=3377
 # @@protoc_insertion_point(module_scope)

@@ -12,18 +12,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("spec_yaml", "spec", "start_step", "request_id", "dry_run")
+    __slots__ = ("spec_yaml", "spec", "start_step", "request_id", "dry_run", "resume_from")
     SPEC_YAML_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     START_STEP_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
     spec_yaml: str
     spec: _job_pb2.JobSpec
     start_step: int
     request_id: str
     dry_run: bool
-    def __init__(self, spec_yaml: _Optional[str] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., start_step: _Optional[int] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    resume_from: str
+    def __init__(self, spec_yaml: _Optional[str] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., start_step: _Optional[int] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ..., resume_from: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -130,7 +132,7 @@ class ExecutorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pause_modes: _Optional[_Iterable[_Union[_job_pb2.PauseMode, str]]] = ...) -> None: ...
 
 class GetConductorInfoResponse(_message.Message):
-    __slots__ = ("version", "pid", "start_time", "job_counts", "executors", "revision", "status_dir", "checkpoints_dir", "max_running")
+    __slots__ = ("version", "pid", "start_time", "job_counts", "executors", "revision", "status_dir", "checkpoints_dir", "max_running", "rss_bytes", "uptime", "running_jobs")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +142,9 @@ class GetConductorInfoResponse(_message.Message):
     STATUS_DIR_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_DIR_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     start_time: _timestamp_pb2.Timestamp
@@ -149,4 +154,105 @@ class GetConductorInfoResponse(_message.Message):
     status_dir: str
     checkpoints_dir: str
     max_running: int
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Iterable[_Union[_job_pb2.JobStateCount, _Mapping]]] = ..., executors: _Optional[_Iterable[_Union[ExecutorInfo, _Mapping]]] = ..., revision: _Optional[int] = ..., status_dir: _Optional[str] = ..., checkpoints_dir: _Optional[str] = ..., max_running: _Optional[int] = ...) -> None: ...
+    rss_bytes: int
+    uptime: _duration_pb2.Duration
+    running_jobs: int
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Iterable[_Union[_job_pb2.JobStateCount, _Mapping]]] = ..., executors: _Optional[_Iterable[_Union[ExecutorInfo, _Mapping]]] = ..., revision: _Optional[int] = ..., status_dir: _Optional[str] = ..., checkpoints_dir: _Optional[str] = ..., max_running: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., running_jobs: _Optional[int] = ...) -> None: ...
+
+class GetJobHealthRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobHealthResponse(_message.Message):
+    __slots__ = ("job_id", "state", "has_process", "pid", "alive", "zombie", "process_count", "cpu_percent", "rss_bytes", "uptime", "stopped", "heartbeat_time", "last_output_time", "detail")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HAS_PROCESS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    ZOMBIE_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_OUTPUT_TIME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: _job_pb2.JobState
+    has_process: bool
+    pid: int
+    alive: bool
+    zombie: bool
+    process_count: int
+    cpu_percent: float
+    rss_bytes: int
+    uptime: _duration_pb2.Duration
+    stopped: bool
+    heartbeat_time: _timestamp_pb2.Timestamp
+    last_output_time: _timestamp_pb2.Timestamp
+    detail: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., has_process: _Optional[bool] = ..., pid: _Optional[int] = ..., alive: _Optional[bool] = ..., zombie: _Optional[bool] = ..., process_count: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stopped: _Optional[bool] = ..., heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_output_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class GetJobStepRequest(_message.Message):
+    __slots__ = ("job_id", "step", "tail_lines")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    step: int
+    tail_lines: int
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., tail_lines: _Optional[int] = ...) -> None: ...
+
+class GetJobStepResponse(_message.Message):
+    __slots__ = ("step", "tail")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    step: _job_pb2.StepStatus
+    tail: bytes
+    def __init__(self, step: _Optional[_Union[_job_pb2.StepStatus, _Mapping]] = ..., tail: _Optional[bytes] = ...) -> None: ...
+
+class DeleteCheckpointsRequest(_message.Message):
+    __slots__ = ("project", "group", "name", "suffixes")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SUFFIXES_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    group: str
+    name: str
+    suffixes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., suffixes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteCheckpointsResponse(_message.Message):
+    __slots__ = ("deleted_count", "deleted_bytes")
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    deleted_count: int
+    deleted_bytes: int
+    def __init__(self, deleted_count: _Optional[int] = ..., deleted_bytes: _Optional[int] = ...) -> None: ...
+
+class ClearJobsRequest(_message.Message):
+    __slots__ = ("states", "project", "group", "name", "older_than")
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OLDER_THAN_FIELD_NUMBER: _ClassVar[int]
+    states: _containers.RepeatedScalarFieldContainer[_job_pb2.JobState]
+    project: str
+    group: str
+    name: str
+    older_than: _duration_pb2.Duration
+    def __init__(self, states: _Optional[_Iterable[_Union[_job_pb2.JobState, str]]] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., older_than: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ClearJobsResponse(_message.Message):
+    __slots__ = ("deleted_count", "job_ids")
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    deleted_count: int
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, deleted_count: _Optional[int] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...

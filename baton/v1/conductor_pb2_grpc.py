@@ -85,6 +85,26 @@ class ConductorStub:
                 request_serializer=baton_dot_v1_dot_conductor__pb2.GetConductorInfoRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_conductor__pb2.GetConductorInfoResponse.FromString,
                 _registered_method=True)
+        self.GetJobHealth = channel.unary_unary(
+                '/baton.v1.Conductor/GetJobHealth',
+                request_serializer=baton_dot_v1_dot_conductor__pb2.GetJobHealthRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_conductor__pb2.GetJobHealthResponse.FromString,
+                _registered_method=True)
+        self.GetJobStep = channel.unary_unary(
+                '/baton.v1.Conductor/GetJobStep',
+                request_serializer=baton_dot_v1_dot_conductor__pb2.GetJobStepRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_conductor__pb2.GetJobStepResponse.FromString,
+                _registered_method=True)
+        self.DeleteCheckpoints = channel.unary_unary(
+                '/baton.v1.Conductor/DeleteCheckpoints',
+                request_serializer=baton_dot_v1_dot_conductor__pb2.DeleteCheckpointsRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_conductor__pb2.DeleteCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.ClearJobs = channel.unary_unary(
+                '/baton.v1.Conductor/ClearJobs',
+                request_serializer=baton_dot_v1_dot_conductor__pb2.ClearJobsRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_conductor__pb2.ClearJobsResponse.FromString,
+                _registered_method=True)
 
 
 class ConductorServicer:
@@ -159,6 +179,35 @@ class ConductorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobHealth(self, request, context):
+        """The processes of a running or suspended job, read from the executor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobStep(self, request, context):
+        """One step of a job, with the last lines of that step's output.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCheckpoints(self, request, context):
+        """Removes checkpoints of one project/group/name (all when no suffix is
+        given). FAILED_PRECONDITION while a run of that job is active.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearJobs(self, request, context):
+        """Deletes ended jobs in bulk, as DeleteJob does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConductorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +260,26 @@ def add_ConductorServicer_to_server(servicer, server):
                     servicer.GetConductorInfo,
                     request_deserializer=baton_dot_v1_dot_conductor__pb2.GetConductorInfoRequest.FromString,
                     response_serializer=baton_dot_v1_dot_conductor__pb2.GetConductorInfoResponse.SerializeToString,
+            ),
+            'GetJobHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobHealth,
+                    request_deserializer=baton_dot_v1_dot_conductor__pb2.GetJobHealthRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_conductor__pb2.GetJobHealthResponse.SerializeToString,
+            ),
+            'GetJobStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobStep,
+                    request_deserializer=baton_dot_v1_dot_conductor__pb2.GetJobStepRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_conductor__pb2.GetJobStepResponse.SerializeToString,
+            ),
+            'DeleteCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCheckpoints,
+                    request_deserializer=baton_dot_v1_dot_conductor__pb2.DeleteCheckpointsRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_conductor__pb2.DeleteCheckpointsResponse.SerializeToString,
+            ),
+            'ClearJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearJobs,
+                    request_deserializer=baton_dot_v1_dot_conductor__pb2.ClearJobsRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_conductor__pb2.ClearJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +552,114 @@ class Conductor:
             '/baton.v1.Conductor/GetConductorInfo',
             baton_dot_v1_dot_conductor__pb2.GetConductorInfoRequest.SerializeToString,
             baton_dot_v1_dot_conductor__pb2.GetConductorInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.Conductor/GetJobHealth',
+            baton_dot_v1_dot_conductor__pb2.GetJobHealthRequest.SerializeToString,
+            baton_dot_v1_dot_conductor__pb2.GetJobHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.Conductor/GetJobStep',
+            baton_dot_v1_dot_conductor__pb2.GetJobStepRequest.SerializeToString,
+            baton_dot_v1_dot_conductor__pb2.GetJobStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.Conductor/DeleteCheckpoints',
+            baton_dot_v1_dot_conductor__pb2.DeleteCheckpointsRequest.SerializeToString,
+            baton_dot_v1_dot_conductor__pb2.DeleteCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.Conductor/ClearJobs',
+            baton_dot_v1_dot_conductor__pb2.ClearJobsRequest.SerializeToString,
+            baton_dot_v1_dot_conductor__pb2.ClearJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -29,6 +30,17 @@ class PauseMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAUSE_MODE_SUSPEND: _ClassVar[PauseMode]
     PAUSE_MODE_CHECKPOINT: _ClassVar[PauseMode]
 
+class StepState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STEP_STATE_UNSPECIFIED: _ClassVar[StepState]
+    STEP_STATE_PENDING: _ClassVar[StepState]
+    STEP_STATE_RUNNING: _ClassVar[StepState]
+    STEP_STATE_PAUSED: _ClassVar[StepState]
+    STEP_STATE_SUCCEEDED: _ClassVar[StepState]
+    STEP_STATE_FAILED: _ClassVar[StepState]
+    STEP_STATE_CANCELLED: _ClassVar[StepState]
+    STEP_STATE_SKIPPED: _ClassVar[StepState]
+
 class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_EVENT_TYPE_UNSPECIFIED: _ClassVar[JobEventType]
@@ -47,6 +59,14 @@ JOB_STATE_CANCELLED: JobState
 PAUSE_MODE_UNSPECIFIED: PauseMode
 PAUSE_MODE_SUSPEND: PauseMode
 PAUSE_MODE_CHECKPOINT: PauseMode
+STEP_STATE_UNSPECIFIED: StepState
+STEP_STATE_PENDING: StepState
+STEP_STATE_RUNNING: StepState
+STEP_STATE_PAUSED: StepState
+STEP_STATE_SUCCEEDED: StepState
+STEP_STATE_FAILED: StepState
+STEP_STATE_CANCELLED: StepState
+STEP_STATE_SKIPPED: StepState
 JOB_EVENT_TYPE_UNSPECIFIED: JobEventType
 JOB_EVENT_TYPE_SNAPSHOT: JobEventType
 JOB_EVENT_TYPE_UPDATED: JobEventType
@@ -114,7 +134,7 @@ class JobSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., command: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., workdir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retries: _Optional[int] = ..., pause: _Optional[_Union[PausePolicy, _Mapping]] = ..., executor: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "project", "group", "name", "run_id", "state", "spec", "step", "attempt", "create_time", "start_time", "end_time", "heartbeat_time", "exit_code", "signal", "reason", "revision", "executor", "pause_mode", "external_id", "request_id", "step_count", "step_name", "run_dir", "checkpoint_dir", "resume_from", "update_time", "start_step")
+    __slots__ = ("id", "project", "group", "name", "run_id", "state", "spec", "step", "attempt", "create_time", "start_time", "end_time", "heartbeat_time", "exit_code", "signal", "reason", "revision", "executor", "pause_mode", "external_id", "request_id", "step_count", "step_name", "run_dir", "checkpoint_dir", "resume_from", "update_time", "start_step", "steps", "result", "resume_from_suffix")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +163,9 @@ class Job(_message.Message):
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     START_STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_SUFFIX_FIELD_NUMBER: _ClassVar[int]
     id: str
     project: str
     group: str
@@ -171,7 +194,36 @@ class Job(_message.Message):
     resume_from: str
     update_time: _timestamp_pb2.Timestamp
     start_step: int
-    def __init__(self, id: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., step: _Optional[int] = ..., attempt: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., revision: _Optional[int] = ..., executor: _Optional[str] = ..., pause_mode: _Optional[_Union[PauseMode, str]] = ..., external_id: _Optional[str] = ..., request_id: _Optional[str] = ..., step_count: _Optional[int] = ..., step_name: _Optional[str] = ..., run_dir: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., resume_from: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_step: _Optional[int] = ...) -> None: ...
+    steps: _containers.RepeatedCompositeFieldContainer[StepStatus]
+    result: _struct_pb2.Struct
+    resume_from_suffix: str
+    def __init__(self, id: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., step: _Optional[int] = ..., attempt: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., revision: _Optional[int] = ..., executor: _Optional[str] = ..., pause_mode: _Optional[_Union[PauseMode, str]] = ..., external_id: _Optional[str] = ..., request_id: _Optional[str] = ..., step_count: _Optional[int] = ..., step_name: _Optional[str] = ..., run_dir: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., resume_from: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_step: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepStatus, _Mapping]]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_from_suffix: _Optional[str] = ...) -> None: ...
+
+class StepStatus(_message.Message):
+    __slots__ = ("index", "name", "state", "start_time", "end_time", "attempts", "exit_code", "signal", "reason", "log_start", "log_end")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LOG_START_FIELD_NUMBER: _ClassVar[int]
+    LOG_END_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    state: StepState
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    attempts: int
+    exit_code: int
+    signal: int
+    reason: str
+    log_start: int
+    log_end: int
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., state: _Optional[_Union[StepState, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., log_start: _Optional[int] = ..., log_end: _Optional[int] = ...) -> None: ...
 
 class LogChunk(_message.Message):
     __slots__ = ("offset", "data", "complete", "state", "exit_code", "signal", "truncated")

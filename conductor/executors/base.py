@@ -58,6 +58,21 @@ class ExitStatus:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class ProcessHealth:
+    """A snapshot of a launch's processes."""
+
+    pid: int
+    alive: bool
+    zombie: bool
+    process_count: int
+    cpu_percent: float
+    rss_bytes: int
+    uptime_seconds: float
+    # Every process of the launch is stopped (suspended).
+    stopped: bool
+
+
 class Presence(enum.Enum):
     RUNNING = "running"
     ENDED = "ended"
@@ -103,6 +118,10 @@ class Executor(abc.ABC):
     async def resume(self, handle: Handle) -> None:
         """Thaw a suspended launch."""
         raise Unsupported(f"the {self.name} executor cannot suspend a job")
+
+    async def health(self, handle: Handle) -> ProcessHealth:
+        """The launch's processes now: count, CPU, memory, whether they run."""
+        raise Unsupported(f"the {self.name} executor cannot report process health")
 
     async def forget(self, job_id: str) -> None:
         """Drop what the executor keeps for an ended job (called on delete)."""

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from baton.v1 import job_pb2
+from conductor.executors import procfs
 from conductor.executors.base import (
     Attachment,
     Executor,
@@ -31,6 +32,7 @@ from conductor.executors.base import (
     LaunchError,
     LaunchSpec,
     Presence,
+    ProcessHealth,
 )
 
 SHIM = Path(__file__).with_name("local_shim.sh")
@@ -200,6 +202,9 @@ class LocalExecutor(Executor):
 
     async def resume(self, handle: Handle) -> None:
         await self.signal(handle, _signal.SIGCONT)
+
+    async def health(self, handle: Handle) -> ProcessHealth:
+        return await asyncio.to_thread(procfs.group_health, int(handle.data["pid"]))
 
     async def forget(self, job_id: str) -> None:
         target = self._root / job_id
