@@ -108,6 +108,9 @@ class _Run:
     cancel_reason: str = ""
     kill_at: float | None = None
     killed: bool = False
+    # Whether the pause signal reached a process (a step that had already
+    # finished by then ended at a step boundary, not because of the pause).
+    pause_delivered: bool = True
     retry_at: float | None = None
     resuming: bool = False
     paused_at: float | None = None
@@ -505,7 +508,7 @@ class Lifecycle:
                         f"grace {format_duration(grace)})",
                     ),
                 )[1]
-                await executor.signal(run.handle, signum)
+                run.pause_delivered = await executor.signal(run.handle, signum)
                 self._arm_kill(job_id, grace)
             self._schedule()
             return self._jobs[job_id]
@@ -531,7 +534,7 @@ class Lifecycle:
             run.resuming = True
             if self._slots < self.max_running:
                 self._take_slot(job_id)
-                await self._launch(job_id, step=job.step, attempt=job.attempt, resume=True)
+                await self._continue_paused(job_id)
             else:
                 await self._commit(
                     job_id,
@@ -772,9 +775,29 @@ class Lifecycle:
                 self._schedule()
                 return
             if run.resuming:
-                await self._launch(job_id, step=job.step, attempt=job.attempt, resume=True)
+                await self._continue_paused(job_id)
             else:
                 await self._launch(job_id, step=job.start_step or 1, attempt=1, resume=False)
+
+    async def _continue_paused(self, job_id: str) -> None:
+        """Go on after a checkpoint pause. Called with the job's lock and a slot held.
+
+        The current step starts again from the newest checkpoint, unless it had
+        finished before the pause reached it (then the next step starts), or it
+        had failed and was waiting for its retry (then that retry starts).
+        """
+        job = self._jobs[job_id]
+        entry = job.steps[job.step - 1] if 0 < job.step <= len(job.steps) else None
+        if entry is not None and entry.state == S.STEP_STATE_SUCCEEDED:
+            if job.step < job.step_count:
+                await self._launch(job_id, step=job.step + 1, attempt=1, resume=True)
+            else:
+                self._runs[job_id].resuming = False
+                await self._finish(job_id, S.JOB_STATE_SUCCEEDED, ExitStatus(0), "")
+        elif entry is not None and entry.state == S.STEP_STATE_FAILED:
+            await self._launch(job_id, step=job.step, attempt=job.attempt + 1, resume=True)
+        else:
+            await self._launch(job_id, step=job.step, attempt=job.attempt, resume=True)
 
     async def _launch(self, job_id: str, *, step: int, attempt: int, resume: bool) -> None:
         """Start one attempt of one step. Called with the job's lock held."""
@@ -836,8 +859,9 @@ class Lifecycle:
             command=current.command,
             env=env,
             workdir=job.spec.workdir or job.run_dir,
-            log_path=os.path.join(job.run_dir, "output.log"),
+            log_path=os.path.join(job.run_dir, LOG_FILE),
             resources=job.spec.resources,
+            drain_seconds=int(max(job.spec.pause.grace.seconds, DEFAULT_CANCEL_GRACE)) + 30,
         )
         try:
             handle = await executor.launch(handle, launch)
@@ -879,12 +903,17 @@ class Lifecycle:
                 job_id, S.JOB_STATE_CANCELLED, status, run.cancel_reason, S.STEP_STATE_CANCELLED, log_size
             )
         elif job.state == S.JOB_STATE_PAUSING:
-            how = "killed after the grace period" if run.killed else describe_exit(status)
+            at_boundary = not run.pause_delivered and status.exit_code == 0 and status.signal is None
+            if at_boundary:
+                how = f"at the end of step {step}"
+            else:
+                how = "killed after the grace period" if run.killed else describe_exit(status)
             self._release(job_id)
 
             def paused(j: job_pb2.Job) -> None:
                 _set(j, state=S.JOB_STATE_PAUSED, reason=f"paused with a checkpoint ({how})")
-                steps_mod.step_ended(j, step, S.STEP_STATE_PAUSED, status, log_size, _now(), how)
+                step_state = S.STEP_STATE_SUCCEEDED if at_boundary else S.STEP_STATE_PAUSED
+                steps_mod.step_ended(j, step, step_state, status, log_size, _now(), how)
 
             await self._commit(job_id, paused)[1]
             self._schedule()

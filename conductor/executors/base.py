@@ -37,6 +37,9 @@ class LaunchSpec:
     workdir: str
     log_path: str
     resources: job_pb2.Resources = field(default_factory=job_pb2.Resources)
+    # How long the rest of the job may take to finish after its leader was
+    # killed by a pause or cancel signal (the conductor normally ends it sooner).
+    drain_seconds: int = 60
 
 
 @dataclass
@@ -108,8 +111,8 @@ class Executor(abc.ABC):
         """Wait for a running launch to end."""
 
     @abc.abstractmethod
-    async def signal(self, handle: Handle, signum: int) -> None:
-        """Send ``signum`` to every process of the launch."""
+    async def signal(self, handle: Handle, signum: int) -> bool:
+        """Send ``signum`` to every process of the launch; False when none was left to get it."""
 
     async def suspend(self, handle: Handle) -> None:
         """Freeze every process of the launch in place."""

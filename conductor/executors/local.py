@@ -99,7 +99,7 @@ class LocalExecutor(Executor):
         try:
             shim_pid = os.posix_spawn(
                 "/bin/sh",
-                ["/bin/sh", str(SHIM), str(launch_dir), spec.log_path],
+                ["/bin/sh", str(SHIM), str(launch_dir), spec.log_path, str(spec.drain_seconds)],
                 self._base_env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
@@ -191,11 +191,14 @@ class LocalExecutor(Executor):
             os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
         return await asyncio.to_thread(self._read_exit, Path(handle.data["dir"]))
 
-    async def signal(self, handle: Handle, signum: int) -> None:
+    async def signal(self, handle: Handle, signum: int) -> bool:
         if not self._shim_alive(handle):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+            return False
+        try:
             os.killpg(int(handle.data["pid"]), signum)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     async def suspend(self, handle: Handle) -> None:
         await self.signal(handle, _signal.SIGSTOP)

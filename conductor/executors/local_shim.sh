@@ -2,7 +2,7 @@
 # The local executor's supervisor for one launch: it outlives the conductor,
 # records the job's exit status, and leaves no process of the job behind.
 #
-#   local_shim.sh LAUNCH_DIR LOG_FILE
+#   local_shim.sh LAUNCH_DIR LOG_FILE DRAIN_SECONDS
 #
 # LAUNCH_DIR/env defines the job's variables (exported, so only the job's own
 # processes carry them) and baton_workdir / baton_command (not exported).
@@ -10,6 +10,7 @@
 # cancel signals go to the whole group and never reach this shim.
 dir=$1
 log=$2
+drain=${3:-60}
 setsid /bin/sh -c '. "$1/env" && cd "$baton_workdir" && exec /bin/sh -c "$baton_command"' \
     baton-job "$dir" </dev/null >>"$log" 2>&1 &
 job=$!
@@ -17,9 +18,32 @@ echo "$$ $job" >"$dir/pids"
 # The conductor reads the job's pid from our stdout, then we let go of it.
 echo "$job"
 exec >/dev/null
+
+# True while a live (not zombie) process is left in the job's group. Orphaned
+# zombies may never be reaped on some machines, so `kill -0` cannot tell.
+group_alive() {
+    for stat in /proc/[0-9]*/stat; do
+        read -r line <"$stat" 2>/dev/null || continue
+        set -- ${line##*) }
+        [ "$3" = "$job" ] && [ "$1" != Z ] && return 0
+    done
+    return 1
+}
+
 wait "$job"
 code=$?
-# The leader is gone: nothing of the job may outlive it.
+if [ "$code" -gt 128 ]; then
+    # The leader died of a signal (a pause or a cancel): often it is only the
+    # shell in front of the real work, which is still saving a checkpoint.
+    # Give the rest of the group until it is done; the conductor kills it at
+    # the end of the grace period, and DRAIN_SECONDS bounds this without it.
+    ticks=$((drain * 10))
+    while [ "$ticks" -gt 0 ] && group_alive; do
+        sleep 0.1
+        ticks=$((ticks - 1))
+    done
+fi
+# The job is over: nothing of it may outlive it.
 kill -KILL "-$job" 2>/dev/null
 echo "$code" >"$dir/exit.tmp"
 # A rename keeps a half-written status from ever being read as final.
