@@ -142,8 +142,11 @@ class Feeds:
                         continue
                     except TimeoutError:
                         pass
+                if self._durable > cursor:
+                    continue  # changes arrived as the wait ended: they go first
                 last_sent = loop.time()
-                yield job_pb2.JobEvent(revision=max(cursor, self._durable))
+                # Never ahead of what was sent: a client resumes from this revision.
+                yield job_pb2.JobEvent(revision=cursor)
         finally:
             self.active_watches -= 1
 

@@ -1,0 +1,22 @@
+"""``make bench``: Baton's benchmark, against a real conductor subprocess.
+
+Run it as ``python -m bench [--quick] [--only NAME[,NAME]]``. It prints one JSON
+document on stdout (progress goes to stderr). Every figure carries its unit and
+sample count, and the figures with a target from the issues carry the target
+and a pass flag beside them.
+
+Sections (names for ``--only``):
+
+- ``submit_to_running_ms``: SubmitJob sent to the job seen RUNNING (GetJob polling).
+- ``cancel_ms``: CancelJob sent to CANCELLED, for a job that obeys SIGTERM.
+- ``submissions_per_second``: acknowledged SubmitJob calls per second, sustained,
+  from many concurrent grpc.aio submitters (the jobs stay QUEUED).
+- ``memory_per_running_job_mb``: PSS that Baton adds per running job (conductor
+  growth plus the job's supervisor shell).
+- ``getjob_ratio``: GetJob calls per second against the conductor, beside a
+  bare grpc.aio server measured in the same run with the same client.
+- ``pause_resume_ms``: pause and resume latency in both pause modes.
+
+Every section starts its own conductor on 127.0.0.1:0 with a fresh temporary
+home, and leaves no job, process or directory behind.
+"""

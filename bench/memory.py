@@ -1,0 +1,131 @@
+"""Memory section: what Baton adds for each running job.
+
+The job's own command is tiny (``sleep 600``), and its own processes (the
+job's process group, found by the job pids the launches record) are left
+out. Counted: the growth of the conductor's PSS from before the jobs started
+to when they all run, plus the PSS of every supervisor (the ``/bin/sh``
+``local_shim.sh`` processes, from <home>/state/launches/*/*/pids), plus any
+other process descending from the conductor that is neither. PSS
+(proportional set size, /proc/<pid>/smaps_rollup) shares a page among the
+processes mapping it, so shared libraries are not counted once per process.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench.jobs import running_with_process, submit_request, wait_for
+from bench.procs import Conductor, Proc, all_processes, descendants, smaps_kb
+from bench.report import Json, Target, figure, log, section
+
+WARMUP_JOBS = 3
+
+
+def _sum_kb(pids: list[int], field: str) -> int:
+    return sum(smaps_kb(pid).get(field, 0) for pid in pids)
+
+
+def memory_per_running_job(n: int, poll_interval: float) -> Json:
+    with Conductor("memory", max_running=n + WARMUP_JOBS + 10) as c:
+        stub = c.stub
+        # Warm the conductor's launch and cancel paths (imports, worker threads,
+        # caches) so one-time costs are not charged to the jobs.
+        warm = [
+            stub.SubmitJob(submit_request(f"warm-{i}", "sleep 600"), timeout=30) for i in range(WARMUP_JOBS)
+        ]
+        for job in warm:
+            wait_for(stub, job.id, running_with_process, time.perf_counter(), interval=poll_interval)
+        c.cancel_all()
+        time.sleep(1.0)
+        before = smaps_kb(c.pid)
+
+        jobs = [stub.SubmitJob(submit_request(f"mem-{i}", "sleep 600"), timeout=30) for i in range(n)]
+        for job in jobs:
+            wait_for(stub, job.id, running_with_process, time.perf_counter(), interval=poll_interval)
+        time.sleep(1.0)
+        after = smaps_kb(c.pid)
+
+        procs = all_processes()
+        by_pid = {p.pid: p for p in procs}
+        pairs = [(shim, job) for shim, job in c.supervisors() if shim in by_pid]
+        shims = sorted({shim for shim, _ in pairs if "local_shim.sh" in by_pid[shim].cmd})
+        job_groups = {job for shim, job in pairs if shim in shims}
+        job_procs = [p for p in procs if p.pgid in job_groups]
+        tree = descendants(c.pid, procs)
+        others: list[Proc] = [p for p in tree if p.pid not in shims and p.pgid not in job_groups]
+
+        growth_kb = after.get("Pss", 0) - before.get("Pss", 0)
+        shim_pss_kb = _sum_kb(shims, "Pss")
+        shim_rss_kb = _sum_kb(shims, "Rss")
+        other_pss_kb = _sum_kb([p.pid for p in others], "Pss")
+        job_pss_kb = _sum_kb([p.pid for p in job_procs], "Pss")
+        # The command runs as `/bin/sh -c COMMAND`, and dash forks the command
+        # instead of exec'ing it, so each job group holds a shell besides `sleep`.
+        job_shells = [p.pid for p in job_procs if p.cmd.startswith("/bin/sh -c ")]
+        job_shell_pss_kb = _sum_kb(job_shells, "Pss")
+        per_job_group: dict[int, list[str]] = {}
+        for p in job_procs:
+            per_job_group.setdefault(p.pgid, []).append(p.cmd)
+        shapes = sorted({" | ".join(sorted(cmds)) for cmds in per_job_group.values()})
+        log(f"memory: {len(shims)} supervisors for {n} jobs, conductor PSS grew {growth_kb} kB")
+
+    per_job_mb = (growth_kb + shim_pss_kb + other_pss_kb) / n / 1024
+    figures = {
+        "per_job": figure(
+            per_job_mb,
+            "MB",
+            n,
+            "PSS Baton adds per running job: (conductor PSS growth + supervisor PSS + any other "
+            "process Baton started) / jobs; the job's own processes excluded",
+            Target("<", 5, "MB", "issue 2"),
+        ),
+        "conductor_growth_per_job": figure(
+            growth_kb / n / 1024, "MB", n, "growth of the conductor's PSS, per job"
+        ),
+        "supervisor_pss_per_job": figure(
+            shim_pss_kb / max(1, len(shims)) / 1024, "MB", len(shims), "PSS of one supervisor shell"
+        ),
+        "supervisor_rss_per_job": figure(
+            shim_rss_kb / max(1, len(shims)) / 1024,
+            "MB",
+            len(shims),
+            "RSS of one supervisor shell (shared pages counted in full; for comparison only)",
+        ),
+        "job_own_pss_per_job": figure(
+            job_pss_kb / n / 1024,
+            "MB",
+            n,
+            "PSS of the job's own process group (`/bin/sh -c 'sleep 600'` and `sleep`), not counted above",
+        ),
+        "job_shell_pss_per_job": figure(
+            job_shell_pss_kb / max(1, len(job_shells)) / 1024,
+            "MB",
+            len(job_shells),
+            "PSS of the `/bin/sh -c` running the command inside the job's group (part of the job's own "
+            "PSS above; dash forks the command rather than exec'ing it)",
+        ),
+        "per_job_counting_job_shell": figure(
+            (growth_kb + shim_pss_kb + other_pss_kb + job_shell_pss_kb) / n / 1024,
+            "MB",
+            n,
+            "per_job plus the job's `/bin/sh -c` wrapper, for a stricter reading of 'what Baton adds'",
+        ),
+    }
+    return section(
+        f"Memory Baton adds per running job, with {n} long-running tiny jobs (`sleep 600`).",
+        figures,
+        {
+            "jobs": n,
+            "conductor_pss_kb_before": before.get("Pss", 0),
+            "conductor_pss_kb_after": after.get("Pss", 0),
+            "conductor_rss_kb_before": before.get("Rss", 0),
+            "conductor_rss_kb_after": after.get("Rss", 0),
+            "supervisors_found": len(shims),
+            "supervisor_pss_kb_total": shim_pss_kb,
+            "other_baton_processes": [p.cmd for p in others],
+            "other_baton_pss_kb": other_pss_kb,
+            "job_process_groups": len(per_job_group),
+            "job_processes_per_group": sorted({len(v) for v in per_job_group.values()}),
+            "job_group_shapes": shapes,
+        },
+    )

@@ -1,0 +1,260 @@
+"""Runs the sections and prints the JSON document."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import FrameType
+
+import grpc
+from google import protobuf
+
+from bench import latency, memory, throughput
+from bench.jobs import DEFAULT_POLL_INTERVAL
+from bench.procs import CLK_TCK, REPO
+from bench.report import Json, finite, log, percentile, target_summary
+from common.version import VERSION
+
+
+@dataclass(frozen=True)
+class Sizes:
+    submit_jobs: int
+    cancel_jobs: int
+    submit_rate_seconds: float
+    submit_rate_concurrency: int
+    memory_jobs: int
+    getjob_seconds: float
+    getjob_rounds: int
+    getjob_concurrency: int
+    pause_cycles: int
+
+
+FULL = Sizes(
+    submit_jobs=200,
+    cancel_jobs=100,
+    submit_rate_seconds=5.0,
+    submit_rate_concurrency=64,
+    memory_jobs=50,
+    getjob_seconds=1.5,
+    getjob_rounds=6,
+    getjob_concurrency=32,
+    pause_cycles=30,
+)
+QUICK = Sizes(
+    submit_jobs=25,
+    cancel_jobs=15,
+    submit_rate_seconds=1.5,
+    submit_rate_concurrency=32,
+    memory_jobs=10,
+    getjob_seconds=0.75,
+    getjob_rounds=2,
+    getjob_concurrency=32,
+    pause_cycles=6,
+)
+
+Runner = Callable[[Sizes, float], Json]
+# Above this much CPU used by other programs during a section, the document warns.
+BUSY_CORES = 0.2
+
+SECTIONS: dict[str, Runner] = {
+    "submit_to_running_ms": lambda s, poll: latency.submit_to_running(s.submit_jobs, poll),
+    "cancel_ms": lambda s, poll: latency.cancel(s.cancel_jobs, poll),
+    "submissions_per_second": lambda s, poll: throughput.submissions_per_second(
+        s.submit_rate_seconds, s.submit_rate_concurrency, poll
+    ),
+    "memory_per_running_job_mb": lambda s, poll: memory.memory_per_running_job(s.memory_jobs, poll),
+    "getjob_ratio": lambda s, poll: throughput.getjob_ratio(
+        s.getjob_seconds, s.getjob_rounds, s.getjob_concurrency, poll
+    ),
+    "pause_resume_ms": lambda s, poll: latency.pause_resume(s.pause_cycles, poll),
+}
+
+
+def _parse_only(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SECTIONS)}"
+        )
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Baton's benchmark: one JSON document on stdout, progress on stderr.",
+    )
+    p.add_argument("--quick", action="store_true", help="small counts, for a smoke test (under a minute)")
+    p.add_argument(
+        "--only",
+        type=_parse_only,
+        metavar="NAME[,NAME]",
+        help=f"run only these sections: {', '.join(SECTIONS)}",
+    )
+    p.add_argument(
+        "--poll-interval-ms",
+        type=float,
+        default=DEFAULT_POLL_INTERVAL * 1000,
+        help="sleep between GetJob polls while waiting for a state (default %(default)s; 0: back to back)",
+    )
+    return p
+
+
+def _filesystem(path: str) -> str:
+    """The filesystem type the temporary homes live on (fsync cost depends on it)."""
+    best, fstype = "", "unknown"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                mount = parts[1]
+                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                    best, fstype = mount, parts[2]
+    except OSError:
+        pass
+    return fstype
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _fsync_probe(samples: int = 20) -> Json:
+    """How long a small write + fsync takes where the homes live: the floor under
+    every durable acknowledgement (SQLite commits with synchronous=FULL)."""
+    times: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="baton-bench-fsync-") as d:
+        path = os.path.join(d, "probe")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            for i in range(samples):
+                t0 = time.perf_counter()
+                os.pwrite(fd, os.urandom(4096), i * 4096)
+                os.fsync(fd)
+                times.append((time.perf_counter() - t0) * 1000)
+        finally:
+            os.close(fd)
+    return {
+        "p50": round(percentile(times, 50), 3),
+        "p95": round(percentile(times, 95), 3),
+        "unit": "ms",
+        "samples": samples,
+    }
+
+
+def environment() -> Json:
+    tmp = tempfile.gettempdir()
+    return {
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "protobuf": protobuf.__version__,
+        "baton_version": VERSION,
+        "git": _git_commit(),
+        "temp_dir": tmp,
+        "temp_filesystem": _filesystem(os.path.realpath(tmp)),
+        "fsync_4k_ms": _fsync_probe(),
+        "conductor": "`python -m client.cli conductor --listen 127.0.0.1:0` subprocess, "
+        "a fresh temporary home for each section",
+        "client": "this process: sync grpc client for latencies, grpc.aio client for throughput",
+    }
+
+
+def _busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy since boot (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    guest = sum(fields[8:10]) if len(fields) > 9 else 0  # already counted in user/nice
+    return (sum(fields) - idle - guest) / CLK_TCK
+
+
+def _our_cpu_seconds() -> float:
+    """This process and every descendant it has reaped (conductors, bare servers, their jobs)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Unwinds through every section's cleanup (``finally`` / context managers).
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    sizes = QUICK if args.quick else FULL
+    names = args.only or list(SECTIONS)
+    poll = max(0.0, args.poll_interval_ms / 1000)
+    started = time.monotonic()
+    doc: Json = {
+        "benchmark": "baton",
+        "mode": "quick" if args.quick else "full",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "environment": environment(),
+        "sizes": sizes.__dict__,
+        "results": {},
+    }
+    errors = 0
+    for name in names:
+        log(f"{name}: starting")
+        t0 = time.monotonic()
+        load0 = os.getloadavg()[0]
+        busy0, ours0 = _busy_cpu_seconds(), _our_cpu_seconds()
+        try:
+            result = SECTIONS[name](sizes, poll)
+        except Exception as err:
+            errors += 1
+            traceback.print_exc(file=sys.stderr)
+            result = {"error": f"{type(err).__name__}: {err}"}
+        elapsed = time.monotonic() - t0
+        foreign = (_busy_cpu_seconds() - busy0) - (_our_cpu_seconds() - ours0)
+        result["elapsed_s"] = round(elapsed, 2)
+        result["machine"] = {
+            "load_average_1m_at_start": round(load0, 2),
+            # CPU that other programs on this machine used meanwhile: the figures
+            # above are only as quiet as this is small.
+            "other_programs_cpu_cores": round(max(0.0, foreign) / elapsed, 2),
+        }
+        doc["results"][name] = result
+        log(f"{name}: done in {result['elapsed_s']} s")
+    doc["targets"] = target_summary(doc["results"])
+    busy = {
+        name: r["machine"]["other_programs_cpu_cores"]
+        for name, r in doc["results"].items()
+        if r["machine"]["other_programs_cpu_cores"] > BUSY_CORES
+    }
+    doc["warnings"] = (
+        [
+            "other programs used CPU during these sections (cores, averaged over the section): "
+            + ", ".join(f"{n} {c}" for n, c in busy.items())
+            + f"; on this {os.cpu_count()}-core machine their figures are pessimistic"
+        ]
+        if busy
+        else []
+    )
+    doc["elapsed_s"] = round(time.monotonic() - started, 2)
+    json.dump(finite(doc), sys.stdout, indent=2, allow_nan=False)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 1 if errors else 0
