@@ -15,11 +15,11 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from baton.v1 import job_pb2
-from common.protojson import fill
+from common.protojson import parse_dict
 
 
 def job_to_json(job: job_pb2.Job) -> str:
-    return json_format.MessageToJson(job, indent=1, sort_keys=True)
+    return json_format.MessageToJson(job, indent=None, sort_keys=True)
 
 
 def job_from_json(text: str | bytes) -> job_pb2.Job:
@@ -30,12 +30,10 @@ def job_from_json(text: str | bytes) -> job_pb2.Job:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
-    job = job_pb2.Job()
     try:
-        fill(job, data)
+        return parse_dict(job_pb2.Job, data)
     except ValueError as exc:
         raise ValueError(f"not a Job in proto3 JSON: {exc}") from None
-    return job
 
 
 def read_job(path: Path) -> job_pb2.Job:

@@ -130,6 +130,24 @@ class Index:
         self.state_counts[rf.state] += 1
         self._notify(rf.key)
 
+    def load_runs(self, runs: list[RunFile]) -> None:
+        """Fill an empty index in one go: sorting once beats 100,000 inserts."""
+        assert not self.runs, "load_runs is for an empty index"
+        buckets: dict[Bucket, list[SortKey]] = {}
+        for rf in runs:
+            entry = RunEntry(rf)
+            self.runs[rf.key] = entry
+            if entry.job_id:
+                self.by_id[entry.job_id] = rf.key
+            bucket = (*rf.key[:3], rf.state)
+            buckets.setdefault(bucket, []).append(entry.sort)
+            self._project_buckets.setdefault(rf.key[0], set()).add(bucket)
+            self.state_counts[rf.state] += 1
+        self._order = sorted(e.sort for e in self.runs.values())
+        for keys in buckets.values():
+            keys.sort()
+        self._buckets = buckets
+
     def remove_run(self, key: RunKey) -> None:
         entry = self.runs.pop(key, None)
         if entry is not None:

@@ -12,6 +12,8 @@ the reconciliation scan repairs whatever was missed. Nothing here writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,7 +40,6 @@ class _Tree:
     # Depth of the deepest watched directory: run dirs (4) / job dirs (3).
     depth: int
     wds: dict[int, tuple[str, ...]] = field(default_factory=dict)
-    paths: dict[tuple[str, ...], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +58,12 @@ class _Read:
         default_factory=list
     )
     checkpoint_subtrees: list[tuple[tuple[str, ...], scan.ScanResult]] = field(default_factory=list)
+
+
+def _return_free_memory() -> None:
+    """Hand the scan's freed buffers back to the OS (glibc keeps them otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _valid(rel: tuple[str, ...]) -> bool:
@@ -86,6 +93,7 @@ class Indexer:
         mode: str = "inotify",
         poll_interval: float = 2.0,
         reconcile_interval: float = 300.0,
+        scan_workers: int = 0,
     ) -> None:
         if mode not in ("inotify", "poll"):
             raise ValueError("watch mode must be 'inotify' or 'poll'")
@@ -97,6 +105,8 @@ class Indexer:
         }
         self._poll_interval = poll_interval
         self._reconcile_interval = reconcile_interval
+        # Processes for the cold scan; 0 means one per core.
+        self._scan_workers = scan_workers or os.cpu_count() or 1
         self._inotify: INotify | None = None
         self._dirty: set[tuple[str, tuple[str, ...]]] = set()
         self._wake = asyncio.Event()
@@ -148,16 +158,23 @@ class Indexer:
         async with self._reconcile_lock:
             st = self._trees["status"]
             ck = self._trees["checkpoints"]
+            cold = full and not self.index.runs
             known = {} if full else self.index.signatures()
             status, ckpts = await asyncio.gather(
-                asyncio.to_thread(scan.scan_status, st.root, known),
+                asyncio.to_thread(scan.scan_status_parallel, st.root, self._scan_workers)
+                if cold
+                else asyncio.to_thread(scan.scan_status, st.root, known),
                 asyncio.to_thread(scan.scan_checkpoints, ck.root),
             )
             index = self.index
             seen = set(status.unchanged)
-            for rf in status.runs:
-                index.upsert_run(rf)
-                seen.add(rf.key)
+            if not index.runs:
+                index.load_runs(status.runs)
+                seen.update(rf.key for rf in status.runs)
+            else:
+                for rf in status.runs:
+                    index.upsert_run(rf)
+                    seen.add(rf.key)
             for key in [k for k in index.runs if k not in seen]:
                 index.remove_run(key)
             want = {(c.key, c.suffix): c for c in ckpts.checkpoints}
@@ -179,6 +196,9 @@ class Indexer:
             if self._inotify is not None:
                 await asyncio.to_thread(self._watch_dirs, st, status.dirs)
                 await asyncio.to_thread(self._watch_dirs, ck, ckpts.dirs)
+            if cold:
+                del status, ckpts
+                _return_free_memory()
 
     # ------------------------------------------------------------- inotify
 
@@ -194,7 +214,7 @@ class Indexer:
         assert self._inotify is not None
         for path in dirs:
             rel = self._rel(tree, os.path.realpath(path)) if os.path.islink(path) else self._rel(tree, path)
-            if rel is None or len(rel) > tree.depth or rel in tree.paths:
+            if rel is None or len(rel) > tree.depth:
                 continue
             try:
                 wd = self._inotify.add_watch(path, _DIR_MASK)
@@ -202,7 +222,6 @@ class Indexer:
                 self.unwatched += 1
                 continue
             tree.wds[wd] = rel
-            tree.paths[rel] = wd
 
     def _tree_of(self, wd: int) -> tuple[_Tree, tuple[str, ...]] | None:
         for tree in self._trees.values():
@@ -228,8 +247,6 @@ class Indexer:
             tree, rel = found
             if ev.mask & F.IGNORED:
                 tree.wds.pop(ev.wd, None)
-                if tree.paths.get(rel) == ev.wd:
-                    del tree.paths[rel]
                 continue
             if not ev.name:
                 continue  # the watched directory itself; its parent reports it
