@@ -7,10 +7,12 @@ them into status codes with rich details, so no servicer picks a code itself.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
+import inspect
 import ipaddress
-import time
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -33,8 +35,6 @@ async def _abort(context: grpc.aio.ServicerContext, err: BatonError) -> None:
 
 def translate_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a servicer method (unary or server-streaming) to map domain errors."""
-    import inspect
-
     if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
@@ -149,5 +149,16 @@ async def build_server(
     return server, port, health_servicer
 
 
-def monotonic_ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)
+async def until_signalled(stop: Callable[[], Awaitable[None]]) -> None:
+    """Wait for SIGTERM or SIGINT, then run ``stop`` (a server's clean shutdown)."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+        log.info("stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await stop()

@@ -8,11 +8,9 @@ running when the conductor stops; the next one re-attaches to them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from google.protobuf import timestamp_pb2
 from baton.v1 import conductor_pb2, conductor_pb2_grpc
 from common.jobfile import write_atomic
 from common.layout import Layout
-from common.rpc import build_server
+from common.rpc import build_server, until_signalled
 from conductor.config import ConductorConfig
 from conductor.executors import make_executors
 from conductor.feeds import Feeds
@@ -130,15 +128,6 @@ async def start(config: ConductorConfig) -> RunningConductor:
 
 
 async def serve(config: ConductorConfig) -> None:
-    """Run a conductor until SIGTERM or SIGINT."""
+    """Run a conductor until SIGTERM or SIGINT; its jobs keep running."""
     running = await start(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-        log.info("conductor_stopping")
-    finally:
-        with contextlib.suppress(Exception):
-            await running.stop()
+    await until_signalled(running.stop)

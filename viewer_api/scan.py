@@ -371,4 +371,3 @@ def read_text(path: Path, limit: int = 8 << 20) -> str:
     if len(data) > limit:
         raise ValueError(f"{path.name} is larger than {limit} bytes")
     return data.decode()
-

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 from dataclasses import dataclass
 
 import grpc
 import structlog
 
 from baton.v1 import viewer_pb2, viewer_pb2_grpc
-from common.rpc import build_server
+from common.rpc import build_server, until_signalled
 from viewer_api.config import ViewerConfig
 from viewer_api.index import Index
 from viewer_api.indexer import Indexer
@@ -53,6 +50,7 @@ async def start(config: ViewerConfig) -> RunningViewer:
         mode=config.watch,
         poll_interval=config.poll_interval,
         reconcile_interval=config.reconcile_interval,
+        scan_workers=config.scan_workers,
     )
     await indexer.start()
     service = ViewerService(
@@ -83,13 +81,6 @@ async def start(config: ViewerConfig) -> RunningViewer:
 
 
 async def serve(config: ViewerConfig) -> None:
+    """Run a viewer until SIGTERM or SIGINT."""
     running = await start(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await running.stop()
+    await until_signalled(running.stop)
