@@ -122,6 +122,10 @@ class Indexer:
             self._inotify = INotify(nonblocking=True)
             asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_events)
         await self.reconcile(full=True)
+        if self._inotify is not None:
+            # The cold scan listed directories before watching them: one more
+            # pass (only changed files are read) catches what came in between.
+            self._tasks.append(asyncio.create_task(self.reconcile()))
         log.info(
             "index_ready",
             runs=len(self.index.runs),
@@ -307,17 +311,21 @@ class Indexer:
                 index.upsert_checkpoint(cf)
             index.problems.update(sub.problems)
 
+    def _watching_result(self, tree: _Tree) -> scan.ScanResult:
+        """A ScanResult that watches each directory before it is listed."""
+        if self._inotify is None:
+            return scan.ScanResult()
+        return scan.ScanResult(on_dir=lambda path: self._watch_dirs(tree, [path]))
+
     def _read_changes(self, st: _Tree, ck: _Tree, dirty: _Dirty) -> _Read:
         """Read what the dirty paths now hold (blocking: runs in a thread)."""
         out = _Read()
         # A changed directory at any level: rescan below it (it may be new, moved or gone).
         for rel in _outermost(dirty.status_subtrees):
-            result = scan.ScanResult()
+            result = self._watching_result(st)
             path = os.path.join(st.root, *rel)
             if os.path.isdir(path):
                 scan.scan_status_under(st.root, rel, path, result, {})
-                if self._inotify is not None:
-                    self._watch_dirs(st, result.dirs)
             out.status_subtrees.append((rel, result))
         for rel in dirty.status_runs:
             if _covered(rel, dirty.status_subtrees) or not _valid(rel):
@@ -325,12 +333,10 @@ class Indexer:
             key: scan.RunKey = (rel[0], rel[1], rel[2], rel[3])
             out.runs.append((key, scan.read_run(st.root, key, os.path.join(st.root, *rel))))
         for rel in _outermost(dirty.ckpt_subtrees):
-            result = scan.ScanResult()
+            result = self._watching_result(ck)
             path = os.path.join(ck.root, *rel)
             if os.path.isdir(path):
                 scan.scan_checkpoints_under(ck.root, rel, path, result)
-                if self._inotify is not None:
-                    self._watch_dirs(ck, result.dirs)
             out.checkpoint_subtrees.append((rel, result))
         for rel in dirty.ckpt_items:
             if _covered(rel, dirty.ckpt_subtrees) or not _valid(rel[:3]):

@@ -16,6 +16,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,14 @@ class ScanResult:
     checkpoints: list[CheckpointFile] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
     dirs: list[str] = field(default_factory=list)
+    # Called with each directory before it is listed (the indexer watches it
+    # then, so nothing created while the scan runs goes unnoticed).
+    on_dir: Callable[[str], None] | None = None
+
+    def enter(self, path: str) -> None:
+        self.dirs.append(path)
+        if self.on_dir is not None:
+            self.on_dir(path)
 
 
 def parse_run(key: RunKey, raw: bytes, signature: Signature) -> RunFile:
@@ -274,7 +283,7 @@ def scan_status_under(
     root: str, prefix: tuple[str, ...], path: str, result: ScanResult, known: dict[RunKey, Signature]
 ) -> None:
     """Scan the subtree at ``path`` (whose names so far are ``prefix``) into ``result``."""
-    result.dirs.append(path)
+    result.enter(path)
     if len(prefix) == 4:
         key: RunKey = prefix  # type: ignore[assignment]
         got = read_run(root, key, path, known.get(key))
@@ -350,7 +359,7 @@ def scan_checkpoints_under(root: str, prefix: tuple[str, ...], path: str, result
         elif isinstance(got, str):
             result.problems[path] = got
         return
-    result.dirs.append(path)
+    result.enter(path)
     if len(prefix) == 3:
         # Checkpoint names that are still being written are skipped, not problems.
         try:
