@@ -131,3 +131,93 @@ def parse_dict(cls: type[M], data: dict[str, Any]) -> M:
         return json_format.ParseDict(data, cls(), ignore_unknown_fields=True)
     except (json_format.ParseError, TypeError, ValueError) as exc:
         raise ValueError(str(exc)) from None
+
+
+# ------------------------------------------------------------------ shapes
+
+_INT32 = {_FD.TYPE_INT32, _FD.TYPE_UINT32, _FD.TYPE_SINT32, _FD.TYPE_FIXED32, _FD.TYPE_SFIXED32}
+_FLOATS = {_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE}
+_SPECIAL_FLOATS = {"NaN", "Infinity", "-Infinity"}
+# json name -> (kind, repeated, nested descriptor)
+_Shape = dict[str, tuple[str, bool, Any]]
+_SHAPES: dict[str, _Shape] = {}
+
+
+def _shape(desc: Any) -> _Shape:
+    shape = _SHAPES.get(desc.full_name)
+    if shape is not None:
+        return shape
+    shape = {}
+    _SHAPES[desc.full_name] = shape
+    for f in desc.fields:
+        nested = None
+        if f.type == _FD.TYPE_MESSAGE:
+            mt: Any = f.message_type
+            if mt.GetOptions().map_entry:
+                kind = "map"
+            elif mt.full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+                kind = "str"
+            elif mt.full_name == "google.protobuf.Struct":
+                kind = "map"
+            elif mt.full_name.startswith("google.protobuf."):
+                kind = "any"
+            else:
+                kind, nested = "message", mt
+        elif f.type == _FD.TYPE_BOOL:
+            kind = "bool"
+        elif f.type in _INT64 or f.type in _INT32:
+            kind = "int"
+        elif f.type in _FLOATS:
+            kind = "float"
+        elif f.type == _FD.TYPE_ENUM:
+            kind = "enum"
+        else:
+            kind = "str"  # strings, and bytes in base64
+        entry = (kind, f.is_repeated and kind != "map", nested)
+        shape[f.json_name] = entry
+        shape[f.name] = entry
+    return shape
+
+
+def _fits(kind: str, nested: Any, value: Any) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "int":
+        if isinstance(value, bool):
+            return False
+        return isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())
+    if kind == "enum":
+        return isinstance(value, str | int) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "float":
+        return (isinstance(value, int | float) and not isinstance(value, bool)) or value in _SPECIAL_FLOATS
+    if kind == "map":
+        return isinstance(value, dict)
+    if kind == "message":
+        return isinstance(value, dict) and _check(_shape(nested), value)
+    return True
+
+
+def _check(shape: _Shape, data: dict[str, Any]) -> bool:
+    for key, value in data.items():
+        entry = shape.get(key)
+        if entry is None or value is None:
+            continue  # unknown fields are allowed; null means unset
+        kind, repeated, nested = entry
+        if repeated:
+            if not isinstance(value, list) or not all(_fits(kind, nested, v) for v in value):
+                return False
+        elif not _fits(kind, nested, value):
+            return False
+    return True
+
+
+def check_shape(cls: type[Message], data: dict[str, Any]) -> None:
+    """Raise ValueError unless every known field of ``data`` has a JSON type its field takes.
+
+    Much cheaper than building the message: readers of many files use it to
+    turn away a file that could never become one.
+    """
+    if not _check(_shape(cls.DESCRIPTOR), data):
+        raise ValueError(f"not a {cls.DESCRIPTOR.full_name}: a field has the wrong JSON type")

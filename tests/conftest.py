@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.harness import InProcessConductor, kill_job_groups
+from tests.viewer_harness import InProcessViewer
 
 
 @pytest.fixture
@@ -28,3 +30,23 @@ def conductor_factory(tmp_path: Path) -> Iterator[object]:
 def conductor(conductor_factory: object) -> InProcessConductor:
     """A conductor on a free loopback port with its own home under tmp_path."""
     return conductor_factory()  # type: ignore[operator]
+
+
+@pytest.fixture
+def viewer_factory(tmp_path: Path) -> Iterator[Callable[..., InProcessViewer]]:
+    """Start in-process viewers: ``viewer_factory(status_dir=..., checkpoints_dir=..., watch="poll")``.
+
+    Settings are ViewerConfig fields; ``listen`` is always 127.0.0.1:0. Without
+    ``home`` the viewer's home is a fresh directory under tmp_path.
+    """
+    started: list[InProcessViewer] = []
+
+    def make(**settings: Any) -> InProcessViewer:
+        settings.setdefault("home", tmp_path / f"viewer-home{len(started)}")
+        v = InProcessViewer(**settings).start()
+        started.append(v)
+        return v
+
+    yield make
+    for v in started:
+        v.stop()

@@ -222,7 +222,7 @@ class Index:
     ) -> tuple[list[job_pb2.Job], str, int]:
         """One page of matching runs, newest first; with the token for the next and the total."""
         limit = page_size(size)
-        after = _sort_key(decode_token(scope, flt.token_key(), token))
+        after = sort_key(decode_token(scope, flt.token_key(), token))
         it, total = self._iter_sorted(flt, after)
         page: list[RunEntry] = []
         for sk in it:
@@ -309,11 +309,8 @@ class Index:
     ) -> tuple[list[CheckpointFile], str]:
         limit = page_size(size)
         fkey = [project, group, name]
-        pos = decode_token("viewer.checkpoints", fkey, token)
-        after = tuple(pos) if isinstance(pos, list) and len(pos) == 5 else None
-        if pos is not None and after is None:
-            raise invalid_field("page_token", "is not a page token from this list")
-        start = 0 if after is None else bisect.bisect_right(self._ckpt_order, after)  # type: ignore[arg-type]
+        after = sort_key(decode_token("viewer.checkpoints", fkey, token))
+        start = 0 if after is None else bisect.bisect_right(self._ckpt_order, after)
         out: list[CheckpointFile] = []
         for sk in self._ckpt_order[start:]:
             _, p, g, n, suffix = sk
@@ -354,7 +351,8 @@ def _remove_sorted(lst: list[Any], item: Any) -> None:
         del lst[i]
 
 
-def _sort_key(pos: Any) -> SortKey | None:
+def sort_key(pos: Any) -> SortKey | None:
+    """The position a page token holds: (-time, four names); INVALID_ARGUMENT otherwise."""
     if pos is None:
         return None
     if (

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -75,12 +76,34 @@ def _covered(rel: tuple[str, ...], prefixes: set[tuple[str, ...]]) -> bool:
 
 
 def _outermost(prefixes: set[tuple[str, ...]]) -> list[tuple[str, ...]]:
-    """Valid prefixes not inside another one: rescanning those covers the rest."""
+    """Prefixes under valid names and not inside another one: rescanning those covers the rest.
+
+    The last name may break the rule: ``_admissible`` then records the problem.
+    """
     return [
         rel
         for rel in sorted(prefixes, key=len)
-        if _valid(rel) and not any(rel[: len(p)] == p for p in prefixes if len(p) < len(rel))
+        if _valid(rel[:-1]) and not any(rel[: len(p)] == p for p in prefixes if len(p) < len(rel))
     ]
+
+
+def _admissible(root: str, path: str, result: scan.ScanResult) -> bool:
+    """Whether a changed directory may be scanned; if not, why goes in ``result``."""
+    name = os.path.basename(path)
+    if name.startswith(".") or name.endswith(".tmp") or not os.path.isdir(path):
+        return False  # being written, or gone, or not a directory
+    if not is_valid_name(name):
+        result.problems[path] = scan.INVALID_NAME
+        return False
+    if os.path.islink(path) and not scan.inside(root, path):
+        result.problems[path] = scan.OUTSIDE_LINK
+        return False
+    return True
+
+
+def _forget_problems_under(problems: dict[str, str], path: str) -> None:
+    for known in [p for p in problems if p == path or p.startswith(path + os.sep)]:
+        del problems[known]
 
 
 class Indexer:
@@ -112,6 +135,7 @@ class Indexer:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reconcile_lock = asyncio.Lock()
+        self._wd_lock = threading.Lock()
         self.unwatched = 0
 
     # ---------------------------------------------------------------- start
@@ -220,12 +244,15 @@ class Indexer:
             rel = self._rel(tree, os.path.realpath(path)) if os.path.islink(path) else self._rel(tree, path)
             if rel is None or len(rel) > tree.depth:
                 continue
-            try:
-                wd = self._inotify.add_watch(path, _DIR_MASK)
-            except OSError:
-                self.unwatched += 1
-                continue
-            tree.wds[wd] = rel
+            # Under the lock the event reader takes too: no event for this
+            # watch can be read before the watch is known to belong to ``rel``.
+            with self._wd_lock:
+                try:
+                    wd = self._inotify.add_watch(path, _DIR_MASK)
+                except OSError:
+                    self.unwatched += 1
+                    continue
+                tree.wds[wd] = rel
 
     def _tree_of(self, wd: int) -> tuple[_Tree, tuple[str, ...]] | None:
         for tree in self._trees.values():
@@ -236,16 +263,16 @@ class Indexer:
 
     def _on_events(self) -> None:
         assert self._inotify is not None
-        try:
-            events = self._inotify.read(timeout=0)
-        except BlockingIOError:
-            return
-        for ev in events:
+        with self._wd_lock:
+            try:
+                events = [(ev, self._tree_of(ev.wd)) for ev in self._inotify.read(timeout=0)]
+            except BlockingIOError:
+                return
+        for ev, found in events:
             if ev.mask & F.Q_OVERFLOW:
                 # Events were lost: only a scan can tell what changed.
                 asyncio.get_running_loop().create_task(self.reconcile())
                 continue
-            found = self._tree_of(ev.wd)
             if found is None:
                 continue
             tree, rel = found
@@ -291,22 +318,27 @@ class Indexer:
                 index.problems.pop(path, None)
             elif outcome == "missing":
                 index.remove_run(rel)
+                index.problems.pop(path, None)
             elif outcome is not None:
                 # Unreadable for now: keep what the index had; the next write or scan decides.
                 index.problems[path] = outcome
         for prefix, sub in read.status_subtrees:
             index.remove_runs_under(prefix)
+            _forget_problems_under(index.problems, os.path.join(st.root, *prefix))
             for rf in sub.runs:
                 index.upsert_run(rf)
             index.problems.update(sub.problems)
         for (job_key, suffix), got in read.checkpoints:
             index.remove_checkpoint(job_key, suffix)
+            path = os.path.join(ck.root, *job_key, suffix)
+            index.problems.pop(path, None)
             if isinstance(got, scan.CheckpointFile):
                 index.upsert_checkpoint(got)
             elif isinstance(got, str):
-                index.problems[os.path.join(ck.root, *job_key, suffix)] = got
+                index.problems[path] = got
         for prefix, sub in read.checkpoint_subtrees:
             index.remove_checkpoints_under(prefix)
+            _forget_problems_under(index.problems, os.path.join(ck.root, *prefix))
             for cf in sub.checkpoints:
                 index.upsert_checkpoint(cf)
             index.problems.update(sub.problems)
@@ -324,7 +356,7 @@ class Indexer:
         for rel in _outermost(dirty.status_subtrees):
             result = self._watching_result(st)
             path = os.path.join(st.root, *rel)
-            if os.path.isdir(path):
+            if _admissible(st.root, path, result):
                 scan.scan_status_under(st.root, rel, path, result, {})
             out.status_subtrees.append((rel, result))
         for rel in dirty.status_runs:
@@ -335,7 +367,7 @@ class Indexer:
         for rel in _outermost(dirty.ckpt_subtrees):
             result = self._watching_result(ck)
             path = os.path.join(ck.root, *rel)
-            if os.path.isdir(path):
+            if _admissible(ck.root, path, result):
                 scan.scan_checkpoints_under(ck.root, rel, path, result)
             out.checkpoint_subtrees.append((rel, result))
         for rel in dirty.ckpt_items:

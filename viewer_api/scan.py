@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import pickle
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import Any
 from baton.v1 import job_pb2
 from common.layout import CONFIG_FILES, JOB_SPEC_FILE, STATUS_FILE, is_complete_checkpoint
 from common.names import is_valid_name
+from common.protojson import check_shape
 
 RunKey = tuple[str, str, str, str]
 JobKey = tuple[str, str, str]
@@ -104,6 +106,7 @@ def parse_run(key: RunKey, raw: bytes, signature: Signature) -> RunFile:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
+    check_shape(job_pb2.Job, data)
     state = data.get("state", 0)
     if isinstance(state, str):
         if state not in _STATES:
@@ -130,7 +133,8 @@ def _signature(st: os.stat_result) -> Signature:
     return hash((st.st_ino, st.st_mtime_ns, st.st_size))
 
 
-def _inside(root: str, path: str) -> bool:
+def inside(root: str, path: str) -> bool:
+    """Whether ``path``, links resolved, stays under ``root``."""
     real = os.path.realpath(path)
     return real == root or real.startswith(root + os.sep)
 
@@ -153,7 +157,7 @@ def _subdirs(path: str, root: str, problems: dict[str, str]) -> list[tuple[str, 
         if not is_valid_name(entry.name):
             problems[entry.path] = INVALID_NAME
             continue
-        if entry.is_symlink() and not _inside(root, entry.path):
+        if entry.is_symlink() and not inside(root, entry.path):
             problems[entry.path] = OUTSIDE_LINK
             continue
         out.append((entry.name, entry.path))
@@ -168,7 +172,7 @@ def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = Non
     except FileNotFoundError:
         return "missing"
     except OSError:
-        if os.path.islink(path) and not _inside(root, path):
+        if os.path.islink(path) and not inside(root, path):
             return OUTSIDE_LINK
         if os.path.islink(path):
             try:
@@ -179,6 +183,8 @@ def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = Non
             return INVALID_STATUS
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return INVALID_STATUS  # a directory or a device is no status file
         sig = _signature(st)
         if known is not None and sig == known:
             return None
@@ -189,6 +195,8 @@ def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = Non
             if not more:
                 break
             raw += more
+    except OSError:
+        return INVALID_STATUS
     finally:
         os.close(fd)
     try:
@@ -322,11 +330,11 @@ def _dir_usage(path: str) -> tuple[int, int]:
 
 def read_checkpoint(root: str, key: JobKey, suffix: str, path: str) -> CheckpointFile | str | None:
     """One complete checkpoint directory, a problem, or None when not a checkpoint."""
-    if not is_complete_checkpoint(suffix):
+    if not is_complete_checkpoint(suffix) or not os.path.lexists(path):
         return None
     if not is_valid_name(suffix):
         return INVALID_NAME
-    if os.path.islink(path) and not _inside(root, path):
+    if os.path.islink(path) and not inside(root, path):
         return OUTSIDE_LINK
     try:
         st = os.stat(path)

@@ -27,7 +27,7 @@ from common.layout import JOB_SPEC_FILE, LOG_FILE, STATUS_FILE
 from common.names import name_problem
 from common.paging import decode_token, encode_token, page_size
 from common.tailer import CHUNK, offset_of_last_lines, tail
-from viewer_api.index import Filter, Index, RunEntry
+from viewer_api.index import Filter, Index, RunEntry, sort_key
 from viewer_api.indexer import Indexer
 from viewer_api.scan import CheckpointFile, JobKey, RunKey, read_text
 
@@ -139,14 +139,16 @@ class ViewerService:
         self, project: str, include_stale: bool, stale_after: float | None, size: int, token: str
     ) -> tuple[list[pb.RunningJob], str]:
         limit = page_size(size)
+        if stale_after is not None and stale_after < 0:
+            raise invalid_field("stale_after", "must not be negative")
         threshold = self.stale_after if stale_after is None else stale_after
         key_filter = [project, include_stale, threshold]
-        after = decode_token("viewer.running", key_filter, token)
+        after = sort_key(decode_token("viewer.running", key_filter, token))
         now = time.time()
         out: list[pb.RunningJob] = []
         last_sort: list[Any] = []
         for entry in self.index.running(project):
-            if after is not None and list(entry.sort) <= after:
+            if after is not None and entry.sort <= after:
                 continue
             age = self._age(entry, now)
             stale = age > threshold

@@ -1,0 +1,305 @@
+"""Freshness: changes on disk show in the viewer's lists shortly after, with
+inotify and with polling. Each test waits by polling the RPC with a deadline
+(no speed is asserted) and then checks the whole answer against a fresh
+brute-force scan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from baton.v1 import job_pb2
+from baton.v1 import viewer_pb2 as vpb
+from tests.treegen import Manifest, format_ts, generate, write_status
+from tests.viewer_harness import InProcessViewer
+from tests.viewer_oracle import Oracle, Run
+
+S = job_pb2
+DEADLINE = 5.0
+
+
+@dataclass
+class Tree:
+    m: Manifest
+    v: InProcessViewer
+
+    def oracle(self) -> Oracle:
+        return Oracle(self.m.status_dir, self.m.checkpoints_dir)
+
+    def listed_runs(self, **flt: Any) -> list[tuple[str, str, str, str]]:
+        jobs, _ = self.v.list_all(**flt)
+        return [(j.project, j.group, j.name, j.run_id) for j in jobs]
+
+    def listed_ckpts(self, **flt: Any) -> list[tuple[str, str, str, str]]:
+        out: list[tuple[str, str, str, str]] = []
+        token = ""
+        while True:
+            resp = self.v.stub.ListCheckpoints(
+                vpb.ListCheckpointsRequest(page_token=token, **flt), timeout=10
+            )
+            out.extend((c.project, c.group, c.name, c.suffix) for c in resp.checkpoints)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    def wait(self, check: Callable[[], bool], what: str) -> None:
+        self.v.wait_for(check, what, timeout=DEADLINE)
+
+    def wait_in_step(self) -> None:
+        """Until ListJobs, ListCheckpoints and the stats all match a scan of the disk."""
+
+        def same() -> bool:
+            o = self.oracle()
+            if self.listed_runs() != [r.key for r in o.jobs()]:
+                return False
+            if self.listed_ckpts() != [c.key for c in o.checkpoints()]:
+                return False
+            st = self.v.stub.GetDashboardStats(vpb.GetDashboardStatsRequest(), timeout=10)
+            return (
+                st.total_runs == len(o.runs)
+                and {c.state: c.count for c in st.state_counts} == o.state_counts()
+                and (st.checkpoint_count, st.checkpoint_bytes) == o.ckpt_totals()
+            )
+
+        self.wait(same, "the viewer to match a scan of the tree")
+
+
+@pytest.fixture(params=["inotify", "poll"])
+def tree(request: pytest.FixtureRequest, tmp_path: Path, viewer_factory: Any) -> Tree:
+    m = generate(tmp_path / "tree", runs=60, checkpoints=12, seed=21)
+    settings: dict[str, Any] = {"home": tmp_path / "tree", "watch": request.param}
+    if request.param == "poll":
+        settings["poll_interval"] = 0.2
+    v = viewer_factory(**settings)
+    st = v.stub.GetDashboardStats(vpb.GetDashboardStatsRequest(), timeout=10)
+    assert st.watch_mode == request.param and st.total_runs == 60
+    return Tree(m, v)
+
+
+def key_of(job: job_pb2.Job) -> tuple[str, str, str, str]:
+    return (job.project, job.group, job.name, job.run_id)
+
+
+def _pick(o: Oracle, state: int) -> Run:
+    return next(r for r in o.jobs() if r.state == state and r.job_id)
+
+
+def _ended(run: Run, state: str, **extra: Any) -> dict[str, Any]:
+    data = {**run.data, "state": state, "reason": "changed by the test", **extra}
+    data["endTime"] = format_ts(time.time_ns() // 1000)
+    return data
+
+
+def test_rewritten_status_shows_in_lists(tree: Tree) -> None:
+    o = tree.oracle()
+    run = _pick(o, S.JOB_STATE_RUNNING)
+    write_status(run.path, _ended(run, "JOB_STATE_SUCCEEDED", exitCode=0))
+    tree.wait(
+        lambda: (
+            run.key in tree.listed_runs(states=[S.JOB_STATE_SUCCEEDED])
+            and run.key not in tree.listed_runs(states=[S.JOB_STATE_RUNNING])
+        ),
+        "the rewritten run under its new state",
+    )
+    tree.wait_in_step()
+    # A writer that rewrites the file in place (no rename) is seen too.
+    other = _pick(tree.oracle(), S.JOB_STATE_QUEUED)
+    started = {**other.data, "state": "JOB_STATE_RUNNING", "startTime": format_ts(time.time_ns() // 1000)}
+    with open(other.path / "status.json", "w") as f:
+        f.write(json.dumps(started))
+    tree.wait(
+        lambda: other.key in tree.listed_runs(states=[S.JOB_STATE_RUNNING]), "the run rewritten in place"
+    )
+    tree.wait_in_step()
+    # Its new start time moved it to the top of the list.
+    assert tree.listed_runs()[0] == other.key
+
+
+def _new_run(base: Path, run_id: str, template: Run) -> None:
+    p, g, n = base.parts[-3:]
+    run_dir = base / run_id
+    run_dir.mkdir(parents=True)
+    data = {**template.data, "project": p, "group": g, "name": n, "runId": run_id, "id": run_id}
+    data["createTime"] = data["startTime"] = format_ts(time.time_ns() // 1000)
+    data["runDir"] = str(run_dir)
+    write_status(run_dir, data)
+    (run_dir / "output.log").write_bytes(b"hello\n")
+
+
+def test_added_runs_show(tree: Tree, tmp_path: Path) -> None:
+    o = tree.oracle()
+    template = _pick(o, S.JOB_STATE_SUCCEEDED)
+    p, g, n, _ = template.key
+    status = tree.m.status_dir
+    # Next to others; under a brand-new project/group/name; and moved in whole from elsewhere.
+    _new_run(status / p / g / n, "added-1", template)
+    _new_run(status / "fresh-project" / "g0" / "n0", "added-2", template)
+    outside = tmp_path / "staging" / "x" / "y" / "z"
+    _new_run(outside, "added-3", template)
+    os.rename(outside / "added-3", status / p / g / n / "added-3")
+    tree.wait(
+        lambda: (
+            {(p, g, n, "added-1"), ("fresh-project", "g0", "n0", "added-2"), (p, g, n, "added-3")}
+            <= set(tree.listed_runs())
+        ),
+        "three added runs",
+    )
+    tree.wait_in_step()
+    # The new directories are followed from now on: a second run under them shows too.
+    _new_run(status / "fresh-project" / "g0" / "n0", "added-4", template)
+    _new_run(status / "fresh-project" / "g1" / "n0", "added-5", template)
+    tree.wait(
+        lambda: {"added-4", "added-5"} <= {k[3] for k in tree.listed_runs(project="fresh-project")},
+        "runs added under the new project",
+    )
+    tree.wait_in_step()
+    got = tree.v.stub.GetJob(vpb.ViewerGetJobRequest(job_id="added-5"), timeout=10)
+    assert (got.project, got.group, got.name, got.run_id) == ("fresh-project", "g1", "n0", "added-5")
+
+
+def test_removed_runs_disappear(tree: Tree, tmp_path: Path) -> None:
+    o = tree.oracle()
+    runs = o.jobs()
+    one = runs[len(runs) // 2]
+    shutil.rmtree(one.path)
+    tree.wait(lambda: one.key not in tree.listed_runs(), "the deleted run to go")
+    tree.wait_in_step()
+    # A whole job directory, and a whole project moved out of the tree.
+    o = tree.oracle()
+    job_dir = next(r for r in o.jobs() if r.key[:3] != one.key[:3]).path.parent
+    shutil.rmtree(job_dir)
+    project = sorted({k[0] for k in o.runs} - {job_dir.parent.parent.name})[0]
+    os.rename(tree.m.status_dir / project, tmp_path / "moved-away")
+    tree.wait(
+        lambda: (
+            not any(k[0] == project or Path(*k[:3]) == Path(*job_dir.parts[-3:]) for k in tree.listed_runs())
+        ),
+        "the removed job and project to go",
+    )
+    tree.wait_in_step()
+    with pytest.raises(grpc.RpcError) as err:
+        tree.v.stub.GetJob(vpb.ViewerGetJobRequest(job_id=one.job_id), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _write_ckpt(path: Path, files: dict[str, bytes]) -> None:
+    path.mkdir(parents=True)
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+
+
+def test_checkpoints_added_by_rename_and_removed(tree: Tree) -> None:
+    o = tree.oracle()
+    existing = o.checkpoints()
+    p, g, n, _ = existing[0].key
+    base = tree.m.checkpoints_dir / p / g / n
+    # Being written: neither shows, nor counts.
+    _write_ckpt(base / ".step-new", {"model.bin": b"m" * 1000, "config.json": b'{"lr": 1}'})
+    _write_ckpt(base / "step-other.tmp", {"model.bin": b"o" * 10})
+    # A sentinel change elsewhere: once it shows, the partial ones have been seen and skipped.
+    sentinel = tree.m.checkpoints_dir / "new-proj" / "g" / "n"
+    _write_ckpt(sentinel / ".s1", {"model.bin": b"s" * 5})
+    os.rename(sentinel / ".s1", sentinel / "s1")
+    tree.wait(lambda: ("new-proj", "g", "n", "s1") in tree.listed_ckpts(), "a checkpoint under a new job")
+    assert not any(k[3].startswith(".") or k[3].endswith(".tmp") for k in tree.listed_ckpts())
+    tree.wait_in_step()
+    # Renamed into place: they show, with their sizes.
+    os.rename(base / ".step-new", base / "step-new")
+    os.rename(base / "step-other.tmp", base / "step-other")
+    tree.wait(
+        lambda: {(p, g, n, "step-new"), (p, g, n, "step-other")} <= set(tree.listed_ckpts()),
+        "the renamed checkpoints",
+    )
+    tree.wait_in_step()
+    got = tree.v.stub.GetCheckpoint(vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix="step-new"))
+    assert (got.size_bytes, got.file_count, got.config_file) == (1009, 2, "config.json")
+    # Removed: gone from the list, the stats and GetCheckpoint.
+    victim = existing[-1]
+    shutil.rmtree(victim.path)
+    shutil.rmtree(base / "step-other")
+    tree.wait(
+        lambda: victim.key not in tree.listed_ckpts() and (p, g, n, "step-other") not in tree.listed_ckpts(),
+        "the deleted checkpoints to go",
+    )
+    tree.wait_in_step()
+    vp, vg, vn, vs = victim.key
+    with pytest.raises(grpc.RpcError) as err:
+        tree.v.stub.GetCheckpoint(vpb.GetCheckpointRequest(project=vp, group=vg, name=vn, suffix=vs))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    stats = tree.v.stub.GetCheckpointStats(vpb.GetCheckpointStatsRequest(), timeout=10)
+    assert (stats.checkpoint_count, stats.total_bytes) == tree.oracle().ckpt_totals()
+
+
+def test_followed_log_sees_appends_and_the_end(tree: Tree) -> None:
+    o = tree.oracle()
+    run = next(r for r in o.jobs(states=(S.JOB_STATE_RUNNING,)) if r.job_id and r.log() is not None)
+    before = run.log() or b""
+    stream = tree.v.stub.StreamLog(vpb.StreamLogRequest(job_id=run.job_id, follow=True), timeout=30)
+    got: list[job_pb2.LogChunk] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            for chunk in stream:
+                got.append(chunk)
+        finally:
+            done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    received = lambda: b"".join(c.data for c in got)  # noqa: E731
+    tree.wait(lambda: received() == before, "the log as it was")
+    with open(run.path / "output.log", "ab") as f:
+        f.write(b"appended line\n")
+    tree.wait(lambda: received() == before + b"appended line\n", "the appended line")
+    write_status(run.path, _ended(run, "JOB_STATE_FAILED", exitCode=3))
+    assert done.wait(DEADLINE), "the followed log did not end after the run ended"
+    reader.join(5)
+    assert got[-1].complete and got[-1].state == S.JOB_STATE_FAILED and got[-1].exit_code == 3
+    assert got[-1].offset == len(before) + len(b"appended line\n")
+    assert received() == before + b"appended line\n"
+
+
+def test_a_burst_of_new_directories_is_not_missed(tree: Tree) -> None:
+    """Many runs appear under brand-new directories, each rewritten at once (as a conductor
+    does: QUEUED, RUNNING, SUCCEEDED within milliseconds). None may be missed or left stale:
+    a watch added after its directory was scanned loses what happened in between."""
+    now = time.time_ns() // 1000
+    expected: dict[tuple[str, str, str, str], int] = {}
+    for i in range(200):
+        key = (f"burst-{i:03d}", "g", "n", "r1")
+        run_dir = tree.m.status_dir.joinpath(*key)
+        run_dir.mkdir(parents=True)
+        job = {"id": f"burst-{i}", "project": key[0], "group": "g", "name": "n", "runId": "r1",
+               "createTime": format_ts(now + i)}  # fmt: skip
+        for state in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"):
+            write_status(run_dir, {**job, "state": state})
+        expected[key] = S.JOB_STATE_SUCCEEDED
+    seen: dict[tuple[str, str, str, str], int] = {}
+
+    def all_succeeded() -> bool:
+        nonlocal seen
+        jobs, _ = tree.v.list_all()
+        seen = {
+            (j.project, j.group, j.name, j.run_id): j.state for j in jobs if j.project.startswith("burst-")
+        }
+        return seen == expected
+
+    try:
+        tree.wait(all_succeeded, "200 new runs to show as SUCCEEDED")
+    except AssertionError:
+        missing = sorted(k[0] for k in expected if k not in seen)
+        stale = sorted(k[0] for k, s in seen.items() if s != S.JOB_STATE_SUCCEEDED)
+        raise AssertionError(f"missing: {missing}; with an old state: {stale}") from None
+    tree.wait_in_step()
