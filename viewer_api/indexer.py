@@ -136,6 +136,9 @@ class Indexer:
         self._tasks: list[asyncio.Task[None]] = []
         self._reconcile_lock = asyncio.Lock()
         self._wd_lock = threading.Lock()
+        # When inotify last changed each path (tree kind, names): a reconcile
+        # scan that began earlier must not undo it.
+        self._touched: dict[tuple[str, tuple[str, ...]], float] = {}
         self.unwatched = 0
 
     # ---------------------------------------------------------------- start
@@ -186,6 +189,7 @@ class Indexer:
         async with self._reconcile_lock:
             st = self._trees["status"]
             ck = self._trees["checkpoints"]
+            began = time.monotonic()
             cold = full and not self.index.runs
             known = {} if full else self.index.signatures()
             status, ckpts = await asyncio.gather(
@@ -200,17 +204,24 @@ class Indexer:
                 index.load_runs(status.runs)
                 seen.update(rf.key for rf in status.runs)
             else:
+                # What inotify changed while this scan ran is newer than the scan.
                 for rf in status.runs:
-                    index.upsert_run(rf)
                     seen.add(rf.key)
+                    if not self._touched_since("status", rf.key, began):
+                        index.upsert_run(rf)
             for key in [k for k in index.runs if k not in seen]:
-                index.remove_run(key)
+                if not self._touched_since("status", key, began):
+                    index.remove_run(key)
             want = {(c.key, c.suffix): c for c in ckpts.checkpoints}
             for job_key, by_suffix in list(index.checkpoints.items()):
                 for suffix in list(by_suffix):
-                    if (job_key, suffix) not in want:
+                    if (job_key, suffix) not in want and not self._touched_since(
+                        "checkpoints", (*job_key, suffix), began
+                    ):
                         index.remove_checkpoint(job_key, suffix)
             for (job_key, suffix), cf in want.items():
+                if self._touched_since("checkpoints", (*job_key, suffix), began):
+                    continue
                 old = index.checkpoints.get(job_key, {}).get(suffix)
                 if (
                     old is None
@@ -221,6 +232,7 @@ class Indexer:
                     index.upsert_checkpoint(cf)
             index.problems = {**status.problems, **ckpts.problems}
             index.last_full_scan = time.time()
+            self._touched = {k: t for k, t in self._touched.items() if t >= began}
             if self._inotify is not None:
                 await asyncio.to_thread(self._watch_dirs, st, status.dirs)
                 await asyncio.to_thread(self._watch_dirs, ck, ckpts.dirs)
@@ -295,7 +307,13 @@ class Indexer:
             except Exception:
                 log.exception("index_update_failed")
 
+    def _touched_since(self, kind: str, rel: tuple[str, ...], since: float) -> bool:
+        return any(self._touched.get((kind, rel[:i]), -1.0) >= since for i in range(1, len(rel) + 1))
+
     async def _apply(self, batch: set[tuple[str, tuple[str, ...]]]) -> None:
+        now = time.monotonic()
+        for kind, rel in batch:
+            self._touched[(kind, rel if kind == "checkpoints" or len(rel) < 5 else rel[:4])] = now
         dirty = _Dirty()
         for kind, rel in batch:
             if kind == "status":
