@@ -589,7 +589,9 @@ class Lifecycle:
             detail = {
                 S.JOB_STATE_QUEUED: "queued: not started yet",
                 S.JOB_STATE_PAUSED: "paused with a checkpoint: no process until it is resumed",
-                S.JOB_STATE_RUNNING: "between attempts: the next one starts soon",
+                S.JOB_STATE_RUNNING: "between attempts: the next one starts soon"
+                if run.retry_at is not None
+                else "starting: its process is being launched",
             }.get(job.state, f"{state_name(job.state).lower()}: the job has no process")
             return JobHealth(job, None, detail, last_output)
         executor = self._executors[job.executor]
@@ -904,10 +906,17 @@ class Lifecycle:
             )
         elif job.state == S.JOB_STATE_PAUSING:
             at_boundary = not run.pause_delivered and status.exit_code == 0 and status.signal is None
+            pause_signal = job.spec.pause.signal or "SIGTERM"
             if at_boundary:
                 how = f"at the end of step {step}"
+            elif run.killed:
+                how = "killed after the grace period"
+            elif status.signal is not None and status.signal == _signal.Signals[pause_signal]:
+                # Often only the shell in front of the job died of the signal; the
+                # job itself saved and exited before the supervisor reported.
+                how = f"stopped on {pause_signal}"
             else:
-                how = "killed after the grace period" if run.killed else describe_exit(status)
+                how = describe_exit(status)
             self._release(job_id)
 
             def paused(j: job_pb2.Job) -> None:
