@@ -214,7 +214,8 @@ def from_mapping(data: Any, prefix: str = "spec") -> SpecModel:
 def from_yaml(text: str) -> SpecModel:
     """Parse and validate a YAML spec. Raises InvalidArgument naming the field."""
     try:
-        data = yaml.safe_load(text)
+        # libyaml when present: ten times faster on every submission.
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

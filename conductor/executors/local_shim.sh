@@ -11,8 +11,13 @@
 dir=$1
 log=$2
 drain=${3:-60}
-setsid /bin/sh -c '. "$1/env" && cd "$baton_workdir" && exec /bin/sh -c "$baton_command"' \
-    baton-job "$dir" </dev/null >>"$log" 2>&1 &
+# bash runs the command where there is one: it execs a lone command, so the
+# job's own program leads its group and takes its signals first hand (dash
+# keeps a shell in front, which dies on SIGTERM before the program can act).
+shell=/bin/sh
+[ -x /bin/bash ] && shell=/bin/bash
+setsid /bin/sh -c '. "$1/env" && cd "$baton_workdir" && exec "$2" -c "$baton_command"' \
+    baton-job "$dir" "$shell" </dev/null >>"$log" 2>&1 &
 job=$!
 echo "$$ $job" >"$dir/pids"
 # The conductor reads the job's pid from our stdout, then we let go of it.
@@ -20,14 +25,13 @@ echo "$job"
 exec >/dev/null
 
 # True while a live (not zombie) process is left in the job's group. Orphaned
-# zombies may never be reaped on some machines, so `kill -0` cannot tell.
+# zombies may never be reaped on some machines, so `kill -0` alone cannot
+# tell; it does rule out the common case cheaply (no member at all).
 group_alive() {
-    for stat in /proc/[0-9]*/stat; do
-        read -r line <"$stat" 2>/dev/null || continue
-        set -- ${line##*) }
-        [ "$3" = "$job" ] && [ "$1" != Z ] && return 0
-    done
-    return 1
+    kill -0 "-$job" 2>/dev/null || return 1
+    cat /proc/[0-9]*/stat 2>/dev/null |
+        awk -v g="$job" '{ sub(/.*\) /, ""); if ($3 == g && $1 != "Z") { found = 1; exit } }
+                         END { exit !found }'
 }
 
 wait "$job"
