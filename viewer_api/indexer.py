@@ -230,7 +230,12 @@ class Indexer:
                     or old.config_file != cf.config_file
                 ):
                     index.upsert_checkpoint(cf)
-            index.problems = {**status.problems, **ckpts.problems}
+            # Problems too: what inotify saw since the scan began stays as it saw it.
+            found = {**status.problems, **ckpts.problems}
+            index.problems = {
+                **{p: why for p, why in found.items() if not self._path_touched_since(p, began)},
+                **{p: why for p, why in index.problems.items() if self._path_touched_since(p, began)},
+            }
             index.last_full_scan = time.time()
             self._touched = {k: t for k, t in self._touched.items() if t >= began}
             if self._inotify is not None:
@@ -253,7 +258,8 @@ class Indexer:
         """Add watches for ``dirs`` (blocking: called in a thread)."""
         assert self._inotify is not None
         for path in dirs:
-            rel = self._rel(tree, os.path.realpath(path)) if os.path.islink(path) else self._rel(tree, path)
+            # The path as the tree names it (a link inside the root stays its name).
+            rel = self._rel(tree, path)
             if rel is None or len(rel) > tree.depth:
                 continue
             # Under the lock the event reader takes too: no event for this
@@ -306,6 +312,15 @@ class Indexer:
                 await self._apply(batch)
             except Exception:
                 log.exception("index_update_failed")
+
+    def _path_touched_since(self, path: str, since: float) -> bool:
+        for tree in self._trees.values():
+            rel = self._rel(tree, path)
+            if rel is not None:
+                if tree.kind == "status" and len(rel) > 4:
+                    rel = rel[:4]
+                return self._touched_since(tree.kind, rel, since)
+        return False
 
     def _touched_since(self, kind: str, rel: tuple[str, ...], since: float) -> bool:
         return any(self._touched.get((kind, rel[:i]), -1.0) >= since for i in range(1, len(rel) + 1))

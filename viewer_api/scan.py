@@ -243,7 +243,7 @@ def scan_status_parallel(root: str, workers: int) -> ScanResult:
     Parsing 100,000 status files is CPU work that one interpreter does on one
     core. Worker processes (``python -m viewer_api.scan_worker``: fresh interpreters,
     so nothing of a running server is forked and no caller's main module is
-    re-imported) each take a share; this thread takes one too.
+    re-imported) each take a share.
     """
     result = ScanResult()
     if not os.path.isdir(root):
@@ -257,9 +257,11 @@ def scan_status_parallel(root: str, workers: int) -> ScanResult:
     if workers <= 1 or len(groups) < 2 or _count_runs(root, groups) < PARALLEL_SCAN_MIN_RUNS:
         _merge(result, scan_groups(root, groups))
         return result
+    # Every share goes to a worker: this process has the checkpoint scan and
+    # the merging to do, and threads here would only fight over one lock.
     shares = [groups[i::workers] for i in range(workers)]
     procs = []
-    for share in shares[1:]:
+    for share in shares:
         proc = subprocess.Popen(
             [sys.executable, "-m", "viewer_api.scan_worker", root],
             stdin=subprocess.PIPE,
@@ -269,7 +271,6 @@ def scan_status_parallel(root: str, workers: int) -> ScanResult:
         proc.stdin.write(json.dumps(share).encode())
         proc.stdin.close()
         procs.append((proc, share))
-    _merge(result, scan_groups(root, shares[0]))
     for proc, share in procs:
         assert proc.stdout is not None
         data = proc.stdout.read()
@@ -306,47 +307,53 @@ def scan_status_under(
         scan_status_under(root, (*prefix, name), sub, result, known)
 
 
-def _dir_usage(path: str) -> tuple[int, int]:
-    """Bytes and files below ``path``, not following links."""
+def _dir_usage(path: str) -> tuple[int, int, set[str]]:
+    """Bytes and files below ``path`` (links not followed), and the top level's file names."""
     size = files = 0
+    top: set[str] = set()
     stack = [path]
     while stack:
         current = stack.pop()
         try:
-            entries = list(os.scandir(current))
+            with os.scandir(current) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                            continue
+                        size += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+                    files += 1
+                    if current is path:
+                        top.add(entry.name)
         except OSError:
             continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                else:
-                    size += entry.stat(follow_symlinks=False).st_size
-                    files += 1
-            except OSError:
-                continue
-    return size, files
+    return size, files, top
 
 
 def read_checkpoint(root: str, key: JobKey, suffix: str, path: str) -> CheckpointFile | str | None:
     """One complete checkpoint directory, a problem, or None when not a checkpoint."""
-    if not is_complete_checkpoint(suffix) or not os.path.lexists(path):
+    if not is_complete_checkpoint(suffix):
         return None
+    try:
+        lst = os.lstat(path)
+    except OSError:
+        return None  # gone
     if not is_valid_name(suffix):
         return INVALID_NAME
-    if os.path.islink(path) and not inside(root, path):
-        return OUTSIDE_LINK
-    try:
-        st = os.stat(path)
-    except OSError:
+    if stat.S_ISLNK(lst.st_mode):
+        if not inside(root, path):
+            return OUTSIDE_LINK
+        try:
+            lst = os.stat(path)
+        except OSError:
+            return None
+    if not stat.S_ISDIR(lst.st_mode):
         return None
-    if not os.path.isdir(path):
-        return None
-    size, files = _dir_usage(path)
-    config = next((c for c in CONFIG_FILES if os.path.isfile(os.path.join(path, c))), "")
-    return CheckpointFile(
-        key, suffix, path, st.st_mtime, size, files, config, os.path.isfile(os.path.join(path, JOB_SPEC_FILE))
-    )
+    size, files, top = _dir_usage(path)
+    config = next((c for c in CONFIG_FILES if c in top), "")
+    return CheckpointFile(key, suffix, path, lst.st_mtime, size, files, config, JOB_SPEC_FILE in top)
 
 
 def scan_checkpoints(root: str) -> ScanResult:
