@@ -1,256 +1,195 @@
 """The ``baton`` command line.
 
-Server verbs start a service in this process; the other verbs talk to a
-conductor at ``--conductor`` (or ``$BATON_CONDUCTOR``, default 127.0.0.1:50051).
+    baton up                          conductor and viewer together, until Ctrl-C
+    baton conductor | baton viewer    one service
+    baton submit SPEC [--follow]      queue a job (and follow its log to the end)
+    baton ls | get JOB | logs JOB [-f] | watch
+    baton pause JOB [--checkpoint] | resume JOB | cancel JOB | delete JOB | wait JOB
+    baton checkpoints | stats         from the viewer
+
+Addresses come from ``--conductor`` / ``--viewer`` or ``$BATON_CONDUCTOR`` /
+``$BATON_VIEWER`` (defaults 127.0.0.1:50051 and 127.0.0.1:50052); a token
+from ``--token-file`` or ``$BATON_TOKEN``. Every verb takes ``--json``: one
+JSON document, or JSON lines for streams (``logs``, ``watch``, ``submit
+--follow``). Exit statuses are listed in ``client.exitcodes``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import grpc
-import yaml
-from google.protobuf import duration_pb2, json_format
+from client import commands, exitcodes, serve
+from client.errors import BatonError
+from client.output import Output
 
-from baton.v1 import conductor_pb2 as pb
-from baton.v1 import conductor_pb2_grpc, job_pb2
-
-DEFAULT_CONDUCTOR = "127.0.0.1:50051"
-
-
-def _conductor_cmd(args: argparse.Namespace) -> int:
-    from common.logs import configure
-    from conductor.config import ConductorConfig
-    from conductor.server import HomeLocked, serve
-
-    configure(args.log_level)
-    fields = {
-        "listen": args.listen,
-        "home": args.home,
-        "status_dir": args.status_dir,
-        "checkpoints_dir": args.checkpoints_dir,
-        "max_running": args.max_running,
-        "heartbeat": args.heartbeat,
-        "token_file": args.token_file,
-        "insecure": args.insecure,
-        "log_level": args.log_level,
-    }
-    try:
-        config = ConductorConfig(**{k: v for k, v in fields.items() if v is not None})
-    except ValueError as exc:
-        print(f"baton conductor: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(serve(config))
-    except HomeLocked as exc:
-        print(f"baton conductor: {exc}", file=sys.stderr)
-        return 1
-    return 0
+# Flags every client verb takes, before or after the verb: (flag, default, kwargs).
+_CLIENT_FLAGS: list[tuple[str, Any, dict[str, Any]]] = [
+    (
+        "--conductor",
+        None,
+        {"metavar": "ADDR", "help": "conductor address ($BATON_CONDUCTOR, 127.0.0.1:50051)"},
+    ),
+    ("--viewer", None, {"metavar": "ADDR", "help": "viewer address ($BATON_VIEWER, 127.0.0.1:50052)"}),
+    ("--token-file", None, {"metavar": "FILE", "help": "bearer token to send ($BATON_TOKEN)"}),
+    ("--ca-file", None, {"metavar": "PEM", "help": "use TLS, trusting these roots"}),
+    ("--cert-file", None, {"metavar": "PEM", "help": "TLS client certificate"}),
+    ("--key-file", None, {"metavar": "PEM", "help": "TLS client key"}),
+    ("--tls-server-name", None, {"metavar": "NAME", "help": "name expected in the server's certificate"}),
+    ("--timeout", 10.0, {"type": float, "metavar": "S", "help": "deadline of each call (default 10 s)"}),
+    ("--json", False, {"action": "store_true", "help": "machine-readable output"}),
+]
 
 
-def _viewer_cmd(args: argparse.Namespace) -> int:
-    from common.logs import configure
-    from viewer_api.config import ViewerConfig
-    from viewer_api.server import serve
-
-    configure(args.log_level)
-    fields = {
-        "listen": args.listen,
-        "home": args.home,
-        "status_dir": args.status_dir,
-        "checkpoints_dir": args.checkpoints_dir,
-        "watch": args.watch,
-        "poll_interval": args.poll_interval,
-        "stale_after": args.stale_after,
-        "token_file": args.token_file,
-        "insecure": args.insecure,
-        "log_level": args.log_level,
-    }
-    try:
-        config = ViewerConfig(**{k: v for k, v in fields.items() if v is not None})
-    except ValueError as exc:
-        print(f"baton viewer: {exc}", file=sys.stderr)
-        return 2
-    asyncio.run(serve(config))
-    return 0
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a flag given before the verb is not overwritten by the verb's default.
+    for flag, _, kwargs in _CLIENT_FLAGS:
+        parser.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
 
 
-def _stub(args: argparse.Namespace) -> conductor_pb2_grpc.ConductorStub:
-    channel = grpc.insecure_channel(args.conductor)
-    return conductor_pb2_grpc.ConductorStub(channel)
+def _filter_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", help="only this project")
+    parser.add_argument("--group", help="only this group")
+    parser.add_argument("--name", help="only jobs of this name")
 
 
-def _metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
-    token = os.environ.get("BATON_TOKEN")
-    if args.token_file:
-        token = Path(args.token_file).read_text().strip()
-    return [("authorization", f"Bearer {token}")] if token else []
-
-
-def _print_job(job: job_pb2.Job, as_json: bool) -> None:
-    if as_json:
-        print(json_format.MessageToJson(job, indent=1))
-    else:
-        state = job_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
-        extra = f"  exit {job.exit_code}" if job.HasField("exit_code") else ""
-        print(f"{job.id}  {job.project}/{job.group}/{job.name}  {state}{extra}  {job.reason}")
-
-
-def _submit_cmd(args: argparse.Namespace) -> int:
-    text = Path(args.spec).read_text() if args.spec != "-" else sys.stdin.read()
-    data = yaml.safe_load(text)
-    if isinstance(data, dict) and isinstance(data.get("workdir"), str) and args.spec != "-":
-        # A relative workdir means relative to where the spec was written.
-        data["workdir"] = str((Path(args.spec).parent / data["workdir"]).resolve())
-        text = yaml.safe_dump(data)
-    req = pb.SubmitJobRequest(
-        spec_yaml=text, start_step=args.start_step, request_id=args.request_id or "", dry_run=args.dry_run
+def _source_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from",
+        dest="source",
+        choices=["conductor", "viewer"],
+        default="conductor",
+        help="ask the conductor (default) or the read-only viewer",
     )
-    job = _stub(args).SubmitJob(req, metadata=_metadata(args), timeout=30)
-    _print_job(job, args.json)
-    return 0
-
-
-def _get_cmd(args: argparse.Namespace) -> int:
-    _print_job(
-        _stub(args).GetJob(pb.GetJobRequest(job_id=args.job), metadata=_metadata(args), timeout=10), args.json
-    )
-    return 0
-
-
-def _ls_cmd(args: argparse.Namespace) -> int:
-    states = [job_pb2.JobState.Value("JOB_STATE_" + s.upper()) for s in args.state or []]
-    resp = _stub(args).ListJobs(
-        pb.ListJobsRequest(
-            project=args.project or "",
-            group=args.group or "",
-            name=args.name or "",
-            states=states,  # type: ignore[arg-type]
-            page_size=args.limit,
-        ),
-        metadata=_metadata(args),
-        timeout=10,
-    )
-    for job in resp.jobs:
-        _print_job(job, args.json)
-    return 0
-
-
-def _cancel_cmd(args: argparse.Namespace) -> int:
-    req = pb.CancelJobRequest(job_id=args.job, reason=args.reason or "")
-    if args.grace is not None:
-        req.grace_period.CopyFrom(duration_pb2.Duration(seconds=int(args.grace)))
-    _print_job(_stub(args).CancelJob(req, metadata=_metadata(args), timeout=30), args.json)
-    return 0
-
-
-def _pause_cmd(args: argparse.Namespace) -> int:
-    mode = job_pb2.PAUSE_MODE_CHECKPOINT if args.checkpoint else job_pb2.PAUSE_MODE_UNSPECIFIED
-    _print_job(
-        _stub(args).PauseJob(
-            pb.PauseJobRequest(job_id=args.job, mode=mode), metadata=_metadata(args), timeout=30
-        ),
-        args.json,
-    )
-    return 0
-
-
-def _resume_cmd(args: argparse.Namespace) -> int:
-    _print_job(
-        _stub(args).ResumeJob(pb.ResumeJobRequest(job_id=args.job), metadata=_metadata(args), timeout=30),
-        args.json,
-    )
-    return 0
-
-
-def _delete_cmd(args: argparse.Namespace) -> int:
-    resp = _stub(args).DeleteJob(pb.DeleteJobRequest(job_id=args.job), metadata=_metadata(args), timeout=30)
-    print(json_format.MessageToJson(resp) if args.json else f"deleted {resp.job_id}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="baton", description="Run long jobs and follow them.")
-    sub = parser.add_subparsers(dest="verb", required=True)
+    parser = argparse.ArgumentParser(
+        prog="baton",
+        description="Run long jobs, pause and resume them, follow their logs.",
+        epilog="Exit status: 0 ok; 2 usage; 3 not found; 4 wrong state; 5 not allowed; 69 unreachable; "
+        "70 server error; 75 timed out; 80 job cancelled; a followed job's own exit code when it failed.",
+    )
+    _client_flags(parser)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    c = sub.add_parser("conductor", help="run the conductor")
-    c.add_argument("--listen", help="address to listen on (default 127.0.0.1:50051)")
-    c.add_argument("--home", type=Path, help="state, status and checkpoints (default: XDG state dir)")
-    c.add_argument("--status-dir", type=Path)
-    c.add_argument("--checkpoints-dir", type=Path)
-    c.add_argument("--max-running", type=int, help="jobs running at once (default: core count)")
-    c.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 30)")
-    c.add_argument("--token-file", type=Path, help="require this bearer token")
-    c.add_argument("--insecure", action="store_true", help="allow a non-loopback address with no token")
-    c.add_argument("--log-level", default="info")
-    c.set_defaults(func=_conductor_cmd)
+    for service, text in (
+        ("up", "run conductor and viewer together until Ctrl-C"),
+        ("conductor", "run the conductor (the only writer)"),
+        ("viewer", "run the read-only viewer"),
+    ):
+        p = sub.add_parser(service, help=text, description=text)
+        serve.add_flags(p, service)
+        p.set_defaults(func=None)
 
-    v = sub.add_parser("viewer", help="run the read-only viewer")
-    v.add_argument("--listen", help="address to listen on (default 127.0.0.1:50052)")
-    v.add_argument("--home", type=Path, help="read <home>/status and <home>/checkpoints")
-    v.add_argument("--status-dir", type=Path)
-    v.add_argument("--checkpoints-dir", type=Path)
-    v.add_argument("--watch", choices=["inotify", "poll"], help="how to notice changes (default inotify)")
-    v.add_argument("--poll-interval", type=float, help="seconds between scans with --watch poll")
-    v.add_argument("--stale-after", type=float, help="seconds without heartbeat before a run is stale")
-    v.add_argument("--token-file", type=Path, help="require this bearer token")
-    v.add_argument("--insecure", action="store_true", help="allow a non-loopback address with no token")
-    v.add_argument("--log-level", default="info")
-    v.set_defaults(func=_viewer_cmd)
-
-    def client_verb(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--conductor", default=os.environ.get("BATON_CONDUCTOR", DEFAULT_CONDUCTOR))
-        p.add_argument("--token-file")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+    def verb(
+        name: str, text: str, func: Callable[[argparse.Namespace, Output], int]
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        _client_flags(p)
+        p.set_defaults(func=func)
         return p
 
-    p = client_verb("submit", "submit a job spec (YAML)")
-    p.add_argument("spec")
-    p.add_argument("--start-step", type=int, default=0)
-    p.add_argument("--request-id")
-    p.add_argument("--dry-run", action="store_true")
-    p.set_defaults(func=_submit_cmd)
-    p = client_verb("get", "show one job")
-    p.add_argument("job")
-    p.set_defaults(func=_get_cmd)
-    p = client_verb("ls", "list jobs")
-    p.add_argument("--project")
-    p.add_argument("--group")
-    p.add_argument("--name")
-    p.add_argument("--state", action="append")
-    p.add_argument("--limit", type=int, default=50)
-    p.set_defaults(func=_ls_cmd)
-    p = client_verb("cancel", "cancel a job")
-    p.add_argument("job")
-    p.add_argument("--grace", type=float)
-    p.add_argument("--reason")
-    p.set_defaults(func=_cancel_cmd)
-    p = client_verb("pause", "pause a job")
-    p.add_argument("job")
-    p.add_argument("--checkpoint", action="store_true")
-    p.set_defaults(func=_pause_cmd)
-    p = client_verb("resume", "resume a paused job")
-    p.add_argument("job")
-    p.set_defaults(func=_resume_cmd)
-    p = client_verb("delete", "delete an ended job")
-    p.add_argument("job")
-    p.set_defaults(func=_delete_cmd)
+    p = verb("submit", "submit a job spec (YAML; - for stdin)", commands.submit)
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-f", "--follow", action="store_true", help="follow its log; exit with its outcome")
+    p.add_argument("--start-step", type=int, default=0, metavar="N", help="1-based step to start at")
+    p.add_argument("--request-id", help="idempotency key (default: a new one)")
+    p.add_argument("--dry-run", action="store_true", help="validate and show the job, write nothing")
+    p.add_argument(
+        "--resume-from", default="", metavar="SUFFIX", help="start from this checkpoint of the job"
+    )
+
+    p = verb("ls", "list jobs, newest first", commands.ls)
+    _filter_flags(p)
+    p.add_argument("--state", action="append", metavar="STATE", help="only these states (repeat, or a,b)")
+    p.add_argument("--limit", type=int, default=50, help="at most N jobs (0: all; default 50)")
+    _source_flag(p)
+
+    p = verb("get", "show one job", commands.get)
+    p.add_argument("job", metavar="JOB")
+    _source_flag(p)
+
+    p = verb("logs", "print a job's log", commands.logs)
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("-f", "--follow", action="store_true", help="until the job ends; exit with its outcome")
+    p.add_argument("--tail", type=int, metavar="N", help="start at the last N lines")
+    p.add_argument("--offset", type=int, default=0, metavar="BYTES", help="start at this byte")
+    _source_flag(p)
+
+    p = verb("watch", "a live table of job changes (JSON lines with --json)", commands.watch)
+    _filter_flags(p)
+    p.add_argument("--since", type=int, default=0, metavar="REV", help="changes after this revision only")
+    p.add_argument(
+        "--count", type=int, default=0, metavar="N", help="stop after N events (snapshot ones included)"
+    )
+    p.add_argument("--rows", type=int, default=30, metavar="N", help="jobs shown (default 30)")
+
+    p = verb("pause", "pause a running job", commands.pause)
+    p.add_argument("job", metavar="JOB")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--checkpoint", dest="mode", action="store_const", const="checkpoint",
+                      help="ask it to save a checkpoint and exit (frees everything)")  # fmt: skip
+    mode.add_argument("--suspend", dest="mode", action="store_const", const="suspend",
+                      help="freeze its processes in place")  # fmt: skip
+    p.add_argument("--no-wait", dest="wait", action="store_false", help="do not wait for PAUSED")
+
+    p = verb("resume", "resume a paused job", commands.resume)
+    p.add_argument("job", metavar="JOB")
+
+    p = verb("cancel", "cancel a job: SIGTERM, then SIGKILL after the grace", commands.cancel)
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--grace", type=float, metavar="S", help="seconds before SIGKILL (default 10)")
+    p.add_argument("--reason", help="recorded in the job's reason")
+    p.add_argument("--no-wait", dest="wait", action="store_false", help="do not wait for the end")
+
+    p = verb("delete", "delete an ended job and its run directory (checkpoints stay)", commands.delete)
+    p.add_argument("job", metavar="JOB")
+
+    p = verb("wait", "wait until a job ends; exit with its outcome", commands.wait)
+    p.add_argument("job", metavar="JOB")
+
+    p = verb("checkpoints", "list checkpoints, newest first (viewer)", commands.checkpoints)
+    _filter_flags(p)
+    p.add_argument("--limit", type=int, default=50, help="at most N (0: all; default 50)")
+
+    p = verb("stats", "runs by state, running and stale, checkpoints (viewer)", commands.stats)
+    p.add_argument("--project", help="only this project")
     return parser
 
 
+def _fill_defaults(args: argparse.Namespace) -> None:
+    for flag, default, _ in _CLIENT_FLAGS:
+        name = flag.lstrip("-").replace("-", "_")
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    args.conductor = args.conductor or os.environ.get("BATON_CONDUCTOR") or "127.0.0.1:50051"
+    args.viewer = args.viewer or os.environ.get("BATON_VIEWER") or "127.0.0.1:50052"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``baton`` with ``argv``; the exit status."""
     args = build_parser().parse_args(argv)
+    _fill_defaults(args)
+    if args.func is None:
+        return serve.run(args)
+    out = Output(args.json)
     try:
-        return int(args.func(args))
-    except grpc.RpcError as err:
-        print(f"baton {args.verb}: {err.code().name}: {err.details()}", file=sys.stderr)
-        return 1
+        return args.func(args, out)
+    except BatonError as err:
+        out.error(args.verb, err)
+        return exitcodes.for_status(err.code)
+    except KeyboardInterrupt:
+        return exitcodes.INTERRUPTED
+    except BrokenPipeError:
+        return exitcodes.OK  # `baton logs JOB | head`
+    except (OSError, ValueError) as exc:
+        # An unreadable spec or token file, a bad TLS setting.
+        print(f"baton {args.verb}: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
 
 
 if __name__ == "__main__":

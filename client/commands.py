@@ -1,0 +1,322 @@
+"""The ``baton`` verbs that talk to running services (everything but ``up``,
+``conductor`` and ``viewer``). Each takes the parsed arguments and an
+``Output`` and returns the exit status (see ``client.exitcodes``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypedDict
+
+from rich.console import Group
+from rich.live import Live
+from rich.text import Text
+
+from baton.v1 import job_pb2
+from client import exitcodes
+from client.aio import TERMINAL_STATES
+from client.connection import ClientOptions, TlsSettings
+from client.output import (
+    Output,
+    checkpoints_table,
+    job_details,
+    job_line,
+    jobs_table,
+    state_name,
+    stats_view,
+    to_dict,
+)
+from client.specfile import read_spec
+from client.sync import BlockingLogStream, BlockingStream, ConductorClient, ViewerClient
+
+PAUSED_OR_ENDED = TERMINAL_STATES | {job_pb2.JOB_STATE_PAUSED}
+
+
+def _options(args: argparse.Namespace) -> ClientOptions:
+    options: ClientOptions = {"timeout": args.timeout}
+    if args.token_file:
+        options["token"] = Path(args.token_file).read_text().strip()
+    if args.ca_file or args.cert_file:
+        options["tls"] = TlsSettings.from_files(
+            args.ca_file, args.cert_file, args.key_file, args.tls_server_name
+        )
+    return options
+
+
+def conductor(args: argparse.Namespace) -> ConductorClient:
+    return ConductorClient(args.conductor, **_options(args))
+
+
+def viewer(args: argparse.Namespace) -> ViewerClient:
+    return ViewerClient(args.viewer, **_options(args))
+
+
+def _states(names: list[str] | None) -> list[str]:
+    """JOB_STATE_ names from what a person types ("running", "failed,cancelled")."""
+    states = []
+    for name in names or ():
+        for part in name.split(","):
+            key = "JOB_STATE_" + part.strip().upper().removeprefix("JOB_STATE_")
+            job_pb2.JobState.Value(key)  # ValueError for a state that does not exist
+            states.append(key)
+    return states
+
+
+class Filters(TypedDict):
+    project: str
+    group: str
+    name: str
+
+
+def _filters(args: argparse.Namespace) -> Filters:
+    return {"project": args.project or "", "group": args.group or "", "name": args.name or ""}
+
+
+# ---------------------------------------------------------------- submit, logs
+
+
+def follow(out: Output, stream: BlockingLogStream, waiting: str) -> job_pb2.LogChunk | None:
+    """Print a log stream (raw bytes, or JSON lines) until it ends; its ``complete`` chunk."""
+    chunks = iter(stream)
+    with out.spinner(waiting):
+        first = next(chunks, None)
+    for chunk in itertools.chain([] if first is None else [first], chunks):
+        if out.json:
+            out.line("log", chunk)
+        elif chunk.truncated:
+            out.note(
+                Text(f"-- the log was truncated; reading on from byte {chunk.offset} --", style="yellow")
+            )
+        elif chunk.data:
+            out.raw(chunk.data)
+    if stream.reconnects:
+        out.note(Text(f"(the stream was resumed {stream.reconnects} time(s); nothing was lost)", style="dim"))
+    return stream.result
+
+
+def _outcome(out: Output, client: ConductorClient | ViewerClient, job_id: str, end: Any) -> int:
+    """Say how a followed job ended; its exit status."""
+    if end is None:
+        return exitcodes.OK
+    code = exitcodes.for_outcome(end)
+    if not out.json:
+        job = client.get_job(job_id)
+        mark = Text("✔ " if code == exitcodes.OK else "✘ ", style="green" if code == exitcodes.OK else "red")
+        out.note(mark + job_line(job))
+    return code
+
+
+def submit(args: argparse.Namespace, out: Output) -> int:
+    with conductor(args) as client:
+        job = client.submit_job(
+            read_spec(args.spec),
+            start_step=args.start_step,
+            request_id=args.request_id,
+            dry_run=args.dry_run,
+            resume_from=args.resume_from,
+        )
+        if not args.follow or args.dry_run:
+            if out.json:
+                out.document(job)
+            else:
+                out.show(job_line(job, "would submit" if args.dry_run else "submitted"))
+            return exitcodes.OK
+        if out.json:
+            out.line("job", job)
+        else:
+            out.note(job_line(job, "submitted"))
+        stream = client.stream_logs(job.id, follow=True)
+        end = follow(out, stream, f"waiting for {job.name} to start…")
+        return _outcome(out, client, job.id, end)
+
+
+def logs(args: argparse.Namespace, out: Output) -> int:
+    kwargs = {"offset": args.offset, "tail_lines": args.tail or 0, "follow": args.follow}
+    client: ConductorClient | ViewerClient
+    if args.source == "viewer":
+        client = viewer(args)
+        stream = client.stream_log(args.job, **kwargs)
+    else:
+        client = conductor(args)
+        stream = client.stream_logs(args.job, **kwargs)
+    with client:
+        end = follow(out, stream, f"waiting for output of {args.job}…")
+        return _outcome(out, client, args.job, end) if args.follow else exitcodes.OK
+
+
+# ---------------------------------------------------------------- reading
+
+
+def get(args: argparse.Namespace, out: Output) -> int:
+    with viewer(args) if args.source == "viewer" else conductor(args) as client:
+        job = client.get_job(args.job)
+    if out.json:
+        out.document(job)
+    else:
+        out.show(job_details(job))
+    return exitcodes.OK
+
+
+def _listing(
+    out: Output, key: str, items: BlockingStream[Any], limit: int, table: Callable[[list[Any]], Any]
+) -> int:
+    """Print up to ``limit`` items (0: all) of a paged list: a table, or ``{key: [...]}``."""
+    with items:
+        found = list(itertools.islice(items, limit or None))
+    if out.json:
+        out.document({key: [to_dict(item) for item in found]})
+    elif found:
+        out.show(table(found))
+    else:
+        out.note(Text(f"no {key}", style="dim"))
+    return exitcodes.OK
+
+
+def _page_size(limit: int) -> int:
+    return min(limit, 1000) if limit > 0 else 1000
+
+
+def ls(args: argparse.Namespace, out: Output) -> int:
+    with viewer(args) if args.source == "viewer" else conductor(args) as client:
+        jobs = client.iter_jobs(
+            **_filters(args), states=_states(args.state), page_size=_page_size(args.limit)
+        )
+        return _listing(out, "jobs", jobs, args.limit, jobs_table)
+
+
+def watch(args: argparse.Namespace, out: Output) -> int:
+    """Every change as it happens: a live table on a terminal, a line per change
+    when printing to a pipe or file, JSON lines with ``--json``."""
+    jobs: dict[str, job_pb2.Job] = {}
+    seen = 0
+    watching = True
+    with conductor(args) as client, client.watch_jobs(since_revision=args.since, **_filters(args)) as stream:
+
+        def table(live: bool) -> Group:
+            # list() first: the live display's refresh thread renders while events arrive.
+            newest = sorted(
+                list(jobs.values()), key=lambda j: (j.create_time.seconds, j.create_time.nanos, j.id)
+            )
+            caption = f"{client.address} · revision {stream.revision} · {len(jobs)} job(s)"
+            return Group(
+                jobs_table(reversed(newest[-args.rows :])),
+                Text(caption + (" · Ctrl-C to stop" if live else ""), style="dim"),
+            )
+
+        live = None
+        if out.out.is_terminal and not out.json:
+            # Re-rendered twice a second, so ages and durations keep moving between events.
+            live = Live(console=out.out, get_renderable=lambda: table(watching), refresh_per_second=2)
+        try:
+            if live is not None:
+                live.start(refresh=True)
+            for event in stream:
+                if out.json:
+                    out.line("event", event)
+                elif live is None:
+                    kind = job_pb2.JobEventType.Name(event.type).removeprefix("JOB_EVENT_TYPE_").lower()
+                    out.show(Text(f"{event.revision:>6} {kind:<8} ") + job_line(event.job))
+                if event.type == job_pb2.JOB_EVENT_TYPE_DELETED:
+                    jobs.pop(event.job.id, None)
+                else:
+                    jobs[event.job.id] = event.job
+                if live is not None:
+                    live.refresh()
+                seen += 1
+                if seen == args.count:
+                    break
+        except KeyboardInterrupt:
+            pass  # the way to stop watching
+        finally:
+            if live is not None:
+                watching = False
+                live.stop()
+    return exitcodes.OK
+
+
+# ---------------------------------------------------------------- control
+
+
+def _wait(out: Output, client: ConductorClient, job: job_pb2.Job, states: frozenset[int], what: str) -> Any:
+    if job.state in states:
+        return job
+    with out.spinner(f"{what} {job.id}…"):
+        return client.wait_for_job(job.id, states=states, timeout=None)
+
+
+def _report(out: Output, job: job_pb2.Job, verb: str) -> int:
+    if out.json:
+        out.document(job)
+    else:
+        out.show(job_line(job, verb))
+    return exitcodes.OK
+
+
+def pause(args: argparse.Namespace, out: Output) -> int:
+    mode = {
+        "checkpoint": job_pb2.PAUSE_MODE_CHECKPOINT,
+        "suspend": job_pb2.PAUSE_MODE_SUSPEND,
+        None: job_pb2.PAUSE_MODE_UNSPECIFIED,
+    }[args.mode]
+    with conductor(args) as client:
+        job = client.pause_job(args.job, mode)
+        if args.wait:
+            job = _wait(out, client, job, PAUSED_OR_ENDED, "waiting for a checkpoint from")
+    return _report(out, job, "paused" if job.state == job_pb2.JOB_STATE_PAUSED else "pausing")
+
+
+def resume(args: argparse.Namespace, out: Output) -> int:
+    with conductor(args) as client:
+        job = client.resume_job(args.job)
+    return _report(out, job, "resumed")
+
+
+def cancel(args: argparse.Namespace, out: Output) -> int:
+    with conductor(args) as client:
+        job = client.cancel_job(args.job, grace=args.grace, reason=args.reason or "")
+        if args.wait:
+            job = _wait(out, client, job, TERMINAL_STATES, "waiting for the end of")
+    return _report(out, job, state_name(job.state).lower())
+
+
+def delete(args: argparse.Namespace, out: Output) -> int:
+    with conductor(args) as client:
+        response = client.delete_job(args.job)
+    if out.json:
+        out.document(response)
+    else:
+        out.show(Text(f"deleted {response.job_id} (revision {response.revision}); its checkpoints stay"))
+    return exitcodes.OK
+
+
+# ---------------------------------------------------------------- viewer
+
+
+def checkpoints(args: argparse.Namespace, out: Output) -> int:
+    with viewer(args) as client:
+        found = client.iter_checkpoints(**_filters(args), page_size=_page_size(args.limit))
+        return _listing(out, "checkpoints", found, args.limit, checkpoints_table)
+
+
+def stats(args: argparse.Namespace, out: Output) -> int:
+    with viewer(args) as client:
+        response = client.get_dashboard_stats(project=args.project or "")
+    if out.json:
+        out.document(response)
+    else:
+        out.show(stats_view(response))
+    return exitcodes.OK
+
+
+def wait(args: argparse.Namespace, out: Output) -> int:
+    """Wait until a job has ended; exit with its outcome."""
+    with conductor(args) as client:
+        job = _wait(out, client, client.get_job(args.job), TERMINAL_STATES, "waiting for")
+    if out.json:
+        out.document(job)
+    else:
+        out.show(job_line(job))
+    return exitcodes.for_outcome(job)

@@ -1,0 +1,1 @@
+"""Examples: job specs, and the demo that ``make demo`` runs."""
