@@ -4,15 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-PROTOS := $(wildcard protos/baton/v1/*.proto)
 
 .PHONY: test lint protos bench demo clean
 
+# Installing says nothing on stdout, so `make bench` prints only its JSON.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/python -m pip install -q --upgrade pip >&2
+	@$(BIN)/python -m pip install -q -e '.[dev]' >&2
+	@touch $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -28,8 +28,9 @@ lint: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python -m tools.genprotos .
 
+# One JSON document on stdout (progress on stderr); `make bench BENCH_ARGS=--quick`.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	@$(BIN)/python -m bench $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo

@@ -8,7 +8,8 @@ and a pass flag beside them.
 Sections (names for ``--only``):
 
 - ``submit_to_running_ms``: SubmitJob sent to the job seen RUNNING (GetJob polling).
-- ``cancel_ms``: CancelJob sent to CANCELLED, for a job that obeys SIGTERM.
+- ``cancel_ms``: CancelJob sent to CANCELLED, for a job that obeys SIGTERM; then
+  many running jobs cancelled at once.
 - ``submissions_per_second``: acknowledged SubmitJob calls per second, sustained,
   from many concurrent grpc.aio submitters (the jobs stay QUEUED).
 - ``memory_per_running_job_mb``: PSS that Baton adds per running job (conductor
@@ -18,5 +19,7 @@ Sections (names for ``--only``):
 - ``pause_resume_ms``: pause and resume latency in both pause modes.
 
 Every section starts its own conductor on 127.0.0.1:0 with a fresh temporary
-home, and leaves no job, process or directory behind.
+home, and leaves no job, process or directory behind. Each section also says
+how busy the machine was meanwhile (CPU used by other programs), because on a
+small shared machine that moves every figure.
 """

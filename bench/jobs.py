@@ -1,9 +1,10 @@
 """Job specs the benchmark submits, and waiting on a job's state by polling GetJob.
 
-WatchJobs is not served yet, so a state change is observed by polling GetJob
-with the sync client, every ``interval`` seconds (0 means back to back). The
-poll adds its own granularity to every latency: about one GetJob round trip
-plus the interval, reported beside the figures.
+A state change is observed by polling GetJob with the sync client, every
+``interval`` seconds (0 means back to back), so the figures do not depend on
+the WatchJobs feed. The poll adds its own granularity to every latency: about
+one GetJob round trip plus the interval; the polls per sample are reported
+beside the figures.
 """
 
 from __future__ import annotations

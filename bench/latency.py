@@ -8,6 +8,7 @@ the awaited state.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from baton.v1 import conductor_pb2 as pb
 from bench.jobs import (
@@ -21,7 +22,7 @@ from bench.jobs import (
     wait_for,
 )
 from bench.procs import Conductor, process_state
-from bench.report import Json, Target, distribution, log, section
+from bench.report import Json, Target, distribution, figure, log, percentile, section
 
 SETTLE_S = 0.01  # between one sample's end and the next sample's start
 
@@ -29,7 +30,7 @@ SETTLE_S = 0.01  # between one sample's end and the next sample's start
 def _polling(samples: list[Seen], interval: float) -> Json:
     polls = [s.polls for s in samples]
     return {
-        "observed_by": "GetJob polling (WatchJobs is not served yet); the RPC's own answer counts as a poll",
+        "observed_by": "polling GetJob with the sync client; the RPC's own answer counts as a poll",
         "poll_interval_ms": interval * 1000,
         "polls_per_sample_mean": round(sum(polls) / len(polls), 2) if polls else 0,
     }
@@ -66,12 +67,15 @@ def submit_to_running(n: int, poll_interval: float) -> Json:
         "SubmitJob sent to GetJob showing RUNNING",
         p50_target=Target("<", 15, "ms", "issue 2"),
     )
-    figures.update(distribution("ack_", acks, "the SubmitJob round trip (acknowledged once durable)"))
+    figures.update(
+        distribution("ack_", acks, "the SubmitJob round trip (acknowledged once durable)", brief=True)
+    )
     figures.update(
         distribution(
             "process_started_",
             launched,
             "SubmitJob sent to GetJob showing RUNNING with the process launched (external_id set)",
+            brief=True,
         )
     )
     figures.update(
@@ -79,6 +83,7 @@ def submit_to_running(n: int, poll_interval: float) -> Json:
             "server_create_to_start_",
             server,
             "the conductor's own create_time to start_time (no client or polling time)",
+            brief=True,
         )
     )
     return section(
@@ -89,9 +94,34 @@ def submit_to_running(n: int, poll_interval: float) -> Json:
     )
 
 
-def cancel(n: int, poll_interval: float) -> Json:
+def _bulk_cancel(c: Conductor, n: int, poll_interval: float) -> tuple[float, float]:
+    """``n`` running jobs cancelled at once (16 callers): ms until the last CancelJob was
+    answered, and until the last job was seen CANCELLED."""
+    stub = c.stub
+    ids = [stub.SubmitJob(submit_request(f"bulk-{i}", "sleep 60"), timeout=30).id for i in range(n)]
+    for job_id in ids:
+        wait_for(stub, job_id, running_with_process, time.perf_counter(), interval=poll_interval)
+    time.sleep(0.5)
+    answered: list[float] = []
+    t0 = time.perf_counter()
+
+    def one(job_id: str) -> None:
+        stub.CancelJob(pb.CancelJobRequest(job_id=job_id, reason="benchmark"), timeout=60)
+        answered.append(ms_since(t0))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(one, ids))
+    last = 0.0
+    for job_id in ids:
+        last = wait_for(
+            stub, job_id, state_is(S.JOB_STATE_CANCELLED), t0, interval=poll_interval, timeout=120
+        ).ms
+    return max(answered), last
+
+
+def cancel(n: int, bulk: int, poll_interval: float) -> Json:
     """CancelJob sent -> CANCELLED, for jobs that obey SIGTERM (``sleep 60``)."""
-    with Conductor("cancel", max_running=n + 10) as c:
+    with Conductor("cancel", max_running=max(n, bulk) + 10) as c:
         stub = c.stub
         acks: list[float] = []
         done: list[Seen] = []
@@ -110,17 +140,36 @@ def cancel(n: int, poll_interval: float) -> Json:
                 done.append(seen)
         log(f"cancel: {n} jobs measured")
         signals = sorted({s.job.signal for s in done if s.job.HasField("signal")})
+        bulk_answered, bulk_done = _bulk_cancel(c, bulk, poll_interval)
+        log(f"cancel: {bulk} running jobs cancelled at once in {bulk_done:.0f} ms")
     figures = distribution(
         "",
         [s.ms for s in done],
         "CancelJob sent to GetJob showing CANCELLED",
         p50_target=Target("<", 20, "ms", "issue 2"),
     )
-    figures.update(distribution("ack_", acks, "the CancelJob round trip (answers CANCELLING)"))
+    figures.update(distribution("ack_", acks, "the CancelJob round trip (answers CANCELLING)", brief=True))
+    figures["bulk_all_cancelled"] = figure(
+        bulk_done,
+        "ms",
+        bulk,
+        f"{bulk} running jobs cancelled at once (16 concurrent callers): first CancelJob sent to "
+        "the last job seen CANCELLED",
+    )
+    figures["bulk_all_answered"] = figure(
+        bulk_answered, "ms", bulk, f"the same {bulk} cancels: first CancelJob sent to the last one answered"
+    )
     return section(
-        "Cancel latency of a running job that obeys SIGTERM (`sleep 60`), default grace (10 s).",
+        "Cancel latency of a running job that obeys SIGTERM (`sleep 60`), default grace (10 s), one "
+        "at a time; then many running jobs cancelled at once.",
         figures,
-        {"jobs": n, "warmup_jobs": 2, "ending_signals": signals, **_polling(done, poll_interval)},
+        {
+            "jobs": n,
+            "warmup_jobs": 2,
+            "bulk_jobs": bulk,
+            "ending_signals": signals,
+            **_polling(done, poll_interval),
+        },
     )
 
 
@@ -216,16 +265,10 @@ def pause_resume(n: int, poll_interval: float) -> Json:
                 "ResumeJob to RUNNING (a new process is launched)",
             )
         )
-        figures.update(
-            distribution(
-                "checkpoint_resume_process_started_",
-                started,
-                "ResumeJob to RUNNING with the new process's pid reported",
-            )
-        )
         details["checkpoint"] = {
             "job": CHECKPOINT_JOB,
             "distinct_processes": len(pids),
+            "resume_to_new_pid_reported_p50_ms": round(percentile(started, 50), 3),
             "resumed_from_checkpoint": bool(last.resume_from),
             **_polling(pauses + resumes, poll_interval),
         }

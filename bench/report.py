@@ -80,16 +80,19 @@ def distribution(
     unit: str = "ms",
     p50_target: Target | None = None,
     p95_target: Target | None = None,
+    brief: bool = False,
 ) -> dict[str, Json]:
-    """p50, p95, mean and max of a list of latencies, as named figures."""
+    """p50, p95, mean and max (only p50 and p95 when ``brief``) of latencies, as named figures."""
     n = len(values_ms)
-    mean = sum(values_ms) / n if n else math.nan
-    return {
+    out = {
         f"{name}p50": figure(percentile(values_ms, 50), unit, n, f"median of {what}", p50_target),
         f"{name}p95": figure(percentile(values_ms, 95), unit, n, f"95th percentile of {what}", p95_target),
-        f"{name}mean": figure(mean, unit, n, f"mean of {what}"),
-        f"{name}max": figure(max(values_ms) if n else math.nan, unit, n, f"maximum of {what}"),
     }
+    if not brief:
+        mean = sum(values_ms) / n if n else math.nan
+        out[f"{name}mean"] = figure(mean, unit, n, f"mean of {what}")
+        out[f"{name}max"] = figure(max(values_ms) if n else math.nan, unit, n, f"maximum of {what}")
+    return out
 
 
 def section(description: str, figures: dict[str, Json], details: Json | None = None) -> Json:

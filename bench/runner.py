@@ -20,7 +20,7 @@ from types import FrameType
 import grpc
 from google import protobuf
 
-from bench import latency, memory, throughput
+from bench import feeds, latency, memory, throughput, viewer
 from bench.jobs import DEFAULT_POLL_INTERVAL
 from bench.procs import CLK_TCK, REPO
 from bench.report import Json, finite, log, percentile, target_summary
@@ -31,6 +31,7 @@ from common.version import VERSION
 class Sizes:
     submit_jobs: int
     cancel_jobs: int
+    bulk_cancel_jobs: int
     submit_rate_seconds: float
     submit_rate_concurrency: int
     memory_jobs: int
@@ -38,11 +39,22 @@ class Sizes:
     getjob_rounds: int
     getjob_concurrency: int
     pause_cycles: int
+    log_lines: int
+    log_megabytes: int
+    log_rounds: int
+    events: int
+    subscribers: int
+    subscriber_lines: int
+    viewer_runs: int
+    viewer_checkpoints: int
+    viewer_queries: int
+    viewer_rewrites: int
 
 
 FULL = Sizes(
     submit_jobs=200,
     cancel_jobs=100,
+    bulk_cancel_jobs=100,
     submit_rate_seconds=5.0,
     submit_rate_concurrency=64,
     memory_jobs=50,
@@ -50,10 +62,21 @@ FULL = Sizes(
     getjob_rounds=6,
     getjob_concurrency=32,
     pause_cycles=30,
+    log_lines=300,
+    log_megabytes=100,
+    log_rounds=3,
+    events=200,
+    subscribers=200,
+    subscriber_lines=50,
+    viewer_runs=100_000,
+    viewer_checkpoints=20_000,
+    viewer_queries=300,
+    viewer_rewrites=60,
 )
 QUICK = Sizes(
     submit_jobs=25,
     cancel_jobs=15,
+    bulk_cancel_jobs=20,
     submit_rate_seconds=1.5,
     submit_rate_concurrency=32,
     memory_jobs=10,
@@ -61,6 +84,16 @@ QUICK = Sizes(
     getjob_rounds=2,
     getjob_concurrency=32,
     pause_cycles=6,
+    log_lines=60,
+    log_megabytes=8,
+    log_rounds=1,
+    events=30,
+    subscribers=20,
+    subscriber_lines=10,
+    viewer_runs=2_000,
+    viewer_checkpoints=300,
+    viewer_queries=40,
+    viewer_rewrites=8,
 )
 
 Runner = Callable[[Sizes, float], Json]
@@ -69,7 +102,7 @@ BUSY_CORES = 0.2
 
 SECTIONS: dict[str, Runner] = {
     "submit_to_running_ms": lambda s, poll: latency.submit_to_running(s.submit_jobs, poll),
-    "cancel_ms": lambda s, poll: latency.cancel(s.cancel_jobs, poll),
+    "cancel_ms": lambda s, poll: latency.cancel(s.cancel_jobs, s.bulk_cancel_jobs, poll),
     "submissions_per_second": lambda s, poll: throughput.submissions_per_second(
         s.submit_rate_seconds, s.submit_rate_concurrency, poll
     ),
@@ -78,6 +111,13 @@ SECTIONS: dict[str, Runner] = {
         s.getjob_seconds, s.getjob_rounds, s.getjob_concurrency, poll
     ),
     "pause_resume_ms": lambda s, poll: latency.pause_resume(s.pause_cycles, poll),
+    "log_latency_ms": lambda s, poll: feeds.log_latency(s.log_lines),
+    "log_throughput": lambda s, poll: feeds.log_throughput(s.log_megabytes, s.log_rounds),
+    "status_event_latency_ms": lambda s, poll: feeds.event_latency(s.events),
+    "log_fanout_ms": lambda s, poll: feeds.fanout(s.subscribers, s.subscriber_lines),
+    "viewer": lambda s, poll: viewer.viewer(
+        s.viewer_runs, s.viewer_checkpoints, s.viewer_queries, s.viewer_rewrites
+    ),
 }
 
 
@@ -195,6 +235,10 @@ def _our_cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def _process_count() -> int:
+    return sum(1 for entry in os.listdir("/proc") if entry.isdigit())
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     # Unwinds through every section's cleanup (``finally`` / context managers).
     raise SystemExit(128 + signum)
@@ -220,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: starting")
         t0 = time.monotonic()
         load0 = os.getloadavg()[0]
+        procs0 = _process_count()
         busy0, ours0 = _busy_cpu_seconds(), _our_cpu_seconds()
         try:
             result = SECTIONS[name](sizes, poll)
@@ -232,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         result["elapsed_s"] = round(elapsed, 2)
         result["machine"] = {
             "load_average_1m_at_start": round(load0, 2),
+            "processes_at_start": procs0,
             # CPU that other programs on this machine used meanwhile: the figures
             # above are only as quiet as this is small.
             "other_programs_cpu_cores": round(max(0.0, foreign) / elapsed, 2),

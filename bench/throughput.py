@@ -163,6 +163,12 @@ def submissions_per_second(duration: float, concurrency: int, poll_interval: flo
         "slowest_second": figure(
             min(full_seconds), "submissions/s", len(full_seconds), "the slowest whole second of the window"
         ),
+        "server_cpu_per_submission": figure(
+            load.server_cpu / load.calls * 1000 if load.calls else math.nan,
+            "ms",
+            load.calls,
+            "CPU time of the conductor process (all threads) per acknowledged submission",
+        ),
         "ack_p50": figure(
             percentile(load.latencies_ms, 50), "ms", load.calls, "median SubmitJob round trip under this load"
         ),

@@ -25,6 +25,11 @@ SECTIONS = (
     "memory_per_running_job_mb",
     "getjob_ratio",
     "pause_resume_ms",
+    "log_latency_ms",
+    "log_throughput",
+    "status_event_latency_ms",
+    "log_fanout_ms",
+    "viewer",
 )
 
 
@@ -71,6 +76,14 @@ def test_bench_quick_prints_every_section_with_numeric_figures(tmp_path: Path) -
         ("submissions_per_second", "rate"),
         ("memory_per_running_job_mb", "per_job"),
         ("getjob_ratio", "ratio"),
+        ("log_latency_ms", "latency_p50"),
+        ("log_latency_ms", "latency_p95"),
+        ("log_throughput", "ratio"),
+        ("status_event_latency_ms", "latency_p50"),
+        ("viewer", "cold_index_s"),
+        ("viewer", "resident_memory_mb"),
+        ("viewer", "list_jobs_p50"),
+        ("viewer", "freshness_p95"),
     }
     for name, key in targeted:
         assert "target" in doc["results"][name]["figures"][key], (name, key)
