@@ -22,7 +22,7 @@ from common.filewatch import FileWatcher
 
 CHUNK = 64 * 1024
 # Bytes read per trip to a worker thread; split into CHUNK-sized pieces.
-READ_BATCH = 16 * CHUNK
+READ_BATCH = 64 * CHUNK
 # Checking interval when the log's directory does not exist yet (no inotify watch possible).
 MISSING_DIR_RECHECK = 0.25
 

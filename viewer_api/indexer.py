@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -252,7 +253,7 @@ class Indexer:
             return ()
         if not path.startswith(tree.root + os.sep):
             return None
-        return tuple(path[len(tree.root) + 1 :].split(os.sep))
+        return tuple(sys.intern(part) for part in path[len(tree.root) + 1 :].split(os.sep))
 
     def _watch_dirs(self, tree: _Tree, dirs: list[str]) -> None:
         """Add watches for ``dirs`` (blocking: called in a thread)."""

@@ -304,7 +304,8 @@ def scan_status_under(
             result.problems[os.path.join(path, STATUS_FILE)] = got
         return
     for name, sub in _subdirs(path, root, result.problems):
-        scan_status_under(root, (*prefix, name), sub, result, known)
+        # Interned: the index and the watches then share one string per name.
+        scan_status_under(root, (*prefix, sys.intern(name)), sub, result, known)
 
 
 def _dir_usage(path: str) -> tuple[int, int, set[str]]:
