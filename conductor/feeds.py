@@ -22,9 +22,10 @@ from pathlib import Path
 from baton.v1 import job_pb2
 from common.errors import OutOfRange, invalid_field
 from common.filewatch import FileWatcher
+from common.jobs import TERMINAL, complete_chunk
 from common.layout import LOG_FILE
 from common.tailer import offset_of_last_lines, tail
-from conductor.lifecycle import TERMINAL, Lifecycle, ListFilter
+from conductor.lifecycle import Lifecycle, ListFilter
 from conductor.registry import Registry
 
 S = job_pb2
@@ -186,12 +187,7 @@ class Feeds:
                 offset = piece.offset + len(piece.data)
             final = self._lc.jobs_by_id(job_id)
             if final is not None and final.state in TERMINAL:
-                chunk = job_pb2.LogChunk(offset=offset, complete=True, state=final.state)
-                if final.HasField("exit_code"):
-                    chunk.exit_code = final.exit_code
-                if final.HasField("signal"):
-                    chunk.signal = final.signal
-                yield chunk
+                yield complete_chunk(offset, final)
         finally:
             self.active_log_streams -= 1
             wakers = self._job_wakers.get(job_id)

@@ -35,6 +35,7 @@ from baton.v1 import job_pb2
 from common import spec as specs
 from common.durations import format_duration
 from common.errors import FailedPrecondition, NotFound, invalid_field
+from common.jobs import TERMINAL
 from common.layout import LOG_FILE, Layout
 from common.names import name_problem
 from common.paging import decode_token, encode_token, page_size
@@ -58,7 +59,6 @@ from conductor.results import RESULT_FILE, read_result
 log = structlog.get_logger(__name__)
 
 S = job_pb2
-TERMINAL = frozenset({S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED})
 DEFAULT_CANCEL_GRACE = 10.0
 RETRY_BACKOFF_FIRST = 1.0
 RETRY_BACKOFF_MAX = 60.0

@@ -23,6 +23,7 @@ from baton.v1 import viewer_pb2 as pb
 from common.errors import FailedPrecondition, NotFound, invalid_field
 from common.filewatch import FileWatcher
 from common.jobfile import job_from_json
+from common.jobs import TERMINAL, complete_chunk
 from common.layout import JOB_SPEC_FILE, LOG_FILE, STATUS_FILE
 from common.names import name_problem
 from common.paging import decode_token, encode_token, page_size
@@ -32,7 +33,6 @@ from viewer_api.indexer import Indexer
 from viewer_api.scan import CheckpointFile, JobKey, RunKey, read_text
 
 S = job_pb2
-TERMINAL = frozenset({S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED})
 MAX_READ = 4 << 20
 DEFAULT_TAIL_LINES = 100
 DEFAULT_RECENT_HOURS = 24
@@ -410,13 +410,7 @@ class ViewerService:
                     f"run {'/'.join(key)} was removed while its log was read", reason="JOB_REMOVED"
                 )
             if entry.state in TERMINAL:
-                job = entry.job()
-                chunk = job_pb2.LogChunk(offset=offset, complete=True, state=job.state)
-                if job.HasField("exit_code"):
-                    chunk.exit_code = job.exit_code
-                if job.HasField("signal"):
-                    chunk.signal = job.signal
-                yield chunk
+                yield complete_chunk(offset, entry.job())
         finally:
             stop_listening()
             self.active_streams -= 1

@@ -40,13 +40,8 @@ SHIM = Path(__file__).with_name("local_shim.sh")
 
 def _start_time(pid: int) -> int | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[19])
+    proc = procfs.read(pid)
+    return None if proc is None else proc.start_ticks
 
 
 def _is_same_process(pid: int, start: int | None) -> bool:

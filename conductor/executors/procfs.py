@@ -23,7 +23,8 @@ class _Proc:
     rss_bytes: int
 
 
-def _read(pid: int) -> _Proc | None:
+def read(pid: int) -> _Proc | None:
+    """One process's /proc/<pid>/stat, or None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -46,7 +47,7 @@ def group_members(pgid: int) -> list[_Proc]:
     out = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
-            proc = _read(int(entry.name))
+            proc = read(int(entry.name))
             if proc is not None and proc.pgid == pgid:
                 out.append(proc)
     return out
