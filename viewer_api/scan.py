@@ -10,6 +10,7 @@ reported as problems (counted in the stats), never indexed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import json
 import os
@@ -271,9 +272,10 @@ def scan_status_parallel(root: str, workers: int) -> ScanResult:
         proc.stdin.write(json.dumps(share).encode())
         proc.stdin.close()
         procs.append((proc, share))
-    for proc, share in procs:
-        assert proc.stdout is not None
-        data = proc.stdout.read()
+    # Drain every worker's pipe at once: a worker whose pipe is full waits.
+    with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
+        outputs = list(pool.map(lambda p: p[0].stdout.read() if p[0].stdout else b"", procs))
+    for (proc, share), data in zip(procs, outputs, strict=True):
         if proc.wait() == 0 and data:
             _merge(result, pickle.loads(data))
         else:  # the worker failed: do its share here rather than lose it
