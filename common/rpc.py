@@ -109,7 +109,7 @@ def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
 
 
 class RequestLog(grpc.aio.ServerInterceptor):
-    """Binds the method to structlog's context for each call and logs unary calls."""
+    """Binds each call's method to structlog's context, so every log line names it."""
 
     async def intercept_service(
         self,

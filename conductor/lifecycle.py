@@ -347,7 +347,7 @@ class Lifecycle:
             pending = self._durable.get(job_id)
             if pending is not None:
                 await asyncio.shield(pending)
-            return self._jobs.get(job_id) or self.get(job_id)
+            return self.get(job_id)
         if len(request_id) > 128:
             raise invalid_field("request_id", "must be at most 128 characters")
         if model.executor not in self._executors:
