@@ -152,9 +152,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("wait", "wait until a job ends; exit with its outcome", commands.wait)
     p.add_argument("job", metavar="JOB")
 
-    p = verb("checkpoints", "list checkpoints, newest first (viewer)", commands.checkpoints)
+    p = verb(
+        "checkpoints",
+        "list checkpoints, newest first (viewer); `checkpoints rm` removes",
+        commands.checkpoints,
+    )
     _filter_flags(p)
     p.add_argument("--limit", type=int, default=50, help="at most N (0: all; default 50)")
+    rm = p.add_subparsers(dest="action", metavar="ACTION").add_parser(
+        "rm", help="remove a job's checkpoints (conductor; all when no suffix is given)"
+    )
+    _client_flags(rm)
+    rm.add_argument("job_name", metavar="NAME", help="NAME or PROJECT/GROUP/NAME")
+    rm.add_argument("suffixes", nargs="*", metavar="SUFFIX", help="checkpoints to remove (default: all)")
+    rm.set_defaults(func=commands.checkpoints_rm)
+
+    p = verb("health", "a running job's processes: pid, CPU, memory, last output", commands.health)
+    p.add_argument("job", metavar="JOB")
+
+    p = verb("steps", "a job's steps, or one step with its own last lines", commands.steps)
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("step", nargs="?", type=int, metavar="STEP", help="1-based step to show")
+    p.add_argument("--tail", type=int, default=20, metavar="N", help="lines of that step (default 20)")
+
+    p = verb("clear", "delete ended jobs in bulk", commands.clear)
+    _filter_flags(p)
+    p.add_argument("--state", action="append", metavar="STATE", help="succeeded, failed, cancelled")
+    p.add_argument("--older-than", metavar="AGE", help="ended at least this long ago (7d, 12h)")
+
+    p = verb("info", "the conductor: version, uptime, memory, running jobs, counts", commands.info)
 
     p = verb("stats", "runs by state, running and stale, checkpoints (viewer)", commands.stats)
     p.add_argument("--project", help="only this project")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
@@ -22,15 +23,20 @@ from client.connection import ClientOptions, TlsSettings
 from client.output import (
     Output,
     checkpoints_table,
+    format_size,
+    health_view,
+    info_view,
     job_details,
     job_line,
     jobs_table,
     state_name,
     stats_view,
+    steps_table,
     to_dict,
 )
 from client.specfile import read_spec
 from client.sync import BlockingLogStream, BlockingStream, ConductorClient, ViewerClient
+from common.durations import parse_duration
 
 PAUSED_OR_ENDED = TERMINAL_STATES | {job_pb2.JOB_STATE_PAUSED}
 
@@ -320,3 +326,90 @@ def wait(args: argparse.Namespace, out: Output) -> int:
     else:
         out.show(job_line(job))
     return exitcodes.for_outcome(job)
+
+
+# ---------------------------------------------------------------- inspection and clean-up
+
+
+def health(args: argparse.Namespace, out: Output) -> int:
+    """The job's processes now (GetJobHealth)."""
+    with conductor(args) as client:
+        response = client.get_job_health(args.job)
+    if out.json:
+        out.document(response)
+    else:
+        out.show(health_view(response))
+    return exitcodes.OK
+
+
+def steps(args: argparse.Namespace, out: Output) -> int:
+    """All steps of a job, or one step with the last lines of its own output."""
+    with conductor(args) as client:
+        if args.step is None:
+            job = client.get_job(args.job)
+            if out.json:
+                out.document({"steps": [to_dict(s) for s in job.steps]})
+            else:
+                out.show(steps_table(job))
+            return exitcodes.OK
+        response = client.get_job_step(args.job, args.step, tail_lines=args.tail)
+    if out.json:
+        out.document(response)
+    else:
+        single = job_pb2.Job(steps=[response.step])
+        out.show(steps_table(single))
+        if response.tail:
+            sys.stdout.write(response.tail.decode(errors="replace"))
+            sys.stdout.flush()
+    return exitcodes.OK
+
+
+def _job_key(text: str) -> tuple[str, str, str]:
+    parts = text.split("/")
+    if len(parts) == 1:
+        return "default", "default", parts[0]
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    raise ValueError(f"{text!r}: give NAME or PROJECT/GROUP/NAME")
+
+
+def checkpoints_rm(args: argparse.Namespace, out: Output) -> int:
+    """Remove a job's checkpoints (all of them when no suffix is given)."""
+    project, group, name = _job_key(args.job_name)
+    with conductor(args) as client:
+        response = client.delete_checkpoints(project, group, name, args.suffixes)
+    if out.json:
+        out.document(response)
+    else:
+        out.show(
+            f"removed {response.deleted_count} checkpoint(s) of {project}/{group}/{name}, "
+            f"{format_size(response.deleted_bytes)}"
+        )
+    return exitcodes.OK
+
+
+def clear(args: argparse.Namespace, out: Output) -> int:
+    """Delete ended jobs in bulk."""
+    older = parse_duration(args.older_than) if args.older_than else None
+    with conductor(args) as client:
+        response = client.clear_jobs(
+            states=_states(args.state),
+            older_than=older,
+            **_filters(args),  # type: ignore[arg-type]
+        )
+    if out.json:
+        out.document(response)
+    else:
+        out.show(f"deleted {response.deleted_count} ended job(s)")
+    return exitcodes.OK
+
+
+def info(args: argparse.Namespace, out: Output) -> int:
+    """The conductor itself (GetConductorInfo)."""
+    with conductor(args) as client:
+        response = client.get_conductor_info()
+    if out.json:
+        out.document(response)
+    else:
+        out.show(info_view(response))
+    return exitcodes.OK

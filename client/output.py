@@ -295,3 +295,74 @@ class Output:
         self.err.print(Text(f"baton {verb}: ", style="bold red") + Text(err.message), soft_wrap=True)
         for v in err.field_violations:
             self.err.print(Text(f"  {v.field}: {v.description}"), soft_wrap=True)
+
+
+def _duration_text(d: Any) -> str:
+    return format_duration(d.seconds + d.nanos / 1e9) if (d.seconds or d.nanos) else ""
+
+
+def health_view(h: Any) -> Table:
+    """A job's processes: pid, alive or stopped, count, CPU, memory, uptime, last output."""
+    grid = _grid()
+    grid.add_row("job", h.job_id)
+    grid.add_row("state", state_text(h.state))
+    if not h.has_process:
+        grid.add_row("process", h.detail or "none")
+    else:
+        status = "zombie" if h.zombie else "stopped" if h.stopped else "alive" if h.alive else "gone"
+        grid.add_row("pid", f"{h.pid} ({status})")
+        grid.add_row("processes", str(h.process_count))
+        grid.add_row("cpu", f"{h.cpu_percent:.1f}%")
+        grid.add_row("memory", format_size(h.rss_bytes))
+        grid.add_row("uptime", _duration_text(h.uptime))
+    if h.HasField("heartbeat_time"):
+        grid.add_row("heartbeat", format_time(h.heartbeat_time))
+    if h.HasField("last_output_time"):
+        grid.add_row("last output", format_time(h.last_output_time))
+    return grid
+
+
+def steps_table(job: job_pb2.Job) -> Table:
+    """One row per step: index, name, state, attempts, exit code, duration, output bytes."""
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for name in ("STEP", "NAME", "STATE", "ATTEMPTS", "EXIT", "DURATION", "OUTPUT"):
+        table.add_column(name, no_wrap=True, justify="right" if name in ("STEP", "OUTPUT") else "left")
+    now = time.time()
+    for s in job.steps:
+        end = _seconds(s.end_time) if s.HasField("end_time") else now
+        took = format_duration(max(0.0, end - _seconds(s.start_time))) if s.HasField("start_time") else ""
+        exit_code = str(s.exit_code) if s.HasField("exit_code") else ""
+        if s.HasField("signal"):
+            exit_code = f"{exit_code} (signal {s.signal})"
+        size = (s.log_end or 0) - s.log_start if s.log_end else 0
+        table.add_row(
+            str(s.index), s.name, Text(job_pb2.StepState.Name(s.state).removeprefix("STEP_STATE_")),
+            str(s.attempts or ""), exit_code, took, format_size(size) if size else "",
+        )  # fmt: skip
+    return table
+
+
+def info_view(info: Any) -> Table:
+    """The conductor: version, pid, uptime, memory, running jobs, counts, executors, dirs."""
+    grid = _grid()
+    grid.add_row("version", info.version)
+    grid.add_row("pid", str(info.pid))
+    grid.add_row("uptime", _duration_text(info.uptime))
+    grid.add_row("memory", format_size(info.rss_bytes))
+    grid.add_row("running", f"{info.running_jobs} (at most {info.max_running} at once)")
+    counts = Text()
+    for count in info.job_counts:
+        counts.append_text(state_text(count.state))
+        counts.append(f" {count.count}   ")
+    grid.add_row("jobs", counts)
+    executors = []
+    for e in info.executors:
+        modes = ", ".join(
+            job_pb2.PauseMode.Name(m).removeprefix("PAUSE_MODE_").lower() for m in e.pause_modes
+        )
+        executors.append(f"{e.name} ({modes})")
+    grid.add_row("executors", "; ".join(executors))
+    grid.add_row("revision", str(info.revision))
+    grid.add_row("status dir", info.status_dir)
+    grid.add_row("checkpoints", info.checkpoints_dir)
+    return grid

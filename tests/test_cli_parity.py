@@ -1,0 +1,135 @@
+"""Issue 8's verbs: health, steps, checkpoints rm, clear, info, for people and scripts."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from client import exitcodes
+from client.cli import main
+from tests.services import Stack, spec, stack
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with stack(tmp_path_factory.mktemp("cli8") / "home", max_running=4) as s:
+        yield s
+
+
+def run(s: Stack, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["--conductor", s.address, "--viewer", s.viewer_address, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def as_json(s: Stack, capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    code, out, err = run(s, capsys, "--json", *argv)
+    assert code == exitcodes.OK, err
+    return json.loads(out)
+
+
+def submit(s: Stack, tmp_path: Path, name: str, command: str, **fields: Any) -> str:
+    return s.conductor.submit(spec(name, command, **fields)).id
+
+
+def test_health_of_a_running_job_and_after_it_ends(
+    services: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    job_id = submit(services, tmp_path, "healthy", f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    job = services.conductor.wait_for(job_id, lambda j: j.external_id != "")
+    doc = as_json(services, capsys, "health", job_id)
+    assert doc["hasProcess"] is True and doc["alive"] is True
+    assert int(doc["pid"]) == int(job.external_id) and doc["processCount"] >= 1
+    code, out, _ = run(services, capsys, "health", job_id)
+    assert code == exitcodes.OK and f"{job.external_id} (alive)" in out and "RUNNING" in out
+    gate.touch()
+    services.conductor.wait_ended(job_id)
+    doc = as_json(services, capsys, "health", job_id)
+    assert doc["hasProcess"] is False and "no process" in doc["detail"]
+    code, _, err = run(services, capsys, "health", "no-such-job")
+    assert code == exitcodes.NOT_FOUND and "no-such-job" in err
+
+
+def test_steps_table_one_step_and_out_of_range(
+    services: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    steps = [
+        {"name": "fetch", "command": "echo fetched-1; echo fetched-2"},
+        {"name": "train", "command": "echo trained"},
+        {"name": "report", "command": "echo reported"},
+    ]
+    job_id = services.conductor.submit(yaml.safe_dump({"name": "three", "steps": steps})).id
+    services.conductor.wait_ended(job_id)
+    code, out, _ = run(services, capsys, "steps", job_id)
+    assert code == exitcodes.OK
+    for name in ("fetch", "train", "report"):
+        assert name in out
+    assert out.count("SUCCEEDED") == 3
+    doc = as_json(services, capsys, "steps", job_id)
+    assert [s["name"] for s in doc["steps"]] == ["fetch", "train", "report"]
+    code, out, _ = run(services, capsys, "steps", job_id, "1", "--tail", "5")
+    assert code == exitcodes.OK and "fetched-1\nfetched-2" in out and "trained" not in out
+    doc = as_json(services, capsys, "steps", job_id, "2", "--tail", "5")
+    assert doc["step"]["name"] == "train"
+    code, _, err = run(services, capsys, "--json", "steps", job_id, "9")
+    assert code == exitcodes.USAGE
+    assert json.loads(err)["error"]["fieldViolations"][0]["field"] == "step"
+
+
+def test_checkpoints_rm_refused_while_running_then_removes_exactly_those(
+    services: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    base = services.home / "checkpoints" / "proj" / "default" / "keeper"
+    for suffix in ("c1", "c2", "c3"):
+        (base / suffix).mkdir(parents=True)
+        (base / suffix / "model.bin").write_bytes(b"x" * 100)
+    other = services.home / "checkpoints" / "proj" / "default" / "other" / "c1"
+    other.mkdir(parents=True)
+    gate = tmp_path / "gate"
+    job_id = submit(
+        services, tmp_path, "keeper", f"while [ ! -e {gate} ]; do sleep 0.05; done", project="proj"
+    )
+    services.conductor.wait_for(job_id, "running")
+    code, _, err = run(services, capsys, "checkpoints", "rm", "proj/default/keeper")
+    assert code == exitcodes.WRONG_STATE and "RUNNING" in err
+    assert sorted(p.name for p in base.iterdir()) == ["c1", "c2", "c3"]
+    gate.touch()
+    services.conductor.wait_ended(job_id)
+    doc = as_json(services, capsys, "checkpoints", "rm", "proj/default/keeper", "c2")
+    assert int(doc["deletedCount"]) == 1 and int(doc["deletedBytes"]) == 100
+    code, out, _ = run(services, capsys, "checkpoints", "rm", "proj/default/keeper")
+    assert code == exitcodes.OK and "removed 2 checkpoint(s)" in out
+    assert not any(base.iterdir()) and other.is_dir()
+
+
+def test_clear_and_info(services: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    failed = submit(services, tmp_path, "doomed", "exit 3", project="clearing")
+    ok = submit(services, tmp_path, "fine", "true", project="clearing")
+    for job_id in (failed, ok):
+        services.conductor.wait_ended(job_id)
+    gate = tmp_path / "gate"
+    running = submit(services, tmp_path, "busy", f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    services.conductor.wait_for(running, "running")
+    doc = as_json(services, capsys, "info")
+    assert doc["runningJobs"] >= 1 and int(doc["rssBytes"]) > 0 and doc["executors"][0]["name"] == "local"
+    code, out, _ = run(services, capsys, "info")
+    assert code == exitcodes.OK and "local (suspend, checkpoint)" in out
+    time.sleep(1.1)
+    doc = as_json(
+        services, capsys, "clear", "--state", "failed", "--project", "clearing", "--older-than", "1s"
+    )
+    assert doc["jobIds"] == [failed]
+    code, out, _ = run(services, capsys, "clear", "--project", "clearing")
+    assert code == exitcodes.OK and "deleted 1 ended job(s)" in out
+    code, _, err = run(services, capsys, "--json", "clear", "--state", "running")
+    assert code == exitcodes.USAGE and "states[0]" in err
+    assert services.conductor.get(running).state == 2  # untouched
+    gate.touch()
