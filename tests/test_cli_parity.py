@@ -133,3 +133,19 @@ def test_clear_and_info(services: Stack, capsys: pytest.CaptureFixture[str], tmp
     assert code == exitcodes.USAGE and "states[0]" in err
     assert services.conductor.get(running).state == 2  # untouched
     gate.touch()
+
+
+def test_submit_resume_from_a_chosen_checkpoint(
+    services: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    base = services.home / "checkpoints" / "res" / "default" / "resumer"
+    (base / "older").mkdir(parents=True)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(spec("resumer", 'echo "resume=${BATON_RESUME_FROM:-none}"', project="res"))
+    doc = as_json(services, capsys, "submit", str(spec_file), "--resume-from", "older")
+    done = services.conductor.wait_ended(doc["id"])
+    assert done.resume_from == str(base / "older") and done.resume_from_suffix == "older"
+    code, out, _ = run(services, capsys, "logs", doc["id"])
+    assert code == exitcodes.OK and f"resume={base / 'older'}" in out
+    code, _, err = run(services, capsys, "submit", str(spec_file), "--resume-from", "absent")
+    assert code == exitcodes.NOT_FOUND and "absent" in err

@@ -37,6 +37,8 @@ OUTSIDE_LINK = "outside_link"
 
 _STATES = {v.name: v.number for v in job_pb2.JobState.DESCRIPTOR.values}
 _EPOCH = datetime.datetime(1970, 1, 1)
+# Seconds at the start of each day seen: most runs share a few days.
+_DAYS: dict[str, float] = {}
 # A hash of a status file's inode, mtime and size: whether it changed since read.
 Signature = int
 
@@ -49,7 +51,10 @@ def rfc3339_seconds(text: Any) -> float:
         raise ValueError("timestamp is not a string")
     if len(text) >= 20 and text[-1] == "Z" and text[10] == "T":
         # What json_format writes: whole seconds, then an optional fraction.
-        whole = (datetime.datetime.fromisoformat(text[:19]) - _EPOCH).total_seconds()
+        day = _DAYS.get(text[:10])
+        if day is None:
+            day = _DAYS[text[:10]] = (datetime.datetime.fromisoformat(text[:10]) - _EPOCH).total_seconds()
+        whole = day + int(text[11:13]) * 3600 + int(text[14:16]) * 60 + int(text[17:19])
         return whole + float(text[19:-1]) if text[19] == "." else whole
     return datetime.datetime.fromisoformat(text).timestamp()
 
@@ -277,10 +282,27 @@ def scan_status_parallel(root: str, workers: int) -> ScanResult:
         outputs = list(pool.map(lambda p: p[0].stdout.read() if p[0].stdout else b"", procs))
     for (proc, share), data in zip(procs, outputs, strict=True):
         if proc.wait() == 0 and data:
-            _merge(result, pickle.loads(data))
+            _merge(result, from_wire(pickle.loads(data)))
         else:  # the worker failed: do its share here rather than lose it
             _merge(result, scan_groups(root, share))
     return result
+
+
+Wire = tuple[list[tuple[Any, ...]], list[RunKey], dict[str, str], list[str]]
+
+
+def to_wire(result: ScanResult) -> Wire:
+    """A worker's result as plain data, for pickling."""
+    runs = [
+        (r.key, r.job_id, r.state, r.create_ts, r.start_ts, r.end_ts, r.heartbeat_ts, r.raw, r.signature)
+        for r in result.runs
+    ]
+    return runs, result.unchanged, result.problems, result.dirs
+
+
+def from_wire(wire: Wire) -> ScanResult:
+    runs, unchanged, problems, dirs = wire
+    return ScanResult(runs=[RunFile(*r) for r in runs], unchanged=unchanged, problems=problems, dirs=dirs)
 
 
 def _merge(into: ScanResult, part: ScanResult) -> None:
