@@ -50,12 +50,6 @@ class Layout:
     def run_dir(self, project: str, group: str, name: str, run_id: str) -> Path:
         return _inside(self.status_dir, (project, group, name, run_id))
 
-    def status_file(self, project: str, group: str, name: str, run_id: str) -> Path:
-        return self.run_dir(project, group, name, run_id) / STATUS_FILE
-
-    def log_file(self, project: str, group: str, name: str, run_id: str) -> Path:
-        return self.run_dir(project, group, name, run_id) / LOG_FILE
-
     def checkpoint_dir(self, project: str, group: str, name: str) -> Path:
         """BATON_CHECKPOINT_DIR: each checkpoint is a subdirectory of it."""
         return _inside(self.checkpoints_dir, (project, group, name))

@@ -224,7 +224,7 @@ class Lifecycle:
     async def start(self) -> None:
         """Load the registry and pick up every job that had not ended."""
         stored = await self._registry.open()
-        max_rev = getattr(self._registry, "max_revision", 0)
+        max_rev = self._registry.max_revision
         recent = time.time() - 3600
         for item in stored:
             job = item.job

@@ -67,6 +67,11 @@ class Registry(abc.ABC):
     async def open(self) -> list[StoredJob]:
         """Open storage and return every job in submission order."""
 
+    @property
+    @abc.abstractmethod
+    def max_revision(self) -> int:
+        """The highest revision logged when the registry was opened."""
+
     @abc.abstractmethod
     def put(self, seq: int, job: job_pb2.Job, runtime: str | None, event: int | None) -> asyncio.Future[None]:
         """Insert or replace a job; with ``event``, also log the change at job.revision."""

@@ -30,7 +30,15 @@ from common.paging import decode_token, encode_token, page_size
 from common.tailer import CHUNK, offset_of_last_lines, tail
 from viewer_api.index import Filter, Index, RunEntry, sort_key
 from viewer_api.indexer import Indexer
-from viewer_api.scan import CheckpointFile, JobKey, RunKey, read_text
+from viewer_api.scan import (
+    INVALID_NAME,
+    INVALID_STATUS,
+    OUTSIDE_LINK,
+    CheckpointFile,
+    JobKey,
+    RunKey,
+    read_text,
+)
 
 S = job_pb2
 MAX_READ = 4 << 20
@@ -215,9 +223,9 @@ class ViewerService:
             recent_failure_count=len(failures),
             checkpoint_count=ckpt_count,
             checkpoint_bytes=ckpt_bytes,
-            invalid_status_files=problems.count("invalid_status"),
-            invalid_names=problems.count("invalid_name"),
-            outside_links=problems.count("outside_link"),
+            invalid_status_files=problems.count(INVALID_STATUS),
+            invalid_names=problems.count(INVALID_NAME),
+            outside_links=problems.count(OUTSIDE_LINK),
             last_full_scan_time=_ts(index.last_full_scan),
             watch_mode=self.indexer.mode,
         )
