@@ -138,8 +138,17 @@ def parse_dict(cls: type[M], data: dict[str, Any]) -> M:
 _INT32 = {_FD.TYPE_INT32, _FD.TYPE_UINT32, _FD.TYPE_SINT32, _FD.TYPE_FIXED32, _FD.TYPE_SFIXED32}
 _FLOATS = {_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE}
 _SPECIAL_FLOATS = {"NaN", "Infinity", "-Infinity"}
-# json name -> (kind, repeated, nested descriptor)
-_Shape = dict[str, tuple[str, bool, Any]]
+# json name -> (kind, repeated, nested descriptor, types that always fit a single value)
+_Shape = dict[str, tuple[str, bool, Any, frozenset[type]]]
+_QUICK: dict[str, frozenset[type]] = {
+    "str": frozenset({str}),
+    "int": frozenset({int}),  # type() is exact: a bool is no int here
+    "enum": frozenset({str, int}),
+    "bool": frozenset({bool}),
+    "float": frozenset({int, float}),
+    "map": frozenset({dict}),
+    "message": frozenset({dict}),
+}
 _SHAPES: dict[str, _Shape] = {}
 
 
@@ -173,7 +182,8 @@ def _shape(desc: Any) -> _Shape:
             kind = "enum"
         else:
             kind = "str"  # strings, and bytes in base64
-        entry = (kind, f.is_repeated and kind != "map", nested)
+        repeated = f.is_repeated and kind != "map"
+        entry = (kind, repeated, nested, frozenset() if repeated else _QUICK.get(kind, frozenset()))
         shape[f.json_name] = entry
         shape[f.name] = entry
     return shape
@@ -205,7 +215,9 @@ def _check(shape: _Shape, data: dict[str, Any]) -> bool:
         entry = shape.get(key)
         if entry is None or value is None:
             continue  # unknown fields are allowed; null means unset
-        kind, repeated, nested = entry
+        kind, repeated, nested, quick = entry
+        if type(value) in quick:
+            continue  # the common case, decided by one lookup
         if repeated:
             if not isinstance(value, list) or not all(_fits(kind, nested, v) for v in value):
                 return False

@@ -303,3 +303,48 @@ def test_a_burst_of_new_directories_is_not_missed(tree: Tree) -> None:
         stale = sorted(k[0] for k, s in seen.items() if s != S.JOB_STATE_SUCCEEDED)
         raise AssertionError(f"missing: {missing}; with an old state: {stale}") from None
     tree.wait_in_step()
+
+
+def test_changes_during_the_cold_scan_are_not_lost(
+    tmp_path: Path, viewer_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs rewritten and added while the cold scan's worker processes read the tree all
+    show, by inotify alone: the workers watch each directory before listing it, and events
+    for their watches that come before the viewer knows them are held, not dropped."""
+    from viewer_api import scan
+
+    m = generate(tmp_path / "tree", runs=800, checkpoints=0, seed=5)
+    monkeypatch.setattr(scan, "PARALLEL_SCAN_MIN_RUNS", 0)  # use workers even at this size
+    runs = sorted(m.status_dir.glob("*/*/*/*/status.json"))
+    stop = threading.Event()
+    written = 0
+
+    def writer() -> None:
+        nonlocal written
+        now = time.time_ns() // 1000
+        while not stop.is_set():
+            path = runs[written % len(runs)]
+            data = json.loads(path.read_bytes())
+            data["reason"] = f"rewrite {written}"
+            write_status(path.parent, data)
+            new_dir = path.parent.parent / f"added-{written:05d}"
+            new_dir.mkdir()
+            write_status(new_dir, {"id": f"added-{written}", "state": "JOB_STATE_QUEUED",
+                                   "createTime": format_ts(now + written)})  # fmt: skip
+            written += 1
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        # No reconciliation scan can mend a loss: only inotify can bring the index in step.
+        v = viewer_factory(home=tmp_path / "tree", watch="inotify", reconcile_interval=3600, scan_workers=2)
+    finally:
+        stop.set()
+        thread.join()
+    assert written > 20, "the writer should have been busy while the viewer started"
+    tree = Tree(m, v)
+    tree.wait_in_step()
+    # The lists hold each run's latest content, not only its latest state.
+    on_disk = {r.key: r.data.get("reason", "") for r in tree.oracle().runs.values()}
+    assert {key_of(j): j.reason for j in v.list_all()[0]} == on_disk

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from inotify_simple import INotify
+from inotify_simple import flags as F
 
 from tests.treegen import generate
 from viewer_api import scan
@@ -14,8 +16,16 @@ def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, monkeypatch: pytes
     m = generate(tmp_path / "home", runs=300, checkpoints=0, seed=3)
     (m.status_dir / "Bad_Project" / "g" / "n" / "r").mkdir(parents=True)
     monkeypatch.setattr(scan, "PARALLEL_SCAN_MIN_RUNS", 0)
-    serial = scan.scan_status(str(m.status_dir))
-    parallel = scan.scan_status_parallel(str(m.status_dir), workers=3)
+    serial_dirs: list[tuple[str, ...]] = []
+    serial = scan.scan_status(str(m.status_dir), on_dir=lambda path, rel: serial_dirs.append(rel))
+    inotify = INotify()
+    parent_dirs: list[tuple[str, ...]] = []
+    parallel = scan.scan_status_parallel(
+        str(m.status_dir),
+        workers=3,
+        on_dir=lambda path, rel: parent_dirs.append(rel),
+        watch=scan.WorkerWatch(inotify.fileno(), F.CLOSE_WRITE),
+    )
 
     def runs(result: scan.ScanResult) -> dict[scan.RunKey, tuple[object, ...]]:
         return {
@@ -26,4 +36,13 @@ def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, monkeypatch: pytes
     assert len(serial.runs) == 300
     assert runs(parallel) == runs(serial)
     assert parallel.problems == serial.problems and parallel.problems
-    assert sorted(parallel.dirs) == sorted(serial.dirs)
+    # Every directory is entered once: by this process, or watched by a worker.
+    workers = dict(parallel.watched)
+    assert parallel.unwatched == 0 and len(workers) == len(parallel.watched)
+    assert sorted(parent_dirs + list(workers.values())) == sorted(serial_dirs)
+    # The workers' watches live in this process's inotify instance.
+    run = next(iter(sorted(serial.runs, key=lambda r: r.key)))
+    (m.status_dir.joinpath(*run.key) / "note.txt").write_text("x")
+    events = inotify.read(timeout=5000)
+    inotify.close()
+    assert [(workers[e.wd], e.name) for e in events] == [(run.key, "note.txt")]

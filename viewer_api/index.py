@@ -130,9 +130,18 @@ class Index:
         self.state_counts[rf.state] += 1
         self._notify(rf.key)
 
-    def load_runs(self, runs: list[RunFile]) -> None:
-        """Fill an empty index in one go: sorting once beats 100,000 inserts."""
-        assert not self.runs, "load_runs is for an empty index"
+    def load(self, runs: list[RunFile], checkpoints: list[CheckpointFile], problems: dict[str, str]) -> None:
+        """Fill an empty index in one go (the cold start): sorting once beats 100,000 inserts."""
+        assert not self.runs and not self.checkpoints, "load is for an empty index"
+        self._load_runs(runs)
+        for cf in checkpoints:
+            self.checkpoints.setdefault(cf.key, {})[cf.suffix] = cf
+            self.checkpoint_bytes += cf.size_bytes
+        self.checkpoint_count = len(checkpoints)
+        self._ckpt_order = sorted((-cf.create_ts, *cf.key, cf.suffix) for cf in checkpoints)
+        self.problems = problems
+
+    def _load_runs(self, runs: list[RunFile]) -> None:
         buckets: dict[Bucket, list[SortKey]] = {}
         for rf in runs:
             entry = RunEntry(rf)

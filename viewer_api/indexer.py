@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import os
 import sys
 import threading
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import structlog
-from inotify_simple import INotify
+from inotify_simple import Event, INotify
 from inotify_simple import flags as F
 
 from common.names import is_valid_name
@@ -141,6 +142,11 @@ class Indexer:
         # scan that began earlier must not undo it.
         self._touched: dict[tuple[str, tuple[str, ...]], float] = {}
         self.unwatched = 0
+        # How long the cold start's scan and load took (seconds), for the log.
+        self.cold_phases: dict[str, float] = {}
+        # Events read while the cold scan's workers add watches, handled once
+        # their descriptors are known (None: not holding back).
+        self._held: list[Event] | None = None
 
     # ---------------------------------------------------------------- start
 
@@ -148,12 +154,17 @@ class Indexer:
         t0 = time.perf_counter()
         if self.mode == "inotify":
             self._inotify = INotify(nonblocking=True)
+            self._held = []
             asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_events)
-        await self.reconcile(full=True)
-        if self._inotify is not None:
-            # The cold scan listed directories before watching them: one more
-            # pass (only changed files are read) catches what came in between.
-            self._tasks.append(asyncio.create_task(self.reconcile()))
+        # The cold load makes a few hundred thousand objects that all live on:
+        # the collector would traverse them again and again for nothing (it
+        # doubled the load time). Frozen afterwards, they are never traversed.
+        gc.disable()
+        try:
+            await self.reconcile(full=True)
+        finally:
+            gc.freeze()
+            gc.enable()
         log.info(
             "index_ready",
             runs=len(self.index.runs),
@@ -161,6 +172,7 @@ class Indexer:
             seconds=round(time.perf_counter() - t0, 3),
             mode=self.mode,
             unwatched=self.unwatched,
+            **self.cold_phases,
         )
         self._tasks.append(asyncio.create_task(self._apply_dirty()))
         interval = self._poll_interval if self.mode == "poll" else self._reconcile_interval
@@ -193,58 +205,62 @@ class Indexer:
             began = time.monotonic()
             cold = full and not self.index.runs
             known = {} if full else self.index.signatures()
-            status, ckpts = await asyncio.gather(
-                asyncio.to_thread(scan.scan_status_parallel, st.root, self._scan_workers)
-                if cold
-                else asyncio.to_thread(scan.scan_status, st.root, known),
-                asyncio.to_thread(scan.scan_checkpoints, ck.root),
-            )
-            index = self.index
-            seen = set(status.unchanged)
-            if not index.runs:
-                index.load_runs(status.runs)
-                seen.update(rf.key for rf in status.runs)
-            else:
-                # What inotify changed while this scan ran is newer than the scan.
-                for rf in status.runs:
-                    seen.add(rf.key)
-                    if not self._touched_since("status", rf.key, began):
-                        index.upsert_run(rf)
-            for key in [k for k in index.runs if k not in seen]:
-                if not self._touched_since("status", key, began):
-                    index.remove_run(key)
-            want = {(c.key, c.suffix): c for c in ckpts.checkpoints}
-            for job_key, by_suffix in list(index.checkpoints.items()):
-                for suffix in list(by_suffix):
-                    if (job_key, suffix) not in want and not self._touched_since(
-                        "checkpoints", (*job_key, suffix), began
-                    ):
-                        index.remove_checkpoint(job_key, suffix)
-            for (job_key, suffix), cf in want.items():
-                if self._touched_since("checkpoints", (*job_key, suffix), began):
-                    continue
-                old = index.checkpoints.get(job_key, {}).get(suffix)
-                if (
-                    old is None
-                    or (old.size_bytes, old.create_ts, old.file_count)
-                    != (cf.size_bytes, cf.create_ts, cf.file_count)
-                    or old.config_file != cf.config_file
-                ):
-                    index.upsert_checkpoint(cf)
-            # Problems too: what inotify saw since the scan began stays as it saw it.
-            found = {**status.problems, **ckpts.problems}
-            index.problems = {
-                **{p: why for p, why in found.items() if not self._path_touched_since(p, began)},
-                **{p: why for p, why in index.problems.items() if self._path_touched_since(p, began)},
-            }
-            index.last_full_scan = time.time()
-            self._touched = {k: t for k, t in self._touched.items() if t >= began}
-            if self._inotify is not None:
-                await asyncio.to_thread(self._watch_dirs, st, status.dirs)
-                await asyncio.to_thread(self._watch_dirs, ck, ckpts.dirs)
+            # Every directory is watched before it is listed, so whatever
+            # changes while the scan runs raises an event.
+            on_st, on_ck = self._watcher_for(st), self._watcher_for(ck)
             if cold:
+                watch = None if self._inotify is None else scan.WorkerWatch(self._inotify.fileno(), _DIR_MASK)
+                workers = self._scan_workers
+                scanning = asyncio.to_thread(scan.scan_status_parallel, st.root, workers, on_st, watch)
+            else:
+                scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st)
+            status, ckpts = await asyncio.gather(
+                scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck)
+            )
+            self._register(st, status.watched)
+            self.unwatched += status.unwatched
+            scanned = time.monotonic()
+            if cold:
+                self.index.load(status.runs, ckpts.checkpoints, {**status.problems, **ckpts.problems})
                 del status, ckpts
                 _return_free_memory()
+                loaded = time.monotonic()
+                self.cold_phases = {"scan_s": round(scanned - began, 3), "load_s": round(loaded - scanned, 3)}
+            else:
+                self._merge_scan(status, ckpts, began)
+            self.index.last_full_scan = time.time()
+
+    def _merge_scan(self, status: scan.ScanResult, ckpts: scan.ScanResult, began: float) -> None:
+        """Make the index match a scan that began at ``began``, keeping what inotify changed since."""
+        index = self.index
+        seen = set(status.unchanged)
+        for rf in status.runs:
+            seen.add(rf.key)
+            if not self._touched_since("status", rf.key, began):
+                index.upsert_run(rf)
+        for key in [k for k in index.runs if k not in seen]:
+            if not self._touched_since("status", key, began):
+                index.remove_run(key)
+        want = {(c.key, c.suffix): c for c in ckpts.checkpoints}
+        for job_key, by_suffix in list(index.checkpoints.items()):
+            for suffix in list(by_suffix):
+                if (job_key, suffix) not in want and not self._touched_since(
+                    "checkpoints", (*job_key, suffix), began
+                ):
+                    index.remove_checkpoint(job_key, suffix)
+        for (job_key, suffix), cf in want.items():
+            if self._touched_since("checkpoints", (*job_key, suffix), began):
+                continue
+            old = index.checkpoints.get(job_key, {}).get(suffix)
+            if old != cf:
+                index.upsert_checkpoint(cf)
+        # Problems too: what inotify saw since the scan began stays as it saw it.
+        found = {**status.problems, **ckpts.problems}
+        index.problems = {
+            **{p: why for p, why in found.items() if not self._path_touched_since(p, began)},
+            **{p: why for p, why in index.problems.items() if self._path_touched_since(p, began)},
+        }
+        self._touched = {k: t for k, t in self._touched.items() if t >= began}
 
     # ------------------------------------------------------------- inotify
 
@@ -255,23 +271,37 @@ class Indexer:
             return None
         return tuple(sys.intern(part) for part in path[len(tree.root) + 1 :].split(os.sep))
 
-    def _watch_dirs(self, tree: _Tree, dirs: list[str]) -> None:
-        """Add watches for ``dirs`` (blocking: called in a thread)."""
+    def _watch(self, tree: _Tree, path: str, rel: tuple[str, ...]) -> None:
+        """Watch the directory ``path``, named ``rel`` in ``tree`` (blocking: called in a thread).
+
+        ``rel`` is the path as the tree names it: a link inside the root stays its name.
+        """
         assert self._inotify is not None
-        for path in dirs:
-            # The path as the tree names it (a link inside the root stays its name).
-            rel = self._rel(tree, path)
-            if rel is None or len(rel) > tree.depth:
-                continue
-            # Under the lock the event reader takes too: no event for this
-            # watch can be read before the watch is known to belong to ``rel``.
-            with self._wd_lock:
-                try:
-                    wd = self._inotify.add_watch(path, _DIR_MASK)
-                except OSError:
-                    self.unwatched += 1
-                    continue
-                tree.wds[wd] = rel
+        if len(rel) > tree.depth:
+            return
+        # Under the lock the event reader takes too: no event for this
+        # watch can be read before the watch is known to belong to ``rel``.
+        with self._wd_lock:
+            try:
+                wd = self._inotify.add_watch(path, _DIR_MASK)
+            except OSError:
+                self.unwatched += 1
+                return
+            tree.wds[wd] = rel
+
+    def _watcher_for(self, tree: _Tree) -> scan.OnDir | None:
+        """The ``on_dir`` hook that watches each directory a scan of ``tree`` enters."""
+        if self._inotify is None:
+            return None
+        return lambda path, rel: self._watch(tree, path, rel)
+
+    def _register(self, tree: _Tree, watched: list[tuple[int, tuple[str, ...]]]) -> None:
+        """Take over the watches scan workers added, then hand on the events held back for them."""
+        with self._wd_lock:
+            tree.wds.update(watched)
+            held, self._held = self._held, None
+        if held:
+            self._handle_events(held)
 
     def _tree_of(self, wd: int) -> tuple[_Tree, tuple[str, ...]] | None:
         for tree in self._trees.values():
@@ -284,10 +314,19 @@ class Indexer:
         assert self._inotify is not None
         with self._wd_lock:
             try:
-                events = [(ev, self._tree_of(ev.wd)) for ev in self._inotify.read(timeout=0)]
+                events = self._inotify.read(timeout=0)
             except BlockingIOError:
                 return
-        for ev, found in events:
+            if self._held is not None:
+                # Scan workers are adding watches this process does not know yet.
+                self._held.extend(events)
+                return
+        self._handle_events(events)
+
+    def _handle_events(self, events: list[Event]) -> None:
+        with self._wd_lock:
+            found_events = [(ev, self._tree_of(ev.wd)) for ev in events]
+        for ev, found in found_events:
             if ev.mask & F.Q_OVERFLOW:
                 # Events were lost: only a scan can tell what changed.
                 asyncio.get_running_loop().create_task(self.reconcile())
@@ -379,9 +418,7 @@ class Indexer:
 
     def _watching_result(self, tree: _Tree) -> scan.ScanResult:
         """A ScanResult that watches each directory before it is listed."""
-        if self._inotify is None:
-            return scan.ScanResult()
-        return scan.ScanResult(on_dir=lambda path: self._watch_dirs(tree, [path]))
+        return scan.ScanResult(on_dir=self._watcher_for(tree))
 
     def _read_changes(self, st: _Tree, ck: _Tree, dirty: _Dirty) -> _Read:
         """Read what the dirty paths now hold (blocking: runs in a thread)."""

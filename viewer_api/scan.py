@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from baton.v1 import job_pb2
 from common.layout import CONFIG_FILES, JOB_SPEC_FILE, STATUS_FILE, is_complete_checkpoint
 from common.names import is_valid_name
@@ -30,6 +32,7 @@ from common.protojson import check_shape
 
 RunKey = tuple[str, str, str, str]
 JobKey = tuple[str, str, str]
+OnDir = Callable[[str, tuple[str, ...]], None]
 
 INVALID_STATUS = "invalid_status"
 INVALID_NAME = "invalid_name"
@@ -37,10 +40,22 @@ OUTSIDE_LINK = "outside_link"
 
 _STATES = {v.name: v.number for v in job_pb2.JobState.DESCRIPTOR.values}
 _EPOCH = datetime.datetime(1970, 1, 1)
-# Seconds at the start of each day seen: most runs share a few days.
-_DAYS: dict[str, float] = {}
+# Seconds at the start of each minute seen ("YYYY-MM-DDTHH:MM:" -> seconds):
+# runs cluster in time, so most timestamps hit this cache.
+_MINUTES: dict[str, float] = {}
+_MINUTES_MAX = 200_000
 # A hash of a status file's inode, mtime and size: whether it changed since read.
 Signature = int
+
+
+def _minute(prefix: str) -> float:
+    if prefix[16] != ":":
+        raise ValueError(f"not an RFC 3339 time: {prefix!r}")
+    seconds = (datetime.datetime.fromisoformat(prefix[:16]) - _EPOCH).total_seconds()
+    if len(_MINUTES) >= _MINUTES_MAX:
+        _MINUTES.clear()
+    _MINUTES[prefix] = seconds
+    return seconds
 
 
 def rfc3339_seconds(text: Any) -> float:
@@ -49,13 +64,17 @@ def rfc3339_seconds(text: Any) -> float:
         return 0.0
     if not isinstance(text, str):
         raise ValueError("timestamp is not a string")
-    if len(text) >= 20 and text[-1] == "Z" and text[10] == "T":
-        # What json_format writes: whole seconds, then an optional fraction.
-        day = _DAYS.get(text[:10])
-        if day is None:
-            day = _DAYS[text[:10]] = (datetime.datetime.fromisoformat(text[:10]) - _EPOCH).total_seconds()
-        whole = day + int(text[11:13]) * 3600 + int(text[14:16]) * 60 + int(text[17:19])
-        return whole + float(text[19:-1]) if text[19] == "." else whole
+    if len(text) >= 20 and text[-1] == "Z" and text[10] == "T" and text[17:19].isdigit():
+        # What json_format writes: UTC, whole seconds, then an optional fraction.
+        prefix = text[:17]
+        minute = _MINUTES.get(prefix)
+        if minute is None:
+            minute = _minute(prefix)
+        whole = minute + int(text[17:19])
+        if len(text) == 20:
+            return whole
+        if text[19] == "." and text[20:-1].isdigit():
+            return whole + float(text[19:-1])
     return datetime.datetime.fromisoformat(text).timestamp()
 
 
@@ -93,23 +112,30 @@ class ScanResult:
     unchanged: list[RunKey] = field(default_factory=list)
     checkpoints: list[CheckpointFile] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
-    dirs: list[str] = field(default_factory=list)
-    # Called with each directory before it is listed (the indexer watches it
-    # then, so nothing created while the scan runs goes unnoticed).
-    on_dir: Callable[[str], None] | None = None
+    # Called with each directory (its path, and its names below the root)
+    # before it is listed: the indexer watches it then, so nothing created
+    # while the scan runs goes unnoticed.
+    on_dir: OnDir | None = None
+    # Inotify watches that scan workers added for the caller: (descriptor, names).
+    watched: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
+    unwatched: int = 0
 
-    def enter(self, path: str) -> None:
-        self.dirs.append(path)
+    def enter(self, path: str, rel: tuple[str, ...]) -> None:
         if self.on_dir is not None:
-            self.on_dir(path)
+            self.on_dir(path, rel)
 
 
 def parse_run(key: RunKey, raw: bytes, signature: Signature) -> RunFile:
     """Index fields of a status.json; ValueError when it is not a Job."""
     try:
-        data = json.loads(raw.decode())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # orjson takes strict RFC 8259 only; what it refuses (NaN, huge
+        # integers) the standard parser decides, as every other reader does.
+        try:
+            data = json.loads(raw.decode())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     check_shape(job_pb2.Job, data)
@@ -211,9 +237,11 @@ def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = Non
         return INVALID_STATUS
 
 
-def scan_status(root: str, known: dict[RunKey, Signature] | None = None) -> ScanResult:
+def scan_status(
+    root: str, known: dict[RunKey, Signature] | None = None, on_dir: OnDir | None = None
+) -> ScanResult:
     """Every run under ``root``; with ``known``, unchanged files are not re-read."""
-    result = ScanResult()
+    result = ScanResult(on_dir=on_dir)
     if not os.path.isdir(root):
         return result
     root = os.path.realpath(root)
@@ -221,8 +249,7 @@ def scan_status(root: str, known: dict[RunKey, Signature] | None = None) -> Scan
     return result
 
 
-def scan_groups(root: str, groups: list[tuple[str, str]]) -> ScanResult:
-    result = ScanResult()
+def scan_groups(root: str, groups: list[tuple[str, str]], result: ScanResult) -> ScanResult:
     for project, group in groups:
         scan_status_under(root, (project, group), os.path.join(root, project, group), result, {})
     return result
@@ -232,46 +259,68 @@ def scan_groups(root: str, groups: list[tuple[str, str]]) -> ScanResult:
 PARALLEL_SCAN_MIN_RUNS = 5000
 
 
-def _count_runs(root: str, groups: list[tuple[str, str]]) -> int:
+def _at_least(root: str, groups: list[tuple[str, str]], runs: int) -> bool:
+    """Whether the groups hold at least ``runs`` run directories (counting stops there)."""
     total = 0
     for project, group in groups:
         try:
             for name in os.scandir(os.path.join(root, project, group)):
                 total += len(os.listdir(name.path)) if name.is_dir() else 0
+                if total >= runs:
+                    return True
         except OSError:
             continue
-    return total
+    return False
 
 
-def scan_status_parallel(root: str, workers: int) -> ScanResult:
+@dataclass(frozen=True)
+class WorkerWatch:
+    """An inotify instance the scan workers add their watches to (they inherit its fd)."""
+
+    fd: int
+    mask: int
+
+
+def scan_status_parallel(
+    root: str,
+    workers: int,
+    on_dir: OnDir | None = None,
+    watch: WorkerWatch | None = None,
+) -> ScanResult:
     """A full scan split by group across ``workers`` processes (the cold start).
 
     Parsing 100,000 status files is CPU work that one interpreter does on one
     core. Worker processes (``python -m viewer_api.scan_worker``: fresh interpreters,
     so nothing of a running server is forked and no caller's main module is
-    re-imported) each take a share.
+    re-imported) each take a share. With ``watch``, each worker watches every
+    directory of its share before listing it, and the result's ``watched``
+    says which descriptor is which directory; the directories scanned here
+    go to ``on_dir``, as in a serial scan.
     """
-    result = ScanResult()
+    result = ScanResult(on_dir=on_dir)
     if not os.path.isdir(root):
         return result
     root = os.path.realpath(root)
-    result.dirs.append(root)
+    result.enter(root, ())
     groups: list[tuple[str, str]] = []
     for project, ppath in _subdirs(root, root, result.problems):
-        result.dirs.append(ppath)
+        result.enter(ppath, (project,))
         groups.extend((project, group) for group, _ in _subdirs(ppath, root, result.problems))
-    if workers <= 1 or len(groups) < 2 or _count_runs(root, groups) < PARALLEL_SCAN_MIN_RUNS:
-        _merge(result, scan_groups(root, groups))
-        return result
+    if workers <= 1 or len(groups) < 2 or not _at_least(root, groups, PARALLEL_SCAN_MIN_RUNS):
+        return scan_groups(root, groups, result)
     # Every share goes to a worker: this process has the checkpoint scan and
     # the merging to do, and threads here would only fight over one lock.
     shares = [groups[i::workers] for i in range(workers)]
+    command = [sys.executable, "-m", "viewer_api.scan_worker", root]
+    if watch is not None:
+        command += [str(watch.fd), str(watch.mask)]
     procs = []
     for share in shares:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "viewer_api.scan_worker", root],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            pass_fds=(watch.fd,) if watch is not None else (),
         )
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(share).encode())
@@ -284,11 +333,11 @@ def scan_status_parallel(root: str, workers: int) -> ScanResult:
         if proc.wait() == 0 and data:
             _merge(result, from_wire(pickle.loads(data)))
         else:  # the worker failed: do its share here rather than lose it
-            _merge(result, scan_groups(root, share))
+            scan_groups(root, share, result)
     return result
 
 
-Wire = tuple[list[tuple[Any, ...]], list[RunKey], dict[str, str], list[str]]
+Wire = tuple[list[tuple[Any, ...]], dict[str, str], list[tuple[int, tuple[str, ...]]], int]
 
 
 def to_wire(result: ScanResult) -> Wire:
@@ -297,26 +346,28 @@ def to_wire(result: ScanResult) -> Wire:
         (r.key, r.job_id, r.state, r.create_ts, r.start_ts, r.end_ts, r.heartbeat_ts, r.raw, r.signature)
         for r in result.runs
     ]
-    return runs, result.unchanged, result.problems, result.dirs
+    return runs, result.problems, result.watched, result.unwatched
 
 
 def from_wire(wire: Wire) -> ScanResult:
-    runs, unchanged, problems, dirs = wire
-    return ScanResult(runs=[RunFile(*r) for r in runs], unchanged=unchanged, problems=problems, dirs=dirs)
+    runs, problems, watched, unwatched = wire
+    runs_ = [RunFile(*r) for r in runs]
+    return ScanResult(runs=runs_, problems=problems, watched=watched, unwatched=unwatched)
 
 
 def _merge(into: ScanResult, part: ScanResult) -> None:
     into.runs.extend(part.runs)
     into.unchanged.extend(part.unchanged)
     into.problems.update(part.problems)
-    into.dirs.extend(part.dirs)
+    into.watched.extend(part.watched)
+    into.unwatched += part.unwatched
 
 
 def scan_status_under(
     root: str, prefix: tuple[str, ...], path: str, result: ScanResult, known: dict[RunKey, Signature]
 ) -> None:
     """Scan the subtree at ``path`` (whose names so far are ``prefix``) into ``result``."""
-    result.enter(path)
+    result.enter(path, prefix)
     if len(prefix) == 4:
         key: RunKey = prefix  # type: ignore[assignment]
         got = read_run(root, key, path, known.get(key))
@@ -381,8 +432,8 @@ def read_checkpoint(root: str, key: JobKey, suffix: str, path: str) -> Checkpoin
     return CheckpointFile(key, suffix, path, lst.st_mtime, size, files, config, JOB_SPEC_FILE in top)
 
 
-def scan_checkpoints(root: str) -> ScanResult:
-    result = ScanResult()
+def scan_checkpoints(root: str, on_dir: OnDir | None = None) -> ScanResult:
+    result = ScanResult(on_dir=on_dir)
     if not os.path.isdir(root):
         return result
     root = os.path.realpath(root)
@@ -399,7 +450,7 @@ def scan_checkpoints_under(root: str, prefix: tuple[str, ...], path: str, result
         elif isinstance(got, str):
             result.problems[path] = got
         return
-    result.enter(path)
+    result.enter(path, prefix)
     if len(prefix) == 3:
         # Checkpoint names that are still being written are skipped, not problems.
         try:
