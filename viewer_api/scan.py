@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import heapq
 import json
 import os
 import pickle
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
@@ -78,9 +79,13 @@ def rfc3339_seconds(text: Any) -> float:
     return datetime.datetime.fromisoformat(text).timestamp()
 
 
-@dataclass(slots=True)
-class RunFile:
-    """What the index keeps of one status.json: its key fields and its bytes."""
+class RunFile(NamedTuple):
+    """What the index keeps of one status.json: its key fields and its bytes.
+
+    A tuple, because a cold scan makes 100,000 of them and sends them between
+    processes: a tuple is made, pickled and unpickled several times faster
+    than an object.
+    """
 
     key: RunKey
     job_id: str
@@ -198,7 +203,7 @@ def _subdirs(path: str, root: str, problems: dict[str, str]) -> list[tuple[str, 
 
 def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = None) -> RunFile | str | None:
     """A run's status.json: a RunFile, None when unchanged since ``known``, or a problem."""
-    path = os.path.join(run_dir, STATUS_FILE)
+    path = f"{run_dir}/{STATUS_FILE}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -249,9 +254,10 @@ def scan_status(
     return result
 
 
-def scan_groups(root: str, groups: list[tuple[str, str]], result: ScanResult) -> ScanResult:
-    for project, group in groups:
-        scan_status_under(root, (project, group), os.path.join(root, project, group), result, {})
+def scan_jobs(root: str, jobs: list[JobKey], result: ScanResult) -> ScanResult:
+    """Scan the runs of each job directory (project/group/name) into ``result``."""
+    for job in jobs:
+        scan_status_under(root, job, os.path.join(root, *job), result, {})
     return result
 
 
@@ -259,18 +265,28 @@ def scan_groups(root: str, groups: list[tuple[str, str]], result: ScanResult) ->
 PARALLEL_SCAN_MIN_RUNS = 5000
 
 
-def _at_least(root: str, groups: list[tuple[str, str]], runs: int) -> bool:
-    """Whether the groups hold at least ``runs`` run directories (counting stops there)."""
-    total = 0
-    for project, group in groups:
-        try:
-            for name in os.scandir(os.path.join(root, project, group)):
-                total += len(os.listdir(name.path)) if name.is_dir() else 0
-                if total >= runs:
-                    return True
-        except OSError:
-            continue
-    return False
+def _run_count(path: str) -> int:
+    """About how many runs a job directory holds, to balance the workers' shares.
+
+    Its link count says how many subdirectories it has on the filesystems
+    that keep one (tmpfs, ext4, xfs); elsewhere it is listed.
+    """
+    try:
+        links = os.stat(path).st_nlink
+        return links - 2 if links >= 2 else len(os.listdir(path))
+    except OSError:
+        return 0
+
+
+def _shares(jobs: list[tuple[JobKey, int]], workers: int) -> list[list[JobKey]]:
+    """Jobs split so each worker gets about as many runs: largest first, to the lightest."""
+    load = [(0, i) for i in range(workers)]
+    shares: list[list[JobKey]] = [[] for _ in range(workers)]
+    for job, runs in sorted(jobs, key=lambda j: -j[1]):
+        total, i = heapq.heappop(load)
+        shares[i].append(job)
+        heapq.heappush(load, (total + runs, i))
+    return [share for share in shares if share]
 
 
 @dataclass(frozen=True)
@@ -287,30 +303,36 @@ def scan_status_parallel(
     on_dir: OnDir | None = None,
     watch: WorkerWatch | None = None,
 ) -> ScanResult:
-    """A full scan split by group across ``workers`` processes (the cold start).
+    """A full scan split by job directory across ``workers`` processes (the cold start).
 
     Parsing 100,000 status files is CPU work that one interpreter does on one
     core. Worker processes (``python -m viewer_api.scan_worker``: fresh interpreters,
     so nothing of a running server is forked and no caller's main module is
-    re-imported) each take a share. With ``watch``, each worker watches every
-    directory of its share before listing it, and the result's ``watched``
-    says which descriptor is which directory; the directories scanned here
-    go to ``on_dir``, as in a serial scan.
+    re-imported) each take a share of about as many runs. With ``watch``, each
+    worker watches every directory of its share before listing it, and the
+    result's ``watched`` says which descriptor is which directory; the
+    directories above the job directories are scanned here and go to
+    ``on_dir``, as in a serial scan.
     """
     result = ScanResult(on_dir=on_dir)
     if not os.path.isdir(root):
         return result
     root = os.path.realpath(root)
     result.enter(root, ())
-    groups: list[tuple[str, str]] = []
+    jobs: list[tuple[JobKey, int]] = []
     for project, ppath in _subdirs(root, root, result.problems):
         result.enter(ppath, (project,))
-        groups.extend((project, group) for group, _ in _subdirs(ppath, root, result.problems))
-    if workers <= 1 or len(groups) < 2 or not _at_least(root, groups, PARALLEL_SCAN_MIN_RUNS):
-        return scan_groups(root, groups, result)
+        for group, gpath in _subdirs(ppath, root, result.problems):
+            result.enter(gpath, (project, group))
+            jobs.extend(
+                ((project, group, name), _run_count(npath))
+                for name, npath in _subdirs(gpath, root, result.problems)
+            )
+    if workers <= 1 or len(jobs) < 2 or sum(runs for _, runs in jobs) < PARALLEL_SCAN_MIN_RUNS:
+        return scan_jobs(root, [job for job, _ in jobs], result)
     # Every share goes to a worker: this process has the checkpoint scan and
     # the merging to do, and threads here would only fight over one lock.
-    shares = [groups[i::workers] for i in range(workers)]
+    shares = _shares(jobs, workers)
     command = [sys.executable, "-m", "viewer_api.scan_worker", root]
     if watch is not None:
         command += [str(watch.fd), str(watch.mask)]
@@ -326,33 +348,60 @@ def scan_status_parallel(
         proc.stdin.write(json.dumps(share).encode())
         proc.stdin.close()
         procs.append((proc, share))
-    # Drain every worker's pipe at once: a worker whose pipe is full waits.
+    # Drain every worker's pipe at once, a frame at a time: a worker whose
+    # pipe is full waits, and unpickling here overlaps the workers' reading.
     with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
-        outputs = list(pool.map(lambda p: p[0].stdout.read() if p[0].stdout else b"", procs))
-    for (proc, share), data in zip(procs, outputs, strict=True):
-        if proc.wait() == 0 and data:
-            _merge(result, from_wire(pickle.loads(data)))
+        parts = list(pool.map(lambda p: _receive(p[0]), procs))
+    for (_, share), part in zip(procs, parts, strict=True):
+        if part is not None:
+            _merge(result, part)
         else:  # the worker failed: do its share here rather than lose it
-            scan_groups(root, share, result)
+            scan_jobs(root, share, result)
     return result
+
+
+# A worker sends what it found in frames of about this many runs.
+FRAME_RUNS = 4096
+_FRAME_HEAD = 8
+
+
+def send_frame(out: BinaryIO, result: ScanResult) -> None:
+    """Write ``result`` as one length-prefixed frame and empty it (in a worker)."""
+    body = pickle.dumps(to_wire(result), protocol=pickle.HIGHEST_PROTOCOL)
+    out.write(len(body).to_bytes(_FRAME_HEAD, "little"))
+    out.write(body)
+    result.runs, result.problems, result.watched, result.unwatched = [], {}, [], 0
+
+
+def _receive(proc: subprocess.Popen[bytes]) -> ScanResult | None:
+    """Everything a worker sent; None when it failed (what it sent is then not trusted)."""
+    assert proc.stdout is not None
+    part = ScanResult()
+    complete = True
+    while head := proc.stdout.read(_FRAME_HEAD):
+        body = proc.stdout.read(int.from_bytes(head, "little"))
+        try:
+            _merge(part, from_wire(pickle.loads(body)))
+        except Exception:  # a torn frame from a worker that died
+            complete = False
+            break
+    proc.stdout.close()
+    return part if proc.wait() == 0 and complete else None
 
 
 Wire = tuple[list[tuple[Any, ...]], dict[str, str], list[tuple[int, tuple[str, ...]]], int]
 
 
 def to_wire(result: ScanResult) -> Wire:
-    """A worker's result as plain data, for pickling."""
-    runs = [
-        (r.key, r.job_id, r.state, r.create_ts, r.start_ts, r.end_ts, r.heartbeat_ts, r.raw, r.signature)
-        for r in result.runs
-    ]
-    return runs, result.problems, result.watched, result.unwatched
+    """A worker's result as plain data (plain tuples, not RunFiles), for pickling."""
+    return [tuple(r) for r in result.runs], result.problems, result.watched, result.unwatched
 
 
 def from_wire(wire: Wire) -> ScanResult:
-    runs, problems, watched, unwatched = wire
-    runs_ = [RunFile(*r) for r in runs]
-    return ScanResult(runs=runs_, problems=problems, watched=watched, unwatched=unwatched)
+    rows, problems, watched, unwatched = wire
+    make = tuple.__new__
+    runs: list[RunFile] = [make(RunFile, r) for r in rows]
+    return ScanResult(runs=runs, problems=problems, watched=watched, unwatched=unwatched)
 
 
 def _merge(into: ScanResult, part: ScanResult) -> None:

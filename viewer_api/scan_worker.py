@@ -1,4 +1,5 @@
-"""A cold-scan worker process: groups as JSON on stdin, its findings pickled on stdout.
+"""A cold-scan worker process: job directories as JSON on stdin, its findings on stdout
+in pickled frames, sent as it goes so that its parent unpickles while it reads.
 
 Started by ``scan.scan_status_parallel`` as
 ``python -m viewer_api.scan_worker ROOT [INOTIFY_FD MASK]``. Given an inherited
@@ -12,18 +13,18 @@ import ctypes.util
 import gc
 import json
 import os
-import pickle
 import sys
 
-from viewer_api.scan import ScanResult, scan_groups, to_wire
+from viewer_api.scan import FRAME_RUNS, ScanResult, scan_status_under, send_frame
 
 
 def _watcher(fd: int, mask: int, result: ScanResult) -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     add_watch = libc.inotify_add_watch
+    encoding = sys.getfilesystemencoding()  # as os.fsencode, without its call per directory
 
     def watch(path: str, rel: tuple[str, ...]) -> None:
-        wd = add_watch(fd, os.fsencode(path), mask)
+        wd = add_watch(fd, path.encode(encoding, "surrogateescape"), mask)
         if wd < 0:
             result.unwatched += 1  # out of watches: the parent's reconcile covers it
         else:
@@ -35,12 +36,17 @@ def _watcher(fd: int, mask: int, result: ScanResult) -> None:
 def main() -> None:
     # Everything this process makes lives until it exits: collecting is wasted work.
     gc.disable()
-    groups = [(str(p), str(g)) for p, g in json.loads(sys.stdin.buffer.read())]
+    jobs = [(str(p), str(g), str(n)) for p, g, n in json.loads(sys.stdin.buffer.read())]
     result = ScanResult()
     if len(sys.argv) > 3:
         _watcher(int(sys.argv[2]), int(sys.argv[3]), result)
-    sys.stdout.buffer.write(pickle.dumps(to_wire(scan_groups(sys.argv[1], groups, result))))
-    sys.stdout.buffer.flush()
+    root, out = sys.argv[1], sys.stdout.buffer
+    for job in jobs:
+        scan_status_under(root, job, os.path.join(root, *job), result, {})
+        if len(result.runs) >= FRAME_RUNS:
+            send_frame(out, result)
+    send_frame(out, result)
+    out.flush()
     # The parent reads until end of file: skip the interpreter's tear-down
     # of everything made here (a quarter of a second at 50,000 runs).
     os._exit(0)
