@@ -46,3 +46,14 @@ def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, monkeypatch: pytes
     events = inotify.read(timeout=5000)
     inotify.close()
     assert [(workers[e.wd], e.name) for e in events] == [(run.key, "note.txt")]
+
+
+def test_a_failed_workers_share_is_scanned_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that dies without sending its frames loses nothing: its share is scanned here."""
+    m = generate(tmp_path / "home", runs=200, checkpoints=0, seed=4)
+    monkeypatch.setattr(scan, "PARALLEL_SCAN_MIN_RUNS", 0)
+    serial = scan.scan_status(str(m.status_dir))
+    # An interpreter that exits at once with a failure, as a crashed worker would.
+    monkeypatch.setattr(scan.sys, "executable", "/bin/false")
+    parallel = scan.scan_status_parallel(str(m.status_dir), workers=2)
+    assert sorted(parallel.runs) == sorted(serial.runs) and len(serial.runs) == 200

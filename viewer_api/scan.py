@@ -11,6 +11,7 @@ reported as problems (counted in the stats), never indexed.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime
 import heapq
 import json
@@ -345,8 +346,11 @@ def scan_status_parallel(
             pass_fds=(watch.fd,) if watch is not None else (),
         )
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps(share).encode())
-        proc.stdin.close()
+        # A worker that died at once shows as failed when it is reaped.
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(json.dumps(share).encode())
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
         procs.append((proc, share))
     # Drain every worker's pipe at once, a frame at a time: a worker whose
     # pipe is full waits, and unpickling here overlaps the workers' reading.
