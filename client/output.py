@@ -211,6 +211,12 @@ def stats_view(stats: Any) -> Group:
     grid.add_row("failed, 24 h", str(stats.recent_failure_count))
     skipped = stats.invalid_status_files + stats.invalid_names + stats.outside_links
     grid.add_row("index", f"{stats.watch_mode}, last full scan {format_time(stats.last_full_scan_time)}")
+    if stats.unwatched_directories:
+        grid.add_row(
+            "unwatched",
+            f"{stats.unwatched_directories} directories (out of inotify watches: "
+            "raise fs.inotify.max_user_watches; until then they refresh at each rescan)",
+        )
     if skipped:
         grid.add_row(
             "skipped",

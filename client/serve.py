@@ -40,6 +40,10 @@ _VIEWER = [
     ("--watch", {"choices": ["inotify", "poll"], "help": "how to notice changes (default inotify)"}),
     ("--poll-interval", {"type": float, "help": "seconds between scans with --watch poll (default 2)"}),
     (
+        "--reconcile-interval",
+        {"type": float, "help": "seconds between safety-net rescans with --watch inotify (default 300)"},
+    ),
+    (
         "--stale-after",
         {"type": float, "help": "seconds without heartbeat before a run is stale (default 300)"},
     ),
@@ -82,8 +86,8 @@ def _conductor_config(args: argparse.Namespace) -> Any:
 def _viewer_config(args: argparse.Namespace, listen: str | None) -> Any:
     from viewer_api.config import ViewerConfig
 
-    names = ["home", "status_dir", "checkpoints_dir", "watch", "poll_interval", "stale_after", "token_file",
-             "insecure"]  # fmt: skip
+    names = ["home", "status_dir", "checkpoints_dir", "watch", "poll_interval", "reconcile_interval",
+             "stale_after", "token_file", "insecure"]  # fmt: skip
     return ViewerConfig(**_fields(args, names, listen=listen, log_level=args.log_level))
 
 

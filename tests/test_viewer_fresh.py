@@ -22,7 +22,7 @@ import pytest
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as vpb
 from tests.treegen import Manifest, format_ts, generate, write_status
-from tests.viewer_harness import InProcessViewer
+from tests.viewer_harness import SubprocessViewer, ViewerHandle, can_limit_watches
 from tests.viewer_oracle import Oracle, Run
 
 S = job_pb2
@@ -32,7 +32,7 @@ DEADLINE = 5.0
 @dataclass
 class Tree:
     m: Manifest
-    v: InProcessViewer
+    v: ViewerHandle
 
     def oracle(self) -> Oracle:
         return Oracle(self.m.status_dir, self.m.checkpoints_dir)
@@ -348,3 +348,38 @@ def test_changes_during_the_cold_scan_are_not_lost(
     # The lists hold each run's latest content, not only its latest state.
     on_disk = {r.key: r.data.get("reason", "") for r in tree.oracle().runs.values()}
     assert {key_of(j): j.reason for j in v.list_all()[0]} == on_disk
+
+
+def test_out_of_inotify_watches_is_reported_and_rescans_keep_lists_fresh(tmp_path: Path) -> None:
+    """With the kernel's watch limit too low for the tree, the viewer still indexes it all,
+    says how many directories it could not watch (stats and a warning), and shows changes
+    there at its next reconciliation scan."""
+    reason = can_limit_watches()
+    if reason:
+        pytest.skip(reason)
+    m = generate(tmp_path / "tree", runs=60, checkpoints=4, seed=8)
+    v = SubprocessViewer(
+        tmp_path / "tree", tmp_path / "viewer.log", "--reconcile-interval", "0.5", watch_limit=20
+    ).start()
+    try:
+        tree = Tree(m, v)
+        stats = v.stub.GetDashboardStats(vpb.GetDashboardStatsRequest(), timeout=10)
+        assert stats.watch_mode == "inotify" and stats.total_runs == 60
+        # Watched: at most the limit, of the ~100 directories down to the run directories.
+        assert stats.unwatched_directories >= 60
+        warnings = [json.loads(line) for line in (tmp_path / "viewer.log").read_text().splitlines()
+                    if "inotify_watches_exhausted" in line]  # fmt: skip
+        assert warnings and warnings[0]["unwatched"] == stats.unwatched_directories
+        tree.wait_in_step()
+        o = tree.oracle()
+        changed = {}
+        for run in list(o.runs.values())[::6]:
+            write_status(m.status_dir.joinpath(*run.key), _ended(run, "JOB_STATE_FAILED"))
+            changed[run.key] = S.JOB_STATE_FAILED
+        tree.wait(
+            lambda: {key_of(j): j.state for j in v.list_all()[0] if key_of(j) in changed} == changed,
+            "rewritten runs in unwatched directories to show after a rescan",
+        )
+        tree.wait_in_step()
+    finally:
+        v.stop()

@@ -38,7 +38,7 @@ def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, monkeypatch: pytes
     assert parallel.problems == serial.problems and parallel.problems
     # Every directory is entered once: by this process, or watched by a worker.
     workers = dict(parallel.watched)
-    assert parallel.unwatched == 0 and len(workers) == len(parallel.watched)
+    assert parallel.unwatched == [] and len(workers) == len(parallel.watched)
     assert sorted(parent_dirs + list(workers.values())) == sorted(serial_dirs)
     # The workers' watches live in this process's inotify instance.
     run = next(iter(sorted(serial.runs, key=lambda r: r.key)))
@@ -57,3 +57,20 @@ def test_a_failed_workers_share_is_scanned_here(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(scan.sys, "executable", "/bin/false")
     parallel = scan.scan_status_parallel(str(m.status_dir), workers=2)
     assert sorted(parallel.runs) == sorted(serial.runs) and len(serial.runs) == 200
+
+
+def test_unwatchable_directories_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the kernel refuses a worker's watch, the scan still reads the directory and names it."""
+    m = generate(tmp_path / "home", runs=100, checkpoints=0, seed=6)
+    monkeypatch.setattr(scan, "PARALLEL_SCAN_MIN_RUNS", 0)
+    entered: list[tuple[str, ...]] = []
+    serial = scan.scan_status(str(m.status_dir), on_dir=lambda path, rel: entered.append(rel))
+    # Not an inotify descriptor: inotify_add_watch fails on every directory, as when out of watches.
+    with open(tmp_path / "not-inotify", "w") as f:
+        parallel = scan.scan_status_parallel(
+            str(m.status_dir), workers=2, on_dir=lambda path, rel: None, watch=scan.WorkerWatch(f.fileno(), 2)
+        )
+    assert sorted(parallel.runs) == sorted(serial.runs)
+    assert parallel.watched == []
+    # Each directory below the groups (job and run directories) is named once.
+    assert sorted(parallel.unwatched) == sorted(rel for rel in entered if len(rel) >= 3)

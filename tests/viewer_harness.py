@@ -29,7 +29,9 @@ from viewer_api.server import RunningViewer, start
 REPO = Path(__file__).resolve().parent.parent
 
 
-class _ViewerClient:
+class ViewerHandle:
+    """A viewer under test, wherever it runs: its address, a stub, and helpers on top."""
+
     address: str
     _channel: grpc.Channel | None = None
     _stub: viewer_pb2_grpc.ViewerStub | None = None
@@ -69,7 +71,7 @@ class _ViewerClient:
             time.sleep(0.02)
 
 
-class InProcessViewer(_ViewerClient):
+class InProcessViewer(ViewerHandle):
     """``viewer_api.server.start`` on 127.0.0.1:0 in this process (own loop, own thread)."""
 
     def __init__(self, **settings: Any) -> None:
@@ -137,21 +139,46 @@ def can_mount_read_only() -> str | None:
     return None
 
 
-class SubprocessViewer(_ViewerClient):
+# Runs a command in a new user namespace whose inotify watch limit is $1: the
+# kernel then refuses watches past it, as it does when fs.inotify.max_user_watches runs out.
+_WATCH_LIMIT_SCRIPT = 'echo "$1" > /proc/sys/user/max_inotify_watches && shift && exec "$@"'
+
+
+def can_limit_watches() -> str | None:
+    """None when this process can run a command under a lower inotify watch limit, else why not."""
+    if shutil.which("unshare") is None:
+        return "unshare is not installed"
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c", _WATCH_LIMIT_SCRIPT, "sh", "5", "true"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    if probe.returncode != 0:
+        why = probe.stderr.strip() or probe.returncode
+        return f"cannot limit inotify watches in a user namespace here: {why}"
+    return None
+
+
+class SubprocessViewer(ViewerHandle):
     """``python -m client.cli viewer --listen 127.0.0.1:0`` as a child process.
 
     With ``read_only``, it runs in a private mount namespace where ``home`` is
     bind-mounted onto itself read-only; the wrapper refuses to start the viewer
     if a write into the mount succeeds, so the viewer really sees a read-only
     filesystem. The address is read from the ``viewer_serving`` log line (the
-    viewer writes no port file).
+    viewer writes no port file). With ``watch_limit``, it runs in a user
+    namespace where the kernel allows only that many inotify watches.
     """
 
-    def __init__(self, home: Path, log_path: Path, *args: str, read_only: bool = False) -> None:
+    def __init__(
+        self, home: Path, log_path: Path, *args: str, read_only: bool = False, watch_limit: int | None = None
+    ) -> None:
         self.home = home
         self.log_path = log_path
         self.args = args
         self.read_only = read_only
+        self.watch_limit = watch_limit
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> SubprocessViewer:
@@ -184,6 +211,9 @@ class SubprocessViewer(_ViewerClient):
                 str(self.home),
                 *cmd,
             ]
+        if self.watch_limit is not None:
+            cmd = ["unshare", "--user", "--map-root-user", "sh", "-c", _WATCH_LIMIT_SCRIPT, "sh",
+                   str(self.watch_limit), *cmd]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)

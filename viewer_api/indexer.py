@@ -141,7 +141,9 @@ class Indexer:
         # When inotify last changed each path (tree kind, names): a reconcile
         # scan that began earlier must not undo it.
         self._touched: dict[tuple[str, tuple[str, ...]], float] = {}
-        self.unwatched = 0
+        # Directories inotify could not watch (out of watches), and when that
+        # was last found: changes there show only at reconciliation scans.
+        self._unwatched: dict[tuple[str, tuple[str, ...]], float] = {}
         # How long the cold start's scan and load took (seconds), for the log.
         self.cold_phases: dict[str, float] = {}
         # Events read while the cold scan's workers add watches, handled once
@@ -174,6 +176,13 @@ class Indexer:
             unwatched=self.unwatched,
             **self.cold_phases,
         )
+        if self.unwatched:
+            log.warning(
+                "inotify_watches_exhausted",
+                unwatched=self.unwatched,
+                why="changes in these directories show only at reconciliation scans",
+                fix="raise the sysctl fs.inotify.max_user_watches (one watch per run directory)",
+            )
         self._tasks.append(asyncio.create_task(self._apply_dirty()))
         interval = self._poll_interval if self.mode == "poll" else self._reconcile_interval
         self._tasks.append(asyncio.create_task(self._periodic(interval)))
@@ -217,8 +226,7 @@ class Indexer:
             status, ckpts = await asyncio.gather(
                 scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck)
             )
-            self._register(st, status.watched)
-            self.unwatched += status.unwatched
+            self._register(st, status.watched, status.unwatched)
             scanned = time.monotonic()
             if cold:
                 self.index.load(status.runs, ckpts.checkpoints, {**status.problems, **ckpts.problems})
@@ -229,6 +237,9 @@ class Indexer:
             else:
                 self._merge_scan(status, ckpts, began)
             self.index.last_full_scan = time.time()
+            with self._wd_lock:
+                # This scan tried every directory: older failures are watched now, or gone.
+                self._unwatched = {k: t for k, t in self._unwatched.items() if t >= began}
 
     def _merge_scan(self, status: scan.ScanResult, ckpts: scan.ScanResult, began: float) -> None:
         """Make the index match a scan that began at ``began``, keeping what inotify changed since."""
@@ -285,9 +296,10 @@ class Indexer:
             try:
                 wd = self._inotify.add_watch(path, _DIR_MASK)
             except OSError:
-                self.unwatched += 1
+                self._unwatched[(tree.kind, rel)] = time.monotonic()
                 return
             tree.wds[wd] = rel
+            self._unwatched.pop((tree.kind, rel), None)
 
     def _watcher_for(self, tree: _Tree) -> scan.OnDir | None:
         """The ``on_dir`` hook that watches each directory a scan of ``tree`` enters."""
@@ -295,10 +307,14 @@ class Indexer:
             return None
         return lambda path, rel: self._watch(tree, path, rel)
 
-    def _register(self, tree: _Tree, watched: list[tuple[int, tuple[str, ...]]]) -> None:
+    def _register(
+        self, tree: _Tree, watched: list[tuple[int, tuple[str, ...]]], unwatched: list[tuple[str, ...]]
+    ) -> None:
         """Take over the watches scan workers added, then hand on the events held back for them."""
+        now = time.monotonic()
         with self._wd_lock:
             tree.wds.update(watched)
+            self._unwatched.update(((tree.kind, rel), now) for rel in unwatched)
             held, self._held = self._held, None
         if held:
             self._handle_events(held)
@@ -448,6 +464,11 @@ class Indexer:
             got = scan.read_checkpoint(ck.root, job_key, rel[3], os.path.join(ck.root, *rel))
             out.checkpoints.append(((job_key, rel[3]), got))
         return out
+
+    @property
+    def unwatched(self) -> int:
+        """How many directories inotify could not watch when last tried."""
+        return len(self._unwatched)
 
     @property
     def watch_count(self) -> int:

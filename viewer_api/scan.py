@@ -124,7 +124,8 @@ class ScanResult:
     on_dir: OnDir | None = None
     # Inotify watches that scan workers added for the caller: (descriptor, names).
     watched: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
-    unwatched: int = 0
+    # Directories they could not watch (out of inotify watches), by names.
+    unwatched: list[tuple[str, ...]] = field(default_factory=list)
 
     def enter(self, path: str, rel: tuple[str, ...]) -> None:
         if self.on_dir is not None:
@@ -374,7 +375,7 @@ def send_frame(out: BinaryIO, result: ScanResult) -> None:
     body = pickle.dumps(to_wire(result), protocol=pickle.HIGHEST_PROTOCOL)
     out.write(len(body).to_bytes(_FRAME_HEAD, "little"))
     out.write(body)
-    result.runs, result.problems, result.watched, result.unwatched = [], {}, [], 0
+    result.runs, result.problems, result.watched, result.unwatched = [], {}, [], []
 
 
 def _receive(proc: subprocess.Popen[bytes]) -> ScanResult | None:
@@ -393,7 +394,7 @@ def _receive(proc: subprocess.Popen[bytes]) -> ScanResult | None:
     return part if proc.wait() == 0 and complete else None
 
 
-Wire = tuple[list[tuple[Any, ...]], dict[str, str], list[tuple[int, tuple[str, ...]]], int]
+Wire = tuple[list[tuple[Any, ...]], dict[str, str], list[tuple[int, tuple[str, ...]]], list[tuple[str, ...]]]
 
 
 def to_wire(result: ScanResult) -> Wire:
@@ -413,7 +414,7 @@ def _merge(into: ScanResult, part: ScanResult) -> None:
     into.unchanged.extend(part.unchanged)
     into.problems.update(part.problems)
     into.watched.extend(part.watched)
-    into.unwatched += part.unwatched
+    into.unwatched.extend(part.unwatched)
 
 
 def scan_status_under(

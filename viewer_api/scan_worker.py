@@ -26,7 +26,7 @@ def _watcher(fd: int, mask: int, result: ScanResult) -> None:
     def watch(path: str, rel: tuple[str, ...]) -> None:
         wd = add_watch(fd, path.encode(encoding, "surrogateescape"), mask)
         if wd < 0:
-            result.unwatched += 1  # out of watches: the parent's reconcile covers it
+            result.unwatched.append(rel)  # out of watches: reconciliation scans cover it
         else:
             result.watched.append((wd, rel))
 

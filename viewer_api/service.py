@@ -228,6 +228,7 @@ class ViewerService:
             outside_links=problems.count(OUTSIDE_LINK),
             last_full_scan_time=_ts(index.last_full_scan),
             watch_mode=self.indexer.mode,
+            unwatched_directories=self.indexer.unwatched,
         )
 
     # ----------------------------------------------------------- checkpoints
