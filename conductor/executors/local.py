@@ -163,16 +163,8 @@ class LocalExecutor(Executor):
     async def wait(self, handle: Handle) -> ExitStatus:
         loop = asyncio.get_running_loop()
         pid = int(handle.data["shim_pid"])
-        pidfd: int | None = None
-        if self._shim_alive(handle):
-            try:
-                pidfd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                pidfd = None
-        # The pid could have ended and been reused between the check and pidfd_open.
-        if pidfd is not None and not self._shim_alive(handle):
-            os.close(pidfd)
-            pidfd = None
+        # Whether a pid is still the supervisor is a /proc read: done in a thread.
+        pidfd = await asyncio.to_thread(self._open_shim, handle)
         if pidfd is not None:
             done: asyncio.Future[None] = loop.create_future()
             loop.add_reader(pidfd, _resolve, done)
@@ -186,7 +178,25 @@ class LocalExecutor(Executor):
             os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
         return await asyncio.to_thread(self._read_exit, Path(handle.data["dir"]))
 
+    def _open_shim(self, handle: Handle) -> int | None:
+        """A pidfd for the live supervisor, or None when it has ended (blocking)."""
+        if not self._shim_alive(handle):
+            return None
+        try:
+            pidfd = os.pidfd_open(int(handle.data["shim_pid"]))
+        except ProcessLookupError:
+            return None
+        # The pid could have ended and been reused between the check and pidfd_open.
+        if not self._shim_alive(handle):
+            os.close(pidfd)
+            return None
+        return pidfd
+
     async def signal(self, handle: Handle, signum: int) -> bool:
+        return await asyncio.to_thread(self._signal, handle, signum)
+
+    def _signal(self, handle: Handle, signum: int) -> bool:
+        # Only while its supervisor lives is the job's process group surely the job's.
         if not self._shim_alive(handle):
             return False
         try:
