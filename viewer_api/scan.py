@@ -263,6 +263,8 @@ def scan_jobs(root: str, jobs: list[JobKey], result: ScanResult) -> ScanResult:
     return result
 
 
+# The folder that holds the viewer_api package (and common/ and baton/ beside it).
+_CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Below this many runs, starting worker processes costs more than it saves.
 PARALLEL_SCAN_MIN_RUNS = 5000
 
@@ -335,9 +337,13 @@ def scan_status_parallel(
     # Every share goes to a worker: this process has the checkpoint scan and
     # the merging to do, and threads here would only fight over one lock.
     shares = _shares(jobs, workers)
-    command = [sys.executable, "-m", "viewer_api.scan_worker", root]
+    # -P and this code's own folder first on the path: a worker runs the same
+    # code as its parent, whatever folder the viewer was started from.
+    command = [sys.executable, "-P", "-m", "viewer_api.scan_worker", root]
     if watch is not None:
         command += [str(watch.fd), str(watch.mask)]
+    path = os.pathsep.join(filter(None, [_CODE_ROOT, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     procs = []
     for share in shares:
         proc = subprocess.Popen(
@@ -345,6 +351,7 @@ def scan_status_parallel(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             pass_fds=(watch.fd,) if watch is not None else (),
+            env=env,
         )
         assert proc.stdin is not None
         # A worker that died at once shows as failed when it is reaped.
