@@ -30,6 +30,12 @@ _COMMON = [
     ("--status-dir", {"type": Path, "help": "runs' status.json and output.log (default HOME/status)"}),
     ("--checkpoints-dir", {"type": Path, "help": "checkpoints (default HOME/checkpoints)"}),
     ("--token-file", {"type": Path, "help": "require this bearer token on every call"}),
+    ("--tls-cert-file", {"type": Path, "help": "serve TLS with this certificate chain (PEM)"}),
+    ("--tls-key-file", {"type": Path, "help": "the private key of --tls-cert-file (PEM)"}),
+    (
+        "--tls-client-ca-file",
+        {"type": Path, "help": "mutual TLS: require client certificates signed by this CA (PEM)"},
+    ),
     ("--insecure", {"action": "store_true", "help": "allow a non-loopback address with no token"}),
 ]
 _CONDUCTOR = [
@@ -71,6 +77,10 @@ def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
     parser.add_argument("--log-level", default=default_level, help=f"default {default_level}")
 
 
+# Config fields both services take from the flags of the same names.
+_AUTH = ["token_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "insecure"]
+
+
 def _fields(args: argparse.Namespace, names: list[str], **extra: Any) -> dict[str, Any]:
     found = {name: getattr(args, name, None) for name in names} | extra
     return {k: v for k, v in found.items() if v is not None and v is not False}
@@ -79,7 +89,7 @@ def _fields(args: argparse.Namespace, names: list[str], **extra: Any) -> dict[st
 def _conductor_config(args: argparse.Namespace) -> Any:
     from conductor.config import ConductorConfig
 
-    names = ["home", "status_dir", "checkpoints_dir", "max_running", "heartbeat", "token_file", "insecure"]
+    names = ["home", "status_dir", "checkpoints_dir", "max_running", "heartbeat", *_AUTH]
     return ConductorConfig(**_fields(args, names, listen=args.listen, log_level=args.log_level))
 
 
@@ -87,7 +97,7 @@ def _viewer_config(args: argparse.Namespace, listen: str | None) -> Any:
     from viewer_api.config import ViewerConfig
 
     names = ["home", "status_dir", "checkpoints_dir", "watch", "poll_interval", "reconcile_interval",
-             "stale_after", "token_file", "insecure"]  # fmt: skip
+             "stale_after", *_AUTH]  # fmt: skip
     return ViewerConfig(**_fields(args, names, listen=listen, log_level=args.log_level))
 
 

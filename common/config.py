@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import grpc
 from pydantic import BaseModel, Field, model_validator
 
 from common.rpc import is_loopback
@@ -27,6 +28,12 @@ class ServiceConfig(BaseModel):
     # Seconds of quiet after which a log or watch stream sends a heartbeat.
     feed_heartbeat: float = Field(default=5.0, gt=0)
     token_file: Path | None = None
+    # TLS: the server's certificate chain and key (PEM), and with
+    # tls_client_ca_file, mutual TLS: only clients with a certificate that
+    # this CA signed get through.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
     insecure: bool = False
     log_level: str = "info"
 
@@ -35,12 +42,29 @@ class ServiceConfig(BaseModel):
         self.home = self.home.expanduser().resolve()
         self.status_dir = (self.status_dir or self.home / "status").expanduser().resolve()
         self.checkpoints_dir = (self.checkpoints_dir or self.home / "checkpoints").expanduser().resolve()
-        if not is_loopback(self.listen) and self.token_file is None and not self.insecure:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both --tls-cert-file and --tls-key-file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+        # Client certificates checked against a CA authenticate callers as a token does.
+        authenticated = self.token_file is not None or self.tls_client_ca_file is not None
+        if not is_loopback(self.listen) and not authenticated and not self.insecure:
             raise ValueError(
-                f"refusing to listen on {self.listen} without a token: give --token-file, "
-                "or --insecure to accept unauthenticated calls from the network"
+                f"refusing to listen on {self.listen} without authentication: give --token-file "
+                "or --tls-client-ca-file, or --insecure to accept unauthenticated calls from the network"
             )
         return self
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials to serve with (reads the PEM files), or None for plaintext."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        client_ca = self.tls_client_ca_file.read_bytes() if self.tls_client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(self.tls_key_file.read_bytes(), self.tls_cert_file.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
 
     def token(self) -> str | None:
         """The bearer token clients must send, or None for no auth."""

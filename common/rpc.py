@@ -126,8 +126,9 @@ async def build_server(
     service_names: Sequence[str],
     listen: str,
     token: str | None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A started grpc.aio server with our services, health and reflection."""
+    """A started grpc.aio server with our services, health and reflection (TLS with ``credentials``)."""
     interceptors: list[grpc.aio.ServerInterceptor] = [RequestLog()]
     if token:
         interceptors.append(TokenAuth(token))
@@ -140,7 +141,7 @@ async def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(listen)
+    port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()

@@ -85,6 +85,7 @@ async def start(config: ConductorConfig) -> RunningConductor:
     lock_fd = await asyncio.to_thread(_lock_home, config.state_dir)
     try:
         token = config.token()
+        credentials = await asyncio.to_thread(config.server_credentials)
         layout = Layout.under(config.status_dir, config.checkpoints_dir)
         await asyncio.to_thread(layout.status_dir.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(layout.checkpoints_dir.mkdir, parents=True, exist_ok=True)
@@ -110,6 +111,7 @@ async def start(config: ConductorConfig) -> RunningConductor:
             [SERVICE],
             config.listen,
             token,
+            credentials,
         )
     except BaseException:
         os.close(lock_fd)

@@ -26,10 +26,12 @@ PY = f"{shlex.quote(sys.executable)} -S"
 class Stack:
     """A conductor and a viewer over one home, on free loopback ports."""
 
-    def __init__(self, home: Path, **conductor_settings: Any) -> None:
+    def __init__(
+        self, home: Path, viewer_settings: dict[str, Any] | None = None, **conductor_settings: Any
+    ) -> None:
         self.home = home
         self.conductor = InProcessConductor(home, **conductor_settings).start()
-        config = ViewerConfig(listen="127.0.0.1:0", home=home)
+        config = ViewerConfig(listen="127.0.0.1:0", home=home, **(viewer_settings or {}))
         self.viewer: RunningViewer | None = self.conductor.call(start_viewer(config))
         self.viewer_address = self.viewer.address if self.viewer else ""
 
@@ -46,8 +48,10 @@ class Stack:
 
 
 @contextmanager
-def stack(home: Path, **conductor_settings: Any) -> Iterator[Stack]:
-    s = Stack(home, **conductor_settings)
+def stack(
+    home: Path, viewer_settings: dict[str, Any] | None = None, **conductor_settings: Any
+) -> Iterator[Stack]:
+    s = Stack(home, viewer_settings, **conductor_settings)
     try:
         yield s
     finally:

@@ -362,6 +362,64 @@ def test_tls_with_a_private_root(services: Stack, tmp_path: Path) -> None:
         proxy.close()
 
 
+def _issue(tmp_path: Path, name: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
+    """A certificate for ``name`` signed by ``ca`` (cert, key), with X.509 ``extensions``."""
+    cert, key, csr, ext = (tmp_path / f"{name}.{x}" for x in ("pem", "key", "csr", "ext"))
+    ext.write_text(extensions)
+    subprocess.run(
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key),
+         "-out", str(csr)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+         "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_services_serve_mutual_tls(tmp_path: Path) -> None:
+    """Both services serve TLS themselves and, given a client CA, let in only clients it signed."""
+    ca = tmp_path / "ca.pem", tmp_path / "ca.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=baton test CA", "-keyout", str(ca[1]), "-out", str(ca[0])],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = _issue(
+        tmp_path, "localhost", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    )
+    client = _issue(tmp_path, "alice", ca, "extendedKeyUsage=clientAuth\n")
+    tls = {"tls_cert_file": server[0], "tls_key_file": server[1], "tls_client_ca_file": ca[0]}
+    trusted = TlsSettings.from_files(ca_file=ca[0], cert_file=client[0], key_file=client[1])
+    with stack(tmp_path / "home", viewer_settings=tls, **tls) as s:
+        with (
+            ConductorClient(s.address, tls=trusted) as conductor,
+            ViewerClient(s.viewer_address, tls=trusted) as viewer,
+        ):
+            job = conductor.submit_job(spec("mtls", "echo over mutual tls"))
+            chunks = list(conductor.stream_logs(job.id, follow=True))
+            assert b"".join(c.data for c in chunks) == b"over mutual tls\n"
+            deadline = time.monotonic() + 10
+            while [j.id for j in viewer.list_jobs(name="mtls").jobs] != [job.id]:
+                assert time.monotonic() < deadline, "the viewer did not list the job"
+                time.sleep(0.02)
+            assert viewer.get_job(job.id).state == job_pb2.JOB_STATE_SUCCEEDED
+        no_certificate = TlsSettings.from_files(ca_file=ca[0])
+        asks: list[tuple[Any, str, str]] = [
+            (ConductorClient, s.address, "get_conductor_info"),
+            (ViewerClient, s.viewer_address, "get_dashboard_stats"),
+        ]
+        for client_class, address, ask in asks:
+            # Without a client certificate, and in plaintext: no handshake, so no call.
+            for settings in (no_certificate, None):
+                c = client_class(address, tls=settings, retry=FAST, timeout=2)
+                with c, pytest.raises(Unavailable):
+                    getattr(c, ask)()
+
+
 # ------------------------------------------------------------ the asyncio flavour, the viewer
 
 

@@ -152,6 +152,16 @@ def test_non_loopback_listen_without_token_is_refused(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr, "a refusal is a clear message, not a crash"
 
 
+def test_half_a_tls_setting_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not read: refused before\n")
+    for args in (["--tls-cert-file", str(cert)], ["--tls-client-ca-file", str(cert)]):
+        result = run_conductor_cli("--listen", "127.0.0.1:0", "--home", str(home), *args)
+        assert result.returncode != 0
+        assert "--tls-key-file" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 def test_second_conductor_on_the_same_home_refuses_to_start(subprocess_home: Path) -> None:
     first = SubprocessConductor(subprocess_home).start()
     try:

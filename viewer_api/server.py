@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -64,6 +65,7 @@ async def start(config: ViewerConfig) -> RunningViewer:
             [SERVICE],
             config.listen,
             token,
+            await asyncio.to_thread(config.server_credentials),
         )
     except BaseException:
         await indexer.stop()
