@@ -6,6 +6,7 @@ brute-force scan.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -383,3 +384,27 @@ def test_out_of_inotify_watches_is_reported_and_rescans_keep_lists_fresh(tmp_pat
         tree.wait_in_step()
     finally:
         v.stop()
+
+
+def test_trees_made_after_the_viewer_started_show(tmp_path: Path, viewer_factory: Any) -> None:
+    """A viewer started before its trees exist (the conductor not yet run) shows them once
+    they do, and a tree removed and made again, by inotify alone."""
+    home = tmp_path / "late" / "home"
+    v = viewer_factory(home=home, watch="inotify", reconcile_interval=3600)
+    # Written elsewhere and moved into place, as a checkpoint is: complete when it appears.
+    staged = generate(tmp_path / "staging", runs=30, checkpoints=5, seed=12)
+    home.parent.mkdir()
+    staged.root.rename(home)
+    m = dataclasses.replace(
+        staged, root=home, status_dir=home / "status", checkpoints_dir=home / "checkpoints"
+    )
+    tree = Tree(m, v)
+    tree.wait_in_step()
+    assert len(tree.listed_runs()) == 30 and len(tree.listed_ckpts()) == 5
+    shutil.rmtree(m.status_dir)
+    tree.wait_in_step()
+    assert tree.listed_runs() == []
+    again = generate(tmp_path / "again", runs=10, checkpoints=0, seed=13)
+    again.status_dir.rename(m.status_dir)
+    tree.wait_in_step()
+    assert len(tree.listed_runs()) == 10

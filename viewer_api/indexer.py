@@ -19,7 +19,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from inotify_simple import Event, INotify
@@ -34,6 +36,9 @@ log = structlog.get_logger(__name__)
 # No MODIFY: a log being written would flood us, and whole status files arrive
 # by rename (MOVED_TO) or, from writers that do not rename, CLOSE_WRITE.
 _DIR_MASK = F.CREATE | F.DELETE | F.MOVED_TO | F.MOVED_FROM | F.CLOSE_WRITE | F.ONLYDIR
+# Above a tree root that does not exist yet: only its making matters. Added
+# to (not replacing) what a watch on the same folder may already ask for.
+_ANCESTOR_MASK = F.CREATE | F.MOVED_TO | F.ONLYDIR | F.MASK_ADD
 
 
 @dataclass
@@ -146,6 +151,9 @@ class Indexer:
         self._unwatched: dict[tuple[str, tuple[str, ...]], float] = {}
         # How long the cold start's scan and load took (seconds), for the log.
         self.cold_phases: dict[str, float] = {}
+        # Tree kind -> the watch on the nearest existing folder above its
+        # missing root: the tree shows up as soon as the root is made.
+        self._ancestors: dict[str, int] = {}
         # Events read while the cold scan's workers add watches, handled once
         # their descriptors are known (None: not holding back).
         self._held: list[Event] | None = None
@@ -184,6 +192,8 @@ class Indexer:
                 fix="raise the sysctl fs.inotify.max_user_watches (one watch per run directory)",
             )
         self._tasks.append(asyncio.create_task(self._apply_dirty()))
+        if self._inotify is not None:
+            self._tasks.append(asyncio.create_task(self._roots_changed()))
         interval = self._poll_interval if self.mode == "poll" else self._reconcile_interval
         self._tasks.append(asyncio.create_task(self._periodic(interval)))
 
@@ -342,22 +352,84 @@ class Indexer:
     def _handle_events(self, events: list[Event]) -> None:
         with self._wd_lock:
             found_events = [(ev, self._tree_of(ev.wd)) for ev in events]
+            ancestors = set(self._ancestors.values())
+        roots_changed = False
         for ev, found in found_events:
             if ev.mask & F.Q_OVERFLOW:
                 # Events were lost: only a scan can tell what changed.
-                asyncio.get_running_loop().create_task(self.reconcile())
+                self._spawn(self.reconcile())
                 continue
+            if ev.wd in ancestors:
+                roots_changed = True  # something was made where a tree root is awaited
             if found is None:
                 continue
             tree, rel = found
             if ev.mask & F.IGNORED:
                 tree.wds.pop(ev.wd, None)
+                roots_changed = roots_changed or rel == ()  # the tree's root itself is gone
                 continue
             if not ev.name:
                 continue  # the watched directory itself; its parent reports it
             self._dirty.add((tree.kind, (*rel, ev.name)))
         if self._dirty:
             self._wake.set()
+        if roots_changed:
+            self._spawn(self._roots_changed())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _roots_changed(self) -> None:
+        """Watch above missing tree roots; when an awaited root exists, scan it in."""
+        if await asyncio.to_thread(self._watch_ancestors):
+            await self.reconcile()
+
+    def _watch_ancestors(self) -> bool:
+        """Watch the nearest existing folder above each missing tree root (blocking).
+
+        True when a root that was awaited exists now. The viewer may start
+        before the conductor has made its trees, and a tree may be removed
+        and made again; without this, neither would show until a
+        reconciliation scan.
+        """
+        assert self._inotify is not None
+        appeared = False
+        for tree in self._trees.values():
+            with self._wd_lock:
+                waiting = self._ancestors.get(tree.kind)
+            if os.path.isdir(tree.root):
+                if waiting is not None:
+                    self._stop_awaiting(tree.kind)
+                    appeared = True
+                continue
+            ancestor = os.path.dirname(tree.root)
+            while not os.path.isdir(ancestor) and ancestor != os.path.dirname(ancestor):
+                ancestor = os.path.dirname(ancestor)
+            with self._wd_lock:
+                try:
+                    self._ancestors[tree.kind] = self._inotify.add_watch(ancestor, _ANCESTOR_MASK)
+                except OSError:
+                    continue  # the periodic reconciliation will find the tree
+            if waiting is not None and waiting != self._ancestors[tree.kind]:
+                self._rm_watch_unless_used(waiting)
+            # Made between the check above and the watch: the event came too early.
+            appeared = appeared or os.path.isdir(tree.root)
+        return appeared
+
+    def _stop_awaiting(self, kind: str) -> None:
+        with self._wd_lock:
+            wd = self._ancestors.pop(kind)
+        self._rm_watch_unless_used(wd)
+
+    def _rm_watch_unless_used(self, wd: int) -> None:
+        assert self._inotify is not None
+        with self._wd_lock:
+            if wd in self._ancestors.values() or self._tree_of(wd) is not None:
+                return
+            with contextlib.suppress(OSError):  # already gone with its folder
+                self._inotify.rm_watch(wd)
 
     async def _apply_dirty(self) -> None:
         while True:
