@@ -48,6 +48,17 @@ class _Tree:
     # Depth of the deepest watched directory: run dirs (4) / job dirs (3).
     depth: int
     wds: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    # The same, the other way: which directories are watched.
+    rels: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+    def add(self, wd: int, rel: tuple[str, ...]) -> None:
+        self.wds[wd] = rel
+        self.rels[rel] = wd
+
+    def drop(self, wd: int) -> None:
+        rel = self.wds.pop(wd, None)
+        if rel is not None and self.rels.get(rel) == wd:
+            del self.rels[rel]
 
 
 @dataclass
@@ -303,12 +314,17 @@ class Indexer:
         # Under the lock the event reader takes too: no event for this
         # watch can be read before the watch is known to belong to ``rel``.
         with self._wd_lock:
+            if rel in tree.rels:
+                # Watched already: a rescan need not ask again. A directory
+                # removed and made anew loses its watch (IGNORED) before its
+                # parent reports it made, and that report rescans it.
+                return
             try:
                 wd = self._inotify.add_watch(path, _DIR_MASK)
             except OSError:
                 self._unwatched[(tree.kind, rel)] = time.monotonic()
                 return
-            tree.wds[wd] = rel
+            tree.add(wd, rel)
             self._unwatched.pop((tree.kind, rel), None)
 
     def _watcher_for(self, tree: _Tree) -> scan.OnDir | None:
@@ -323,7 +339,8 @@ class Indexer:
         """Take over the watches scan workers added, then hand on the events held back for them."""
         now = time.monotonic()
         with self._wd_lock:
-            tree.wds.update(watched)
+            for wd, rel in watched:
+                tree.add(wd, rel)
             self._unwatched.update(((tree.kind, rel), now) for rel in unwatched)
             held, self._held = self._held, None
         if held:
@@ -365,7 +382,8 @@ class Indexer:
                 continue
             tree, rel = found
             if ev.mask & F.IGNORED:
-                tree.wds.pop(ev.wd, None)
+                with self._wd_lock:
+                    tree.drop(ev.wd)
                 roots_changed = roots_changed or rel == ()  # the tree's root itself is gone
                 continue
             if not ev.name:

@@ -206,6 +206,17 @@ def _subdirs(path: str, root: str, problems: dict[str, str]) -> list[tuple[str, 
 def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = None) -> RunFile | str | None:
     """A run's status.json: a RunFile, None when unchanged since ``known``, or a problem."""
     path = f"{run_dir}/{STATUS_FILE}"
+    if known is not None:
+        # One stat instead of open, fstat and close: most files have not changed.
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "missing"
+        except OSError:
+            pass
+        else:
+            if stat.S_ISREG(st.st_mode) and _signature(st) == known:
+                return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
