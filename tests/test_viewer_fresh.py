@@ -408,3 +408,19 @@ def test_trees_made_after_the_viewer_started_show(tmp_path: Path, viewer_factory
     again.status_dir.rename(m.status_dir)
     tree.wait_in_step()
     assert len(tree.listed_runs()) == 10
+    # Swapped for another at once: the old tree moved aside, a new one moved in.
+    other = generate(tmp_path / "other", runs=7, checkpoints=0, seed=14)
+    m.status_dir.rename(tmp_path / "aside")
+    other.status_dir.rename(m.status_dir)
+    tree.wait_in_step()
+    assert len(tree.listed_runs()) == 7
+    # A run moved to a new name is watched there: a rewrite of its status shows.
+    run = tree.oracle().jobs()[0]
+    moved = m.status_dir.joinpath(*run.key[:3], "moved-run")
+    m.status_dir.joinpath(*run.key).rename(moved)
+    tree.wait(lambda: ("moved-run" in {k[3] for k in tree.listed_runs()}), "the moved run to show")
+    write_status(moved, _ended(run, "JOB_STATE_CANCELLED"))
+    tree.wait_in_step()
+    # The tree moved aside is not the viewer's: changes there do not show.
+    shutil.rmtree(tmp_path / "aside")
+    tree.wait_in_step()

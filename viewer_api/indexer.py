@@ -35,7 +35,8 @@ log = structlog.get_logger(__name__)
 
 # No MODIFY: a log being written would flood us, and whole status files arrive
 # by rename (MOVED_TO) or, from writers that do not rename, CLOSE_WRITE.
-_DIR_MASK = F.CREATE | F.DELETE | F.MOVED_TO | F.MOVED_FROM | F.CLOSE_WRITE | F.ONLYDIR
+# MOVE_SELF: a watch follows its directory when it is moved, so its name is forgotten then.
+_DIR_MASK = F.CREATE | F.DELETE | F.MOVED_TO | F.MOVED_FROM | F.CLOSE_WRITE | F.MOVE_SELF | F.ONLYDIR
 # Above a tree root that does not exist yet: only its making matters. Added
 # to (not replacing) what a watch on the same folder may already ask for.
 _ANCESTOR_MASK = F.CREATE | F.MOVED_TO | F.ONLYDIR | F.MASK_ADD
@@ -52,6 +53,8 @@ class _Tree:
     rels: dict[tuple[str, ...], int] = field(default_factory=dict)
 
     def add(self, wd: int, rel: tuple[str, ...]) -> None:
+        # One directory watched again under a new name (it was moved) keeps its descriptor.
+        self.drop(wd)
         self.wds[wd] = rel
         self.rels[rel] = wd
 
@@ -381,10 +384,12 @@ class Indexer:
             if found is None:
                 continue
             tree, rel = found
-            if ev.mask & F.IGNORED:
+            if ev.mask & (F.IGNORED | F.MOVE_SELF):
+                # Gone, or moved: what is at its name now (if anything) is
+                # rescanned when its parent reports it, and watched then.
                 with self._wd_lock:
                     tree.drop(ev.wd)
-                roots_changed = roots_changed or rel == ()  # the tree's root itself is gone
+                roots_changed = roots_changed or rel == ()  # the tree's root itself
                 continue
             if not ev.name:
                 continue  # the watched directory itself; its parent reports it
@@ -407,9 +412,10 @@ class Indexer:
     def _watch_ancestors(self) -> bool:
         """Watch the nearest existing folder above each missing tree root (blocking).
 
-        True when a root that was awaited exists now. The viewer may start
-        before the conductor has made its trees, and a tree may be removed
-        and made again; without this, neither would show until a
+        True when a root exists that is not watched yet: one that was
+        awaited, or one removed and made again before this ran. The viewer may
+        start before the conductor has made its trees, and a tree may be
+        removed and made again; without this, neither would show until a
         reconciliation scan.
         """
         assert self._inotify is not None
@@ -417,10 +423,11 @@ class Indexer:
         for tree in self._trees.values():
             with self._wd_lock:
                 waiting = self._ancestors.get(tree.kind)
+                unwatched = () not in tree.rels and (tree.kind, ()) not in self._unwatched
             if os.path.isdir(tree.root):
                 if waiting is not None:
                     self._stop_awaiting(tree.kind)
-                    appeared = True
+                appeared = appeared or waiting is not None or unwatched
                 continue
             ancestor = os.path.dirname(tree.root)
             while not os.path.isdir(ancestor) and ancestor != os.path.dirname(ancestor):
