@@ -35,10 +35,14 @@ _CLIENT_FLAGS: list[tuple[str, Any, dict[str, Any]]] = [
     ),
     ("--viewer", None, {"metavar": "ADDR", "help": "viewer address ($BATON_VIEWER, 127.0.0.1:50052)"}),
     ("--token-file", None, {"metavar": "FILE", "help": "bearer token to send ($BATON_TOKEN)"}),
-    ("--ca-file", None, {"metavar": "PEM", "help": "use TLS, trusting these roots"}),
-    ("--cert-file", None, {"metavar": "PEM", "help": "TLS client certificate"}),
-    ("--key-file", None, {"metavar": "PEM", "help": "TLS client key"}),
-    ("--tls-server-name", None, {"metavar": "NAME", "help": "name expected in the server's certificate"}),
+    ("--ca-file", None, {"metavar": "PEM", "help": "use TLS, trusting these roots ($BATON_CA_FILE)"}),
+    ("--cert-file", None, {"metavar": "PEM", "help": "TLS client certificate ($BATON_CERT_FILE)"}),
+    ("--key-file", None, {"metavar": "PEM", "help": "TLS client key ($BATON_KEY_FILE)"}),
+    (
+        "--tls-server-name",
+        None,
+        {"metavar": "NAME", "help": "name expected in the server's certificate ($BATON_TLS_SERVER_NAME)"},
+    ),
     ("--timeout", 10.0, {"type": float, "metavar": "S", "help": "deadline of each call (default 10 s)"}),
     ("--json", False, {"action": "store_true", "help": "machine-readable output"}),
 ]

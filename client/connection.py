@@ -94,7 +94,9 @@ class ClientOptions(TypedDict, total=False):
     """What every client takes besides the address (all optional).
 
     token: sent as ``authorization: Bearer``; default ``$BATON_TOKEN``.
-    tls: use TLS with these settings; default plaintext.
+    tls: use TLS with these settings; default from ``$BATON_CA_FILE``,
+        ``$BATON_CERT_FILE``, ``$BATON_KEY_FILE`` and ``$BATON_TLS_SERVER_NAME``
+        when either of the first two is set, else plaintext.
     timeout: deadline of a unary call, retries included (default 10 s).
     idle_timeout: seconds without any message after which a stream is reopened.
     retry: the RetryPolicy.
@@ -132,11 +134,19 @@ class Settings:
         token = options.get("token")
         if token is None:
             token = os.environ.get("BATON_TOKEN") or None
+        tls = options.get("tls")
+        if tls is None and (os.environ.get("BATON_CA_FILE") or os.environ.get("BATON_CERT_FILE")):
+            tls = TlsSettings.from_files(
+                os.environ.get("BATON_CA_FILE") or None,
+                os.environ.get("BATON_CERT_FILE") or None,
+                os.environ.get("BATON_KEY_FILE") or None,
+                os.environ.get("BATON_TLS_SERVER_NAME") or None,
+            )
         return cls(
             service=service,
             address=address or os.environ.get(env) or default,
             token=token,
-            tls=options.get("tls"),
+            tls=tls,
             timeout=options.get("timeout", DEFAULT_TIMEOUT),
             idle_timeout=options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT),
             retry=options.get("retry") or RetryPolicy(),

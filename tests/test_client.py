@@ -407,6 +407,13 @@ def test_services_serve_mutual_tls(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "the viewer did not list the job"
                 time.sleep(0.02)
             assert viewer.get_job(job.id).state == job_pb2.JOB_STATE_SUCCEEDED
+        # The same settings from the environment, as for the command line.
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("BATON_CA_FILE", str(ca[0]))
+            env.setenv("BATON_CERT_FILE", str(client[0]))
+            env.setenv("BATON_KEY_FILE", str(client[1]))
+            with ConductorClient(s.address) as from_env:
+                assert from_env.get_job(job.id).state == job_pb2.JOB_STATE_SUCCEEDED
         no_certificate = TlsSettings.from_files(ca_file=ca[0])
         asks: list[tuple[Any, str, str]] = [
             (ConductorClient, s.address, "get_conductor_info"),
