@@ -424,3 +424,37 @@ def test_trees_made_after_the_viewer_started_show(tmp_path: Path, viewer_factory
     # The tree moved aside is not the viewer's: changes there do not show.
     shutil.rmtree(tmp_path / "aside")
     tree.wait_in_step()
+
+
+def test_a_reconciliation_scan_does_not_undo_newer_changes(tmp_path: Path, viewer_factory: Any) -> None:
+    """A scan that read a status.json before inotify saw it change again must not put the
+    older content back when it is merged (nothing would come to correct it): the race,
+    played out in order. The scan's read is real; only its timing is arranged."""
+    from viewer_api import scan
+
+    m = generate(tmp_path / "tree", runs=20, checkpoints=0, seed=15)
+    v = viewer_factory(home=tmp_path / "tree", watch="inotify", reconcile_interval=3600)
+    assert v.running is not None
+    indexer = v.running.indexer
+    run = _pick(Tree(m, v).oracle(), S.JOB_STATE_SUCCEEDED)
+    run_dir = m.status_dir.joinpath(*run.key)
+    began = v.call(_monotonic())
+    # The scan reads the tree as it was ...
+    before = scan.scan_status(str(m.status_dir))
+    assert run.key in {rf.key for rf in before.runs}
+    # ... then a run is rewritten, and inotify brings the change in.
+    write_status(run_dir, _ended(run, "JOB_STATE_FAILED"))
+    tree = Tree(m, v)
+
+    def state() -> int:
+        return {key_of(j): j.state for j in v.list_all()[0]}[run.key]
+
+    tree.wait(lambda: state() == S.JOB_STATE_FAILED, "the rewrite to show")
+    # The scan's merge comes last, with what it read.
+    v.call(indexer._merge_scan(before, scan.ScanResult(), began))
+    assert state() == S.JOB_STATE_FAILED
+    tree.wait_in_step()
+
+
+async def _monotonic() -> float:
+    return time.monotonic()

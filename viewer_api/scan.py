@@ -20,7 +20,7 @@ import pickle
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -256,7 +256,7 @@ def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = Non
 
 
 def scan_status(
-    root: str, known: dict[RunKey, Signature] | None = None, on_dir: OnDir | None = None
+    root: str, known: Mapping[RunKey, Signature] | None = None, on_dir: OnDir | None = None
 ) -> ScanResult:
     """Every run under ``root``; with ``known``, unchanged files are not re-read."""
     result = ScanResult(on_dir=on_dir)
@@ -436,7 +436,7 @@ def _merge(into: ScanResult, part: ScanResult) -> None:
 
 
 def scan_status_under(
-    root: str, prefix: tuple[str, ...], path: str, result: ScanResult, known: dict[RunKey, Signature]
+    root: str, prefix: tuple[str, ...], path: str, result: ScanResult, known: Mapping[RunKey, Signature]
 ) -> None:
     """Scan the subtree at ``path`` (whose names so far are ``prefix``) into ``result``."""
     result.enter(path, prefix)
