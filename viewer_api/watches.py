@@ -1,0 +1,263 @@
+"""The index's inotify side: a watch on every directory, events turned into changed paths.
+
+Both trees are watched down to their run directories (status) and job
+directories (checkpoints), and each watch is known by its directory's names
+below its tree root. An event on a watched directory becomes a changed path,
+``(tree kind, names)``, for the indexer to read again. The cold scan's worker
+processes add their watches to this same inotify instance (they inherit its
+descriptor); events for those watches that arrive before the workers report
+them are held, then handled. A tree whose root does not exist yet is awaited
+through a watch on the nearest existing folder above it.
+
+Watches are added from scan threads and events are read on the event loop,
+under one lock, so no event is read before its watch is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from inotify_simple import Event, INotify
+from inotify_simple import flags as F
+
+from viewer_api.scan import OnDir, WorkerWatch
+
+# No MODIFY: a log being written would flood us, and whole status files arrive
+# by rename (MOVED_TO) or, from writers that do not rename, CLOSE_WRITE.
+# MOVE_SELF: a watch follows its directory when it is moved, so its name is forgotten then.
+DIR_MASK = F.CREATE | F.DELETE | F.MOVED_TO | F.MOVED_FROM | F.CLOSE_WRITE | F.MOVE_SELF | F.ONLYDIR
+# Above a tree root that does not exist yet: only its making matters. Added
+# to (not replacing) what a watch on the same folder may already ask for.
+_ANCESTOR_MASK = F.CREATE | F.MOVED_TO | F.ONLYDIR | F.MASK_ADD
+
+Names = tuple[str, ...]
+# A path that changed: its tree's kind and its names below the tree root.
+Changed = tuple[str, Names]
+
+
+@dataclass(frozen=True)
+class Tree:
+    kind: str  # "status" or "checkpoints"
+    root: str
+    # Depth of the deepest watched directory: run dirs (4) / job dirs (3).
+    depth: int
+
+    def names_of(self, path: str) -> Names | None:
+        """``path``'s names below the root; None when it is not under the root."""
+        if path == self.root:
+            return ()
+        if not path.startswith(self.root + os.sep):
+            return None
+        return tuple(sys.intern(part) for part in path[len(self.root) + 1 :].split(os.sep))
+
+
+@dataclass
+class _Watched:
+    """One tree's watches, both ways."""
+
+    wds: dict[int, Names] = field(default_factory=dict)
+    rels: dict[Names, int] = field(default_factory=dict)
+
+    def add(self, wd: int, rel: Names) -> None:
+        # One directory watched again under a new name (it was moved) keeps its descriptor.
+        self.drop(wd)
+        self.wds[wd] = rel
+        self.rels[rel] = wd
+
+    def drop(self, wd: int) -> None:
+        rel = self.wds.pop(wd, None)
+        if rel is not None and self.rels.get(rel) == wd:
+            del self.rels[rel]
+
+
+class Watches:
+    """Inotify watches on the trees' directories, and what their events say changed.
+
+    ``on_changed`` gets the paths each batch of events names; ``on_lost`` is
+    called when the kernel dropped events (only a scan can tell what changed);
+    ``on_roots`` when a tree root may have appeared, moved or gone (then call
+    ``await_roots``).
+    """
+
+    def __init__(
+        self,
+        trees: Iterable[Tree],
+        *,
+        on_changed: Callable[[set[Changed]], None],
+        on_lost: Callable[[], None],
+        on_roots: Callable[[], None],
+    ) -> None:
+        self._trees = {tree.kind: tree for tree in trees}
+        self._watched = {kind: _Watched() for kind in self._trees}
+        self._on_changed = on_changed
+        self._on_lost = on_lost
+        self._on_roots = on_roots
+        self._inotify = INotify(nonblocking=True)
+        self._lock = threading.Lock()
+        # Directories the kernel would not watch (out of watches), and when
+        # that was last found: changes there show only at reconciliation scans.
+        self._unwatched: dict[Changed, float] = {}
+        # Tree kind -> the watch on the nearest existing folder above its missing root.
+        self._ancestors: dict[str, int] = {}
+        # Events read while scan workers add watches not known here yet
+        # (None: not holding back).
+        self._held: list[Event] | None = []
+
+    def start(self) -> None:
+        """Start reading events on the running loop."""
+        asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_events)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._inotify.fileno())
+        self._inotify.close()
+
+    # ------------------------------------------------------------- adding
+
+    def for_workers(self) -> WorkerWatch:
+        """What scan workers need to add watches to this instance."""
+        return WorkerWatch(self._inotify.fileno(), DIR_MASK)
+
+    def on_dir(self, kind: str) -> OnDir:
+        """A scan's ``on_dir`` hook for tree ``kind``: watch each directory before it is listed."""
+        tree, watched = self._trees[kind], self._watched[kind]
+
+        def watch(path: str, rel: Names) -> None:  # blocking: scans run in threads
+            if len(rel) > tree.depth:
+                return
+            with self._lock:
+                if rel in watched.rels:
+                    # Watched already: a rescan need not ask again. A directory
+                    # removed and made anew loses its watch (IGNORED) before
+                    # its parent reports it made, and that report rescans it.
+                    return
+                try:
+                    wd = self._inotify.add_watch(path, DIR_MASK)
+                except OSError:
+                    self._unwatched[(kind, rel)] = time.monotonic()
+                    return
+                watched.add(wd, rel)
+                self._unwatched.pop((kind, rel), None)
+
+        return watch
+
+    def take_over(self, kind: str, added: list[tuple[int, Names]], unwatched: list[Names]) -> None:
+        """Take the watches scan workers added (and those they could not), then the events held for them."""
+        now = time.monotonic()
+        with self._lock:
+            for wd, rel in added:
+                self._watched[kind].add(wd, rel)
+            self._unwatched.update(((kind, rel), now) for rel in unwatched)
+            held, self._held = self._held, None
+        if held:
+            self._handle(held)
+
+    def forget_unwatched_before(self, since: float) -> None:
+        """After a scan that tried every directory: older failures are watched now, or gone."""
+        with self._lock:
+            self._unwatched = {k: t for k, t in self._unwatched.items() if t >= since}
+
+    @property
+    def unwatched(self) -> int:
+        """How many directories inotify could not watch when last tried."""
+        return len(self._unwatched)
+
+    # ------------------------------------------------------------- events
+
+    def _on_events(self) -> None:
+        with self._lock:
+            try:
+                events = self._inotify.read(timeout=0)
+            except BlockingIOError:
+                return
+            if self._held is not None:
+                self._held.extend(events)
+                return
+        self._handle(events)
+
+    def _find(self, wd: int) -> tuple[str, Names] | None:
+        for kind, watched in self._watched.items():
+            rel = watched.wds.get(wd)
+            if rel is not None:
+                return kind, rel
+        return None
+
+    def _handle(self, events: list[Event]) -> None:
+        with self._lock:
+            found_events = [(ev, self._find(ev.wd)) for ev in events]
+            ancestors = set(self._ancestors.values())
+        changed: set[Changed] = set()
+        lost = roots = False
+        for ev, found in found_events:
+            if ev.mask & F.Q_OVERFLOW:
+                lost = True
+                continue
+            if ev.wd in ancestors:
+                roots = True  # something was made where a tree root is awaited
+            if found is None:
+                continue
+            kind, rel = found
+            if ev.mask & (F.IGNORED | F.MOVE_SELF):
+                # Gone, or moved: what is at its name now (if anything) is
+                # rescanned when its parent reports it, and watched then.
+                with self._lock:
+                    self._watched[kind].drop(ev.wd)
+                roots = roots or rel == ()  # the tree's root itself
+                continue
+            if ev.name:  # not the directory itself: its parent reports that
+                changed.add((kind, (*rel, ev.name)))
+        if changed:
+            self._on_changed(changed)
+        if lost:
+            self._on_lost()
+        if roots:
+            self._on_roots()
+
+    # ------------------------------------------------------------- missing roots
+
+    def await_roots(self) -> bool:
+        """Watch the nearest existing folder above each missing tree root (blocking).
+
+        True when a root exists that is not watched yet: one that was
+        awaited, or one removed and made again. The viewer may start before
+        the conductor has made its trees, and a tree may be removed and made
+        again; without this, neither would show until a reconciliation scan.
+        """
+        appeared = False
+        for kind, tree in self._trees.items():
+            with self._lock:
+                waiting = self._ancestors.get(kind)
+                unwatched = () not in self._watched[kind].rels and (kind, ()) not in self._unwatched
+            if os.path.isdir(tree.root):
+                if waiting is not None:
+                    with self._lock:
+                        del self._ancestors[kind]
+                    self._remove_unless_used(waiting)
+                appeared = appeared or waiting is not None or unwatched
+                continue
+            ancestor = os.path.dirname(tree.root)
+            while not os.path.isdir(ancestor) and ancestor != os.path.dirname(ancestor):
+                ancestor = os.path.dirname(ancestor)
+            with self._lock:
+                try:
+                    self._ancestors[kind] = self._inotify.add_watch(ancestor, _ANCESTOR_MASK)
+                except OSError:
+                    continue  # the periodic reconciliation will find the tree
+            if waiting is not None and waiting != self._ancestors[kind]:
+                self._remove_unless_used(waiting)
+            # Made between the check above and the watch: its event came too early.
+            appeared = appeared or os.path.isdir(tree.root)
+        return appeared
+
+    def _remove_unless_used(self, wd: int) -> None:
+        with self._lock:
+            if wd in self._ancestors.values() or self._find(wd) is not None:
+                return
+            with contextlib.suppress(OSError):  # already gone with its folder
+                self._inotify.rm_watch(wd)
