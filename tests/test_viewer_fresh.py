@@ -312,10 +312,10 @@ def test_changes_during_the_cold_scan_are_not_lost(
     """Runs rewritten and added while the cold scan's worker processes read the tree all
     show, by inotify alone: the workers watch each directory before listing it, and events
     for their watches that come before the viewer knows them are held, not dropped."""
-    from viewer_api import scan
+    from viewer_api import parallel_scan
 
     m = generate(tmp_path / "tree", runs=800, checkpoints=0, seed=5)
-    monkeypatch.setattr(scan, "PARALLEL_SCAN_MIN_RUNS", 0)  # use workers even at this size
+    monkeypatch.setattr(parallel_scan, "PARALLEL_SCAN_MIN_RUNS", 0)  # use workers even at this size
     runs = sorted(m.status_dir.glob("*/*/*/*/status.json"))
     stop = threading.Event()
     written = 0
@@ -418,7 +418,7 @@ def test_trees_made_after_the_viewer_started_show(tmp_path: Path, viewer_factory
     run = tree.oracle().jobs()[0]
     moved = m.status_dir.joinpath(*run.key[:3], "moved-run")
     m.status_dir.joinpath(*run.key).rename(moved)
-    tree.wait(lambda: ("moved-run" in {k[3] for k in tree.listed_runs()}), "the moved run to show")
+    tree.wait(lambda: "moved-run" in {k[3] for k in tree.listed_runs()}, "the moved run to show")
     write_status(moved, _ended(run, "JOB_STATE_CANCELLED"))
     tree.wait_in_step()
     # The tree moved aside is not the viewer's: changes there do not show.

@@ -9,22 +9,22 @@ from inotify_simple import INotify
 from inotify_simple import flags as F
 
 from tests.treegen import generate
-from viewer_api import scan
+from viewer_api import parallel_scan, scan
 
 
 def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m = generate(tmp_path / "home", runs=300, checkpoints=0, seed=3)
     (m.status_dir / "Bad_Project" / "g" / "n" / "r").mkdir(parents=True)
-    monkeypatch.setattr(scan, "PARALLEL_SCAN_MIN_RUNS", 0)
+    monkeypatch.setattr(parallel_scan, "PARALLEL_SCAN_MIN_RUNS", 0)
     serial_dirs: list[tuple[str, ...]] = []
     serial = scan.scan_status(str(m.status_dir), on_dir=lambda path, rel: serial_dirs.append(rel))
     inotify = INotify()
     parent_dirs: list[tuple[str, ...]] = []
-    parallel = scan.scan_status_parallel(
+    parallel = parallel_scan.scan_status_parallel(
         str(m.status_dir),
         workers=3,
         on_dir=lambda path, rel: parent_dirs.append(rel),
-        watch=scan.WorkerWatch(inotify.fileno(), F.CLOSE_WRITE),
+        watch=parallel_scan.WorkerWatch(inotify.fileno(), F.CLOSE_WRITE),
     )
 
     def runs(result: scan.ScanResult) -> dict[scan.RunKey, tuple[object, ...]]:
@@ -51,24 +51,25 @@ def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, monkeypatch: pytes
 def test_a_failed_workers_share_is_scanned_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker that dies without sending its frames loses nothing: its share is scanned here."""
     m = generate(tmp_path / "home", runs=200, checkpoints=0, seed=4)
-    monkeypatch.setattr(scan, "PARALLEL_SCAN_MIN_RUNS", 0)
+    monkeypatch.setattr(parallel_scan, "PARALLEL_SCAN_MIN_RUNS", 0)
     serial = scan.scan_status(str(m.status_dir))
     # An interpreter that exits at once with a failure, as a crashed worker would.
-    monkeypatch.setattr(scan.sys, "executable", "/bin/false")
-    parallel = scan.scan_status_parallel(str(m.status_dir), workers=2)
+    monkeypatch.setattr(parallel_scan.sys, "executable", "/bin/false")
+    parallel = parallel_scan.scan_status_parallel(str(m.status_dir), workers=2)
     assert sorted(parallel.runs) == sorted(serial.runs) and len(serial.runs) == 200
 
 
 def test_unwatchable_directories_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """When the kernel refuses a worker's watch, the scan still reads the directory and names it."""
     m = generate(tmp_path / "home", runs=100, checkpoints=0, seed=6)
-    monkeypatch.setattr(scan, "PARALLEL_SCAN_MIN_RUNS", 0)
+    monkeypatch.setattr(parallel_scan, "PARALLEL_SCAN_MIN_RUNS", 0)
     entered: list[tuple[str, ...]] = []
     serial = scan.scan_status(str(m.status_dir), on_dir=lambda path, rel: entered.append(rel))
     # Not an inotify descriptor: inotify_add_watch fails on every directory, as when out of watches.
     with open(tmp_path / "not-inotify", "w") as f:
-        parallel = scan.scan_status_parallel(
-            str(m.status_dir), workers=2, on_dir=lambda path, rel: None, watch=scan.WorkerWatch(f.fileno(), 2)
+        watch = parallel_scan.WorkerWatch(f.fileno(), 2)
+        parallel = parallel_scan.scan_status_parallel(
+            str(m.status_dir), workers=2, on_dir=lambda path, rel: None, watch=watch
         )
     assert sorted(parallel.runs) == sorted(serial.runs)
     assert parallel.watched == []

@@ -27,10 +27,12 @@ import structlog
 from common.names import is_valid_name
 from viewer_api import scan
 from viewer_api.index import Index
+from viewer_api.parallel_scan import scan_status_parallel
 from viewer_api.watches import Changed, Tree, Watches
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
 
 @dataclass
 class _Dirty:
@@ -214,7 +216,7 @@ class Indexer:
             if cold:
                 watch = None if self._watches is None else self._watches.for_workers()
                 workers = self._scan_workers
-                scanning = asyncio.to_thread(scan.scan_status_parallel, st.root, workers, on_st, watch)
+                scanning = asyncio.to_thread(scan_status_parallel, st.root, workers, on_st, watch)
             else:
                 scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st)
             status, ckpts = await asyncio.gather(

@@ -10,20 +10,15 @@ reported as problems (counted in the stats), never indexed.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import datetime
-import heapq
 import json
 import os
-import pickle
 import stat
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -178,7 +173,7 @@ def inside(root: str, path: str) -> bool:
     return real == root or real.startswith(root + os.sep)
 
 
-def _subdirs(path: str, root: str, problems: dict[str, str]) -> list[tuple[str, str]]:
+def subdirs(path: str, root: str, problems: dict[str, str]) -> list[tuple[str, str]]:
     """(name, path) of the valid subdirectories of ``path``; problems noted."""
     out: list[tuple[str, str]] = []
     try:
@@ -274,167 +269,6 @@ def scan_jobs(root: str, jobs: list[JobKey], result: ScanResult) -> ScanResult:
     return result
 
 
-# The folder that holds the viewer_api package (and common/ and baton/ beside it).
-_CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Below this many runs, starting worker processes costs more than it saves.
-PARALLEL_SCAN_MIN_RUNS = 5000
-
-
-def _run_count(path: str) -> int:
-    """About how many runs a job directory holds, to balance the workers' shares.
-
-    Its link count says how many subdirectories it has on the filesystems
-    that keep one (tmpfs, ext4, xfs); elsewhere it is listed.
-    """
-    try:
-        links = os.stat(path).st_nlink
-        return links - 2 if links >= 2 else len(os.listdir(path))
-    except OSError:
-        return 0
-
-
-def _shares(jobs: list[tuple[JobKey, int]], workers: int) -> list[list[JobKey]]:
-    """Jobs split so each worker gets about as many runs: largest first, to the lightest."""
-    load = [(0, i) for i in range(workers)]
-    shares: list[list[JobKey]] = [[] for _ in range(workers)]
-    for job, runs in sorted(jobs, key=lambda j: -j[1]):
-        total, i = heapq.heappop(load)
-        shares[i].append(job)
-        heapq.heappush(load, (total + runs, i))
-    return [share for share in shares if share]
-
-
-@dataclass(frozen=True)
-class WorkerWatch:
-    """An inotify instance the scan workers add their watches to (they inherit its fd)."""
-
-    fd: int
-    mask: int
-
-
-def scan_status_parallel(
-    root: str,
-    workers: int,
-    on_dir: OnDir | None = None,
-    watch: WorkerWatch | None = None,
-) -> ScanResult:
-    """A full scan split by job directory across ``workers`` processes (the cold start).
-
-    Parsing 100,000 status files is CPU work that one interpreter does on one
-    core. Worker processes (``python -m viewer_api.scan_worker``: fresh interpreters,
-    so nothing of a running server is forked and no caller's main module is
-    re-imported) each take a share of about as many runs. With ``watch``, each
-    worker watches every directory of its share before listing it, and the
-    result's ``watched`` says which descriptor is which directory; the
-    directories above the job directories are scanned here and go to
-    ``on_dir``, as in a serial scan.
-    """
-    result = ScanResult(on_dir=on_dir)
-    if not os.path.isdir(root):
-        return result
-    root = os.path.realpath(root)
-    result.enter(root, ())
-    jobs: list[tuple[JobKey, int]] = []
-    for project, ppath in _subdirs(root, root, result.problems):
-        result.enter(ppath, (project,))
-        for group, gpath in _subdirs(ppath, root, result.problems):
-            result.enter(gpath, (project, group))
-            jobs.extend(
-                ((project, group, name), _run_count(npath))
-                for name, npath in _subdirs(gpath, root, result.problems)
-            )
-    if workers <= 1 or len(jobs) < 2 or sum(runs for _, runs in jobs) < PARALLEL_SCAN_MIN_RUNS:
-        return scan_jobs(root, [job for job, _ in jobs], result)
-    # Every share goes to a worker: this process has the checkpoint scan and
-    # the merging to do, and threads here would only fight over one lock.
-    shares = _shares(jobs, workers)
-    # -P and this code's own folder first on the path: a worker runs the same
-    # code as its parent, whatever folder the viewer was started from.
-    command = [sys.executable, "-P", "-m", "viewer_api.scan_worker", root]
-    if watch is not None:
-        command += [str(watch.fd), str(watch.mask)]
-    path = os.pathsep.join(filter(None, [_CODE_ROOT, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
-    procs = []
-    for share in shares:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            pass_fds=(watch.fd,) if watch is not None else (),
-            env=env,
-        )
-        assert proc.stdin is not None
-        # A worker that died at once shows as failed when it is reaped.
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(json.dumps(share).encode())
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        procs.append((proc, share))
-    # Drain every worker's pipe at once, a frame at a time: a worker whose
-    # pipe is full waits, and unpickling here overlaps the workers' reading.
-    with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
-        parts = list(pool.map(lambda p: _receive(p[0]), procs))
-    for (_, share), part in zip(procs, parts, strict=True):
-        if part is not None:
-            _merge(result, part)
-        else:  # the worker failed: do its share here rather than lose it
-            scan_jobs(root, share, result)
-    return result
-
-
-# A worker sends what it found in frames of about this many runs.
-FRAME_RUNS = 4096
-_FRAME_HEAD = 8
-
-
-def send_frame(out: BinaryIO, result: ScanResult) -> None:
-    """Write ``result`` as one length-prefixed frame and empty it (in a worker)."""
-    body = pickle.dumps(to_wire(result), protocol=pickle.HIGHEST_PROTOCOL)
-    out.write(len(body).to_bytes(_FRAME_HEAD, "little"))
-    out.write(body)
-    result.runs, result.problems, result.watched, result.unwatched = [], {}, [], []
-
-
-def _receive(proc: subprocess.Popen[bytes]) -> ScanResult | None:
-    """Everything a worker sent; None when it failed (what it sent is then not trusted)."""
-    assert proc.stdout is not None
-    part = ScanResult()
-    complete = True
-    while head := proc.stdout.read(_FRAME_HEAD):
-        body = proc.stdout.read(int.from_bytes(head, "little"))
-        try:
-            _merge(part, from_wire(pickle.loads(body)))
-        except Exception:  # a torn frame from a worker that died
-            complete = False
-            break
-    proc.stdout.close()
-    return part if proc.wait() == 0 and complete else None
-
-
-Wire = tuple[list[tuple[Any, ...]], dict[str, str], list[tuple[int, tuple[str, ...]]], list[tuple[str, ...]]]
-
-
-def to_wire(result: ScanResult) -> Wire:
-    """A worker's result as plain data (plain tuples, not RunFiles), for pickling."""
-    return [tuple(r) for r in result.runs], result.problems, result.watched, result.unwatched
-
-
-def from_wire(wire: Wire) -> ScanResult:
-    rows, problems, watched, unwatched = wire
-    make = tuple.__new__
-    runs: list[RunFile] = [make(RunFile, r) for r in rows]
-    return ScanResult(runs=runs, problems=problems, watched=watched, unwatched=unwatched)
-
-
-def _merge(into: ScanResult, part: ScanResult) -> None:
-    into.runs.extend(part.runs)
-    into.unchanged.extend(part.unchanged)
-    into.problems.update(part.problems)
-    into.watched.extend(part.watched)
-    into.unwatched.extend(part.unwatched)
-
-
 def scan_status_under(
     root: str, prefix: tuple[str, ...], path: str, result: ScanResult, known: Mapping[RunKey, Signature]
 ) -> None:
@@ -450,7 +284,7 @@ def scan_status_under(
         elif got != "missing":
             result.problems[os.path.join(path, STATUS_FILE)] = got
         return
-    for name, sub in _subdirs(path, root, result.problems):
+    for name, sub in subdirs(path, root, result.problems):
         # Interned: the index and the watches then share one string per name.
         scan_status_under(root, (*prefix, sys.intern(name)), sub, result, known)
 
@@ -532,7 +366,7 @@ def scan_checkpoints_under(root: str, prefix: tuple[str, ...], path: str, result
         for entry in entries:
             scan_checkpoints_under(root, (*prefix, entry.name), entry.path, result)
         return
-    for name, sub in _subdirs(path, root, result.problems):
+    for name, sub in subdirs(path, root, result.problems):
         scan_checkpoints_under(root, (*prefix, name), sub, result)
 
 

@@ -1,7 +1,7 @@
 """A cold-scan worker process: job directories as JSON on stdin, its findings on stdout
 in pickled frames, sent as it goes so that its parent unpickles while it reads.
 
-Started by ``scan.scan_status_parallel`` as
+Started by ``parallel_scan.scan_status_parallel`` as
 ``python -m viewer_api.scan_worker ROOT [INOTIFY_FD MASK]``. Given an inherited
 inotify descriptor, it watches each directory before listing it, so the
 parent's instance misses no change made while the scan runs. Runs travel as
@@ -15,7 +15,8 @@ import json
 import os
 import sys
 
-from viewer_api.scan import FRAME_RUNS, ScanResult, scan_status_under, send_frame
+from viewer_api.parallel_scan import FRAME_RUNS, send_frame
+from viewer_api.scan import ScanResult, scan_status_under
 
 
 def _watcher(fd: int, mask: int, result: ScanResult) -> None:
