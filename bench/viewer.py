@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
+from baton.v1 import job_pb2, viewer_pb2_grpc
 from baton.v1 import viewer_pb2 as vpb
-from baton.v1 import viewer_pb2_grpc
 from bench.procs import REPO
 from bench.report import Json, Target, distribution, figure, log, section
 from common.jobfile import job_from_json, job_to_json, write_atomic
@@ -157,10 +157,11 @@ def _freshness(v: _Viewer, status_dir: Path, rewrites: int) -> Json:
         path = rng.choice(runs)
         job = job_from_json(path.read_bytes())
         job.reason = f"bench rewrite {i}"
-        job.state = 8 if job.state != 8 else 6  # type: ignore[assignment]
+        failed, succeeded = job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_SUCCEEDED
+        job.state = failed if job.state != failed else succeeded
         project, group, name, run_id = path.parts[-5:-1]
         request = vpb.ViewerListJobsRequest(
-            project=project, group=group, name=name, states=[job.state], page_size=1000  # type: ignore[arg-type]
+            project=project, group=group, name=name, states=[job.state], page_size=1000
         )
         t0 = time.perf_counter()
         write_atomic(path, job_to_json(job).encode())
