@@ -36,7 +36,10 @@ _COMMON = [
         "--tls-client-ca-file",
         {"type": Path, "help": "mutual TLS: require client certificates signed by this CA (PEM)"},
     ),
-    ("--insecure", {"action": "store_true", "help": "allow a non-loopback address with no token"}),
+    (
+        "--insecure",
+        {"action": "store_true", "help": "allow a non-loopback address with no token or client CA"},
+    ),
 ]
 _CONDUCTOR = [
     ("--max-running", {"type": int, "help": "jobs running at once (default: the core count)"}),
