@@ -11,7 +11,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
+import orjson
 from google.protobuf import json_format
 
 from baton.v1 import job_pb2
@@ -22,12 +24,26 @@ def job_to_json(job: job_pb2.Job) -> str:
     return json_format.MessageToJson(job, indent=None, sort_keys=True)
 
 
+def load_json(raw: str | bytes) -> Any:
+    """Decoded JSON; ValueError when it is not JSON.
+
+    orjson reads status files about twice as fast as the json module. What
+    it refuses as strict RFC 8259 (NaN, integers past 64 bits) goes to the
+    json module, so what is accepted is the same as with json alone.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            # UTF-8 only, as orjson and json_format take it (json would guess UTF-16 or -32).
+            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+
+
 def job_from_json(text: str | bytes) -> job_pb2.Job:
     """Parse a status.json; raises ValueError when it is not a Job."""
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
+    data = load_json(text)
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     try:

@@ -11,7 +11,6 @@ reported as problems (counted in the stats), never indexed.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import stat
 import sys
@@ -20,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import orjson
-
 from baton.v1 import job_pb2
+from common.jobfile import load_json
 from common.layout import CONFIG_FILES, JOB_SPEC_FILE, STATUS_FILE, is_complete_checkpoint
 from common.names import is_valid_name
 from common.protojson import check_shape
@@ -129,15 +127,7 @@ class ScanResult:
 
 def parse_run(key: RunKey, raw: bytes, signature: Signature) -> RunFile:
     """Index fields of a status.json; ValueError when it is not a Job."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # orjson takes strict RFC 8259 only; what it refuses (NaN, huge
-        # integers) the standard parser decides, as every other reader does.
-        try:
-            data = json.loads(raw.decode())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"not JSON: {exc}") from None
+    data = load_json(raw)
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     check_shape(job_pb2.Job, data)
