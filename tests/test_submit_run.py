@@ -111,7 +111,10 @@ def test_supervisor_does_not_carry_the_jobs_variables(conductor: InProcessConduc
     assert pids_files, "the local executor should record its launch"
     shim_pid, job_pid = map(int, pids_files[0].read_text().split())
     shim_env = Path(f"/proc/{shim_pid}/environ").read_bytes().split(b"\0")
-    job_env = Path(f"/proc/{job_pid}/environ").read_bytes().split(b"\0")
+    # The group's leader is the shell that records the exit status; the job's
+    # command runs as its child.
+    command_pid = int(Path(f"/proc/{job_pid}/task/{job_pid}/children").read_text().split()[0])
+    job_env = Path(f"/proc/{command_pid}/environ").read_bytes().split(b"\0")
     go.touch()
     assert f"BATON_JOB_ID={job.id}".encode() in job_env
     assert not [v for v in shim_env if v.startswith(b"BATON_")], "only the job's processes carry BATON_*"

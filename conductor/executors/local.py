@@ -10,6 +10,13 @@ supervisor would cost ten.
 
 Exits are noticed through pidfds on the event loop, not by polling, and pids
 are checked against their start time so a reused pid is never mistaken for ours.
+
+A supervisor can be lost (``kill -9``, the OOM killer) while its job runs on.
+The job's group is then adopted, never started again: its leader, a shell that
+records the job's own exit status in ``job.exit``, is found by its recorded pid
+and start time, and the conductor itself watches it to the end, drains and
+kills what is left of the group as the supervisor would have, and writes the
+``exit`` record for the next conductor.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import os
 import shutil
 import signal as _signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import structlog
 
 from baton.v1 import job_pb2
 from conductor.executors import procfs
@@ -36,6 +46,7 @@ from conductor.executors.base import (
 )
 
 SHIM = Path(__file__).with_name("local_shim.sh")
+log = structlog.get_logger(__name__)
 
 
 def _start_time(pid: int) -> int | None:
@@ -65,6 +76,8 @@ class LocalExecutor(Executor):
 
     def __init__(self, root: Path) -> None:
         self._root = root
+        # Launches whose adopted group is being drained by this executor.
+        self._draining: set[str] = set()
         # The shim's own environment: never the BATON_* variables, which belong
         # to jobs only.
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
@@ -75,10 +88,13 @@ class LocalExecutor(Executor):
 
     async def launch(self, handle: Handle, spec: LaunchSpec) -> Handle:
         shim_pid, job_pid = await asyncio.to_thread(self._spawn, Path(handle.data["dir"]), spec)
+        shim_start, job_start = await asyncio.to_thread(_start_times, shim_pid, job_pid)
         handle.data.update(
             shim_pid=shim_pid,
-            shim_start=_start_time(shim_pid),
+            shim_start=shim_start,
             pid=job_pid,
+            job_start=job_start,
+            drain=spec.drain_seconds,
         )
         handle.external_id = str(job_pid)
         return handle
@@ -127,6 +143,20 @@ class LocalExecutor(Executor):
         pid = handle.data.get("shim_pid")
         return pid is not None and _is_same_process(pid, handle.data.get("shim_start"))
 
+    def _leader_alive(self, handle: Handle) -> bool:
+        """The job's group leader is the very process that was launched (blocking)."""
+        pid = handle.data.get("pid")
+        return pid is not None and _is_same_process(pid, handle.data.get("job_start"))
+
+    def _owns_group(self, handle: Handle) -> bool:
+        """Whether the job's process group is surely this launch's (blocking).
+
+        So long as its supervisor or its leader lives, the group id cannot
+        belong to anyone else; while this executor drains an adopted group,
+        the group is held by the members being drained.
+        """
+        return self._shim_alive(handle) or self._leader_alive(handle) or handle.launch_id in self._draining
+
     async def reattach(self, handle: Handle) -> Attachment:
         return await asyncio.to_thread(self._reattach, handle)
 
@@ -145,49 +175,78 @@ class LocalExecutor(Executor):
                 return Attachment(Presence.NOT_STARTED)
             shim_pid, job_pid = pids
             start = _start_time(shim_pid)
-            if start is not None and str(launch_dir) in _cmdline(shim_pid):
-                handle.data.update(shim_pid=shim_pid, shim_start=start, pid=job_pid)
-            else:
-                handle.data.update(shim_pid=shim_pid, shim_start=None, pid=job_pid)
+            if start is None or str(launch_dir) not in _cmdline(shim_pid):
+                start = None
+            job_start = _start_time(job_pid) if start is not None else None
+            handle.data.update(shim_pid=shim_pid, shim_start=start, pid=job_pid, job_start=job_start)
             handle.external_id = str(job_pid)
-        if self._shim_alive(handle):
+        if self._shim_alive(handle) or (not _has_exit(launch_dir) and self._leader_alive(handle)):
+            # Either supervised as usual, or a group that lost its supervisor
+            # and is adopted by ``wait``: in both cases it is running, once.
             return Attachment(Presence.RUNNING)
+        if not _has_exit(launch_dir):
+            # Lost its supervisor and its leader: whatever is left of the
+            # group is ended here, so nothing of it runs next to a retry.
+            _kill_leftovers(int(handle.data["pid"]), handle.data.get("job_start"))
         return Attachment(Presence.ENDED, self._read_exit(launch_dir))
 
     def _read_exit(self, launch_dir: Path) -> ExitStatus:
-        try:
-            return _decode(int((launch_dir / "exit").read_text().strip()))
-        except (OSError, ValueError):
-            return ExitStatus(None, detail="its supervisor ended without recording an exit status")
+        # The supervisor's record is final; without it, the leader's own record.
+        for name in ("exit", "job.exit"):
+            try:
+                return _decode(int((launch_dir / name).read_text().strip()))
+            except (OSError, ValueError):
+                continue
+        return ExitStatus(None, detail="its supervisor ended without recording an exit status")
 
     async def wait(self, handle: Handle) -> ExitStatus:
         loop = asyncio.get_running_loop()
         pid = int(handle.data["shim_pid"])
+        launch_dir = Path(handle.data["dir"])
         # Whether a pid is still the supervisor is a /proc read: done in a thread.
-        pidfd = await asyncio.to_thread(self._open_shim, handle)
+        pidfd = await asyncio.to_thread(self._open_pidfd, handle, "shim_pid", self._shim_alive)
         if pidfd is not None:
-            done: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(pidfd, _resolve, done)
-            try:
-                await done
-            finally:
-                loop.remove_reader(pidfd)
-                os.close(pidfd)
+            await _until_readable(loop, pidfd)
         # Reap it when it is our child; after a restart it is not, and init reaps it.
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
-        return await asyncio.to_thread(self._read_exit, Path(handle.data["dir"]))
+        if await asyncio.to_thread(_has_exit, launch_dir):
+            return await asyncio.to_thread(self._read_exit, launch_dir)
+        return await self._adopt(handle)
 
-    def _open_shim(self, handle: Handle) -> int | None:
-        """A pidfd for the live supervisor, or None when it has ended (blocking)."""
-        if not self._shim_alive(handle):
+    async def _adopt(self, handle: Handle) -> ExitStatus:
+        """Supervise a group whose supervisor is gone, as the supervisor would have."""
+        launch_dir = Path(handle.data["dir"])
+        leader = await asyncio.to_thread(self._open_pidfd, handle, "pid", self._leader_alive)
+        if leader is not None:
+            log.warning("supervisor_lost_job_adopted", launch=handle.launch_id, pid=handle.data["pid"])
+            await _until_readable(asyncio.get_running_loop(), leader)
+        self._draining.add(handle.launch_id)
+        try:
+            status = await asyncio.to_thread(self._read_exit, launch_dir)
+            if status.exit_code is None or status.signal is not None:
+                # Killed by a signal: the rest of the group may still be saving.
+                await asyncio.to_thread(_drain, int(handle.data["pid"]), float(handle.data.get("drain", 60)))
+            await asyncio.to_thread(_kill_leftovers, int(handle.data["pid"]), handle.data.get("job_start"))
+        finally:
+            self._draining.discard(handle.launch_id)
+        if status.exit_code is None:
+            # The leader died without a record: only SIGKILL does that to it.
+            status = ExitStatus(128 + _signal.SIGKILL, _signal.SIGKILL, "its supervisor was lost")
+        # Recorded as the supervisor would have, for a conductor started later.
+        await asyncio.to_thread(_record_exit, launch_dir, status.exit_code or 0)
+        return status
+
+    def _open_pidfd(self, handle: Handle, key: str, alive: Callable[[Handle], bool]) -> int | None:
+        """A pidfd for ``handle.data[key]`` while ``alive`` holds, else None (blocking)."""
+        if not alive(handle):
             return None
         try:
-            pidfd = os.pidfd_open(int(handle.data["shim_pid"]))
+            pidfd = os.pidfd_open(int(handle.data[key]))
         except ProcessLookupError:
             return None
         # The pid could have ended and been reused between the check and pidfd_open.
-        if not self._shim_alive(handle):
+        if not alive(handle):
             os.close(pidfd)
             return None
         return pidfd
@@ -196,8 +255,7 @@ class LocalExecutor(Executor):
         return await asyncio.to_thread(self._signal, handle, signum)
 
     def _signal(self, handle: Handle, signum: int) -> bool:
-        # Only while its supervisor lives is the job's process group surely the job's.
-        if not self._shim_alive(handle):
+        if not self._owns_group(handle):
             return False
         try:
             os.killpg(int(handle.data["pid"]), signum)
@@ -243,3 +301,59 @@ def _cmdline(pid: int) -> str:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+async def _until_readable(loop: asyncio.AbstractEventLoop, pidfd: int) -> None:
+    """Wait for a pidfd to say its process ended, then close it."""
+    done: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, _resolve, done)
+    try:
+        await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def _start_times(shim_pid: int, job_pid: int) -> tuple[int | None, int | None]:
+    """Start times of a new launch's supervisor and of its job's leader (blocking).
+
+    The leader counts only while it is the supervisor's child: a job that had
+    already ended (and whose pid may be reused) gets None and is never adopted.
+    """
+    job = procfs.read(job_pid)
+    return _start_time(shim_pid), job.start_ticks if job is not None and job.ppid == shim_pid else None
+
+
+def _has_exit(launch_dir: Path) -> bool:
+    return (launch_dir / "exit").exists()
+
+
+def _record_exit(launch_dir: Path, code: int) -> None:
+    tmp = launch_dir / "exit.tmp"
+    tmp.write_text(f"{code}\n")
+    os.replace(tmp, launch_dir / "exit")
+
+
+def _drain(pgid: int, seconds: float) -> None:
+    """Wait up to ``seconds`` for the group's live members to end (blocking; rare)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(p.state != "Z" for p in procfs.group_members(pgid)):
+        time.sleep(0.1)
+
+
+def _kill_leftovers(pgid: int, leader_start: int | None) -> None:
+    """SIGKILL what is left of a launch's group once its leader is gone (blocking).
+
+    A group id names our group only while no other process has taken the
+    leader's pid: members are killed only then, and only those started no
+    earlier than the leader.
+    """
+    if leader_start is None:
+        return
+    leader = procfs.read(pgid)
+    if leader is not None and leader.start_ticks != leader_start and leader.state != "Z":
+        return
+    for member in procfs.group_members(pgid):
+        if member.start_ticks >= leader_start and member.state != "Z":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(member.pid, _signal.SIGKILL)

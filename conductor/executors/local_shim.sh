@@ -11,13 +11,23 @@
 dir=$1
 log=$2
 drain=${3:-60}
-# bash runs the command where there is one: it execs a lone command, so the
-# job's own program leads its group and takes its signals first hand (dash
-# keeps a shell in front, which dies on SIGTERM before the program can act).
+# bash runs the command where there is one: it execs a lone command, so no
+# further shell stands between the leader and the job's own program.
 shell=/bin/sh
 [ -x /bin/bash ] && shell=/bin/bash
-setsid /bin/sh -c '. "$1/env" && cd "$baton_workdir" && exec "$2" -c "$baton_command"' \
-    baton-job "$dir" "$shell" </dev/null >>"$log" 2>&1 &
+#
+# In front of the job sits one small shell, the leader of the job's group: it
+# records the job's own exit status in LAUNCH_DIR/job.exit, so the status is
+# known even when this supervisor is lost (kill -9, the OOM killer) and the
+# conductor adopts the group. It traps the signals a pause or cancel sends, so
+# it outlives them and records what they did; a trap (unlike an ignore) is
+# reset in the job, which takes each signal first hand.
+setsid /bin/sh -c '. "$1/env" && cd "$baton_workdir" || exit 127
+trap : HUP INT QUIT ABRT USR1 USR2 ALRM TERM
+"$2" -c "$baton_command"
+code=$?
+echo "$code" >"$1/job.exit.tmp" && mv -f "$1/job.exit.tmp" "$1/job.exit"
+exit "$code"' baton-job "$dir" "$shell" </dev/null >>"$log" 2>&1 &
 job=$!
 echo "$$ $job" >"$dir/pids"
 # The conductor reads the job's pid from our stdout, then we let go of it.

@@ -17,6 +17,7 @@ SAMPLE_SECONDS = 0.1
 class _Proc:
     pid: int
     state: str
+    ppid: int
     pgid: int
     cpu_ticks: int
     start_ticks: int
@@ -35,6 +36,7 @@ def read(pid: int) -> _Proc | None:
     return _Proc(
         pid=pid,
         state=fields[0].decode(),
+        ppid=int(fields[1]),
         pgid=int(fields[2]),
         cpu_ticks=int(fields[11]) + int(fields[12]),
         start_ticks=int(fields[19]),
