@@ -40,6 +40,14 @@ class BatonError(Exception):
 
 
 @dataclass
+class Internal(BatonError):
+    """A failure inside the service; the message never carries raw error text."""
+
+    reason: str = "INTERNAL"
+    code = grpc.StatusCode.INTERNAL
+
+
+@dataclass
 class InvalidArgument(BatonError):
     violations: list[FieldViolation] = field(default_factory=list)
     reason: str = "INVALID_ARGUMENT"

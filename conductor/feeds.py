@@ -25,7 +25,8 @@ from common.filewatch import FileWatcher
 from common.jobs import TERMINAL, complete_chunk
 from common.layout import LOG_FILE
 from common.tailer import offset_of_last_lines, tail
-from conductor.lifecycle import Lifecycle, ListFilter
+from conductor.jobbook import ListFilter
+from conductor.lifecycle import Lifecycle
 from conductor.registry import Registry
 
 S = job_pb2
@@ -50,7 +51,7 @@ class Feeds:
         self._ring_size = ring_size
         self._ring: list[job_pb2.JobEvent] = []
         self._ring_revs: list[int] = []
-        self._durable = lifecycle.revision
+        self._durable = lifecycle.book.revision
         self._changed = asyncio.Event()
         self._job_wakers: dict[str, set[asyncio.Event]] = {}
         self.active_log_streams = 0
@@ -64,21 +65,20 @@ class Feeds:
     # ------------------------------------------------------------------ events
 
     def _on_event(self, event: job_pb2.JobEvent) -> None:
-        self._ring.append(event)
-        self._ring_revs.append(event.revision)
-        if len(self._ring) > 2 * self._ring_size:
-            del self._ring[: -self._ring_size]
-            del self._ring_revs[: -self._ring_size]
+        # An event without a job settles its revision with nothing to send.
+        if event.HasField("job"):
+            self._ring.append(event)
+            self._ring_revs.append(event.revision)
+            if len(self._ring) > 2 * self._ring_size:
+                del self._ring[: -self._ring_size]
+                del self._ring_revs[: -self._ring_size]
         self._durable = max(self._durable, event.revision)
         # Wake every watcher at once: they each read the shared history.
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        for wake in self._job_wakers.get(event.job.id, ()):
-            wake.set()
-
-    async def _wait_durable(self, revision: int) -> None:
-        while self._durable < revision:
-            await self._changed.wait()
+        if event.HasField("job"):
+            for wake in self._job_wakers.get(event.job.id, ()):
+                wake.set()
 
     async def _events_after(self, cursor: int) -> list[job_pb2.JobEvent]:
         """Durable events after ``cursor``, from memory or, when older, from disk."""
@@ -116,10 +116,9 @@ class Feeds:
         try:
             cursor = since
             if since == 0:
-                # The jobs as they stand at one revision, sent once that revision is durable.
-                cursor = self._lc.revision
-                jobs = list(self._lc.jobs(flt))
-                await self._wait_durable(cursor)
+                # The book holds only durable changes: it stands at one revision.
+                cursor = self._lc.book.revision
+                jobs = list(self._lc.book.jobs(flt))
                 for job in jobs:
                     yield job_pb2.JobEvent(revision=cursor, job=job, type=S.JOB_EVENT_TYPE_SNAPSHOT)
                 # A job-less event marks the end of the snapshot.

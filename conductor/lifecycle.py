@@ -1,30 +1,32 @@
 """The lifecycle: the one state machine of the conductor.
 
-Every rule about jobs lives here: the queue and its limit, the transitions,
-steps and retries, pause in both modes, cancel and its grace, time limits,
-heartbeats, and recovery after a restart. Everything else is plumbing around
-it: the registry remembers, executors run processes, the publisher writes
-status.json, the servicer translates.
+It holds the rules about running jobs: the queue and its limit, launching a
+step, what an exit means (next step, retry, pause, end), pause in both modes,
+cancel and its grace, time limits, heartbeats, and recovery after a restart.
+Every change of state passes the table in ``transitions``. Everything else is
+around it: the registry remembers, executors run processes, the publisher
+writes status.json, the job book answers reads, the servicer translates.
 
 Each change to a job gets the next revision and is handed to the registry in
-revision order. Any step with an outside effect (starting or signalling a
-process, answering a submit) waits until the change before it is durable, so
-a conductor killed at any moment neither loses a job nor runs one twice.
+revision order. Nothing is published (the job book, status.json, an event, a
+reply) before the registry holds it, and any step with an outside effect
+(starting or signalling a process, answering a submit) waits until the change
+before it is durable, so a conductor killed at any moment neither loses a job
+nor runs one twice, and a failed write shows nowhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import errno
+import functools
 import os
 import secrets
 import signal as _signal
 import time
-from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +36,21 @@ from google.protobuf import timestamp_pb2
 from baton.v1 import job_pb2
 from common import spec as specs
 from common.durations import format_duration
-from common.errors import FailedPrecondition, NotFound, invalid_field
+from common.errors import (
+    AlreadyExists,
+    BatonError,
+    FailedPrecondition,
+    Internal,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    invalid_field,
+)
 from common.jobs import TERMINAL
 from common.layout import LOG_FILE, Layout
 from common.names import name_problem
-from common.paging import decode_token, encode_token, page_size
-from common.tailer import offset_of_last_lines, read_range
-from conductor import checkpoints as ckpt
 from conductor import steps as steps_mod
+from conductor import transitions
 from conductor.executors.base import (
     Executor,
     ExitStatus,
@@ -49,12 +58,14 @@ from conductor.executors.base import (
     LaunchError,
     LaunchSpec,
     Presence,
-    ProcessHealth,
     Unsupported,
 )
+from conductor.jobbook import JobBook, ListFilter
+from conductor.jobenv import job_environment
 from conductor.publisher import Publisher
-from conductor.registry import Registry
+from conductor.registry import Registry, StorageError
 from conductor.results import RESULT_FILE, read_result
+from conductor.runtime import Run
 
 log = structlog.get_logger(__name__)
 
@@ -62,8 +73,16 @@ S = job_pb2
 DEFAULT_CANCEL_GRACE = 10.0
 RETRY_BACKOFF_FIRST = 1.0
 RETRY_BACKOFF_MAX = 60.0
+# How long a launch put off for want of storage waits before it is tried again.
+STORAGE_RETRY_SECONDS = 2.0
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_ACTIVE = frozenset({S.JOB_STATE_RUNNING, S.JOB_STATE_PAUSING, S.JOB_STATE_PAUSED, S.JOB_STATE_CANCELLING})
 
 EventListener = Callable[[job_pb2.JobEvent], None]
+
+
+class ForbiddenTransition(Exception):
+    """A change of state that the table does not allow: a bug in the conductor."""
 
 
 def state_name(state: int) -> str:
@@ -73,6 +92,15 @@ def state_name(state: int) -> str:
 def _now() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.GetCurrentTime()
+    return ts
+
+
+def _at(status: ExitStatus | None) -> timestamp_pb2.Timestamp:
+    """When an exit happened: as the executor recorded it, else now."""
+    if status is None or status.time is None:
+        return _now()
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(status.time * 1e9))
     return ts
 
 
@@ -93,97 +121,25 @@ def describe_exit(status: ExitStatus) -> str:
     return f"exit code {status.exit_code}"
 
 
-@dataclass
-class _Run:
-    """What the lifecycle keeps about one job beyond the Job message itself."""
-
-    seq: int
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    handle: Handle | None = None
-    launch_seq: int = 0
-    holds_slot: bool = False
-    waiter: asyncio.Task[None] | None = None
-    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
-    # Persisted notes, so a restarted conductor can finish what was started.
-    cancel_reason: str = ""
-    kill_at: float | None = None
-    killed: bool = False
-    # Whether the pause signal reached a process (a step that had already
-    # finished by then ended at a step boundary, not because of the pause).
-    pause_delivered: bool = True
-    retry_at: float | None = None
-    resuming: bool = False
-    paused_at: float | None = None
-    paused_seconds: float = 0.0
-
-    def to_json(self) -> str:
-        h = self.handle
-        return json.dumps(
-            {
-                "handle": None
-                if h is None
-                else {
-                    "executor": h.executor,
-                    "launch_id": h.launch_id,
-                    "external_id": h.external_id,
-                    "data": h.data,
-                },
-                "launch_seq": self.launch_seq,
-                "cancel_reason": self.cancel_reason,
-                "kill_at": self.kill_at,
-                "killed": self.killed,
-                "retry_at": self.retry_at,
-                "resuming": self.resuming,
-                "paused_at": self.paused_at,
-                "paused_seconds": self.paused_seconds,
-            }
+def storage_refusal(fault: StorageError) -> BatonError:
+    """The client's answer when the registry cannot write: nothing was changed."""
+    if fault.full:
+        return ResourceExhausted(
+            f"the conductor cannot record this: {fault}; nothing was changed, try again once space is freed",
+            reason="STORAGE_FULL",
         )
-
-    @classmethod
-    def from_json(cls, seq: int, text: str | None) -> _Run:
-        run = cls(seq=seq)
-        if not text:
-            return run
-        d: dict[str, Any] = json.loads(text)
-        h = d.get("handle")
-        if h:
-            run.handle = Handle(h["executor"], h["launch_id"], h.get("external_id", ""), h["data"])
-        run.launch_seq = d.get("launch_seq", 0)
-        run.cancel_reason = d.get("cancel_reason", "")
-        run.kill_at = d.get("kill_at")
-        run.killed = d.get("killed", False)
-        run.retry_at = d.get("retry_at")
-        run.resuming = d.get("resuming", False)
-        run.paused_at = d.get("paused_at")
-        run.paused_seconds = d.get("paused_seconds", 0.0)
-        return run
+    return Unavailable(
+        f"the conductor cannot record this: {fault}; nothing was changed, try again later",
+        reason="STORAGE_UNAVAILABLE",
+    )
 
 
-@dataclass(frozen=True)
-class JobHealth:
-    job: job_pb2.Job
-    process: ProcessHealth | None
-    detail: str
-    last_output: float | None
-
-
-_ACTIVE = frozenset({S.JOB_STATE_RUNNING, S.JOB_STATE_PAUSING, S.JOB_STATE_PAUSED, S.JOB_STATE_CANCELLING})
-
-
-@dataclass(frozen=True)
-class ListFilter:
-    project: str = ""
-    group: str = ""
-    name: str = ""
-    states: tuple[int, ...] = ()
-
-    def matches(self, job: job_pb2.Job) -> bool:
-        return (
-            (not self.project or job.project == self.project)
-            and (not self.group or job.group == self.group)
-            and (not self.name or job.name == self.name)
-            and (not self.states or job.state in self.states)
-        )
+def log_size(run_dir: str) -> int:
+    """The size of a run's output.log (0 before it exists); blocking."""
+    try:
+        return os.stat(os.path.join(run_dir, LOG_FILE)).st_size
+    except FileNotFoundError:
+        return 0
 
 
 class Lifecycle:
@@ -199,39 +155,44 @@ class Lifecycle:
     ) -> None:
         self._registry = registry
         self._executors = executors
-        self._layout = layout
+        self.layout = layout
         self._publisher = publisher
         self.max_running = max_running
         self._heartbeat_interval = heartbeat_interval
+        # What reads see: each job as the registry durably holds it.
+        self.book = JobBook()
+        # The lifecycle's working copies: ahead of the book by the writes in flight.
         self._jobs: dict[str, job_pb2.Job] = {}
-        self._runs: dict[str, _Run] = {}
-        self._order: list[int] = []  # seqs, ascending
-        self._by_seq: dict[int, str] = {}
+        self._runs: dict[str, Run] = {}
         self._by_request: dict[str, str] = {}
-        self._durable: dict[str, asyncio.Future[None]] = {}
+        self._submitting: dict[str, asyncio.Future[None]] = {}
         self._queue: deque[str] = deque()
         self._slots = 0
         self._revision = 0
         self._next_seq = 1
         self._listeners: list[EventListener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._heartbeat_task: asyncio.Task[None] | None = None
         self._name_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ start/stop
 
     async def start(self) -> None:
-        """Load the registry and pick up every job that had not ended."""
+        """Load the registry and pick up every job that had not ended, each on its own."""
         stored = await self._registry.open()
         max_rev = self._registry.max_revision
         recent = time.time() - 3600
+        damaged: dict[str, Exception] = {}
         for item in stored:
             job = item.job
+            try:
+                run = Run.from_json(item.seq, item.runtime)
+            except (ValueError, KeyError, TypeError) as exc:
+                run = Run(seq=item.seq)
+                damaged[job.id] = exc
             self._jobs[job.id] = job
-            self._runs[job.id] = _Run.from_json(item.seq, item.runtime)
-            self._order.append(item.seq)
-            self._by_seq[item.seq] = job.id
+            self._runs[job.id] = run
+            self.book.put(item.seq, job)
             if job.request_id:
                 self._by_request[job.request_id] = job.id
             max_rev = max(max_rev, job.revision)
@@ -239,13 +200,27 @@ class Lifecycle:
             # Repair a status.json whose write a crash may have cut off.
             if job.state not in TERMINAL or job.update_time.seconds >= recent:
                 self._publisher.publish(job)
-        self._order.sort()
-        self._revision = max_rev
-        for job_id in [self._by_seq[s] for s in self._order]:
-            if self._jobs[job_id].state not in TERMINAL:
-                await self._recover(job_id)
+        self._revision = self.book.revision = max_rev
+        recoveries: list[Coroutine[Any, Any, None]] = []
+        for job in list(self.book.jobs(ListFilter())):
+            if job.state in TERMINAL:
+                continue
+            if job.id in damaged:
+                recoveries.append(
+                    self._fail_internal(job.id, damaged[job.id], "its runtime notes are damaged")
+                )
+            elif job.state == S.JOB_STATE_QUEUED:
+                run = self._runs[job.id]
+                if run.resuming or run.deferred:
+                    self._queue.appendleft(job.id)
+                else:
+                    self._queue.append(job.id)
+            else:
+                recoveries.append(self._recover_guarded(job.id))
+        # Each job on its own, all at once: one that fails cannot hold up the rest.
+        await asyncio.gather(*recoveries)
         self._schedule()
-        self._heartbeat_task = asyncio.create_task(self._heartbeats())
+        self._spawn_task(self._heartbeats())
         log.info(
             "lifecycle_started",
             jobs=len(self._jobs),
@@ -257,8 +232,6 @@ class Lifecycle:
     async def stop(self) -> None:
         """Stop supervising; jobs keep running and a new conductor re-attaches."""
         self._closed = True
-        if self._heartbeat_task:
-            self._heartbeat_task.cancel()
         for run in self._runs.values():
             for timer in run.timers.values():
                 timer.cancel()
@@ -272,7 +245,11 @@ class Lifecycle:
             await ex.close()
 
     def add_listener(self, listener: EventListener) -> None:
-        """Call ``listener`` with every change, in revision order."""
+        """Call ``listener`` with every durable change, in revision order.
+
+        An event with no job says only that its revision is settled with
+        nothing to show (a submission that storage refused).
+        """
         self._listeners.append(listener)
 
     def remove_listener(self, listener: EventListener) -> None:
@@ -286,49 +263,35 @@ class Lifecycle:
     # ------------------------------------------------------------------ reads
 
     def get(self, job_id: str) -> job_pb2.Job:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id!r}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
-        return job
+        return self.book.get(job_id)
 
     def jobs_by_id(self, job_id: str) -> job_pb2.Job | None:
         """The job, or None when there is no such job (any more)."""
-        return self._jobs.get(job_id)
-
-    def list_jobs(self, flt: ListFilter, size: int, token: str) -> tuple[list[job_pb2.Job], str]:
-        """Matching jobs, newest first, one page at a time."""
-        limit = page_size(size)
-        key = [flt.project, flt.group, flt.name, sorted(flt.states)]
-        after = decode_token("conductor.jobs", key, token)
-        if after is not None and not isinstance(after, int):
-            raise invalid_field("page_token", "is not a page token from this list")
-        # Newest first: walk the seqs downwards from just below the last one sent.
-        idx = len(self._order) if after is None else bisect_left(self._order, after)
-        out: list[job_pb2.Job] = []
-        while idx > 0:
-            idx -= 1
-            job = self._jobs[self._by_seq[self._order[idx]]]
-            if flt.matches(job):
-                if len(out) == limit:
-                    return out, encode_token("conductor.jobs", key, self._runs[out[-1].id].seq)
-                out.append(job)
-        return out, ""
-
-    def jobs(self, flt: ListFilter) -> Iterable[job_pb2.Job]:
-        """Every matching job, oldest first (for snapshots)."""
-        for seq in list(self._order):
-            job = self._jobs[self._by_seq[seq]]
-            if flt.matches(job):
-                yield job
-
-    def counts(self) -> dict[int, int]:
-        out: dict[int, int] = {}
-        for job in self._jobs.values():
-            out[job.state] = out.get(job.state, 0) + 1
-        return out
+        return self.book.find(job_id)
 
     def executor_modes(self) -> dict[str, frozenset[int]]:
         return {name: ex.pause_modes for name, ex in self._executors.items()}
+
+    def executor(self, name: str) -> Executor:
+        return self._executors[name]
+
+    def launch_of(self, job_id: str) -> tuple[Handle | None, bool]:
+        """The job's current launch, if any, and whether a retry of it is due."""
+        run = self._run(job_id)
+        return run.handle, run.retry_at is not None
+
+    def name_lock(self, key: tuple[str, str, str]) -> asyncio.Lock:
+        """Held while a run of this job name chooses its checkpoint or its checkpoints go."""
+        return self._name_locks.setdefault(key, asyncio.Lock())
+
+    def active_runs(self, key: tuple[str, str, str]) -> list[job_pb2.Job]:
+        """Runs of one job name that are running, pausing, paused or cancelling."""
+        return [j for j in self._jobs.values() if (j.project, j.group, j.name) == key and j.state in _ACTIVE]
+
+    @property
+    def running_count(self) -> int:
+        """Jobs holding a slot: a process, or about to have one."""
+        return self._slots
 
     # ------------------------------------------------------------------ commands
 
@@ -342,12 +305,6 @@ class Lifecycle:
         resume_from: str = "",
     ) -> job_pb2.Job:
         """Queue a job; answers once it is durable. Same ``request_id``, same job."""
-        if request_id and request_id in self._by_request and not dry_run:
-            job_id = self._by_request[request_id]
-            pending = self._durable.get(job_id)
-            if pending is not None:
-                await asyncio.shield(pending)
-            return self.get(job_id)
         if len(request_id) > 128:
             raise invalid_field("request_id", "must be at most 128 characters")
         if model.executor not in self._executors:
@@ -360,18 +317,20 @@ class Lifecycle:
             raise invalid_field("start_step", f"must be between 1 and {len(steps)} (the step count)")
         if model.workdir is not None and not os.path.isabs(model.workdir):
             raise invalid_field("spec.workdir", "must be an absolute path")
-        if resume_from:
-            problem = name_problem(resume_from)
-            if problem:
-                raise invalid_field("resume_from", problem)
-            base = self._layout.checkpoint_dir(model.project, model.group, model.name)
-            if not await asyncio.to_thread(os.path.isdir, base / resume_from):
-                raise NotFound(
-                    f"no checkpoint {resume_from!r} for {model.project}/{model.group}/{model.name}",
-                    reason="CHECKPOINT_NOT_FOUND",
-                    metadata={"resume_from": resume_from},
-                )
         spec = specs.to_proto(model)
+        if request_id and not dry_run:
+            existing = await self._submitted(request_id)
+            if existing is not None:
+                if existing.spec != spec or existing.start_step != max(start_step, 1):
+                    raise AlreadyExists(
+                        f"request_id {request_id!r} was already used for job {existing.id} with a different "
+                        "spec; use a new request_id for a new job",
+                        reason="REQUEST_ID_REUSED",
+                        metadata={"job_id": existing.id},
+                    )
+                return existing
+        if resume_from:
+            await self._check_resume_from(model, resume_from)
         job = job_pb2.Job(
             project=model.project,
             group=model.group,
@@ -382,36 +341,73 @@ class Lifecycle:
             request_id=request_id,
             step_count=len(steps),
             start_step=max(start_step, 1),
-            checkpoint_dir=str(self._layout.checkpoint_dir(model.project, model.group, model.name)),
+            checkpoint_dir=str(self.layout.checkpoint_dir(model.project, model.group, model.name)),
             create_time=_now(),
             resume_from_suffix=resume_from,
         )
         steps_mod.init_steps(job, [s.name for s in steps], max(start_step, 1))
         if dry_run:
             return job
+        if self._registry.degraded is not None:
+            raise storage_refusal(self._registry.degraded)
         job_id = _new_id()
         while job_id in self._jobs:
             job_id = _new_id()
         job.id = job.run_id = job_id
-        job.run_dir = str(self._layout.run_dir(job.project, job.group, job.name, job_id))
-        seq = self._next_seq
+        job.run_dir = str(self.layout.run_dir(job.project, job.group, job.name, job_id))
+        self._revision += 1
+        job.revision = self._revision
+        job.update_time.CopyFrom(job.create_time)
+        run = Run(seq=self._next_seq)
         self._next_seq += 1
-        run = _Run(seq=seq)
-        self._runs[job_id] = run
-        self._order.append(seq)
-        self._by_seq[seq] = job_id
         self._jobs[job_id] = job
+        self._runs[job_id] = run
         if request_id:
             self._by_request[request_id] = job_id
-        job, fut = self._commit(job_id, lambda j: None)
-        self._durable[job_id] = fut
+        fut = self._registry.insert(run.seq, job, run.to_json())
+        fut.add_done_callback(functools.partial(self._written, run.seq, job, S.JOB_STATE_UNSPECIFIED, True))
+        self._submitting[job_id] = fut
         try:
             await fut
+        except Exception as exc:
+            # Never written: forget it as if it had not been asked for.
+            del self._jobs[job_id]
+            del self._runs[job_id]
+            if request_id and self._by_request.get(request_id) == job_id:
+                del self._by_request[request_id]
+            if isinstance(exc, StorageError):
+                raise storage_refusal(exc) from None
+            raise Internal(
+                "the conductor could not record the job; see its log", reason="REGISTRY_FAILED"
+            ) from exc
         finally:
-            self._durable.pop(job_id, None)
+            del self._submitting[job_id]
         self._queue.append(job_id)
         self._schedule()
         return job
+
+    async def _submitted(self, request_id: str) -> job_pb2.Job | None:
+        """The durable job an earlier submit with ``request_id`` made, if any."""
+        job_id = self._by_request.get(request_id)
+        if job_id is None:
+            return None
+        pending = self._submitting.get(job_id)
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+        return self.book.find(job_id)
+
+    async def _check_resume_from(self, model: specs.SpecModel, resume_from: str) -> None:
+        problem = name_problem(resume_from)
+        if problem:
+            raise invalid_field("resume_from", problem)
+        base = self.layout.checkpoint_dir(model.project, model.group, model.name)
+        if not await asyncio.to_thread(os.path.isdir, base / resume_from):
+            raise NotFound(
+                f"no checkpoint {resume_from!r} for {model.project}/{model.group}/{model.name}",
+                reason="CHECKPOINT_NOT_FOUND",
+                metadata={"resume_from": resume_from},
+            )
 
     async def cancel(self, job_id: str, grace: float | None, reason: str) -> job_pb2.Job:
         run = self._run(job_id)
@@ -425,6 +421,7 @@ class Lifecycle:
                 )
             if job.state == S.JOB_STATE_CANCELLING:
                 return job
+            self._refuse_when_degraded()
             reason = reason or "cancelled by request"
             await self._cancel_locked(job_id, DEFAULT_CANCEL_GRACE if grace is None else grace, reason)
             return self._jobs[job_id]
@@ -469,6 +466,7 @@ class Lifecycle:
                     reason="PAUSE_MODE_UNSUPPORTED",
                     metadata={"executor": executor.name, "mode": S.PauseMode.Name(mode)},
                 )
+            self._refuse_when_degraded()
             self._stop_timer(run, "deadline")
             run.paused_at = time.time()
             if run.handle is None:
@@ -523,6 +521,7 @@ class Lifecycle:
                     reason="JOB_NOT_PAUSED",
                     metadata={"job_id": job_id, "state": state_name(job.state)},
                 )
+            self._refuse_when_degraded()
             if run.paused_at is not None:
                 run.paused_seconds += max(0.0, time.time() - run.paused_at)
                 run.paused_at = None
@@ -554,185 +553,101 @@ class Lifecycle:
                     reason="JOB_NOT_ENDED",
                     metadata={"job_id": job_id, "state": state_name(job.state)},
                 )
+            self._refuse_when_degraded()
             self._revision += 1
             gone = job_pb2.Job()
             gone.CopyFrom(job)
             gone.revision = self._revision
             fut = self._registry.delete(gone)
-            self._emit_when_durable(
-                fut, job_pb2.JobEvent(revision=gone.revision, job=gone, type=S.JOB_EVENT_TYPE_DELETED)
-            )
-            await fut
+            fut.add_done_callback(functools.partial(self._deleted, gone))
+            try:
+                await fut
+            except Exception as exc:
+                raise Internal("the conductor could not record the deletion; see its log") from exc
             del self._jobs[job_id]
             del self._runs[job_id]
-            self._order.remove(run.seq)
-            del self._by_seq[run.seq]
             if job.request_id:
                 self._by_request.pop(job.request_id, None)
-            self._publisher.remove(job_id, job.run_dir)
             await self._executors[job.executor].forget(job_id)
             return gone.revision
 
-    # ------------------------------------------------------------ inspection
-
-    @property
-    def running_count(self) -> int:
-        """Jobs holding a slot: a process, or about to have one."""
-        return self._slots
-
-    async def health(self, job_id: str) -> JobHealth:
-        """The job's processes now, from its executor, and when it last wrote output."""
-        job = self.get(job_id)
-        run = self._runs[job_id]
-        last_output = await asyncio.to_thread(_mtime, os.path.join(job.run_dir, LOG_FILE))
-        if run.handle is None or not run.handle.external_id:
-            detail = {
-                S.JOB_STATE_QUEUED: "queued: not started yet",
-                S.JOB_STATE_PAUSED: "paused with a checkpoint: no process until it is resumed",
-                S.JOB_STATE_RUNNING: "between attempts: the next one starts soon"
-                if run.retry_at is not None
-                else "starting: its process is being launched",
-            }.get(job.state, f"{state_name(job.state).lower()}: the job has no process")
-            return JobHealth(job, None, detail, last_output)
-        executor = self._executors[job.executor]
-        try:
-            process = await executor.health(run.handle)
-        except Unsupported as exc:
-            return JobHealth(job, None, str(exc), last_output)
-        return JobHealth(job, process, "", last_output)
-
-    async def job_step(self, job_id: str, step: int, tail_lines: int) -> tuple[job_pb2.StepStatus, bytes]:
-        """One step's status and the last ``tail_lines`` lines of its own output."""
-        job = self.get(job_id)
-        if step < 1 or step > len(job.steps):
-            raise invalid_field("step", f"must be between 1 and {len(job.steps)} (the step count)")
-        if tail_lines < 0:
-            raise invalid_field("tail_lines", "must not be negative")
-        entry = job.steps[step - 1]
-        tail = b""
-        if tail_lines and entry.state not in (S.STEP_STATE_PENDING, S.STEP_STATE_SKIPPED):
-            path = Path(job.run_dir) / LOG_FILE
-            end = entry.log_end if entry.log_end else None
-            size = await asyncio.to_thread(_size, job.run_dir)
-            start = await asyncio.to_thread(offset_of_last_lines, path, tail_lines, entry.log_start, end)
-            tail = await asyncio.to_thread(read_range, path, start, end if end is not None else size)
-        return entry, tail
-
-    # ----------------------------------------------------------- checkpoints
-
-    def _name_lock(self, key: tuple[str, str, str]) -> asyncio.Lock:
-        return self._name_locks.setdefault(key, asyncio.Lock())
-
-    async def delete_checkpoints(
-        self, project: str, group: str, name: str, suffixes: list[str]
-    ) -> tuple[int, int]:
-        """Remove checkpoints of one job name; all of them when ``suffixes`` is empty."""
-        for field_name, value in (("project", project), ("group", group), ("name", name)):
-            problem = name_problem(value)
-            if problem:
-                raise invalid_field(field_name, problem)
-        for i, suffix in enumerate(suffixes):
-            problem = name_problem(suffix)
-            if problem:
-                raise invalid_field(f"suffixes[{i}]", problem)
-        key = (project, group, name)
-        async with self._name_lock(key):
-            active = [
-                j for j in self._jobs.values()
-                if (j.project, j.group, j.name) == key and j.state in _ACTIVE
-            ]  # fmt: skip
-            if active:
-                raise FailedPrecondition(
-                    f"{project}/{group}/{name} has a run that is {state_name(active[0].state)} "
-                    f"({active[0].id}); its checkpoints stay until it ends or is cancelled",
-                    reason="JOB_ACTIVE",
-                    metadata={"job_id": active[0].id},
-                )
-            base = self._layout.checkpoint_dir(project, group, name)
-            present = await asyncio.to_thread(ckpt.existing, base)
-            if suffixes:
-                missing = [s for s in suffixes if s not in present]
-                if missing:
-                    raise NotFound(
-                        f"no checkpoint {missing[0]!r} for {project}/{group}/{name}",
-                        reason="CHECKPOINT_NOT_FOUND",
-                        metadata={"suffix": missing[0]},
-                    )
-            return await asyncio.to_thread(ckpt.delete, base, list(suffixes) or present)
-
-    async def clear_jobs(
-        self, states: list[int], project: str, group: str, name: str, older_than: float
-    ) -> list[str]:
-        """Delete ended jobs matching the filters, as DeleteJob does; returns their ids."""
-        for i, st in enumerate(states):
-            if st not in TERMINAL:
-                raise invalid_field(
-                    f"states[{i}]", f"{state_name(st)} is not an ended state (SUCCEEDED, FAILED, CANCELLED)"
-                )
-        if older_than < 0:
-            raise invalid_field("older_than", "must not be negative")
-        wanted = set(states) or set(TERMINAL)
-        cutoff = time.time() - older_than
-        flt = ListFilter(project, group, name, tuple(wanted))
-        doomed = [
-            j.id for j in self.jobs(flt)
-            if j.end_time.ToDatetime().timestamp() <= cutoff or not j.HasField("end_time")
-        ]  # fmt: skip
-        deleted = []
-        for job_id in doomed:
-            with contextlib.suppress(NotFound, FailedPrecondition):
-                await self.delete(job_id)
-                deleted.append(job_id)
-        return deleted
-
     # ------------------------------------------------------------------ internals
 
-    def _run(self, job_id: str) -> _Run:
-        self.get(job_id)
+    def _run(self, job_id: str) -> Run:
+        self.book.get(job_id)
         return self._runs[job_id]
+
+    def _refuse_when_degraded(self) -> None:
+        """Refuse a change up front while storage fails, rather than hang on it."""
+        if self._registry.degraded is not None:
+            raise storage_refusal(self._registry.degraded)
 
     def _commit(
         self, job_id: str, mutate: Callable[[job_pb2.Job], None], *, event: bool = True
     ) -> tuple[job_pb2.Job, asyncio.Future[None]]:
-        """Apply a change: next revision, registry write, status.json, listeners.
+        """Apply a change: the table's check, the next revision, the registry write.
 
         The new Job replaces the old object (never mutated in place), so a Job
-        handed out earlier stays as it was.
+        handed out earlier stays as it was. It reaches the book, status.json
+        and listeners once the registry holds it (``_written``).
         """
+        before = self._jobs[job_id]
         job = job_pb2.Job()
-        job.CopyFrom(self._jobs[job_id])
+        job.CopyFrom(before)
         mutate(job)
-        now = _now()
+        if not transitions.allowed(before.state, job.state):
+            log.error(
+                "forbidden_transition",
+                job_id=job_id,
+                from_state=state_name(before.state),
+                to_state=state_name(job.state),
+            )
+            raise ForbiddenTransition(f"{state_name(before.state)} -> {state_name(job.state)}")
         if event:
             self._revision += 1
             job.revision = self._revision
-            job.update_time.CopyFrom(now)
+            job.update_time.CopyFrom(_now())
         self._jobs[job_id] = job
         run = self._runs[job_id]
         fut = self._registry.put(run.seq, job, run.to_json(), S.JOB_EVENT_TYPE_UPDATED if event else None)
-        self._publisher.publish(job)
-        if event:
-            self._emit_when_durable(
-                fut, job_pb2.JobEvent(revision=job.revision, job=job, type=S.JOB_EVENT_TYPE_UPDATED)
-            )
-        else:
-            fut.add_done_callback(_log_failure)
+        fut.add_done_callback(functools.partial(self._written, run.seq, job, before.state, event))
         return job, fut
 
-    def _emit_when_durable(self, fut: asyncio.Future[None], event: job_pb2.JobEvent) -> None:
-        """Tell listeners once the change is on disk.
+    def _written(
+        self, seq: int, job: job_pb2.Job, before: int, event: bool, fut: asyncio.Future[None]
+    ) -> None:
+        """A write settled. The registry settles in write order, so this runs in revision order."""
+        if fut.cancelled() or fut.exception() is not None:
+            if before != S.JOB_STATE_UNSPECIFIED:
+                log.error("registry_write_failed", job_id=job.id, error=repr(fut.exception())[:200])
+            if event:
+                # Nothing to show at this revision, but it is settled.
+                self._emit(job_pb2.JobEvent(revision=job.revision))
+            return
+        self.book.put(seq, job)
+        self._publisher.publish(job)
+        if not event:
+            return
+        if before != job.state:
+            log.info(
+                "job_transition",
+                job_id=job.id,
+                from_state=state_name(before),
+                to_state=state_name(job.state),
+                reason=job.reason,
+                revision=job.revision,
+            )
+        self._emit(job_pb2.JobEvent(revision=job.revision, job=job, type=S.JOB_EVENT_TYPE_UPDATED))
 
-        The registry settles its futures in write order, so listeners hear of
-        changes in revision order, and never of one that a crash could take back.
-        """
-
-        def done(f: asyncio.Future[None]) -> None:
-            if f.cancelled() or f.exception() is not None:
-                _log_failure(f)
-                return
-            self._emit(event)
-
-        fut.add_done_callback(done)
+    def _deleted(self, gone: job_pb2.Job, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            log.error("registry_write_failed", job_id=gone.id, error=repr(fut.exception())[:200])
+            self._emit(job_pb2.JobEvent(revision=gone.revision))
+            return
+        self.book.remove(gone.id, gone.revision)
+        self._publisher.remove(gone.id, gone.run_dir)
+        log.info("job_deleted", job_id=gone.id, revision=gone.revision)
+        self._emit(job_pb2.JobEvent(revision=gone.revision, job=gone, type=S.JOB_EVENT_TYPE_DELETED))
 
     def _emit(self, event: job_pb2.JobEvent) -> None:
         for listener in list(self._listeners):
@@ -741,11 +656,52 @@ class Lifecycle:
             except Exception:
                 log.exception("listener_failed")
 
-    def _spawn_task(self, coro: Any) -> None:
+    def _spawn_task(self, coro: Coroutine[Any, Any, Any], job_id: str = "") -> asyncio.Task[Any]:
+        """Run ``coro`` as a task that is watched: its failure fails ``job_id``'s job."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(_log_task_failure)
+        task.add_done_callback(functools.partial(self._task_done, job_id))
+        return task
+
+    def _task_done(self, job_id: str, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        if job_id and not self._closed:
+            self._spawn_task(self._fail_internal(job_id, exc, "an internal error"))
+        else:
+            log.error("lifecycle_task_failed", error=repr(exc)[:200], exc_info=exc)
+
+    async def _fail_internal(self, job_id: str, exc: BaseException, what: str) -> None:
+        """An internal error hit a job: end it FAILED, saying so, and free its slot."""
+        log.error("job_internal_error", job_id=job_id, what=what, error=repr(exc)[:200], exc_info=exc)
+        run = self._runs.get(job_id)
+        if run is None:
+            return
+        try:
+            async with run.lock:
+                job = self._jobs.get(job_id)
+                if job is None or job.state in TERMINAL:
+                    return
+                if run.handle is not None:
+                    # A FAILED job leaves nothing running behind it.
+                    with contextlib.suppress(Exception):
+                        await self._executors[run.handle.executor].signal(run.handle, _signal.SIGKILL)
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(job_id)
+                await self._finish(
+                    job_id,
+                    S.JOB_STATE_FAILED,
+                    None,
+                    f"failed in the conductor: {what}; see its log",
+                )
+        except Exception as again:
+            log.error("job_internal_error_unhandled", job_id=job_id, error=repr(again)[:200], exc_info=again)
+        finally:
+            self._release(job_id)
+            self._schedule()
 
     def _take_slot(self, job_id: str) -> None:
         run = self._runs[job_id]
@@ -766,7 +722,7 @@ class Lifecycle:
             if self._jobs.get(job_id, job_pb2.Job()).state != S.JOB_STATE_QUEUED:
                 continue
             self._take_slot(job_id)
-            self._spawn_task(self._start_queued(job_id))
+            self._spawn_task(self._start_queued(job_id), job_id)
 
     async def _start_queued(self, job_id: str) -> None:
         run = self._runs[job_id]
@@ -776,7 +732,10 @@ class Lifecycle:
                 self._release(job_id)
                 self._schedule()
                 return
-            if run.resuming:
+            if run.deferred is not None:
+                step, attempt, resume = run.deferred
+                await self._launch(job_id, step=step, attempt=attempt, resume=resume)
+            elif run.resuming:
                 await self._continue_paused(job_id)
             else:
                 await self._launch(job_id, step=job.start_step or 1, attempt=1, resume=False)
@@ -801,6 +760,15 @@ class Lifecycle:
         else:
             await self._launch(job_id, step=job.step, attempt=job.attempt, resume=True)
 
+    def _resume_point(self, job: job_pb2.Job, first: bool, resume: bool, attempt: int) -> str:
+        """BATON_RESUME_FROM for a launch (blocking: it looks at the checkpoints)."""
+        if first and job.resume_from_suffix:
+            return os.path.join(job.checkpoint_dir, job.resume_from_suffix)
+        if resume or attempt > 1:
+            latest = self.layout.latest_checkpoint(job.project, job.group, job.name)
+            return str(latest) if latest else ""
+        return ""
+
     async def _launch(self, job_id: str, *, step: int, attempt: int, resume: bool) -> None:
         """Start one attempt of one step. Called with the job's lock held."""
         run = self._runs[job_id]
@@ -809,24 +777,18 @@ class Lifecycle:
         model_steps = list(job.spec.steps) or [job_pb2.Step(name="main", command=job.spec.command)]
         current = model_steps[step - 1]
         first = not job.HasField("start_time")
-        log_size = await asyncio.to_thread(_size, job.run_dir)
+        size = await asyncio.to_thread(log_size, job.run_dir)
         # Under the name lock until the job shows as RUNNING, so delete_checkpoints
         # either sees it active or has finished before the checkpoint is chosen.
-        async with self._name_lock((job.project, job.group, job.name)):
-            resume_from = ""
-            if first and job.resume_from_suffix:
-                resume_from = os.path.join(job.checkpoint_dir, job.resume_from_suffix)
-            elif resume or attempt > 1:
-                latest = await asyncio.to_thread(
-                    self._layout.latest_checkpoint, job.project, job.group, job.name
-                )
-                resume_from = str(latest) if latest else ""
+        async with self.name_lock((job.project, job.group, job.name)):
+            resume_from = await asyncio.to_thread(self._resume_point, job, first, resume, attempt)
             run.launch_seq += 1
             handle = executor.prepare(job_id, run.launch_seq)
             run.handle = handle
             run.resuming = False
             run.retry_at = None
             run.killed = False
+            run.deferred = None
 
             def mark(j: job_pb2.Job) -> None:
                 now = _now()
@@ -838,28 +800,16 @@ class Lifecycle:
                 if first:
                     j.start_time.CopyFrom(now)
                     j.heartbeat_time.CopyFrom(now)
-                steps_mod.step_started(j, step, attempt, log_size, now)
+                steps_mod.step_started(j, step, attempt, size, now)
 
             durable = self._commit(job_id, mark)[1]
         # Durable before the process exists: a restart then asks the executor
         # about this launch instead of starting it a second time.
         await durable
-        env = dict(job.spec.env)
-        env.update(
-            BATON_JOB_ID=job_id,
-            BATON_RUN_DIR=job.run_dir,
-            BATON_CHECKPOINT_DIR=job.checkpoint_dir,
-            BATON_STEP=str(step),
-            BATON_STEP_NAME=current.name,
-            BATON_ATTEMPT=str(attempt),
-            BATON_RESULT_FILE=os.path.join(job.run_dir, RESULT_FILE),
-        )
-        if resume_from:
-            env["BATON_RESUME_FROM"] = resume_from
         launch = LaunchSpec(
             job_id=job_id,
             command=current.command,
-            env=env,
+            env=job_environment(self._jobs[job_id], step, current.name, attempt, resume_from),
             workdir=job.spec.workdir or job.run_dir,
             log_path=os.path.join(job.run_dir, LOG_FILE),
             resources=job.spec.resources,
@@ -867,7 +817,16 @@ class Lifecycle:
         )
         try:
             handle = await executor.launch(handle, launch)
-        except (LaunchError, OSError) as exc:
+        except OSError as exc:
+            run.handle = None
+            if exc.errno in _NO_SPACE:
+                await self._defer_launch(job_id, (step, attempt, resume), exc.strerror or "no space left")
+            else:
+                await self._finish(
+                    job_id, S.JOB_STATE_FAILED, None, f"could not start: {exc.strerror}", S.STEP_STATE_FAILED
+                )
+            return
+        except LaunchError as exc:
             run.handle = None
             await self._finish(
                 job_id, S.JOB_STATE_FAILED, None, f"could not start: {exc}", S.STEP_STATE_FAILED
@@ -875,9 +834,37 @@ class Lifecycle:
             return
         run.handle = handle
         self._commit(job_id, lambda j: _set(j, external_id=handle.external_id))
-        run.waiter = asyncio.create_task(self._watch(job_id, handle))
+        run.waiter = self._spawn_task(self._watch(job_id, handle), job_id)
         if first:
             self._arm_deadline(job_id)
+
+    async def _defer_launch(self, job_id: str, launch: tuple[int, int, bool], why: str) -> None:
+        """Storage has no room to start the job: it waits, queued, and is tried again."""
+        run = self._runs[job_id]
+        run.deferred = launch
+        self._release(job_id)
+        step = launch[0]
+
+        def waiting(j: job_pb2.Job) -> None:
+            j.state = S.JOB_STATE_QUEUED
+            j.reason = (
+                f"waiting for storage to start step {step}: {why}; trying again every "
+                f"{format_duration(STORAGE_RETRY_SECONDS)}"
+            )
+            entry = j.steps[step - 1]
+            if entry.state == S.STEP_STATE_RUNNING:
+                entry.state = S.STEP_STATE_PENDING
+
+        await self._commit(job_id, waiting)[1]
+
+        async def again() -> None:
+            job = self._jobs.get(job_id)
+            if job is not None and job.state == S.JOB_STATE_QUEUED and job_id not in self._queue:
+                self._queue.appendleft(job_id)
+                self._schedule()
+
+        self._arm(job_id, "deferred", STORAGE_RETRY_SECONDS, again)
+        self._schedule()
 
     async def _watch(self, job_id: str, handle: Handle) -> None:
         executor = self._executors[handle.executor]
@@ -898,11 +885,12 @@ class Lifecycle:
         run.waiter = None
         self._stop_timer(run, "kill")
         run.kill_at = None
-        log_size = await asyncio.to_thread(_size, job.run_dir)
+        size = await asyncio.to_thread(log_size, job.run_dir)
         step = job.step
+        ended = _at(status)
         if job.state == S.JOB_STATE_CANCELLING:
             await self._finish(
-                job_id, S.JOB_STATE_CANCELLED, status, run.cancel_reason, S.STEP_STATE_CANCELLED, log_size
+                job_id, S.JOB_STATE_CANCELLED, status, run.cancel_reason, S.STEP_STATE_CANCELLED, size
             )
         elif job.state == S.JOB_STATE_PAUSING:
             at_boundary = not run.pause_delivered and status.exit_code == 0 and status.signal is None
@@ -922,7 +910,7 @@ class Lifecycle:
             def paused(j: job_pb2.Job) -> None:
                 _set(j, state=S.JOB_STATE_PAUSED, reason=f"paused with a checkpoint ({how})")
                 step_state = S.STEP_STATE_SUCCEEDED if at_boundary else S.STEP_STATE_PAUSED
-                steps_mod.step_ended(j, step, step_state, status, log_size, _now(), how)
+                steps_mod.step_ended(j, step, step_state, status, size, ended, how)
 
             await self._commit(job_id, paused)[1]
             self._schedule()
@@ -930,13 +918,11 @@ class Lifecycle:
             if job.step < job.step_count:
                 self._commit(
                     job_id,
-                    lambda j: steps_mod.step_ended(j, step, S.STEP_STATE_SUCCEEDED, status, log_size, _now()),
+                    lambda j: steps_mod.step_ended(j, step, S.STEP_STATE_SUCCEEDED, status, size, ended),
                 )
                 await self._launch(job_id, step=job.step + 1, attempt=1, resume=False)
             else:
-                await self._finish(
-                    job_id, S.JOB_STATE_SUCCEEDED, status, "", S.STEP_STATE_SUCCEEDED, log_size
-                )
+                await self._finish(job_id, S.JOB_STATE_SUCCEEDED, status, "", S.STEP_STATE_SUCCEEDED, size)
         elif job.attempt <= job.spec.retries:
             delay = retry_backoff(job.attempt)
             run.retry_at = time.time() + delay
@@ -952,9 +938,7 @@ class Lifecycle:
 
             def retrying(j: job_pb2.Job) -> None:
                 j.reason = why
-                steps_mod.step_ended(
-                    j, step, S.STEP_STATE_FAILED, status, log_size, _now(), describe_exit(status)
-                )
+                steps_mod.step_ended(j, step, S.STEP_STATE_FAILED, status, size, ended, describe_exit(status))
 
             await self._commit(job_id, retrying)[1]
             self._arm_retry(job_id, delay)
@@ -966,7 +950,7 @@ class Lifecycle:
                 status,
                 f"{what}failed: {describe_exit(status)}",
                 S.STEP_STATE_FAILED,
-                log_size,
+                size,
             )
 
     async def _finish(
@@ -976,7 +960,7 @@ class Lifecycle:
         status: ExitStatus | None,
         reason: str,
         step_state: int | None = None,
-        log_size: int = 0,
+        size: int = 0,
     ) -> None:
         """End the job; with ``step_state``, its current step ends that way too."""
         run = self._runs[job_id]
@@ -984,16 +968,17 @@ class Lifecycle:
             self._stop_timer(run, name)
         run.handle = None
         run.retry_at = run.kill_at = None
+        run.deferred = None
         job = self._jobs[job_id]
         result, problem = await asyncio.to_thread(read_result, Path(job.run_dir) / RESULT_FILE)
         if problem:
             reason = f"{reason}; result dropped: {problem}" if reason else f"result dropped: {problem}"
+        ended = _at(status)
 
         def end(j: job_pb2.Job) -> None:
-            now = _now()
             j.state = state  # type: ignore[assignment]
             j.reason = reason
-            j.end_time.CopyFrom(now)
+            j.end_time.CopyFrom(ended)
             if status is not None and status.exit_code is not None:
                 j.exit_code = status.exit_code
             if status is not None and status.signal is not None:
@@ -1001,7 +986,7 @@ class Lifecycle:
             if result is not None:
                 j.result.CopyFrom(result)
             if step_state is not None and j.step:
-                steps_mod.step_ended(j, j.step, step_state, status, log_size, now)
+                steps_mod.step_ended(j, j.step, step_state, status, size, ended)
 
         self._release(job_id)
         await self._commit(job_id, end)[1]
@@ -1009,19 +994,21 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ timers
 
-    def _stop_timer(self, run: _Run, name: str) -> None:
+    def _stop_timer(self, run: Run, name: str) -> None:
         timer = run.timers.pop(name, None)
         if timer:
             timer.cancel()
 
-    def _arm(self, job_id: str, name: str, delay: float, action: Callable[[], Any]) -> None:
+    def _arm(
+        self, job_id: str, name: str, delay: float, action: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
         run = self._runs[job_id]
         self._stop_timer(run, name)
         loop = asyncio.get_running_loop()
 
         def fire() -> None:
             run.timers.pop(name, None)
-            self._spawn_task(action())
+            self._spawn_task(action(), job_id)
 
         run.timers[name] = loop.call_later(max(0.0, delay), fire)
 
@@ -1058,7 +1045,7 @@ class Lifecycle:
         delay = started + limit + run.paused_seconds - time.time()
 
         async def expire() -> None:
-            with contextlib.suppress(FailedPrecondition, NotFound):
+            with contextlib.suppress(FailedPrecondition, NotFound, ResourceExhausted, Unavailable):
                 await self.cancel(job_id, None, f"max_duration {format_duration(limit)} exceeded")
 
         self._arm(job_id, "deadline", delay, expire)
@@ -1072,16 +1059,16 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ recovery
 
+    async def _recover_guarded(self, job_id: str) -> None:
+        try:
+            await self._recover(job_id)
+        except Exception as exc:
+            await self._fail_internal(job_id, exc, "an internal error while re-attaching it after a restart")
+
     async def _recover(self, job_id: str) -> None:
         run = self._runs[job_id]
         job = self._jobs[job_id]
         state = job.state
-        if state == S.JOB_STATE_QUEUED:
-            if run.resuming:
-                self._queue.appendleft(job_id)
-            else:
-                self._queue.append(job_id)
-            return
         if run.handle is None:
             if state == S.JOB_STATE_RUNNING and run.retry_at is not None:
                 self._take_slot(job_id)
@@ -1101,16 +1088,15 @@ class Lifecycle:
             return
         executor = self._executors.get(run.handle.executor)
         if executor is None:
-            await self._finish(
-                job_id, S.JOB_STATE_FAILED, None, f"executor {run.handle.executor!r} is not offered any more"
-            )
+            end = S.JOB_STATE_CANCELLED if state == S.JOB_STATE_CANCELLING else S.JOB_STATE_FAILED
+            await self._finish(job_id, end, None, f"executor {run.handle.executor!r} is not offered any more")
             return
         attachment = await executor.reattach(run.handle)
         self._take_slot(job_id)
         handle = run.handle
         if attachment.presence is Presence.RUNNING:
             log.info("reattached", job_id=job_id, external_id=handle.external_id)
-            run.waiter = asyncio.create_task(self._watch(job_id, handle))
+            run.waiter = self._spawn_task(self._watch(job_id, handle), job_id)
             if state in (S.JOB_STATE_CANCELLING, S.JOB_STATE_PAUSING):
                 self._arm_kill(job_id, (run.kill_at or time.time()) - time.time())
             elif state == S.JOB_STATE_RUNNING:
@@ -1130,31 +1116,6 @@ class Lifecycle:
                 )
 
 
-def _mtime(path: str) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except FileNotFoundError:
-        return None
-
-
-def _size(run_dir: str) -> int:
-    """The size of a run's output.log (0 before it exists); blocking."""
-    try:
-        return os.stat(os.path.join(run_dir, LOG_FILE)).st_size
-    except FileNotFoundError:
-        return 0
-
-
 def _set(job: job_pb2.Job, **fields: Any) -> None:
     for key, value in fields.items():
         setattr(job, key, value)
-
-
-def _log_failure(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("registry_write_failed", error=str(fut.exception()))
-
-
-def _log_task_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("lifecycle_task_failed", error=repr(task.exception()))

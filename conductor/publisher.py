@@ -1,8 +1,10 @@
 """The publisher: writes each job's status.json, off the event loop.
 
 The registry is the source of truth; status.json is its published copy for the
-viewer and any other reader. Writes for one job coalesce (only the newest
-version matters), happen in order, and are atomic (temp file + rename).
+viewer and any other reader. The lifecycle hands a version here only once the
+registry holds it. Writes for one job coalesce (only the newest version
+matters), happen in order, and are atomic (temp file + rename). A write that
+fails (a full disk) is tried again, with the newest version, until it succeeds.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from common.jobfile import write_job
 from common.layout import STATUS_FILE
 
 log = structlog.get_logger(__name__)
+RETRY_MAX_SECONDS = 2.0
 
 
 class Publisher:
@@ -46,8 +49,12 @@ class Publisher:
             self._cond.notify()
 
     def _run(self) -> None:
+        backoff = 0.0
         while True:
             with self._cond:
+                if backoff:
+                    # Something failed: wait a little before writing it again.
+                    self._cond.wait(backoff)
                 while not self._pending and not self._stopping:
                     self._idle.set()
                     self._cond.wait()
@@ -55,14 +62,27 @@ class Publisher:
                     self._idle.set()
                     return
                 batch, self._pending = self._pending, {}
-            for run_dir, job in batch.values():
+            failed = {}
+            for job_id, (run_dir, job) in batch.items():
                 try:
                     if job is None:
                         shutil.rmtree(run_dir, ignore_errors=True)
                     else:
                         write_job(run_dir / STATUS_FILE, job)
                 except OSError as exc:
-                    log.error("status_write_failed", run_dir=str(run_dir), error=str(exc))
+                    if not backoff:
+                        log.error("status_write_failed", run_dir=str(run_dir), error=exc.strerror)
+                    failed[job_id] = (run_dir, job)
+            if not failed:
+                backoff = 0.0
+                continue
+            with self._cond:
+                for job_id, item in failed.items():
+                    # A newer version queued meanwhile replaces the one that failed.
+                    self._pending.setdefault(job_id, item)
+                if self._stopping:
+                    self._pending.clear()
+            backoff = min(RETRY_MAX_SECONDS, max(0.05, backoff * 2))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until everything queued so far is written (for shutdown and tests)."""

@@ -5,6 +5,15 @@ implementation (SQLite in WAL mode). Writes go through a single writer thread
 that commits whatever has queued up in one transaction (group commit), so a
 burst of submissions costs one fsync, not one each, and no SQLite call ever
 runs on the event loop.
+
+When storage fails (a full disk, an I/O error), the two kinds of write part
+ways. A new job (``insert``) is refused at once with a ``StorageError``: its
+submitter rolls it back and tells the client. A change to a known job
+(``put``, ``delete``) records something that already happened (a process
+ended, a signal was sent), so it is never dropped: it is written again, in
+order and with the changes queued behind it, until storage takes it. Until
+then the registry is ``degraded`` and refuses new jobs without trying, and
+recovers by itself once a write succeeds.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import errno
 import queue
 import sqlite3
 import threading
@@ -20,10 +30,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from baton.v1 import job_pb2
+
+log = structlog.get_logger(__name__)
 
 # Changes kept for WatchJobs reconnects; older ones are pruned.
 DEFAULT_EVENT_HISTORY = 100_000
+# How long the writer waits before writing a failed change again, at most.
+RETRY_MAX_SECONDS = 2.0
+_SQLITE_FULL = 13
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StorageError(Exception):
+    """The registry could not write; ``full`` when for want of space."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+def storage_error(exc: BaseException) -> StorageError | None:
+    """``exc`` as a StorageError when it is a storage fault worth writing again after."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, OSError):
+        full = exc.errno in _NO_SPACE
+        if full:
+            return StorageError("no space left on the registry's device", full=True)
+        name = errno.errorcode.get(exc.errno or 0, "EIO")
+        return StorageError(f"the registry's device failed ({name})", full=False)
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == _SQLITE_FULL:
+            return StorageError("no space left on the registry's device", full=True)
+        return StorageError("the registry's storage failed", full=False)
+    return None
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -73,8 +118,20 @@ class Registry(abc.ABC):
         """The highest revision logged when the registry was opened."""
 
     @abc.abstractmethod
+    def insert(self, seq: int, job: job_pb2.Job, runtime: str | None) -> asyncio.Future[None]:
+        """Add a new job and log its creation; fails with StorageError when storage does."""
+
+    @abc.abstractmethod
     def put(self, seq: int, job: job_pb2.Job, runtime: str | None, event: int | None) -> asyncio.Future[None]:
-        """Insert or replace a job; with ``event``, also log the change at job.revision."""
+        """Replace a known job; with ``event``, also log the change at job.revision.
+
+        Never dropped for a storage fault: written again until it is durable.
+        """
+
+    @property
+    @abc.abstractmethod
+    def degraded(self) -> StorageError | None:
+        """The storage fault that keeps changes from being written now, if any."""
 
     @abc.abstractmethod
     def delete(self, job: job_pb2.Job) -> asyncio.Future[None]:
@@ -95,13 +152,26 @@ class Registry(abc.ABC):
 _Op = Callable[[sqlite3.Connection], None]
 
 
+class _Write:
+    __slots__ = ("fut", "new_job", "op")
+
+    def __init__(self, op: _Op, fut: asyncio.Future[None], new_job: bool) -> None:
+        self.op = op
+        self.fut = fut
+        # A new job's insert is refused on a storage fault; every other write is kept.
+        self.new_job = new_job
+
+
 class SqliteRegistry(Registry):
     """The embedded registry: one SQLite file in WAL mode, fsync on every commit."""
 
     def __init__(self, path: Path, event_history: int = DEFAULT_EVENT_HISTORY) -> None:
         self._path = path
         self._history = event_history
-        self._ops: queue.SimpleQueue[tuple[_Op, asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._degraded: StorageError | None = None
+        # Ids of rows that could not be read at open; left in place for an operator.
+        self.damaged: list[str] = []
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writes = 0
@@ -123,11 +193,17 @@ class SqliteRegistry(Registry):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         conn.executescript(_SCHEMA)
-        rows = conn.execute("SELECT seq, job, runtime FROM jobs ORDER BY seq").fetchall()
+        rows = conn.execute("SELECT id, seq, job, runtime FROM jobs ORDER BY seq").fetchall()
         self._max_revision = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchone()[0]
         out = []
-        for seq, blob, runtime in rows:
-            out.append(StoredJob(seq, job_pb2.Job.FromString(blob), runtime))
+        for job_id, seq, blob, runtime in rows:
+            try:
+                job = job_pb2.Job.FromString(blob)
+            except Exception as exc:  # a damaged row must not keep the others from loading
+                log.error("registry_row_damaged", job_id=str(job_id)[:200], error=repr(exc)[:200])
+                self.damaged.append(str(job_id))
+                continue
+            out.append(StoredJob(seq, job, runtime))
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="registry-writer", daemon=True
         )
@@ -139,13 +215,29 @@ class SqliteRegistry(Registry):
         """The highest revision logged when the registry was opened."""
         return self._max_revision
 
-    def _submit(self, op: _Op) -> asyncio.Future[None]:
+    @property
+    def degraded(self) -> StorageError | None:
+        return self._degraded
+
+    def _submit(self, op: _Op, *, new_job: bool = False) -> asyncio.Future[None]:
         assert self._loop is not None, "registry not open"
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._ops.put((op, fut))
+        degraded = self._degraded
+        if new_job and degraded is not None:
+            # Storage is failing: refuse now rather than queue behind the retries.
+            fut.set_exception(degraded)
+            return fut
+        self._ops.put(_Write(op, fut, new_job))
         return fut
 
+    def insert(self, seq: int, job: job_pb2.Job, runtime: str | None) -> asyncio.Future[None]:
+        return self._submit(self._upsert(seq, job, runtime, job_pb2.JOB_EVENT_TYPE_UPDATED), new_job=True)
+
     def put(self, seq: int, job: job_pb2.Job, runtime: str | None, event: int | None) -> asyncio.Future[None]:
+        return self._submit(self._upsert(seq, job, runtime, event))
+
+    @staticmethod
+    def _upsert(seq: int, job: job_pb2.Job, runtime: str | None, event: int | None) -> _Op:
         blob = job.SerializeToString()
         args = (job.id, seq, int(job.state), job.request_id or None, job.revision, blob, runtime)
 
@@ -163,7 +255,7 @@ class SqliteRegistry(Registry):
                     (job.revision, job.id, event, blob),
                 )
 
-        return self._submit(op)
+        return op
 
     def delete(self, job: job_pb2.Job) -> asyncio.Future[None]:
         blob = job.SerializeToString()
@@ -178,34 +270,49 @@ class SqliteRegistry(Registry):
         return self._submit(op)
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        kept: list[_Write] = []  # changes that storage refused, written again first
+        backoff = 0.05
         while True:
-            item = self._ops.get()
-            batch: list[tuple[_Op, asyncio.Future[None]]] = []
-            stop = item is None
-            if item is not None:
-                batch.append(item)
-            # Group commit: take everything already waiting into this transaction.
-            while not stop:
-                try:
-                    nxt = self._ops.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                else:
-                    batch.append(nxt)
+            batch, stop = self._take(kept, backoff if kept else None)
+            kept = []
             if batch:
-                self._commit(conn, batch)
+                if self._commit(conn, batch) is not None:
+                    kept = [w for w in batch if not w.new_job and not w.fut.done()]
+                    backoff = min(RETRY_MAX_SECONDS, backoff * 2)
+                else:
+                    backoff = 0.05
             if stop:
+                for w in kept:
+                    lost = StorageError("the conductor stopped before storage recovered", full=False)
+                    self._settle(w, lost)
                 conn.close()
                 return
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[None]]]) -> None:
-        error: BaseException | None = None
+    def _take(self, batch: list[_Write], wait: float | None) -> tuple[list[_Write], bool]:
+        """``batch`` and every write queued now, waiting up to ``wait`` for the first (None: forever).
+
+        Group commit: everything already waiting goes into one transaction.
+        Returns the batch and whether the registry is closing.
+        """
+        stop = False
+        try:
+            item = self._ops.get(timeout=wait)
+            while True:
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+                item = self._ops.get_nowait()
+        except queue.Empty:
+            pass
+        return batch, stop
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> StorageError | None:
+        """Write ``batch`` in one transaction; returns the storage fault that kept it out."""
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, _ in batch:
-                op(conn)
+            for w in batch:
+                w.op(conn)
             self._writes += len(batch)
             if self._writes >= 1000:
                 self._writes = 0
@@ -215,12 +322,31 @@ class SqliteRegistry(Registry):
                 )
             conn.execute("COMMIT")
         except BaseException as exc:  # the waiting callers must hear of it
-            error = exc
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            fault = storage_error(exc)
+            if fault is None:
+                # Not a storage fault (a bug, a damaged file): writing it again cannot help.
+                for w in batch:
+                    self._settle(w, exc)
+                return None
+            if self._degraded is None:
+                log.error("registry_write_failed", error=str(fault), full=fault.full)
+            self._degraded = fault
+            for w in batch:
+                if w.new_job:
+                    self._settle(w, fault)
+            return fault
+        if self._degraded is not None:
+            log.info("registry_recovered")
+        self._degraded = None
+        for w in batch:
+            self._settle(w, None)
+        return None
+
+    def _settle(self, w: _Write, error: BaseException | None) -> None:
         assert self._loop is not None
-        for _, fut in batch:
-            self._loop.call_soon_threadsafe(_settle, fut, error)
+        self._loop.call_soon_threadsafe(_settle, w.fut, error)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         def run() -> Any:

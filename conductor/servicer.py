@@ -20,9 +20,12 @@ from common import spec as specs
 from common.errors import invalid_field
 from common.rpc import required, translate_errors
 from common.version import VERSION
+from conductor.admin import Admin
 from conductor.executors.procfs import self_rss
 from conductor.feeds import Feeds
-from conductor.lifecycle import Lifecycle, ListFilter
+from conductor.inspection import Inspector
+from conductor.jobbook import ListFilter
+from conductor.lifecycle import Lifecycle
 
 
 class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
@@ -35,6 +38,9 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
         checkpoints_dir: str,
     ) -> None:
         self._lc = lifecycle
+        self._book = lifecycle.book
+        self._inspector = Inspector(lifecycle)
+        self._admin = Admin(lifecycle)
         self._feeds = feeds
         self._start_time = start_time
         self._status_dir = status_dir
@@ -59,14 +65,14 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
 
     @translate_errors
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
-        return self._lc.get(required("job_id", request.job_id))
+        return self._book.get(required("job_id", request.job_id))
 
     @translate_errors
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
         flt = ListFilter(request.project, request.group, request.name, tuple(request.states))
-        jobs, token = self._lc.list_jobs(flt, request.page_size, request.page_token)
+        jobs, token = self._book.list_jobs(flt, request.page_size, request.page_token)
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @translate_errors
@@ -98,7 +104,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
     async def GetConductorInfo(
         self, request: pb.GetConductorInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetConductorInfoResponse:
-        counts = self._lc.counts()
+        counts = self._book.counts()
         return pb.GetConductorInfoResponse(
             version=VERSION,
             pid=os.getpid(),
@@ -124,7 +130,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
     async def GetJobHealth(
         self, request: pb.GetJobHealthRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetJobHealthResponse:
-        health = await self._lc.health(required("job_id", request.job_id))
+        health = await self._inspector.health(required("job_id", request.job_id))
         job, proc = health.job, health.process
         out = pb.GetJobHealthResponse(
             job_id=job.id, state=job.state, has_process=proc is not None, detail=health.detail
@@ -148,7 +154,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
     async def GetJobStep(
         self, request: pb.GetJobStepRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetJobStepResponse:
-        step, tail = await self._lc.job_step(
+        step, tail = await self._inspector.job_step(
             required("job_id", request.job_id), request.step, request.tail_lines
         )
         return pb.GetJobStepResponse(step=step, tail=tail)
@@ -158,7 +164,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
         self, request: pb.DeleteCheckpointsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteCheckpointsResponse:
         r = request
-        count, size = await self._lc.delete_checkpoints(r.project, r.group, r.name, list(r.suffixes))
+        count, size = await self._admin.delete_checkpoints(r.project, r.group, r.name, list(r.suffixes))
         return pb.DeleteCheckpointsResponse(deleted_count=count, deleted_bytes=size)
 
     @translate_errors
@@ -167,7 +173,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
     ) -> pb.ClearJobsResponse:
         r = request
         older = r.older_than.ToTimedelta().total_seconds() if r.HasField("older_than") else 0.0
-        ids = await self._lc.clear_jobs(list(r.states), r.project, r.group, r.name, older)
+        ids = await self._admin.clear_jobs(list(r.states), r.project, r.group, r.name, older)
         return pb.ClearJobsResponse(deleted_count=len(ids), job_ids=ids)
 
     @translate_errors

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.harness import InProcessConductor, kill_job_groups
 from tests.viewer_harness import InProcessViewer
+
+# In-process services log to the real stderr (pytest still shows it on a
+# failure), never into the output that a test of the CLI captures.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__))
 
 
 @pytest.fixture

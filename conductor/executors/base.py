@@ -59,6 +59,9 @@ class ExitStatus:
     exit_code: int | None
     signal: int | None = None
     detail: str = ""
+    # When the end was recorded (seconds since the epoch), if the executor knows:
+    # a job that ended while the conductor was down ended then, not at the restart.
+    time: float | None = None
 
 
 @dataclass(frozen=True)

@@ -63,11 +63,11 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def _decode(code: int) -> ExitStatus:
+def _decode(code: int, when: float | None = None) -> ExitStatus:
     """The shell reports death by signal N as 128+N."""
     if code > 128 and code - 128 in _signal.valid_signals():
-        return ExitStatus(exit_code=code, signal=code - 128)
-    return ExitStatus(exit_code=code)
+        return ExitStatus(exit_code=code, signal=code - 128, time=when)
+    return ExitStatus(exit_code=code, time=when)
 
 
 class LocalExecutor(Executor):
@@ -192,9 +192,12 @@ class LocalExecutor(Executor):
 
     def _read_exit(self, launch_dir: Path) -> ExitStatus:
         # The supervisor's record is final; without it, the leader's own record.
+        # The leader's record is written the moment the job ends; the supervisor's
+        # after the rest of the group is gone: the first says when it ended.
+        when = _mtime(launch_dir / "job.exit") or _mtime(launch_dir / "exit")
         for name in ("exit", "job.exit"):
             try:
-                return _decode(int((launch_dir / name).read_text().strip()))
+                return _decode(int((launch_dir / name).read_text().strip()), when)
             except (OSError, ValueError):
                 continue
         return ExitStatus(None, detail="its supervisor ended without recording an exit status")
@@ -232,7 +235,9 @@ class LocalExecutor(Executor):
             self._draining.discard(handle.launch_id)
         if status.exit_code is None:
             # The leader died without a record: only SIGKILL does that to it.
-            status = ExitStatus(128 + _signal.SIGKILL, _signal.SIGKILL, "its supervisor was lost")
+            status = ExitStatus(
+                128 + _signal.SIGKILL, _signal.SIGKILL, "its supervisor was lost", time.time()
+            )
         # Recorded as the supervisor would have, for a conductor started later.
         await asyncio.to_thread(_record_exit, launch_dir, status.exit_code or 0)
         return status
@@ -322,6 +327,13 @@ def _start_times(shim_pid: int, job_pid: int) -> tuple[int | None, int | None]:
     """
     job = procfs.read(job_pid)
     return _start_time(shim_pid), job.start_ticks if job is not None and job.ppid == shim_pid else None
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def _has_exit(launch_dir: Path) -> bool:

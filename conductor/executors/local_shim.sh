@@ -21,12 +21,16 @@ shell=/bin/sh
 # known even when this supervisor is lost (kill -9, the OOM killer) and the
 # conductor adopts the group. It traps the signals a pause or cancel sends, so
 # it outlives them and records what they did; a trap (unlike an ignore) is
-# reset in the job, which takes each signal first hand.
+# reset in the job, which takes each signal first hand. Its own stderr goes
+# nowhere, so its note on how the job died ("Terminated") stays out of the
+# job's log; the job gets the log back as its stderr once forked. The record
+# is one write of a few bytes by a builtin (the job's PATH may hold no mv).
 setsid /bin/sh -c '. "$1/env" && cd "$baton_workdir" || exit 127
 trap : HUP INT QUIT ABRT USR1 USR2 ALRM TERM
-"$2" -c "$baton_command"
+exec 3>&2 2>/dev/null
+/bin/sh -c '"'"'exec 2>&3 3>&-; exec "$0" -c "$1"'"'"' "$2" "$baton_command"
 code=$?
-echo "$code" >"$1/job.exit.tmp" && mv -f "$1/job.exit.tmp" "$1/job.exit"
+echo "$code" >"$1/job.exit"
 exit "$code"' baton-job "$dir" "$shell" </dev/null >>"$log" 2>&1 &
 job=$!
 echo "$$ $job" >"$dir/pids"

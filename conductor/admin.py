@@ -1,0 +1,82 @@
+"""Administration: removing checkpoints and deleting ended jobs in bulk.
+
+Both go through the lifecycle's rules (a checkpoint stays while a run of its
+job is active; a job is deleted as DeleteJob deletes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from common.errors import FailedPrecondition, NotFound, invalid_field
+from common.jobs import TERMINAL
+from common.names import name_problem
+from conductor import checkpoints as ckpt
+from conductor.jobbook import ListFilter
+from conductor.lifecycle import Lifecycle, state_name
+
+
+class Admin:
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lc = lifecycle
+
+    async def delete_checkpoints(
+        self, project: str, group: str, name: str, suffixes: list[str]
+    ) -> tuple[int, int]:
+        """Remove checkpoints of one job name; all of them when ``suffixes`` is empty."""
+        for field_name, value in (("project", project), ("group", group), ("name", name)):
+            problem = name_problem(value)
+            if problem:
+                raise invalid_field(field_name, problem)
+        for i, suffix in enumerate(suffixes):
+            problem = name_problem(suffix)
+            if problem:
+                raise invalid_field(f"suffixes[{i}]", problem)
+        key = (project, group, name)
+        async with self._lc.name_lock(key):
+            active = self._lc.active_runs(key)
+            if active:
+                raise FailedPrecondition(
+                    f"{project}/{group}/{name} has a run that is {state_name(active[0].state)} "
+                    f"({active[0].id}); its checkpoints stay until it ends or is cancelled",
+                    reason="JOB_ACTIVE",
+                    metadata={"job_id": active[0].id},
+                )
+            base = self._lc.layout.checkpoint_dir(project, group, name)
+            present = await asyncio.to_thread(ckpt.existing, base)
+            if suffixes:
+                missing = [s for s in suffixes if s not in present]
+                if missing:
+                    raise NotFound(
+                        f"no checkpoint {missing[0]!r} for {project}/{group}/{name}",
+                        reason="CHECKPOINT_NOT_FOUND",
+                        metadata={"suffix": missing[0]},
+                    )
+            return await asyncio.to_thread(ckpt.delete, base, list(suffixes) or present)
+
+    async def clear_jobs(
+        self, states: list[int], project: str, group: str, name: str, older_than: float
+    ) -> list[str]:
+        """Delete ended jobs matching the filters, as DeleteJob does; returns their ids."""
+        for i, st in enumerate(states):
+            if st not in TERMINAL:
+                raise invalid_field(
+                    f"states[{i}]", f"{state_name(st)} is not an ended state (SUCCEEDED, FAILED, CANCELLED)"
+                )
+        if older_than < 0:
+            raise invalid_field("older_than", "must not be negative")
+        wanted = set(states) or set(TERMINAL)
+        cutoff = time.time() - older_than
+        flt = ListFilter(project, group, name, tuple(wanted))
+        doomed = [
+            j.id for j in self._lc.book.jobs(flt)
+            if j.end_time.ToDatetime().timestamp() <= cutoff or not j.HasField("end_time")
+        ]  # fmt: skip
+        deleted = []
+        for job_id in doomed:
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await self._lc.delete(job_id)
+                deleted.append(job_id)
+        return deleted
