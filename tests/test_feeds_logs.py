@@ -554,9 +554,6 @@ def test_subscribers_that_never_read_neither_slow_others_nor_grow_server_memory(
 # hold (about 4 MB here), so a reader that stops taking messages keeps the server mid-log.
 BIG_LOG_LINES = 4_000_000
 DELETED = "JOB_DELETED"
-# Until one follow serves both services: the conductor ends OK with no complete chunk,
-# the viewer says NOT_FOUND with another reason.
-UNTIL_ONE_FOLLOW = pytest.mark.xfail(strict=True, reason="a deleted job's follow ends ambiguously")
 
 
 def drain(call: Any, read: LogRead, pause: float = 0.0) -> grpc.RpcError | None:
@@ -594,7 +591,7 @@ def log_streams(c: InProcessConductor) -> int:
     return on_server(c, lambda: c.running.feeds.active_log_streams)  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("follow", [pytest.param(True, marks=UNTIL_ONE_FOLLOW), False])
+@pytest.mark.parametrize("follow", [True, False])
 def test_a_job_deleted_while_its_log_is_read_ends_not_found_when_followed_and_ok_when_not(
     conductor: InProcessConductor, tmp_path: Path, follow: bool
 ) -> None:
@@ -629,7 +626,6 @@ def test_a_job_deleted_while_its_log_is_read_ends_not_found_when_followed_and_ok
         assert read.data == content[: read.received]
 
 
-@UNTIL_ONE_FOLLOW
 @pytest.mark.parametrize("start", ["offset-0", "tail-lines"])
 def test_a_reader_far_behind_ends_not_found_when_the_job_is_deleted_under_it(
     conductor: InProcessConductor, start: str
@@ -660,7 +656,6 @@ def test_a_reader_far_behind_ends_not_found_when_the_job_is_deleted_under_it(
     assert_ended_as_deleted(read, ending["err"], content)
 
 
-@UNTIL_ONE_FOLLOW
 def test_the_viewer_ends_a_follow_of_a_deleted_job_as_the_conductor_does(
     conductor: InProcessConductor, viewer_factory: Callable[..., InProcessViewer]
 ) -> None:
