@@ -1,5 +1,6 @@
 """The log tailer: one implementation behind the conductor's StreamLogs and the
-viewer's ReadLog, TailLog and StreamLog.
+viewer's ReadLog, TailLog and StreamLog (the streams through ``common.logfollow``,
+which also decides how a followed log ends).
 
 It reads a log from a byte offset in chunks of at most 64 KiB, each tagged
 with its offset, so a reader that reconnects resumes exactly where it stopped.

@@ -1,8 +1,9 @@
 """The conductor's live feeds: job logs (StreamLogs) and job changes (WatchJobs).
 
-Logs come from the shared tailer (``common.tailer``), woken by inotify for new
-bytes and by the lifecycle when the job changes state, and end with a
-``complete`` chunk carrying the job's outcome.
+Logs come from the follow both services share (``common.logfollow``), woken
+by inotify for new bytes and by the lifecycle when the job changes state; a
+followed log ends with a ``complete`` chunk carrying the job's outcome, or
+NOT_FOUND when the job is deleted while it is read.
 
 Changes come from one shared, bounded history of durable events (the newest
 ``ring_size`` in memory, older ones from the registry). Each subscriber keeps
@@ -22,9 +23,8 @@ from pathlib import Path
 from baton.v1 import job_pb2
 from common.errors import OutOfRange, invalid_field
 from common.filewatch import FileWatcher
-from common.jobs import TERMINAL, complete_chunk
 from common.layout import LOG_FILE
-from common.tailer import offset_of_last_lines, tail
+from common.logfollow import log_chunks
 from conductor.jobbook import ListFilter
 from conductor.lifecycle import Lifecycle
 from conductor.registry import Registry
@@ -155,38 +155,25 @@ class Feeds:
     async def logs(
         self, job_id: str, offset: int, tail_lines: int, follow: bool
     ) -> AsyncIterator[job_pb2.LogChunk]:
-        """A job's output.log as chunks; a followed log ends with a ``complete`` chunk."""
+        """A job's output.log as chunks; a followed log ends with a ``complete`` chunk or NOT_FOUND."""
         job = self._lc.get(job_id)
-        if offset < 0:
-            raise invalid_field("offset", "must not be negative")
-        if tail_lines < 0:
-            raise invalid_field("tail_lines", "must not be negative")
-        path = Path(job.run_dir) / LOG_FILE
-        if tail_lines > 0:
-            offset = await asyncio.to_thread(offset_of_last_lines, path, tail_lines)
         wake = asyncio.Event()
         self._job_wakers.setdefault(job_id, set()).add(wake)
-
-        async def ended() -> bool:
-            current = self._lc.jobs_by_id(job_id)
-            return current is None or current.state in TERMINAL
-
         self.active_log_streams += 1
         try:
-            async for piece in tail(
-                path,
-                offset,
+            async for chunk in log_chunks(
+                Path(job.run_dir) / LOG_FILE,
+                offset=offset,
+                tail_lines=tail_lines,
                 follow=follow,
                 watcher=self.watcher,
-                ended=ended,
                 wake=wake,
                 heartbeat=self._heartbeat,
+                current=lambda: self._lc.jobs_by_id(job_id),
+                subject=f"job {job_id}",
+                metadata={"job_id": job_id},
             ):
-                yield job_pb2.LogChunk(offset=piece.offset, data=piece.data, truncated=piece.truncated)
-                offset = piece.offset + len(piece.data)
-            final = self._lc.jobs_by_id(job_id)
-            if final is not None and final.state in TERMINAL:
-                yield complete_chunk(offset, final)
+                yield chunk
         finally:
             self.active_log_streams -= 1
             wakers = self._job_wakers.get(job_id)

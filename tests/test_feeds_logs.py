@@ -1,5 +1,6 @@
 """StreamLogs with real jobs and a real server: exact bytes, reconnects, tails, ends,
-heartbeats, truncation, many subscribers and subscribers that never read."""
+heartbeats, truncation, many subscribers, subscribers that never read, and jobs
+deleted under a follow (the viewer's StreamLog too)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ import yaml
 
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
+from baton.v1 import viewer_pb2 as vpb
+from tests.checks import error_info_reason
 from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups, state
+from tests.viewer_harness import InProcessViewer
 
 Factory = Callable[..., InProcessConductor]
 T = TypeVar("T")
@@ -542,3 +546,151 @@ def test_subscribers_that_never_read_neither_slow_others_nor_grow_server_memory(
         stalled_channel.close()
         server.stop()
         kill_job_groups(home / "status")
+
+
+# ---------------------------------------------------------------------------- deleted while followed
+
+# `seq 1 N`: about 31 MB, far more than gRPC's flow-control windows and the socket buffers
+# hold (a few MB on loopback), so a reader that stops taking messages keeps the server mid-log.
+BIG_LOG_LINES = 4_000_000
+DELETED = "JOB_DELETED"
+
+
+def drain(call: Any, read: LogRead, pause: float = 0.0) -> grpc.RpcError | None:
+    """Take the rest of a log stream into ``read``; the error it ended with, None for OK."""
+    try:
+        for chunk in call:
+            read.accept(chunk)
+            if pause:
+                time.sleep(pause)
+    except grpc.RpcError as err:
+        return err
+    return None
+
+
+def assert_ended_as_deleted(read: LogRead, err: grpc.RpcError | None, content: bytes) -> None:
+    """A follow of a job deleted under it: a prefix of the log, then NOT_FOUND saying why."""
+    assert read.data == content[: read.received], "bytes other than the log's were sent"
+    assert err is not None, (
+        f"the stream ended OK after {read.received} of {len(content)} bytes "
+        f"{'with' if read.final is not None else 'without'} a complete chunk; a follow of a job "
+        "deleted under it must end NOT_FOUND"
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND, err
+    assert error_info_reason(err) == DELETED, err
+    assert read.final is None, "a complete chunk, then an error"
+
+
+def delete_and_wait_gone(c: InProcessConductor, job: job_pb2.Job) -> None:
+    """DeleteJob, then wait until the publisher has removed the run directory."""
+    c.stub.DeleteJob(pb.DeleteJobRequest(job_id=job.id), timeout=10)
+    wait_until(lambda: not Path(job.run_dir).exists(), "the run directory to be removed")
+
+
+def log_streams(c: InProcessConductor) -> int:
+    return on_server(c, lambda: c.running.feeds.active_log_streams)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_job_deleted_while_its_log_is_read_ends_not_found_when_followed_and_ok_when_not(
+    conductor: InProcessConductor, tmp_path: Path, follow: bool
+) -> None:
+    go = tmp_path / "go"
+    job = conductor.submit(spec("deleted", f"{wait_file_cmd(go)}; seq 1 {BIG_LOG_LINES}"))
+    conductor.wait_for(job.id, "running")
+    request = pb.StreamLogsRequest(job_id=job.id, follow=follow)
+    if follow:  # in place while the job runs, before its first byte
+        call = conductor.stub.StreamLogs(request, timeout=60)
+        wait_until(lambda: log_streams(conductor) == 1, "the follow to be in place")
+    go.touch()
+    done = conductor.wait_ended(job.id)
+    content = (Path(done.run_dir) / "output.log").read_bytes()
+    if not follow:  # an unfollowed read reads what is there when it starts
+        call = conductor.stub.StreamLogs(request, timeout=60)
+    read = LogRead(keep=True)
+    while not read.received:
+        read.accept(next(call))
+    # The reader stops taking messages; the server is still in the middle of the log.
+    time.sleep(0.3)
+    assert log_streams(conductor) == 1, "the stream ended before the job was deleted: make the log bigger"
+
+    delete_and_wait_gone(conductor, done)
+    err = drain(call, read)
+
+    if follow:
+        assert_ended_as_deleted(read, err, content)
+    else:
+        # An unfollowed read promises no end: the bytes it could still read, then OK.
+        assert err is None, err
+        assert read.final is None
+        assert read.data == content[: read.received]
+
+
+@pytest.mark.parametrize("start", ["offset-0", "tail-lines"])
+def test_a_reader_far_behind_ends_not_found_when_the_job_is_deleted_under_it(
+    conductor: InProcessConductor, start: str
+) -> None:
+    job = conductor.submit(spec("behind", f"seq 1 {BIG_LOG_LINES}"))
+    done = conductor.wait_ended(job.id)
+    log = Path(done.run_dir) / "output.log"
+    content = log.read_bytes()
+    tail_lines = BIG_LOG_LINES * 3 // 4 if start == "tail-lines" else 0
+    if tail_lines:
+        content = last_lines(content, tail_lines)
+    read = LogRead(end=None if tail_lines else 0, keep=True)
+    call = conductor.stub.StreamLogs(
+        pb.StreamLogsRequest(job_id=job.id, tail_lines=tail_lines, follow=True), timeout=60
+    )
+    # A slow consumer (about 6 MB/s, 5 s for the whole log), so tens of megabytes are still
+    # to come when the file goes.
+    ending: dict[str, grpc.RpcError | None] = {}
+    reader = threading.Thread(target=lambda: ending.update(err=drain(call, read, pause=0.01)), daemon=True)
+    reader.start()
+    wait_until(lambda: read.received >= 1_000_000, "the first megabyte")
+
+    delete_and_wait_gone(conductor, done)
+    assert not log.exists()
+    assert reader.is_alive() and read.received < len(content), "the reader caught up before the delete"
+
+    reader.join(60)
+    assert not reader.is_alive(), "the stream did not end"
+    assert_ended_as_deleted(read, ending["err"], content)
+
+
+def test_the_viewer_ends_a_follow_of_a_deleted_job_as_the_conductor_does(
+    conductor: InProcessConductor, viewer_factory: Callable[..., InProcessViewer]
+) -> None:
+    job = conductor.submit(spec("viewed", f"seq 1 {BIG_LOG_LINES}"))
+    done = conductor.wait_ended(job.id)
+    content = (Path(done.run_dir) / "output.log").read_bytes()
+    viewer = viewer_factory(home=conductor.home)  # once the run exists
+    viewer.wait_for(lambda: viewer_knows(viewer, job.id), "the viewer to index the run", 20)
+
+    call = viewer.stub.StreamLog(vpb.StreamLogRequest(job_id=job.id, follow=True), timeout=60)
+    read = LogRead(keep=True)
+    while not read.received:
+        read.accept(next(call))
+    time.sleep(0.3)
+    assert viewer_streams(viewer) == 1, "the stream ended before the job was deleted: make the log bigger"
+
+    delete_and_wait_gone(conductor, done)
+    viewer.wait_for(lambda: not viewer_knows(viewer, job.id), "the viewer to drop the run", 20)
+    err = drain(call, read)
+
+    assert_ended_as_deleted(read, err, content)
+
+
+def viewer_streams(viewer: InProcessViewer) -> int:
+    async def count() -> int:
+        return viewer.running.service.active_streams  # type: ignore[union-attr]
+
+    return viewer.call(count())  # type: ignore[no-any-return]
+
+
+def viewer_knows(viewer: InProcessViewer, job_id: str) -> bool:
+    try:
+        viewer.stub.GetJob(vpb.ViewerGetJobRequest(job_id=job_id), timeout=10)
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.NOT_FOUND, err
+        return False
+    return True

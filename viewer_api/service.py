@@ -23,11 +23,11 @@ from baton.v1 import viewer_pb2 as pb
 from common.errors import FailedPrecondition, NotFound, invalid_field
 from common.filewatch import FileWatcher
 from common.jobfile import job_from_json
-from common.jobs import TERMINAL, complete_chunk
 from common.layout import JOB_SPEC_FILE, LOG_FILE, STATUS_FILE
+from common.logfollow import log_chunks
 from common.names import name_problem
 from common.paging import decode_token, encode_token, page_size
-from common.tailer import CHUNK, offset_of_last_lines, tail
+from common.tailer import CHUNK, offset_of_last_lines
 from viewer_api.index import Filter, Index, RunEntry, sort_key
 from viewer_api.indexer import Indexer
 from viewer_api.scan import (
@@ -393,33 +393,28 @@ class ViewerService:
     ) -> AsyncIterator[job_pb2.LogChunk]:
         key = self._resolve(*ref)
         self._known_run(key)
-        if offset < 0:
-            raise invalid_field("offset", "must not be negative")
-        if tail_lines < 0:
-            raise invalid_field("tail_lines", "must not be negative")
-        path = self._log_path(key)
-        if tail_lines > 0:
-            offset = await asyncio.to_thread(offset_of_last_lines, path, tail_lines)
+
+        def current() -> job_pb2.Job | None:
+            entry = self.index.runs.get(key)
+            return None if entry is None else entry.job()
+
         wake = asyncio.Event()
         stop_listening = self.index.listen(key, wake.set)
-
-        async def ended() -> bool:
-            entry = self.index.runs.get(key)
-            return entry is None or entry.state in TERMINAL
-
         self.active_streams += 1
         try:
-            async for piece in tail(path, offset, follow=follow, watcher=self.watcher, ended=ended,
-                                    wake=wake, heartbeat=self._heartbeat):  # fmt: skip
-                yield job_pb2.LogChunk(offset=piece.offset, data=piece.data, truncated=piece.truncated)
-                offset = piece.offset + len(piece.data)
-            entry = self.index.runs.get(key)
-            if entry is None:
-                raise NotFound(
-                    f"run {'/'.join(key)} was removed while its log was read", reason="JOB_REMOVED"
-                )
-            if entry.state in TERMINAL:
-                yield complete_chunk(offset, entry.job())
+            async for chunk in log_chunks(
+                self._log_path(key),
+                offset=offset,
+                tail_lines=tail_lines,
+                follow=follow,
+                watcher=self.watcher,
+                wake=wake,
+                heartbeat=self._heartbeat,
+                current=current,
+                subject=f"run {'/'.join(key)}",
+                metadata={"run": "/".join(key)},
+            ):
+                yield chunk
         finally:
             stop_listening()
             self.active_streams -= 1

@@ -160,7 +160,9 @@ class ConductorServicer:
 
     def StreamLogs(self, request, context):
         """A job's output.log from an offset or its last lines; with `follow`, until
-        the job has ended and every byte is sent.
+        the job has ended and every byte is sent, then a `complete` chunk. A job
+        deleted while it is followed ends the stream with NOT_FOUND, reason
+        JOB_DELETED, however far behind the reader is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

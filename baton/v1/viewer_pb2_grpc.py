@@ -223,7 +223,9 @@ class ViewerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamLog(self, request, context):
-        """As the Conductor's StreamLogs, from the same tailer.
+        """As the Conductor's StreamLogs, from the same code: a followed log ends
+        with a `complete` chunk, or NOT_FOUND with reason JOB_DELETED when the run
+        is deleted while it is followed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
