@@ -214,13 +214,24 @@ class AsyncConductorClient(_Lists):
         group: str = "",
         name: str = "",
         older_than: float | None = None,
+        all: bool = False,
+        dry_run: bool = False,
         timeout: float | None = None,
     ) -> cpb.ClearJobsResponse:
-        """Delete ended jobs in bulk (those that ended ``older_than`` seconds ago or more). Not retried."""
-        request = cpb.ClearJobsRequest(states=list(states), project=project, group=group, name=name)
+        """Delete ended jobs in bulk (those that ended ``older_than`` seconds ago or more).
+
+        With no filter the server refuses (``InvalidArgument``, reason
+        ``CLEAR_FILTER_REQUIRED``) unless ``all`` is set. With ``dry_run``,
+        the answer names the jobs that would go and nothing is deleted.
+        Not retried, but for a dry run.
+        """
+        request = cpb.ClearJobsRequest(
+            states=list(states), project=project, group=group, name=name, all=all, dry_run=dry_run
+        )
         if older_than is not None:
             request.older_than.CopyFrom(_duration(older_than))
-        return await self.call("ClearJobs", request, idempotent=False, timeout=timeout)
+        # A dry run changes nothing, so repeating it after a lost answer is safe.
+        return await self.call("ClearJobs", request, idempotent=dry_run, timeout=timeout)
 
     def stream_logs(
         self, job_id: str, *, offset: int = 0, tail_lines: int = 0, follow: bool = False

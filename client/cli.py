@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     _filter_flags(p)
     p.add_argument("--state", action="append", metavar="STATE", help="succeeded, failed, cancelled")
     p.add_argument("--older-than", metavar="AGE", help="ended at least this long ago (7d, 12h)")
+    p.add_argument("--all", action="store_true", help="every ended job (needed when no filter is given)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
 
     p = verb("info", "the conductor: version, uptime, memory, running jobs, counts", commands.info)
 

@@ -20,6 +20,7 @@ from baton.v1 import job_pb2
 from client import exitcodes
 from client.aio import TERMINAL_STATES
 from client.connection import ClientOptions, TlsSettings
+from client.errors import InvalidArgument
 from client.output import (
     Output,
     checkpoints_table,
@@ -389,16 +390,36 @@ def checkpoints_rm(args: argparse.Namespace, out: Output) -> int:
 
 
 def clear(args: argparse.Namespace, out: Output) -> int:
-    """Delete ended jobs in bulk."""
+    """Delete ended jobs in bulk (or, with --dry-run, list what would go)."""
     older = parse_duration(args.older_than) if args.older_than else None
     with conductor(args) as client:
-        response = client.clear_jobs(
-            states=_states(args.state),
-            older_than=older,
-            **_filters(args),  # type: ignore[arg-type]
-        )
+        try:
+            response = client.clear_jobs(
+                states=_states(args.state),
+                older_than=older,
+                all=args.all,
+                dry_run=args.dry_run,
+                **_filters(args),  # type: ignore[arg-type]
+            )
+        except InvalidArgument as err:
+            if err.reason != "CLEAR_FILTER_REQUIRED" or out.json:
+                raise
+            # The conductor makes the rule; a person is told it in flags, not request fields.
+            raise InvalidArgument(
+                "no filter given: pass --state, --project, --group, --name or --older-than, "
+                "or --all to delete every ended job",
+                code=err.code,
+                reason=err.reason,
+                metadata=err.metadata,
+                address=err.address,
+                service=err.service,
+            ) from None
     if out.json:
         out.document(response)
+    elif args.dry_run:
+        out.show(f"would delete {response.deleted_count} ended job(s)")
+        for job_id in response.job_ids:
+            out.show(f"  {job_id}")
     else:
         out.show(f"deleted {response.deleted_count} ended job(s)")
     return exitcodes.OK

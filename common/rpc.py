@@ -150,6 +150,16 @@ async def build_server(
     return server, port, health_servicer
 
 
+async def stop_serving(
+    server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, grace: float
+) -> None:
+    """Say NOT_SERVING for every service (and overall), then stop ``server`` with ``grace``."""
+    # While the server still answers, so health watchers and load balancers
+    # move away before calls start failing; set() is ignored from now on.
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace)
+
+
 async def until_signalled(stop: Callable[[], Awaitable[None]]) -> None:
     """Wait for SIGTERM or SIGINT, then run ``stop`` (a server's clean shutdown)."""
     stopping = asyncio.Event()

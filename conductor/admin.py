@@ -57,9 +57,21 @@ class Admin:
             return await asyncio.to_thread(ckpt.delete, base, list(suffixes) or present)
 
     async def clear_jobs(
-        self, states: list[int], project: str, group: str, name: str, older_than: float
+        self,
+        states: list[int],
+        project: str,
+        group: str,
+        name: str,
+        older_than: float,
+        *,
+        clear_all: bool = False,
+        dry_run: bool = False,
     ) -> list[str]:
-        """Delete ended jobs matching the filters, as DeleteJob does; returns their ids."""
+        """Delete ended jobs matching the filters, as DeleteJob does; returns their ids.
+
+        With no filter at all, only when ``clear_all`` says so. With ``dry_run``,
+        the ids that would be deleted, deleting nothing.
+        """
         for i, st in enumerate(states):
             if st not in TERMINAL:
                 raise invalid_field(
@@ -67,6 +79,15 @@ class Admin:
                 )
         if older_than < 0:
             raise invalid_field("older_than", "must not be negative")
+        # An empty request is what a script with an unset variable sends: it must
+        # not wipe every ended job unless it says it means to.
+        if not (states or project or group or name or older_than > 0 or clear_all):
+            raise invalid_field(
+                "all",
+                "no filter given: set states, project, group, name or older_than, "
+                "or set all to clear every ended job",
+                reason="CLEAR_FILTER_REQUIRED",
+            )
         wanted = set(states) or set(TERMINAL)
         cutoff = time.time() - older_than
         flt = ListFilter(project, group, name, tuple(wanted))
@@ -74,6 +95,8 @@ class Admin:
             j.id for j in self._lc.book.jobs(flt)
             if j.end_time.ToDatetime().timestamp() <= cutoff or not j.HasField("end_time")
         ]  # fmt: skip
+        if dry_run:
+            return doomed
         deleted = []
         for job_id in doomed:
             with contextlib.suppress(NotFound, FailedPrecondition):

@@ -17,11 +17,12 @@ from pathlib import Path
 import grpc
 import structlog
 from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health
 
 from baton.v1 import conductor_pb2, conductor_pb2_grpc
 from common.jobfile import write_atomic
 from common.layout import Layout
-from common.rpc import build_server, until_signalled
+from common.rpc import build_server, stop_serving, until_signalled
 from conductor.config import ConductorConfig
 from conductor.executors import make_executors
 from conductor.feeds import Feeds
@@ -57,6 +58,7 @@ class RunningConductor:
     config: ConductorConfig
     server: grpc.aio.Server
     port: int
+    health: health.aio.HealthServicer
     lifecycle: Lifecycle
     feeds: Feeds
     publisher: Publisher
@@ -69,9 +71,9 @@ class RunningConductor:
         return f"{host}:{self.port}"
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Stop serving and supervising; running jobs are left running."""
+        """Say NOT_SERVING, stop serving and supervising; running jobs are left running."""
         try:
-            await self.server.stop(grace)
+            await stop_serving(self.server, self.health, grace)
         finally:
             self.feeds.close()
             await self.lifecycle.stop()
@@ -106,7 +108,7 @@ async def start(config: ConductorConfig) -> RunningConductor:
         servicer = ConductorServicer(
             lifecycle, feeds, started, str(layout.status_dir), str(layout.checkpoints_dir)
         )
-        server, port, _ = await build_server(
+        server, port, health_servicer = await build_server(
             lambda s: conductor_pb2_grpc.add_ConductorServicer_to_server(servicer, s),
             [SERVICE],
             config.listen,
@@ -116,7 +118,9 @@ async def start(config: ConductorConfig) -> RunningConductor:
     except BaseException:
         os.close(lock_fd)
         raise
-    running = RunningConductor(config, server, port, lifecycle, feeds, publisher, registry, lock_fd)
+    running = RunningConductor(
+        config, server, port, health_servicer, lifecycle, feeds, publisher, registry, lock_fd
+    )
     info = {"address": running.address, "pid": os.getpid()}
     await asyncio.to_thread(write_atomic, config.state_dir / "conductor.json", json.dumps(info).encode())
     log.info(

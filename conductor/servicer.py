@@ -173,7 +173,9 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
     ) -> pb.ClearJobsResponse:
         r = request
         older = r.older_than.ToTimedelta().total_seconds() if r.HasField("older_than") else 0.0
-        ids = await self._admin.clear_jobs(list(r.states), r.project, r.group, r.name, older)
+        ids = await self._admin.clear_jobs(
+            list(r.states), r.project, r.group, r.name, older, clear_all=r.all, dry_run=r.dry_run
+        )
         return pb.ClearJobsResponse(deleted_count=len(ids), job_ids=ids)
 
     @translate_errors

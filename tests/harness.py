@@ -106,8 +106,10 @@ class InProcessConductor(_Client):
         if self.running is not None:
             asyncio.run_coroutine_threadsafe(self.running.stop(0.5), self.loop).result(30)
             self.running = None
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        # A test may stop its conductor itself; the fixture stops it again at teardown.
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
         self.loop.close()
 
     def call(self, coro: Any, timeout: float = 30) -> Any:

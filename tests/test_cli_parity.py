@@ -135,6 +135,40 @@ def test_clear_and_info(services: Stack, capsys: pytest.CaptureFixture[str], tmp
     gate.touch()
 
 
+def test_clear_wants_a_filter_or_all_and_can_show_what_would_go(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Its own services: `clear --all` would take the other tests' jobs.
+    with stack(tmp_path / "home") as s:
+        keep = submit(s, tmp_path, "kept", "true", project="keep")
+        drop = submit(s, tmp_path, "dropped", "exit 1", project="drop")
+        for job_id in (keep, drop):
+            s.conductor.wait_ended(job_id)
+
+        for argv in (["clear"], ["clear", "--dry-run"]):
+            code, out, err = run(s, capsys, *argv)
+            assert code == exitcodes.USAGE and out == "", (argv, out)
+            assert "--all" in err and "--state" in err, err
+        code, _, err = run(s, capsys, "--json", "clear")
+        assert code == exitcodes.USAGE
+        error = json.loads(err)["error"]
+        assert error["reason"] == "CLEAR_FILTER_REQUIRED" and error["fieldViolations"][0]["field"] == "all"
+
+        code, out, _ = run(s, capsys, "clear", "--all", "--dry-run")
+        assert code == exitcodes.OK and "would delete 2 ended job(s)" in out, out
+        assert keep in out and drop in out
+        doc = as_json(s, capsys, "clear", "--all", "--dry-run")
+        assert sorted(doc["jobIds"]) == sorted([keep, drop]) and int(doc["deletedCount"]) == 2
+        doc = as_json(s, capsys, "clear", "--project", "drop", "--dry-run")
+        assert doc["jobIds"] == [drop]
+        assert {s.conductor.get(j).id for j in (keep, drop)} == {keep, drop}  # a preview deletes nothing
+
+        code, out, _ = run(s, capsys, "clear", "--all")
+        assert code == exitcodes.OK and "deleted 2 ended job(s)" in out, out
+        code, _, _ = run(s, capsys, "get", keep)
+        assert code == exitcodes.NOT_FOUND
+
+
 def test_submit_resume_from_a_chosen_checkpoint(
     services: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

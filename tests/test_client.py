@@ -503,3 +503,25 @@ def test_health_steps_and_bulk_deletes(services: Stack) -> None:
         with pytest.raises(NotFound):
             client.get_job(job.id)
         assert client.delete_checkpoints("default", "default", "steady").deleted_count == 0
+
+
+def test_clear_jobs_wants_a_filter_or_all_and_can_preview(services: Stack) -> None:
+    with ConductorClient(services.address) as client:
+        job = client.wait_for_job(client.submit_job(spec("brief", "true")).id, timeout=30)
+        with pytest.raises(InvalidArgument) as info:
+            client.clear_jobs()
+        assert info.value.reason == "CLEAR_FILTER_REQUIRED"
+        assert [v.field for v in info.value.field_violations] == ["all"]
+        preview = client.clear_jobs(all=True, dry_run=True)
+        assert list(preview.job_ids) == [job.id] and preview.deleted_count == 1
+        assert client.get_job(job.id).id == job.id
+
+    async def clear_all() -> list[str]:
+        async with AsyncConductorClient(services.address) as conductor:
+            with pytest.raises(InvalidArgument):
+                await conductor.clear_jobs(dry_run=True)
+            return list((await conductor.clear_jobs(all=True)).job_ids)
+
+    assert asyncio.run(clear_all()) == [job.id]
+    with ConductorClient(services.address) as client, pytest.raises(NotFound):
+        client.get_job(job.id)

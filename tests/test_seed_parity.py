@@ -628,7 +628,7 @@ def test_clear_jobs_deletes_exactly_the_matching_ended_jobs_and_info_counts_runn
     clear({"pb/bad"}, older_than=seconds(time.time() - (oldest + later) / 2))
     clear(set(), name="stop", project="pb")
     clear({"pa/ok", "pb/ok"}, states=[S.JOB_STATE_SUCCEEDED])
-    clear({"pa/stop"})
+    clear({"pa/stop"}, all=True)  # no filter: only with `all`
     for key in ("pa/run", "pb/run"):
         assert conductor.get(jobs[key].id).state == S.JOB_STATE_RUNNING
 
@@ -636,5 +636,5 @@ def test_clear_jobs_deletes_exactly_the_matching_ended_jobs_and_info_counts_runn
     for key in ("pa/run", "pb/run"):
         assert conductor.wait_ended(jobs[key].id).state == S.JOB_STATE_SUCCEEDED
     assert stub.GetConductorInfo(pb.GetConductorInfoRequest(), timeout=10).running_jobs == 0
-    clear({"pa/run", "pb/run"}, project="")
+    clear({"pa/run", "pb/run"}, project="", all=True)
     assert not stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs

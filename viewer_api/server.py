@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
+from grpc_health.v1 import health
 
 from baton.v1 import viewer_pb2, viewer_pb2_grpc
-from common.rpc import build_server, until_signalled
+from common.rpc import build_server, stop_serving, until_signalled
 from viewer_api.config import ViewerConfig
 from viewer_api.index import Index
 from viewer_api.indexer import Indexer
@@ -25,6 +26,7 @@ class RunningViewer:
     config: ViewerConfig
     server: grpc.aio.Server
     port: int
+    health: health.aio.HealthServicer
     service: ViewerService
     indexer: Indexer
 
@@ -33,8 +35,9 @@ class RunningViewer:
         return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
 
     async def stop(self, grace: float = 2.0) -> None:
+        """Say NOT_SERVING, then stop serving and indexing."""
         try:
-            await self.server.stop(grace)
+            await stop_serving(self.server, self.health, grace)
         finally:
             await self.indexer.stop()
             self.service.close()
@@ -60,7 +63,7 @@ async def start(config: ViewerConfig) -> RunningViewer:
     )  # fmt: skip
     servicer = ViewerServicer(service)
     try:
-        server, port, _ = await build_server(
+        server, port, health_servicer = await build_server(
             lambda s: viewer_pb2_grpc.add_ViewerServicer_to_server(servicer, s),
             [SERVICE],
             config.listen,
@@ -71,7 +74,7 @@ async def start(config: ViewerConfig) -> RunningViewer:
         await indexer.stop()
         service.close()
         raise
-    running = RunningViewer(config, server, port, service, indexer)
+    running = RunningViewer(config, server, port, health_servicer, service, indexer)
     log.info(
         "viewer_serving",
         address=running.address,

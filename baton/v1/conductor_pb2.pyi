@@ -236,18 +236,22 @@ class DeleteCheckpointsResponse(_message.Message):
     def __init__(self, deleted_count: _Optional[int] = ..., deleted_bytes: _Optional[int] = ...) -> None: ...
 
 class ClearJobsRequest(_message.Message):
-    __slots__ = ("states", "project", "group", "name", "older_than")
+    __slots__ = ("states", "project", "group", "name", "older_than", "all", "dry_run")
     STATES_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OLDER_THAN_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[_job_pb2.JobState]
     project: str
     group: str
     name: str
     older_than: _duration_pb2.Duration
-    def __init__(self, states: _Optional[_Iterable[_Union[_job_pb2.JobState, str]]] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., older_than: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    all: bool
+    dry_run: bool
+    def __init__(self, states: _Optional[_Iterable[_Union[_job_pb2.JobState, str]]] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., older_than: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., all: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ClearJobsResponse(_message.Message):
     __slots__ = ("deleted_count", "job_ids")

@@ -204,7 +204,9 @@ class ConductorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClearJobs(self, request, context):
-        """Deletes ended jobs in bulk, as DeleteJob does.
+        """Deletes ended jobs in bulk, as DeleteJob does. A request with no filter
+        is INVALID_ARGUMENT (reason CLEAR_FILTER_REQUIRED, a BadRequest naming
+        `all`) unless it sets `all`; `dry_run` says what would go, deleting nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
