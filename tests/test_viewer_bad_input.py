@@ -639,6 +639,24 @@ BAD_NAME_REQUESTS: list[tuple[str, Any, str]] = [
     ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix="../x"), "suffix"),
     ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="n"), "suffix"),
     ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="UP", suffix="s"), "name"),
+    ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix="r/s/x"), "suffix"),
+    ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix="r/../s"), "suffix"),
+    ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix="/s"), "suffix"),
+    (
+        "GetCheckpoint",
+        vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix="x" * 5000),
+        "suffix",
+    ),
+    (
+        "GetLatestCheckpoint",
+        vpb.GetLatestCheckpointRequest(project="p", group="g", name="n", run_id=".."),
+        "run_id",
+    ),
+    (
+        "GetCheckpointJobSpec",
+        vpb.GetCheckpointJobSpecRequest(project="p", group="g", name="n", suffix="R1/step-1"),
+        "suffix",
+    ),
     ("GetLatestCheckpoint", vpb.GetLatestCheckpointRequest(project="a/b", group="g", name="n"), "project"),
     ("GetCheckpointConfig", vpb.GetCheckpointConfigRequest(project="p", group="g", name=".."), "name"),
     (
@@ -660,6 +678,17 @@ def test_bad_names_in_requests_are_invalid_argument(
     _, v = bad
     code, fields = _code_and_fields(lambda: getattr(v.stub, method)(req, timeout=10))
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, [field])
+
+
+def test_a_long_ref_is_refused_without_being_quoted(bad: tuple[BadTree, InProcessViewer]) -> None:
+    _, v = bad
+    ref = "a" * 60 + "/" + "b" * 3000
+    with pytest.raises(grpc.RpcError) as err:
+        v.stub.GetCheckpoint(
+            vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix=ref), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a" * 60 not in (err.value.details() or "") and len(err.value.details() or "") < 200
 
 
 def test_bad_numbers_in_requests_are_invalid_argument(bad: tuple[BadTree, InProcessViewer]) -> None:
