@@ -381,13 +381,14 @@ class AsyncViewerClient(_Lists):
         project: str = "",
         group: str = "",
         name: str = "",
+        run_id: str = "",
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
     ) -> vpb.ListCheckpointsResponse:
-        """One page of checkpoints, newest first."""
+        """One page of checkpoints of every run (or of ``run_id``), newest first."""
         request = vpb.ListCheckpointsRequest(
-            project=project, group=group, name=name, page_size=page_size, page_token=page_token
+            project=project, group=group, name=name, run_id=run_id, page_size=page_size, page_token=page_token
         )
         return await self.call("ListCheckpoints", request, timeout=timeout)
 
@@ -397,45 +398,53 @@ class AsyncViewerClient(_Lists):
         project: str = "",
         group: str = "",
         name: str = "",
+        run_id: str = "",
         page_size: int = 0,
         timeout: float | None = None,
     ) -> AsyncIterator[vpb.Checkpoint]:
         """Every matching checkpoint, newest first, page after page."""
-        request = vpb.ListCheckpointsRequest(project=project, group=group, name=name, page_size=page_size)
+        request = vpb.ListCheckpointsRequest(
+            project=project, group=group, name=name, run_id=run_id, page_size=page_size
+        )
         return self._pages("ListCheckpoints", request, "checkpoints", timeout)
 
     async def get_checkpoint(
         self, project: str, group: str, name: str, suffix: str, *, timeout: float | None = None
     ) -> vpb.Checkpoint:
-        """One checkpoint: path, create time, size, file count."""
+        """One checkpoint, named by ``suffix``: a ref, SUFFIX or RUN_ID/SUFFIX.
+
+        A bare suffix that more than one run's checkpoint has raises
+        InvalidArgument with reason CHECKPOINT_AMBIGUOUS (its ``metadata["matches"]``
+        lists the refs that would do).
+        """
         request = vpb.GetCheckpointRequest(project=project, group=group, name=name, suffix=suffix)
         return await self.call("GetCheckpoint", request, timeout=timeout)
 
     async def get_latest_checkpoint(
-        self, project: str, group: str, name: str, *, timeout: float | None = None
+        self, project: str, group: str, name: str, *, run_id: str = "", timeout: float | None = None
     ) -> vpb.Checkpoint:
-        """The newest complete checkpoint of a job."""
-        request = vpb.GetLatestCheckpointRequest(project=project, group=group, name=name)
+        """The newest complete checkpoint of a job, across its runs (or of ``run_id``)."""
+        request = vpb.GetLatestCheckpointRequest(project=project, group=group, name=name, run_id=run_id)
         return await self.call("GetLatestCheckpoint", request, timeout=timeout)
 
     async def get_checkpoint_config(
         self, project: str, group: str, name: str, suffix: str = "", *, timeout: float | None = None
     ) -> vpb.GetCheckpointConfigResponse:
-        """A checkpoint's config.yaml (else config.json) as a Struct; empty suffix: the latest."""
+        """A checkpoint's config.yaml (else config.json) as a Struct; ``suffix`` a ref, empty: the latest."""
         request = vpb.GetCheckpointConfigRequest(project=project, group=group, name=name, suffix=suffix)
         return await self.call("GetCheckpointConfig", request, timeout=timeout)
 
     async def get_checkpoint_job_spec(
         self, project: str, group: str, name: str, suffix: str = "", *, timeout: float | None = None
     ) -> vpb.GetCheckpointJobSpecResponse:
-        """A checkpoint's job.json as a Struct; empty suffix: the latest."""
+        """A checkpoint's job.json as a Struct; ``suffix`` is a ref, empty: the latest."""
         request = vpb.GetCheckpointJobSpecRequest(project=project, group=group, name=name, suffix=suffix)
         return await self.call("GetCheckpointJobSpec", request, timeout=timeout)
 
     async def get_checkpoint_stats(
         self, *, project: str = "", group: str = "", name: str = "", timeout: float | None = None
     ) -> vpb.GetCheckpointStatsResponse:
-        """Checkpoint count and total bytes."""
+        """Checkpoint count and total bytes, of every run."""
         request = vpb.GetCheckpointStatsRequest(project=project, group=group, name=name)
         return await self.call("GetCheckpointStats", request, timeout=timeout)
 

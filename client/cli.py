@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands.checkpoints,
     )
     _filter_flags(p)
+    p.add_argument("--run", metavar="RUN_ID", help="only the checkpoints of this run")
     p.add_argument("--limit", type=int, default=50, help="at most N (0: all; default 50)")
     rm = p.add_subparsers(dest="action", metavar="ACTION").add_parser(
         "rm", help="remove a job's checkpoints (conductor; all when no suffix is given)"

@@ -304,7 +304,9 @@ def delete(args: argparse.Namespace, out: Output) -> int:
 
 def checkpoints(args: argparse.Namespace, out: Output) -> int:
     with viewer(args) as client:
-        found = client.iter_checkpoints(**_filters(args), page_size=_page_size(args.limit))
+        found = client.iter_checkpoints(
+            **_filters(args), run_id=args.run or "", page_size=_page_size(args.limit)
+        )
         return _listing(out, "checkpoints", found, args.limit, checkpoints_table)
 
 

@@ -183,15 +183,19 @@ def job_line(job: job_pb2.Job, verb: str = "") -> Text:
 
 
 def checkpoints_table(checkpoints: Iterable[Any]) -> Table:
-    """One row per checkpoint: job, suffix, age, size, files, config file, job spec."""
+    """One row per checkpoint: job, run, suffix, age, size, files, config file, job spec.
+
+    RUN is the run whose directory holds it, "-" for the plain layout; RUN/CHECKPOINT
+    (or CHECKPOINT alone for the plain layout) names it to the other verbs.
+    """
     table = Table(header_style="bold", box=None, pad_edge=False)
-    for name in ("JOB", "CHECKPOINT", "CREATED", "SIZE", "FILES", "CONFIG", "SPEC"):
+    for name in ("JOB", "RUN", "CHECKPOINT", "CREATED", "SIZE", "FILES", "CONFIG", "SPEC"):
         table.add_column(name, no_wrap=True, justify="right" if name in ("SIZE", "FILES") else "left")
     now = time.time()
     for cp in checkpoints:
         table.add_row(
-            f"{cp.project}/{cp.group}/{cp.name}", cp.suffix, format_time(cp.create_time, now),
-            format_size(cp.size_bytes), str(cp.file_count), cp.config_file,
+            f"{cp.project}/{cp.group}/{cp.name}", cp.run_id or "-", cp.suffix,
+            format_time(cp.create_time, now), format_size(cp.size_bytes), str(cp.file_count), cp.config_file,
             "job.json" if cp.has_job_spec else "",
         )  # fmt: skip
     return table

@@ -27,17 +27,19 @@ def bad_request_fields(err: grpc.RpcError) -> list[str]:
     return fields
 
 
+def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    """The google.rpc.ErrorInfo detail of ``err`` (an empty one if it has none)."""
+    info = error_details_pb2.ErrorInfo()
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+    return info
+
+
 def error_info_reason(err: grpc.RpcError) -> str | None:
     """The reason of the google.rpc.ErrorInfo detail of ``err``, if it has one."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return None
+    return error_info(err).reason or None
 
 
 def live_group_members(pgid: int) -> list[int]:

@@ -183,3 +183,33 @@ def test_submit_resume_from_a_chosen_checkpoint(
     assert code == exitcodes.OK and f"resume={base / 'older'}" in out
     code, _, err = run(services, capsys, "submit", str(spec_file), "--resume-from", "absent")
     assert code == exitcodes.NOT_FOUND and "absent" in err
+
+
+def test_checkpoints_show_the_run_that_wrote_each(
+    services: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = services.home / "checkpoints" / "cli-runs" / "default" / "saver"
+    for run_id in ("run-a", "run-b"):
+        (base / run_id / "step-000080").mkdir(parents=True)
+        (base / run_id / ".baton-run").write_text(json.dumps({"job_id": run_id, "run_id": run_id}))
+    (base / "plain-1").mkdir()
+    want = {("run-a", "step-000080"), ("run-b", "step-000080"), ("", "plain-1")}
+    deadline = time.monotonic() + 10
+    while True:
+        doc = as_json(services, capsys, "checkpoints", "--project", "cli-runs")
+        got = {(c["runId"], c["suffix"]) for c in doc["checkpoints"]}
+        if got == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert got == want
+    code, out, _ = run(services, capsys, "checkpoints", "--project", "cli-runs")
+    assert code == exitcodes.OK
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["JOB", "RUN", "CHECKPOINT"]
+    assert sorted(tuple(r.split()[1:3]) for r in rows) == [
+        ("-", "plain-1"),
+        ("run-a", "step-000080"),
+        ("run-b", "step-000080"),
+    ]
+    doc = as_json(services, capsys, "checkpoints", "--project", "cli-runs", "--run", "run-b")
+    assert [(c["runId"], c["suffix"]) for c in doc["checkpoints"]] == [("run-b", "step-000080")]

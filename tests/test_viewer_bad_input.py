@@ -137,7 +137,7 @@ def make_bad_tree(root: Path) -> BadTree:
     bad_paths += [job_dir / "link-out", s / "linked-project", job_dir / "status-link"]
     # Checkpoints: a bad suffix, a bad project name, a link out; in-progress ones are not problems.
     c = m.checkpoints_dir
-    cp, cg, cn, _ = next(iter(o.checkpoints())).key
+    cp, cg, cn, *_ = next(iter(o.checkpoints())).key
     for d in (c / cp / cg / cn / "Bad Suffix", c / "UPPER" / "g" / "n" / "s1"):
         d.mkdir(parents=True)
         (d / "model.bin").write_bytes(b"x" * 100)
@@ -171,7 +171,9 @@ def assert_serving(v: InProcessViewer | SubprocessViewer, o: Oracle) -> None:
 
     def lists() -> tuple[list[Any], list[Any]]:
         got = v.stub.ListCheckpoints(vpb.ListCheckpointsRequest(page_size=1000), timeout=10).checkpoints
-        return [key_of(j) for j in v.list_all()[0]], [(c.project, c.group, c.name, c.suffix) for c in got]
+        return [key_of(j) for j in v.list_all()[0]], [
+            (c.project, c.group, c.name, c.run_id, c.suffix) for c in got
+        ]
 
     expected = ([r.key for r in o.jobs()], [c.key for c in o.checkpoints()])
     deadline = time.monotonic() + DEADLINE
@@ -340,7 +342,7 @@ def test_bad_entries_added_later_are_skipped_and_counted(
     _put_run(outside / "proj" / "g" / "n" / "r", _valid_job(("late-proj", "g", "n", "r")))
     (s / p / g / n / "late-link").symlink_to(outside / "run")
     (s / "late-proj").symlink_to(outside / "proj")
-    cp, cg, cn, _ = next(iter(o.checkpoints())).key
+    cp, cg, cn, *_ = next(iter(o.checkpoints())).key
     (outside / "ckpt").mkdir()
     (outside / "ckpt" / "model.bin").write_bytes(b"z" * 50)
     (m.checkpoints_dir / cp / cg / cn / "late-ckpt-link").symlink_to(outside / "ckpt")
@@ -586,7 +588,7 @@ def test_a_conductor_page_token_is_refused(
 
 def _unknown_requests(o: Oracle) -> list[tuple[str, Any]]:
     c = next(iter(o.checkpoints()))
-    p, g, n, _ = c.key
+    p, g, n, *_ = c.key
     no_run: dict[str, Any] = {"project": "p", "group": "g", "name": "n", "run_id": "no-such-run"}
     return [
         ("GetJob", vpb.ViewerGetJobRequest(job_id="no-such-job")),
@@ -637,6 +639,24 @@ BAD_NAME_REQUESTS: list[tuple[str, Any, str]] = [
     ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix="../x"), "suffix"),
     ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="n"), "suffix"),
     ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="UP", suffix="s"), "name"),
+    ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix="r/s/x"), "suffix"),
+    ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix="r/../s"), "suffix"),
+    ("GetCheckpoint", vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix="/s"), "suffix"),
+    (
+        "GetCheckpoint",
+        vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix="x" * 5000),
+        "suffix",
+    ),
+    (
+        "GetLatestCheckpoint",
+        vpb.GetLatestCheckpointRequest(project="p", group="g", name="n", run_id=".."),
+        "run_id",
+    ),
+    (
+        "GetCheckpointJobSpec",
+        vpb.GetCheckpointJobSpecRequest(project="p", group="g", name="n", suffix="R1/step-1"),
+        "suffix",
+    ),
     ("GetLatestCheckpoint", vpb.GetLatestCheckpointRequest(project="a/b", group="g", name="n"), "project"),
     ("GetCheckpointConfig", vpb.GetCheckpointConfigRequest(project="p", group="g", name=".."), "name"),
     (
@@ -658,6 +678,17 @@ def test_bad_names_in_requests_are_invalid_argument(
     _, v = bad
     code, fields = _code_and_fields(lambda: getattr(v.stub, method)(req, timeout=10))
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, [field])
+
+
+def test_a_long_ref_is_refused_without_being_quoted(bad: tuple[BadTree, InProcessViewer]) -> None:
+    _, v = bad
+    ref = "a" * 60 + "/" + "b" * 3000
+    with pytest.raises(grpc.RpcError) as err:
+        v.stub.GetCheckpoint(
+            vpb.GetCheckpointRequest(project="p", group="g", name="n", suffix=ref), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a" * 60 not in (err.value.details() or "") and len(err.value.details() or "") < 200
 
 
 def test_bad_numbers_in_requests_are_invalid_argument(bad: tuple[BadTree, InProcessViewer]) -> None:
@@ -753,12 +784,20 @@ def exercise_every_rpc(stub: Any, o: Oracle) -> set[str]:
     call("GetDashboardStats", vpb.GetDashboardStatsRequest())
     call("GetDashboardStats", vpb.GetDashboardStatsRequest(project=runs[0].key[0]))
     ckpts = call("ListCheckpoints", vpb.ListCheckpointsRequest()).checkpoints
-    assert [(c.project, c.group, c.name, c.suffix) for c in ckpts] == [c.key for c in o.checkpoints()]
+    assert [(c.project, c.group, c.name, c.run_id, c.suffix) for c in ckpts] == [
+        c.key for c in o.checkpoints()
+    ]
     for c in o.checkpoints():
-        p, g, n, suffix = c.key
-        call("GetCheckpoint", vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix=suffix))
+        p, g, n, run_id, _ = c.key
+        if not o.addressable(c):
+            call("GetCheckpoint", vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix=c.ref),
+                 fails=grpc.StatusCode.INVALID_ARGUMENT)  # fmt: skip
+            continue
+        call("GetCheckpoint", vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix=c.ref))
         call("GetLatestCheckpoint", vpb.GetLatestCheckpointRequest(project=p, group=g, name=n))
-        where = {"project": p, "group": g, "name": n, "suffix": suffix}
+        call("GetLatestCheckpoint", vpb.GetLatestCheckpointRequest(project=p, group=g, name=n, run_id=run_id))
+        call("ListCheckpoints", vpb.ListCheckpointsRequest(project=p, group=g, name=n, run_id=run_id))
+        where = {"project": p, "group": g, "name": n, "suffix": c.ref}
         call("GetCheckpointConfig", vpb.GetCheckpointConfigRequest(**where),
              fails=None if c.config_file else grpc.StatusCode.NOT_FOUND)  # fmt: skip
         call("GetCheckpointJobSpec", vpb.GetCheckpointJobSpecRequest(**where),

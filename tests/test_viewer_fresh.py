@@ -22,6 +22,8 @@ import pytest
 
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as vpb
+from common.layout import Layout, make_run_checkpoint_dir
+from tests.checks import error_info
 from tests.treegen import Manifest, format_ts, generate, write_status
 from tests.viewer_harness import SubprocessViewer, ViewerHandle, can_limit_watches
 from tests.viewer_oracle import Oracle, Run
@@ -42,14 +44,14 @@ class Tree:
         jobs, _ = self.v.list_all(**flt)
         return [(j.project, j.group, j.name, j.run_id) for j in jobs]
 
-    def listed_ckpts(self, **flt: Any) -> list[tuple[str, str, str, str]]:
-        out: list[tuple[str, str, str, str]] = []
+    def listed_ckpts(self, **flt: Any) -> list[tuple[str, str, str, str, str]]:
+        out: list[tuple[str, str, str, str, str]] = []
         token = ""
         while True:
             resp = self.v.stub.ListCheckpoints(
                 vpb.ListCheckpointsRequest(page_token=token, **flt), timeout=10
             )
-            out.extend((c.project, c.group, c.name, c.suffix) for c in resp.checkpoints)
+            out.extend((c.project, c.group, c.name, c.run_id, c.suffix) for c in resp.checkpoints)
             token = resp.next_page_token
             if not token:
                 return out
@@ -203,7 +205,7 @@ def _write_ckpt(path: Path, files: dict[str, bytes]) -> None:
 def test_checkpoints_added_by_rename_and_removed(tree: Tree) -> None:
     o = tree.oracle()
     existing = o.checkpoints()
-    p, g, n, _ = existing[0].key
+    p, g, n, *_ = existing[0].key
     base = tree.m.checkpoints_dir / p / g / n
     # Being written: neither shows, nor counts.
     _write_ckpt(base / ".step-new", {"model.bin": b"m" * 1000, "config.json": b'{"lr": 1}'})
@@ -212,14 +214,14 @@ def test_checkpoints_added_by_rename_and_removed(tree: Tree) -> None:
     sentinel = tree.m.checkpoints_dir / "new-proj" / "g" / "n"
     _write_ckpt(sentinel / ".s1", {"model.bin": b"s" * 5})
     os.rename(sentinel / ".s1", sentinel / "s1")
-    tree.wait(lambda: ("new-proj", "g", "n", "s1") in tree.listed_ckpts(), "a checkpoint under a new job")
-    assert not any(k[3].startswith(".") or k[3].endswith(".tmp") for k in tree.listed_ckpts())
+    tree.wait(lambda: ("new-proj", "g", "n", "", "s1") in tree.listed_ckpts(), "a checkpoint under a new job")
+    assert not any(k[4].startswith(".") or k[4].endswith(".tmp") for k in tree.listed_ckpts())
     tree.wait_in_step()
     # Renamed into place: they show, with their sizes.
     os.rename(base / ".step-new", base / "step-new")
     os.rename(base / "step-other.tmp", base / "step-other")
     tree.wait(
-        lambda: {(p, g, n, "step-new"), (p, g, n, "step-other")} <= set(tree.listed_ckpts()),
+        lambda: {(p, g, n, "", "step-new"), (p, g, n, "", "step-other")} <= set(tree.listed_ckpts()),
         "the renamed checkpoints",
     )
     tree.wait_in_step()
@@ -230,16 +232,92 @@ def test_checkpoints_added_by_rename_and_removed(tree: Tree) -> None:
     shutil.rmtree(victim.path)
     shutil.rmtree(base / "step-other")
     tree.wait(
-        lambda: victim.key not in tree.listed_ckpts() and (p, g, n, "step-other") not in tree.listed_ckpts(),
+        lambda: (
+            victim.key not in tree.listed_ckpts() and (p, g, n, "", "step-other") not in tree.listed_ckpts()
+        ),
         "the deleted checkpoints to go",
     )
     tree.wait_in_step()
-    vp, vg, vn, vs = victim.key
+    vp, vg, vn, *_ = victim.key
     with pytest.raises(grpc.RpcError) as err:
-        tree.v.stub.GetCheckpoint(vpb.GetCheckpointRequest(project=vp, group=vg, name=vn, suffix=vs))
+        tree.v.stub.GetCheckpoint(vpb.GetCheckpointRequest(project=vp, group=vg, name=vn, suffix=victim.ref))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     stats = tree.v.stub.GetCheckpointStats(vpb.GetCheckpointStatsRequest(), timeout=10)
     assert (stats.checkpoint_count, stats.total_bytes) == tree.oracle().ckpt_totals()
+
+
+def _rename_in(run_dir: Path, suffix: str, files: dict[str, bytes]) -> None:
+    """Write a checkpoint under a hidden name, then rename it into place, as jobs must."""
+    _write_ckpt(run_dir / f".{suffix}", files)
+    os.rename(run_dir / f".{suffix}", run_dir / suffix)
+
+
+def test_checkpoints_of_runs_made_after_the_start_show(tree: Tree) -> None:
+    """Runs' checkpoint directories made after the viewer started (the directory made, its
+    marker written, then checkpoints renamed in, as the conductor and a job do) show with
+    their run ids; so does a checkpoint added to a run's directory that was there at the
+    start, and a run made by the conductor's own helper under a brand-new job."""
+    o = tree.oracle()
+    old = next(c for c in o.checkpoints() if c.run_id)
+    p, g, n, old_run, shared = old.key
+    base = tree.m.checkpoints_dir / p / g / n
+    _rename_in(base / old_run, "step-000777", {"model.bin": b"a" * 100})
+    # Seen unmarked first (an empty plain checkpoint, for all the viewer can tell), then marked.
+    late = base / "run-late"
+    late.mkdir()
+    tree.wait(lambda: (p, g, n, "", "run-late") in tree.listed_ckpts(), "the unmarked directory")
+    (late / ".baton-run").write_text(json.dumps({"job_id": "job-late", "run_id": "run-late"}))
+    tree.wait(lambda: (p, g, n, "", "run-late") not in tree.listed_ckpts(), "the marked directory to go")
+    _rename_in(late, shared, {"model.bin": b"b" * 10, "config.yaml": b"lr: 2\n"})
+    _rename_in(late, "step-000900", {"model.bin": b"c" * 20})
+    # A job directory and a run's directory made at once, then filled.
+    layout = Layout.under(tree.m.status_dir, tree.m.checkpoints_dir)
+    made = make_run_checkpoint_dir(layout, "late-proj", "g", "n", "r1", job_id="job-r1")
+    _rename_in(made, "s1", {"model.bin": b"d"})
+    expected = {
+        (p, g, n, old_run, "step-000777"),
+        (p, g, n, "run-late", shared),
+        (p, g, n, "run-late", "step-000900"),
+        ("late-proj", "g", "n", "r1", "s1"),
+    }
+    tree.wait(lambda: expected <= set(tree.listed_ckpts()), "the checkpoints of the late runs")
+    tree.wait_in_step()
+    # Two runs now have the suffix: bare, it is ambiguous; with a run id, each is found.
+    with pytest.raises(grpc.RpcError) as err:
+        tree.v.stub.GetCheckpoint(vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix=shared))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(err.value).reason == "CHECKPOINT_AMBIGUOUS"
+    matches = error_info(err.value).metadata["matches"].split(",")
+    assert {f"{old_run}/{shared}", f"run-late/{shared}"} <= set(matches)
+    got = tree.v.stub.GetCheckpoint(
+        vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix=f"run-late/{shared}")
+    )
+    assert (got.run_id, got.suffix, got.config_file, got.size_bytes) == (
+        "run-late",
+        shared,
+        "config.yaml",
+        16,
+    )
+    latest = tree.v.stub.GetLatestCheckpoint(
+        vpb.GetLatestCheckpointRequest(project=p, group=g, name=n, run_id="run-late")
+    )
+    assert latest.run_id == "run-late"
+    listed = tree.v.stub.ListCheckpoints(
+        vpb.ListCheckpointsRequest(project=p, group=g, name=n, run_id="run-late"), timeout=10
+    )
+    assert sorted(c.suffix for c in listed.checkpoints) == sorted([shared, "step-000900"])
+    # A run's directory removed: its checkpoints go with it. One unmarked: they are no
+    # checkpoints any more, and it is a plain one itself.
+    shutil.rmtree(late)
+    os.unlink(made / ".baton-run")
+    tree.wait(
+        lambda: (
+            not any(k[3] in ("run-late", "r1") for k in tree.listed_ckpts())
+            and ("late-proj", "g", "n", "", "r1") in tree.listed_ckpts()
+        ),
+        "the removed and unmarked runs' checkpoints to go",
+    )
+    tree.wait_in_step()
 
 
 def test_followed_log_sees_appends_and_the_end(tree: Tree) -> None:

@@ -22,6 +22,7 @@ from google.protobuf import duration_pb2, json_format
 
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as vpb
+from tests.checks import bad_request_fields, error_info
 from tests.harness import InProcessConductor
 from tests.treegen import STALE_SPLIT, Manifest, generate, job_bytes, write_status
 from tests.viewer_harness import InProcessViewer, viewer_session
@@ -78,6 +79,17 @@ def test_generator_writes_every_kind_of_run_and_checkpoint(gen: Gen) -> None:
     assert m.fresh_running and m.stale_running and m.without_id and m.big_logs and m.without_log
     assert len(o.ckpts) == m.checkpoints == 80
     assert m.both_configs and m.no_config and m.no_job_spec and m.in_progress_checkpoints
+    # Both layouts, in one job too, and suffixes that name more than one checkpoint of a job.
+    assert 0 < len(m.in_runs) < m.checkpoints
+    assert {c.key for c in o.ckpts.values() if c.run_id} == set(m.in_runs)
+    assert any(c.run_id == "" for c in o.ckpts.values())
+    layouts_of_jobs = {
+        k[:3]: {c.run_id == "" for c in o.ckpts.values() if c.key[:3] == k[:3]} for k in o.ckpts
+    }
+    assert {True, False} in layouts_of_jobs.values()
+    assert m.shared_suffixes
+    for p, g, n, suffix in m.shared_suffixes:
+        assert len(o.matching(p, g, n, suffix)) > 1
     assert {c.config_file for c in o.ckpts.values()} == {"config.yaml", "config.json", ""}
     assert sum(c.size for c in o.ckpts.values()) == m.checkpoint_bytes
     # Ties on the sort time exist, so the name tie-break is exercised.
@@ -103,6 +115,12 @@ def test_generator_is_deterministic_for_a_seed(tmp_path: Path) -> None:
                 out.append((rel, p.read_bytes().replace(str(root).encode(), b"ROOT"), None))
             elif "checkpoints" in p.parts and len(p.relative_to(root).parts) == 5:
                 out.append((rel, b"", p.stat().st_mtime_ns))
+            elif (
+                "checkpoints" in p.parts
+                and len(p.relative_to(root).parts) == 6
+                and p.parent.joinpath(".baton-run").is_file()
+            ):
+                out.append((rel, b"", p.stat().st_mtime_ns))  # a checkpoint in a run's directory
         return out
 
     now = 1_800_000_000.25
@@ -388,8 +406,12 @@ def test_dashboard_stats(gen: Gen, project: str) -> None:
 # --------------------------------------------------------------- checkpoints
 
 
+def ckpt_key(c: vpb.Checkpoint) -> tuple[str, str, str, str, str]:
+    return (c.project, c.group, c.name, c.run_id, c.suffix)
+
+
 def assert_same_ckpt(got: vpb.Checkpoint, c: Ckpt) -> None:
-    assert (got.project, got.group, got.name, got.suffix) == c.key
+    assert ckpt_key(got) == c.key
     assert got.path == str(c.path)
     assert ts_close(got.create_time, c.mtime_ns), c.key
     assert (got.size_bytes, got.file_count) == (c.size, c.files), c.key
@@ -400,7 +422,16 @@ def assert_same_ckpt(got: vpb.Checkpoint, c: Ckpt) -> None:
 def _ckpt_filters(o: Oracle) -> list[dict[str, str]]:
     jobs = Counter(c.key[:3] for c in o.ckpts.values())
     p, g, n = _biggest(jobs)
-    return [{}, {"project": p}, {"project": p, "group": g}, {"project": p, "group": g, "name": n}]
+    runs = Counter(c.key[:4] for c in o.ckpts.values() if c.run_id)
+    rp, rg, rn, run = _biggest(runs)
+    return [
+        {},
+        {"project": p},
+        {"project": p, "group": g},
+        {"project": p, "group": g, "name": n},
+        {"project": rp, "group": rg, "name": rn, "run_id": run},
+        {"run_id": run},
+    ]
 
 
 @pytest.mark.parametrize("size", [1, 7, 0])
@@ -419,28 +450,64 @@ def test_list_checkpoints_equals_brute_force(gen: Gen, size: int) -> None:
                 break
         expected = gen.o.checkpoints(**flt)
         assert len(expected) > (1 if flt else 50)
-        assert [(c.project, c.group, c.name, c.suffix) for c in got] == [c.key for c in expected], flt
+        assert [ckpt_key(c) for c in got] == [c.key for c in expected], flt
         for g, c in zip(got, expected, strict=True):
             assert_same_ckpt(g, c)
 
 
 def test_get_checkpoint_and_latest(gen: Gen) -> None:
+    assert any(not gen.o.addressable(c) for c in gen.o.ckpts.values()), "no plain checkpoint shares a suffix"
     for c in gen.o.ckpts.values():
-        p, g, n, suffix = c.key
-        got = gen.v.stub.GetCheckpoint(vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix=suffix))
+        p, g, n, _, suffix = c.key
+        if not gen.o.addressable(c):
+            continue  # see test_a_shared_suffix_is_ambiguous_and_each_ref_finds_one
+        got = gen.v.stub.GetCheckpoint(vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix=c.ref))
         assert_same_ckpt(got, c)
+        if len(gen.o.matching(p, g, n, suffix)) == 1:
+            # Alone with its suffix: the bare suffix finds it too, whatever its run.
+            got = gen.v.stub.GetCheckpoint(
+                vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix=suffix)
+            )
+            assert_same_ckpt(got, c)
     for p, g, n in {c.key[:3] for c in gen.o.ckpts.values()}:
         latest = gen.o.latest(p, g, n)
         assert latest is not None
         got = gen.v.stub.GetLatestCheckpoint(vpb.GetLatestCheckpointRequest(project=p, group=g, name=n))
         assert_same_ckpt(got, latest)
+    for p, g, n, run in {c.key[:4] for c in gen.o.ckpts.values() if c.run_id}:
+        latest = gen.o.latest(p, g, n, run)
+        assert latest is not None
+        req = vpb.GetLatestCheckpointRequest(project=p, group=g, name=n, run_id=run)
+        assert_same_ckpt(gen.v.stub.GetLatestCheckpoint(req), latest)
+
+
+def test_a_shared_suffix_is_ambiguous_and_each_ref_finds_one(gen: Gen) -> None:
+    for p, g, n, suffix in sorted(set(gen.m.shared_suffixes)):
+        matching = gen.o.matching(p, g, n, suffix)
+        assert len(matching) > 1
+        with pytest.raises(grpc.RpcError) as err:
+            gen.v.stub.GetCheckpoint(vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix=suffix))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_request_fields(err.value) == ["suffix"]
+        info = error_info(err.value)
+        assert info.reason == "CHECKPOINT_AMBIGUOUS"
+        assert info.metadata["matches"].split(",") == [c.ref for c in matching]
+        assert info.metadata["match_count"] == str(len(matching))
+        assert suffix in err.value.details() and len(err.value.details()) < 1000
+        for c in matching:
+            # A plain one among them is left with no ref of its own: the bare suffix is taken.
+            if c.run_id:
+                req = vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix=c.ref)
+                assert_same_ckpt(gen.v.stub.GetCheckpoint(req), c)
 
 
 def test_checkpoint_config_yaml_before_json(gen: Gen) -> None:
     seen: Counter[str] = Counter()
     for c in gen.o.ckpts.values():
-        p, g, n, suffix = c.key
-        req = vpb.GetCheckpointConfigRequest(project=p, group=g, name=n, suffix=suffix)
+        p, g, n, _, _ = c.key
+        if not gen.o.addressable(c):
+            continue
+        req = vpb.GetCheckpointConfigRequest(project=p, group=g, name=n, suffix=c.ref)
         expected = gen.o.config(c)
         if expected is None:
             with pytest.raises(grpc.RpcError) as err:
@@ -450,14 +517,16 @@ def test_checkpoint_config_yaml_before_json(gen: Gen) -> None:
             continue
         data, source = expected
         got = gen.v.stub.GetCheckpointConfig(req, timeout=10)
-        assert got.source_file == source and got.suffix == suffix, c.key
+        assert (got.source_file, got.run_id, got.suffix) == (source, c.run_id, c.suffix), c.key
         assert as_dict(got.config) == as_plain(data), c.key
         assert got.config["format"] == source.removeprefix("config."), c.key
         seen[source] += 1
     for key in gen.m.both_configs:
-        p, g, n, suffix = key
+        p, g, n, _, _ = key
+        if not gen.o.addressable(gen.o.ckpts[key]):
+            continue
         got = gen.v.stub.GetCheckpointConfig(
-            vpb.GetCheckpointConfigRequest(project=p, group=g, name=n, suffix=suffix)
+            vpb.GetCheckpointConfigRequest(project=p, group=g, name=n, suffix=gen.o.ckpts[key].ref)
         )
         assert got.source_file == "config.yaml" and got.config["format"] == "yaml"
         seen["both"] += 1
@@ -476,12 +545,12 @@ def test_checkpoint_config_and_job_spec_of_the_latest(gen: Gen) -> None:
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
         else:
             got = gen.v.stub.GetCheckpointConfig(req, timeout=10)
-            assert (got.suffix, got.source_file) == (latest.key[3], expected[1])
+            assert (got.run_id, got.suffix, got.source_file) == (latest.run_id, latest.suffix, expected[1])
             assert as_dict(got.config) == as_plain(expected[0])
         spec_req = vpb.GetCheckpointJobSpecRequest(project=p, group=g, name=n)
         if latest.has_job_spec:
             got_spec = gen.v.stub.GetCheckpointJobSpec(spec_req, timeout=10)
-            assert got_spec.suffix == latest.key[3]
+            assert (got_spec.run_id, got_spec.suffix) == (latest.run_id, latest.suffix)
         else:
             with pytest.raises(grpc.RpcError) as err:
                 gen.v.stub.GetCheckpointJobSpec(spec_req, timeout=10)
@@ -490,20 +559,24 @@ def test_checkpoint_config_and_job_spec_of_the_latest(gen: Gen) -> None:
 
 def test_checkpoint_job_spec(gen: Gen) -> None:
     for c in gen.o.ckpts.values():
-        p, g, n, suffix = c.key
-        req = vpb.GetCheckpointJobSpecRequest(project=p, group=g, name=n, suffix=suffix)
+        p, g, n, _, _ = c.key
+        if not gen.o.addressable(c):
+            continue
+        req = vpb.GetCheckpointJobSpecRequest(project=p, group=g, name=n, suffix=c.ref)
         if not c.has_job_spec:
             with pytest.raises(grpc.RpcError) as err:
                 gen.v.stub.GetCheckpointJobSpec(req, timeout=10)
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
             continue
         got = gen.v.stub.GetCheckpointJobSpec(req, timeout=10)
-        assert got.suffix == suffix
+        assert (got.run_id, got.suffix) == (c.run_id, c.suffix)
         assert as_dict(got.job_spec) == as_plain(json.loads((c.path / "job.json").read_text())), c.key
 
 
 def test_checkpoint_stats(gen: Gen) -> None:
-    for flt in [*_ckpt_filters(gen.o), {"project": "no-such"}]:
+    # Summed across runs: the stats take no run filter.
+    filters = [f for f in _ckpt_filters(gen.o) if "run_id" not in f]
+    for flt in [*filters, {"project": "no-such"}]:
         got = gen.v.stub.GetCheckpointStats(vpb.GetCheckpointStatsRequest(**flt), timeout=10)
         assert (got.checkpoint_count, got.total_bytes) == gen.o.ckpt_totals(**flt), flt
 

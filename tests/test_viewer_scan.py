@@ -1,7 +1,9 @@
-"""The cold scan split across worker processes finds exactly what one process finds."""
+"""The cold scan split across worker processes finds exactly what one process finds; the
+checkpoint scan reads both layouts, whole or one entry at a time, as the oracle does."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,9 @@ from inotify_simple import INotify
 from inotify_simple import flags as F
 
 from tests.treegen import generate
+from tests.viewer_oracle import scan_checkpoints as scan_oracle_checkpoints
 from viewer_api import parallel_scan, scan
+from viewer_api.index import Index
 
 
 def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,3 +79,89 @@ def test_unwatchable_directories_are_reported(tmp_path: Path, monkeypatch: pytes
     assert parallel.watched == []
     # Each directory below the groups (job and run directories) is named once.
     assert sorted(parallel.unwatched) == sorted(rel for rel in entered if len(rel) >= 3)
+
+
+# --------------------------------------------------------------- checkpoints
+
+
+def _ckpt_fields(cf: scan.CheckpointFile) -> tuple[object, ...]:
+    return (cf.path, cf.size_bytes, cf.file_count, cf.config_file, cf.has_job_spec)
+
+
+def test_the_checkpoint_scan_reads_both_layouts(tmp_path: Path) -> None:
+    """Plain checkpoints and runs' checkpoints, as the oracle finds them; the runs'
+    directories are entered (watched) and plain checkpoints are not."""
+    m = generate(tmp_path / "home", runs=100, checkpoints=60, seed=9)
+    assert m.in_runs and len(m.in_runs) < m.checkpoints
+    entered: list[tuple[str, ...]] = []
+    got = scan.scan_checkpoints(str(m.checkpoints_dir), on_dir=lambda path, rel: entered.append(rel))
+    expected = scan_oracle_checkpoints(m.checkpoints_dir)
+    assert {(*c.key, c.run_id, c.suffix): _ckpt_fields(c) for c in got.checkpoints} == {
+        key: (str(c.path), c.size, c.files, c.config_file, c.has_job_spec) for key, c in expected.items()
+    }
+    assert got.problems == {}
+    run_dirs = {k[:4] for k in m.in_runs}
+    assert {rel for rel in entered if len(rel) == 4} == run_dirs
+    assert len(entered) == len(set(entered))
+
+
+def test_reading_one_entry_equals_the_full_scan(tmp_path: Path) -> None:
+    """What an event makes the viewer read (one entry of a job's directory, every entry
+    watched) is what the full scan found there."""
+    m = generate(tmp_path / "home", runs=50, checkpoints=40, seed=10)
+    root = str(m.checkpoints_dir.resolve())
+    full = scan.scan_checkpoints(root)
+    entered: list[tuple[str, ...]] = []
+    pieces = scan.ScanResult(on_dir=lambda path, rel: entered.append(rel), watch_items=True)
+    items = sorted({(*c.key, c.run_id or c.suffix) for c in full.checkpoints})
+    for item in items:
+        scan.read_checkpoint_item(root, item, os.path.join(root, *item), pieces)  # type: ignore[arg-type]
+    assert sorted(map(_ckpt_fields, pieces.checkpoints)) == sorted(map(_ckpt_fields, full.checkpoints))
+    assert sorted(entered) == items
+
+
+def test_a_run_directory_is_no_checkpoint_and_a_marker_deeper_means_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "ck"
+    job = root / "p" / "g" / "n"
+    (job / "r1" / "step-1").mkdir(parents=True)
+    (job / "r1" / ".baton-run").write_text("{}")
+    (job / "r1" / "step-1" / ".baton-run").write_text("copied along")  # inside a checkpoint: a file
+    (job / "r1" / "Bad Name").mkdir()
+    (job / "r1" / "half.tmp").mkdir()
+    (job / "r1" / "notes.txt").write_text("not a checkpoint")
+    (job / "plain" / ".baton-run").mkdir(parents=True)  # a directory is no marker
+    got = scan.scan_checkpoints(str(root))
+    by_key = {(c.run_id, c.suffix): c for c in got.checkpoints}
+    assert sorted(by_key) == [("", "plain"), ("r1", "step-1")]
+    assert by_key[("r1", "step-1")].file_count == 1
+    assert got.problems == {str(job / "r1" / "Bad Name"): scan.INVALID_NAME}
+
+
+def test_an_index_loaded_at_once_equals_one_built_by_changes(tmp_path: Path) -> None:
+    m = generate(tmp_path / "home", runs=50, checkpoints=40, seed=12)
+    found = scan.scan_checkpoints(str(m.checkpoints_dir)).checkpoints
+    loaded, built = Index(), Index()
+    loaded.load([], found, {})
+    for cf in reversed(found):
+        built.upsert_checkpoint(cf)
+
+    def pages(index: Index, **flt: str) -> list[tuple[str, ...]]:
+        out: list[tuple[str, ...]] = []
+        token = ""
+        while True:
+            args = (flt.get("project", ""), flt.get("group", ""), flt.get("name", ""), flt.get("run_id", ""))
+            page, token = index.list_checkpoints(*args, 3, token)
+            out.extend((*c.key, c.run_id, c.suffix) for c in page)
+            if not token:
+                return out
+
+    assert pages(loaded) == pages(built) and len(pages(loaded)) == 40
+    p, g, n, run, _ = m.in_runs[0]
+    assert pages(loaded, run_id=run) == pages(built, run_id=run) == [k for k in pages(loaded) if k[3] == run]
+    assert loaded.checkpoint_totals("", "", "") == built.checkpoint_totals("", "", "")
+    # Forgetting a run's directory as one entry takes all its checkpoints.
+    built.remove_checkpoint_item((p, g, n), run)
+    assert [k for k in pages(built) if k[:4] == (p, g, n, run)] == []
+    assert built.checkpoint_count == loaded.checkpoint_count - sum(
+        1 for k in m.in_runs if k[:4] == (p, g, n, run)
+    )

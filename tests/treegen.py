@@ -1,12 +1,17 @@
 """A generator of realistic viewer trees: runs in every state, logs, checkpoints.
 
     <root>/status/<project>/<group>/<name>/<run_id>/status.json, output.log
-    <root>/checkpoints/<project>/<group>/<name>/<suffix>/model.bin, config.*, job.json, ...
+    <root>/checkpoints/<project>/<group>/<name>/<run_id>/.baton-run      a run's checkpoints
+    <root>/checkpoints/<project>/<group>/<name>/<run_id>/<suffix>/model.bin, config.*, job.json, ...
+    <root>/checkpoints/<project>/<group>/<name>/<suffix>/...             the plain layout
 
 ``generate(root, runs=N, checkpoints=M, seed=S, now=T)`` writes the tree and
 returns a ``Manifest`` (counts and interesting samples for tests to pick
 from). The same seed and ``now`` give byte-identical files, and the same
-checkpoint directory mtimes (a checkpoint's create time). status.json is a
+checkpoint directory mtimes (a checkpoint's create time). Some jobs keep
+their checkpoints in the plain layout, some in their runs' directories, some
+both; runs of one job share some suffixes, as resumed runs of one training
+script do (a bare suffix is then ambiguous). status.json is a
 ``baton.v1.Job`` in the canonical proto3 JSON mapping (what
 ``json_format.MessageToJson`` writes, compact), so the viewer can be checked
 field by field against the file.
@@ -89,11 +94,14 @@ class Manifest:
     without_id: list[tuple[str, str, str, str]] = field(default_factory=list)
     big_logs: list[tuple[str, str, str, str]] = field(default_factory=list)
     without_log: list[tuple[str, str, str, str]] = field(default_factory=list)
-    # Checkpoint keys (project, group, name, suffix) by kind.
-    both_configs: list[tuple[str, str, str, str]] = field(default_factory=list)
-    no_config: list[tuple[str, str, str, str]] = field(default_factory=list)
-    no_job_spec: list[tuple[str, str, str, str]] = field(default_factory=list)
-    nested: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # Checkpoint keys (project, group, name, run_id, suffix) by kind; run_id is "" in the plain layout.
+    both_configs: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    no_config: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    no_job_spec: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    nested: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    in_runs: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    # Suffixes that more than one checkpoint of a job has: (project, group, name, suffix).
+    shared_suffixes: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -101,6 +109,8 @@ class Manifest:
             "runs": self.runs,
             "checkpoints": self.checkpoints,
             "in_progress_checkpoints": self.in_progress_checkpoints,
+            "checkpoints_in_runs": len(self.in_runs),
+            "shared_suffixes": len(self.shared_suffixes),
             "state_counts": dict(sorted(self.state_counts.items())),
             "log_bytes": self.log_bytes,
             "checkpoint_bytes": self.checkpoint_bytes,
@@ -357,6 +367,18 @@ def _yaml(data: Any, indent: int = 0) -> str:
     return "".join(out)
 
 
+RUN_MARKER = ".baton-run"
+# Where a job's checkpoints go; the first three jobs get one kind each.
+_CKPT_LAYOUTS = ("plain", "runs", "both")
+
+
+def _make_run_dir(path: Path, run_id: str) -> None:
+    """A run's checkpoint directory with its marker, as the conductor makes it."""
+    path.mkdir()
+    marker = {"job_id": run_id, "run_id": run_id}
+    _write(str(path / RUN_MARKER), json.dumps(marker, sort_keys=True).encode() + b"\n")
+
+
 def _write_checkpoint(
     rng: random.Random,
     blob: bytes,
@@ -432,6 +454,7 @@ def generate(
     pool += pool  # so any slice of up to len(pool) lines is contiguous
     status_root, ckpt_root = str(status_dir), str(ckpt_dir)
     made_dirs: set[tuple[str, str, str]] = set()
+    runs_of: dict[tuple[str, str, str], list[str]] = {}
     run_ids: set[str] = set()
     prev: tuple[str, _Times] | None = None
     for i in range(runs):
@@ -465,6 +488,7 @@ def generate(
             # Written by some other program: its own run names, no job id.
             run_id = f"{rng.choice(('manual', 'r', 'adhoc.run', 'x_'))}{i:05d}"
         run_ids.add(run_id)
+        runs_of.setdefault(jk, []).append(run_id)
         key = (*jk, run_id)
         parent = f"{status_root}/{jk[0]}/{jk[1]}/{jk[2]}"
         if jk not in made_dirs:
@@ -497,8 +521,12 @@ def generate(
 
     blob = rng.randbytes(1 << 17)
     ckpt_keys = rng.sample(keys, max(1, min(len(keys), checkpoints // 4 or 1)))
+    layouts = {jk: _CKPT_LAYOUTS[i] if i < 3 else rng.choice(_CKPT_LAYOUTS) for i, jk in enumerate(ckpt_keys)}
     ckpt_made: set[tuple[str, str, str]] = set()
     counters: Counter[tuple[str, str, str]] = Counter()
+    # Per job: the suffixes written so far, by run ("" for the plain layout).
+    suffixes_of: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+    run_dirs: dict[Path, int] = {}
     prev_mtime = 0
     for i in range(checkpoints):
         jk = ckpt_keys[i % len(ckpt_keys)] if i < len(ckpt_keys) else rng.choice(ckpt_keys)
@@ -508,19 +536,41 @@ def generate(
             ckpt_made.add(jk)
         counters[jk] += 1
         suffix = f"step-{counters[jk] * rng.randint(1, 500):07d}-{i:x}"
+        layout = layouts[jk]
+        in_run = layout == "runs" or (layout == "both" and rng.random() < 0.6)
+        # A few runs per job, the ids of its runs in the status tree when it has some.
+        run_id = rng.choice((runs_of.get(jk) or [f"run-{i:05d}"])[:3]) if in_run else ""
+        written = suffixes_of.setdefault(jk, {})
+        others = sorted(
+            {s for r, done in written.items() if r != run_id for s in done} - set(written.get(run_id, ()))
+        )
+        if others and rng.random() < 0.25:
+            # Resumed or restarted from the same step as another run: the same suffix.
+            suffix = rng.choice(others)
+            m.shared_suffixes.append((*jk, suffix))
+        written.setdefault(run_id, []).append(suffix)
+        holder = base
+        if run_id:
+            holder = base / run_id
+            if not holder.exists():
+                _make_run_dir(holder, run_id)
         if prev_mtime and rng.random() < 0.05:
             mtime_ns = prev_mtime  # saved in the same microsecond as another one
         else:
             mtime_ns = (now_us - _seconds(rng, 30, 10 * 86400)) * 1000
         prev_mtime = mtime_ns
+        if run_id:
+            run_dirs[holder] = max(run_dirs.get(holder, 0), mtime_ns)
         # The first four have one config kind each, so even a small tree has them all.
         kind = ("yaml", "json", "both", "none")[i] if i < 4 else rng.choice(_CONFIG_KINDS)
         size, kind, has_spec, nested = _write_checkpoint(
-            rng, blob, base / suffix, jk, mtime_ns, big=rng.random() < 0.03, kind=kind
+            rng, blob, holder / suffix, jk, mtime_ns, big=rng.random() < 0.03, kind=kind
         )
-        ck = (*jk, suffix)
+        ck = (*jk, run_id, suffix)
         m.checkpoints += 1
         m.checkpoint_bytes += size
+        if run_id:
+            m.in_runs.append(ck)
         if kind == "both":
             m.both_configs.append(ck)
         elif kind == "none":
@@ -531,10 +581,14 @@ def generate(
             m.nested.append(ck)
         if rng.random() < 0.08:
             # One being written next to it: skipped by readers until renamed.
-            partial = base / rng.choice((f".{suffix}-next", f"{suffix}-next.tmp"))
+            partial = holder / rng.choice((f".{suffix}-next", f"{suffix}-next.tmp"))
             os.mkdir(partial)
             _write(str(partial / "model.bin"), blob[:1000])
             m.in_progress_checkpoints += 1
+    # A run's directory changes with each checkpoint made in it: give it a time
+    # of its own, so the same seed makes the same tree.
+    for path, mtime_ns in run_dirs.items():
+        os.utime(path, ns=(mtime_ns, mtime_ns))
     return m
 
 

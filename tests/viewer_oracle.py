@@ -12,6 +12,7 @@ import calendar
 import json
 import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ TERMINAL = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job
 NS = 1_000_000_000
 
 RunKey = tuple[str, str, str, str]
-CkptKey = tuple[str, str, str, str]
+# project, group, name, run_id ("" in the plain layout), suffix.
+CkptKey = tuple[str, str, str, str, str]
 
 
 def valid_name(name: str) -> bool:
@@ -104,8 +106,21 @@ class Ckpt:
     has_job_spec: bool
 
     @property
-    def sort_key(self) -> tuple[int, str, str, str, str]:
+    def sort_key(self) -> tuple[int, str, str, str, str, str]:
         return (-self.mtime_ns, *self.key)
+
+    @property
+    def run_id(self) -> str:
+        return self.key[3]
+
+    @property
+    def suffix(self) -> str:
+        return self.key[4]
+
+    @property
+    def ref(self) -> str:
+        """What names it in the Get calls: RUN_ID/SUFFIX, or SUFFIX in the plain layout."""
+        return f"{self.run_id}/{self.suffix}" if self.run_id else self.suffix
 
 
 def _dirs(path: Path) -> list[os.DirEntry[str]]:
@@ -188,8 +203,36 @@ def _usage(path: str) -> tuple[int, int]:
     return size, files
 
 
+def _is_run_dir(path: str) -> bool:
+    """A run's checkpoint directory holds a .baton-run entry that is not a directory."""
+    try:
+        return not stat.S_ISDIR(os.lstat(os.path.join(path, ".baton-run")).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _complete(root: Path, entry: os.DirEntry[str]) -> bool:
+    return not entry.name.startswith(".") and not entry.name.endswith(".tmp") and _good(root, entry)
+
+
+def _ckpt(key: CkptKey, path: str) -> Ckpt:
+    size, files = _usage(path)
+    configs = [f for f in ("config.yaml", "config.json") if os.path.isfile(f"{path}/{f}")]
+    return Ckpt(
+        key,
+        Path(path),
+        os.stat(path).st_mtime_ns,
+        size,
+        files,
+        configs[0] if configs else "",
+        os.path.isfile(os.path.join(path, "job.json")),
+    )
+
+
 def scan_checkpoints(checkpoints_dir: Path) -> dict[CkptKey, Ckpt]:
-    """Every complete checkpoint: a directory not named '.*' or '*.tmp', with a valid name."""
+    """Every complete checkpoint: a directory not named '.*' or '*.tmp', with a valid name,
+    directly under a job's directory (the plain layout) or under a run's directory there
+    (a directory holding a .baton-run file)."""
     root = Path(os.path.realpath(checkpoints_dir))
     out: dict[CkptKey, Ckpt] = {}
     for p in _dirs(root):
@@ -202,20 +245,16 @@ def scan_checkpoints(checkpoints_dir: Path) -> dict[CkptKey, Ckpt]:
                 if not _good(root, n):
                     continue
                 for c in _dirs(Path(n.path)):
-                    if c.name.startswith(".") or c.name.endswith(".tmp") or not _good(root, c):
+                    if not _complete(root, c):
                         continue
-                    size, files = _usage(c.path)
-                    configs = [f for f in ("config.yaml", "config.json") if os.path.isfile(f"{c.path}/{f}")]
-                    key = (p.name, g.name, n.name, c.name)
-                    out[key] = Ckpt(
-                        key,
-                        Path(c.path),
-                        os.stat(c.path).st_mtime_ns,
-                        size,
-                        files,
-                        configs[0] if configs else "",
-                        os.path.isfile(os.path.join(c.path, "job.json")),
-                    )
+                    if not _is_run_dir(c.path):
+                        key = (p.name, g.name, n.name, "", c.name)
+                        out[key] = _ckpt(key, c.path)
+                        continue
+                    for d in _dirs(Path(c.path)):
+                        if _complete(root, d):
+                            key = (p.name, g.name, n.name, c.name, d.name)
+                            out[key] = _ckpt(key, d.path)
     return out
 
 
@@ -274,19 +313,31 @@ class Oracle:
 
     # ----------------------------------------------------------- checkpoints
 
-    def checkpoints(self, project: str = "", group: str = "", name: str = "") -> list[Ckpt]:
+    def checkpoints(self, project: str = "", group: str = "", name: str = "", run_id: str = "") -> list[Ckpt]:
         found = [
             c
             for c in self.ckpts.values()
             if (not project or c.key[0] == project)
             and (not group or c.key[1] == group)
             and (not name or c.key[2] == name)
+            and (not run_id or c.run_id == run_id)
         ]
         return sorted(found, key=lambda c: c.sort_key)
 
-    def latest(self, project: str, group: str, name: str) -> Ckpt | None:
-        found = self.checkpoints(project, group, name)
-        return max(found, key=lambda c: (c.mtime_ns, c.key[3])) if found else None
+    def latest(self, project: str, group: str, name: str, run_id: str = "") -> Ckpt | None:
+        """The newest by time, then suffix, then run id."""
+        found = self.checkpoints(project, group, name, run_id)
+        return max(found, key=lambda c: (c.mtime_ns, c.suffix, c.run_id)) if found else None
+
+    def matching(self, project: str, group: str, name: str, suffix: str) -> list[Ckpt]:
+        """What a bare suffix names: the plain checkpoint and each run's of that suffix."""
+        found = [c for c in self.checkpoints(project, group, name) if c.suffix == suffix]
+        return sorted(found, key=lambda c: c.run_id)
+
+    def addressable(self, c: Ckpt) -> bool:
+        """Whether a ref names ``c`` alone: a plain checkpoint whose suffix a run's checkpoint
+        has too can be named by no ref (its bare suffix is ambiguous)."""
+        return bool(c.run_id) or len(self.matching(c.key[0], c.key[1], c.key[2], c.suffix)) == 1
 
     def ckpt_totals(self, project: str = "", group: str = "", name: str = "") -> tuple[int, int]:
         found = self.checkpoints(project, group, name)

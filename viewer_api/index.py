@@ -6,6 +6,10 @@ merges only the buckets that can match and never walks the whole index. Each
 run keeps its status.json bytes; its Job message is built the first time it
 is asked for and then kept in binary form (a few hundred bytes).
 
+Checkpoints are kept by job, then run id (empty for the plain layout), then
+suffix, as they lie on disk: two runs may have a checkpoint of the same
+suffix. One sorted list, newest first, orders them all for listing.
+
 The index is changed only on the event loop, by the indexer (``indexer.py``).
 """
 
@@ -28,6 +32,10 @@ S = job_pb2
 # Sort keys: ascending order is newest first.
 SortKey = tuple[float, str, str, str, str]
 Bucket = tuple[str, str, str, int]
+# A checkpoint's place in the list: -create time, project, group, name, run id, suffix.
+CheckpointSortKey = tuple[float, str, str, str, str, str]
+# Checkpoints of one job: run id -> suffix -> checkpoint.
+JobCheckpoints = dict[str, dict[str, CheckpointFile]]
 
 
 class RunEntry:
@@ -106,8 +114,8 @@ class Index:
         self._project_buckets: dict[str, set[Bucket]] = {}
         self.state_counts: Counter[int] = Counter()
         self.problems: dict[str, str] = {}
-        self.checkpoints: dict[JobKey, dict[str, CheckpointFile]] = {}
-        self._ckpt_order: list[tuple[float, str, str, str, str]] = []
+        self.checkpoints: dict[JobKey, JobCheckpoints] = {}
+        self._ckpt_order: list[CheckpointSortKey] = []
         self.checkpoint_bytes = 0
         self.checkpoint_count = 0
         self._listeners: dict[RunKey, set[Callable[[], None]]] = {}
@@ -135,10 +143,10 @@ class Index:
         assert not self.runs and not self.checkpoints, "load is for an empty index"
         self._load_runs(runs)
         for cf in checkpoints:
-            self.checkpoints.setdefault(cf.key, {})[cf.suffix] = cf
+            self.checkpoints.setdefault(cf.key, {}).setdefault(cf.run_id, {})[cf.suffix] = cf
             self.checkpoint_bytes += cf.size_bytes
         self.checkpoint_count = len(checkpoints)
-        self._ckpt_order = sorted((-cf.create_ts, *cf.key, cf.suffix) for cf in checkpoints)
+        self._ckpt_order = sorted(map(_ckpt_sort, checkpoints))
         self.problems = problems
 
     def _load_runs(self, runs: list[RunFile]) -> None:
@@ -292,61 +300,95 @@ class Index:
     # ------------------------------------------------------------ checkpoints
 
     def upsert_checkpoint(self, cf: CheckpointFile) -> None:
-        self.remove_checkpoint(cf.key, cf.suffix)
-        self.checkpoints.setdefault(cf.key, {})[cf.suffix] = cf
-        bisect.insort(self._ckpt_order, (-cf.create_ts, *cf.key, cf.suffix))
+        self.remove_checkpoint(cf.key, cf.run_id, cf.suffix)
+        self.checkpoints.setdefault(cf.key, {}).setdefault(cf.run_id, {})[cf.suffix] = cf
+        bisect.insort(self._ckpt_order, _ckpt_sort(cf))
         self.checkpoint_bytes += cf.size_bytes
         self.checkpoint_count += 1
 
-    def remove_checkpoint(self, key: JobKey, suffix: str) -> None:
-        by_suffix = self.checkpoints.get(key)
-        if not by_suffix or suffix not in by_suffix:
+    def remove_checkpoint(self, key: JobKey, run_id: str, suffix: str) -> None:
+        runs = self.checkpoints.get(key, {})
+        by_suffix = runs.get(run_id, {})
+        if suffix not in by_suffix:
             return
         cf = by_suffix.pop(suffix)
         if not by_suffix:
-            del self.checkpoints[key]
-        _remove_sorted(self._ckpt_order, (-cf.create_ts, *cf.key, cf.suffix))
+            del runs[run_id]
+            if not runs:
+                del self.checkpoints[key]
+        _remove_sorted(self._ckpt_order, _ckpt_sort(cf))
         self.checkpoint_bytes -= cf.size_bytes
         self.checkpoint_count -= 1
 
+    def remove_checkpoint_item(self, key: JobKey, item: str) -> None:
+        """Forget what one entry of a job's checkpoint directory held: a plain checkpoint, or a run's."""
+        self.remove_checkpoint(key, "", item)
+        for suffix in list(self.checkpoints.get(key, {}).get(item, ())):
+            self.remove_checkpoint(key, item, suffix)
+
     def remove_checkpoints_under(self, prefix: tuple[str, ...]) -> None:
+        """Forget the checkpoints of every job under ``prefix`` (at most project, group, name)."""
         for key in [k for k in self.checkpoints if k[: len(prefix)] == prefix]:
-            for suffix in list(self.checkpoints.get(key, {})):
-                self.remove_checkpoint(key, suffix)
+            for cf in list(self.job_checkpoints(key)):
+                self.remove_checkpoint(key, cf.run_id, cf.suffix)
+
+    def job_checkpoints(self, key: JobKey, run_id: str | None = None) -> Iterator[CheckpointFile]:
+        """A job's checkpoints (of one run, when ``run_id`` is given; "" is the plain layout)."""
+        runs = self.checkpoints.get(key, {})
+        for by_suffix in runs.values() if run_id is None else [runs.get(run_id, {})]:
+            yield from by_suffix.values()
+
+    def all_checkpoints(self) -> Iterator[CheckpointFile]:
+        for runs in self.checkpoints.values():
+            for by_suffix in runs.values():
+                yield from by_suffix.values()
+
+    def find_checkpoints(self, key: JobKey, run_id: str, suffix: str) -> list[CheckpointFile]:
+        """What a ref names: with a run id, its checkpoint; without, the plain checkpoint and each
+        run's of that suffix (plain first, then by run id)."""
+        runs = self.checkpoints.get(key, {})
+        if run_id:
+            found = runs.get(run_id, {}).get(suffix)
+            return [found] if found is not None else []
+        return [runs[run][suffix] for run in sorted(runs) if suffix in runs[run]]
 
     def list_checkpoints(
-        self, project: str, group: str, name: str, size: int, token: str
+        self, project: str, group: str, name: str, run_id: str, size: int, token: str
     ) -> tuple[list[CheckpointFile], str]:
         limit = page_size(size)
-        fkey = [project, group, name]
-        after = sort_key(decode_token("viewer.checkpoints", fkey, token))
+        fkey = [project, group, name, run_id]
+        after = checkpoint_sort_key(decode_token("viewer.checkpoints", fkey, token))
         start = 0 if after is None else bisect.bisect_right(self._ckpt_order, after)
         out: list[CheckpointFile] = []
         for sk in self._ckpt_order[start:]:
-            _, p, g, n, suffix = sk
-            if (project and p != project) or (group and g != group) or (name and n != name):
+            _, p, g, n, run, suffix = sk
+            if (
+                (project and p != project)
+                or (group and g != group)
+                or (name and n != name)
+                or (run_id and run != run_id)
+            ):
                 continue
             if len(out) == limit:
-                last = out[-1]
-                return out, encode_token(
-                    "viewer.checkpoints", fkey, [-last.create_ts, *last.key, last.suffix]
-                )
-            out.append(self.checkpoints[(p, g, n)][suffix])
+                return out, encode_token("viewer.checkpoints", fkey, list(_ckpt_sort(out[-1])))
+            out.append(self.checkpoints[(p, g, n)][run][suffix])
         return out, ""
 
-    def latest_checkpoint(self, key: JobKey) -> CheckpointFile | None:
-        by_suffix = self.checkpoints.get(key)
-        if not by_suffix:
-            return None
-        return max(by_suffix.values(), key=lambda c: (c.create_ts, c.suffix))
+    def latest_checkpoint(self, key: JobKey, run_id: str | None = None) -> CheckpointFile | None:
+        """The newest checkpoint of a job (of one run, when ``run_id`` is given): by create time,
+        then suffix, then run id, as ``Layout.find_checkpoints`` picks ``latest`` on disk."""
+        return max(
+            self.job_checkpoints(key, run_id), key=lambda c: (c.create_ts, c.suffix, c.run_id), default=None
+        )
 
     def checkpoint_totals(self, project: str, group: str, name: str) -> tuple[int, int]:
         count = size = 0
-        for key, by_suffix in self.checkpoints.items():
+        for key in self.checkpoints:
             if (project and key[0] != project) or (group and key[1] != group) or (name and key[2] != name):
                 continue
-            count += len(by_suffix)
-            size += sum(c.size_bytes for c in by_suffix.values())
+            for cf in self.job_checkpoints(key):
+                count += 1
+                size += cf.size_bytes
         return count, size
 
 
@@ -377,6 +419,11 @@ def _from(lst: list[SortKey], start: int) -> Iterator[SortKey]:
         yield lst[i]
 
 
+def _ckpt_sort(cf: CheckpointFile) -> CheckpointSortKey:
+    p, g, n = cf.key
+    return (-cf.create_ts, p, g, n, cf.run_id, cf.suffix)
+
+
 def _remove_sorted(lst: list[Any], item: Any) -> None:
     i = bisect.bisect_left(lst, item)
     if i < len(lst) and lst[i] == item:
@@ -394,4 +441,18 @@ def sort_key(pos: Any) -> SortKey | None:
         and all(isinstance(p, str) for p in pos[1:])
     ):
         return (float(pos[0]), pos[1], pos[2], pos[3], pos[4])
+    raise invalid_field("page_token", "is not a page token from this list")
+
+
+def checkpoint_sort_key(pos: Any) -> CheckpointSortKey | None:
+    """The position a ListCheckpoints page token holds; INVALID_ARGUMENT otherwise."""
+    if pos is None:
+        return None
+    if (
+        isinstance(pos, list)
+        and len(pos) == 6
+        and isinstance(pos[0], int | float)
+        and all(isinstance(p, str) for p in pos[1:])
+    ):
+        return (float(pos[0]), pos[1], pos[2], pos[3], pos[4], pos[5])
     raise invalid_field("page_token", "is not a page token from this list")

@@ -2,7 +2,8 @@
 and a periodic reconciliation scan as the safety net.
 
 With inotify (``watches.py``), every directory of both trees down to the run
-directories (and to the job directories of the checkpoint tree) is watched.
+directories (and to the job directories of the checkpoint tree, with the runs'
+checkpoint directories below them) is watched.
 An event marks a path dirty; a worker reads dirty paths in a thread and
 applies what it read to the index on the event loop, so a rewritten
 status.json shows in ListJobs a few milliseconds later. If the kernel runs out
@@ -17,6 +18,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from common.layout import RUN_MARKER
 from common.names import is_valid_name
 from viewer_api import scan
 from viewer_api.index import Index
@@ -38,7 +41,10 @@ T = TypeVar("T")
 class _Dirty:
     status_runs: set[tuple[str, ...]] = field(default_factory=set)
     status_subtrees: set[tuple[str, ...]] = field(default_factory=set)
+    # Entries of job checkpoint directories (plain checkpoints or runs' directories).
     ckpt_items: set[tuple[str, ...]] = field(default_factory=set)
+    # Entries one level down: a run's checkpoints, or files of a plain checkpoint.
+    ckpt_entries: set[tuple[str, ...]] = field(default_factory=set)
     ckpt_subtrees: set[tuple[str, ...]] = field(default_factory=set)
 
 
@@ -46,10 +52,25 @@ class _Dirty:
 class _Read:
     runs: list[tuple[scan.RunKey, scan.RunFile | str | None]] = field(default_factory=list)
     status_subtrees: list[tuple[tuple[str, ...], scan.ScanResult]] = field(default_factory=list)
-    checkpoints: list[tuple[tuple[scan.JobKey, str], scan.CheckpointFile | str | None]] = field(
+    # ((job, run id, suffix), what is there now) for checkpoints in runs' directories.
+    checkpoints: list[tuple[tuple[scan.JobKey, str, str], scan.CheckpointFile | str | None]] = field(
         default_factory=list
     )
+    checkpoint_items: list[tuple[tuple[str, ...], scan.ScanResult]] = field(default_factory=list)
     checkpoint_subtrees: list[tuple[tuple[str, ...], scan.ScanResult]] = field(default_factory=list)
+
+
+def _ckpt_rel(cf: scan.CheckpointFile) -> tuple[str, ...]:
+    """A checkpoint's names below the checkpoints root."""
+    return (*cf.key, cf.run_id, cf.suffix) if cf.run_id else (*cf.key, cf.suffix)
+
+
+def _marked(path: str) -> bool:
+    """Whether the directory at ``path`` holds the run marker (as a scan of it would find it)."""
+    try:
+        return not stat.S_ISDIR(os.lstat(os.path.join(path, RUN_MARKER)).st_mode)
+    except OSError:
+        return False
 
 
 def _return_free_memory() -> None:
@@ -123,7 +144,8 @@ class Indexer:
         self.mode = mode
         self._trees = {
             "status": Tree("status", os.path.realpath(status_dir), 4),
-            "checkpoints": Tree("checkpoints", os.path.realpath(checkpoints_dir), 3),
+            # Job directories (3), and below them the runs' checkpoint directories (4).
+            "checkpoints": Tree("checkpoints", os.path.realpath(checkpoints_dir), 4),
         }
         self._poll_interval = poll_interval
         self._reconcile_interval = reconcile_interval
@@ -266,14 +288,14 @@ class Indexer:
         async for key in _paced(gone):
             if not touched("status", key):
                 index.remove_run(key)
-        want = await asyncio.to_thread(lambda: {(c.key, c.suffix): c for c in ckpts.checkpoints})
-        async for job_key, suffix in _paced([(k, s) for k, by in index.checkpoints.items() for s in by]):
-            if (job_key, suffix) not in want and not touched("checkpoints", (*job_key, suffix)):
-                index.remove_checkpoint(job_key, suffix)
-        async for (job_key, suffix), cf in _paced(list(want.items())):
-            if touched("checkpoints", (*job_key, suffix)):
+        want = await asyncio.to_thread(lambda: {(c.key, c.run_id, c.suffix): c for c in ckpts.checkpoints})
+        async for cf in _paced(list(index.all_checkpoints())):
+            if (cf.key, cf.run_id, cf.suffix) not in want and not touched("checkpoints", _ckpt_rel(cf)):
+                index.remove_checkpoint(cf.key, cf.run_id, cf.suffix)
+        async for (job_key, run_id, suffix), cf in _paced(list(want.items())):
+            if touched("checkpoints", _ckpt_rel(cf)):
                 continue
-            old = index.checkpoints.get(job_key, {}).get(suffix)
+            old = index.checkpoints.get(job_key, {}).get(run_id, {}).get(suffix)
             if old != cf:
                 index.upsert_checkpoint(cf)
         # Problems too: what inotify saw since the scan began stays as it saw it.
@@ -339,6 +361,12 @@ class Indexer:
                         dirty.status_runs.add(rel[:4])
                 elif len(rel) <= 4:
                     dirty.status_subtrees.add(rel)
+            elif len(rel) == 5:
+                if rel[4] == RUN_MARKER:
+                    # The marker came or went: the whole entry changes meaning.
+                    dirty.ckpt_items.add(rel[:4])
+                else:
+                    dirty.ckpt_entries.add(rel)
             elif len(rel) == 4:
                 dirty.ckpt_items.add(rel)
             elif len(rel) < 4:
@@ -363,14 +391,22 @@ class Indexer:
             for rf in sub.runs:
                 index.upsert_run(rf)
             index.problems.update(sub.problems)
-        for (job_key, suffix), got in read.checkpoints:
-            index.remove_checkpoint(job_key, suffix)
-            path = os.path.join(ck.root, *job_key, suffix)
+        for (job_key, run_id, suffix), got in read.checkpoints:
+            index.remove_checkpoint(job_key, run_id, suffix)
+            path = os.path.join(ck.root, *job_key, run_id, suffix)
             index.problems.pop(path, None)
             if isinstance(got, scan.CheckpointFile):
                 index.upsert_checkpoint(got)
             elif isinstance(got, str):
                 index.problems[path] = got
+        for rel, sub in read.checkpoint_items:
+            # Read whole, so a reconciliation that began before must not undo any of it.
+            self._touched[("checkpoints", rel)] = now
+            index.remove_checkpoint_item((rel[0], rel[1], rel[2]), rel[3])
+            _forget_problems_under(index.problems, os.path.join(ck.root, *rel))
+            for cf in sub.checkpoints:
+                index.upsert_checkpoint(cf)
+            index.problems.update(sub.problems)
         for prefix, sub in read.checkpoint_subtrees:
             index.remove_checkpoints_under(prefix)
             _forget_problems_under(index.problems, os.path.join(ck.root, *prefix))
@@ -399,16 +435,35 @@ class Indexer:
             out.runs.append((key, scan.read_run(st.root, key, os.path.join(st.root, *rel))))
         for rel in _outermost(dirty.ckpt_subtrees):
             result = self._watching_result(ck)
+            result.watch_items = True
             path = os.path.join(ck.root, *rel)
             if _admissible(ck.root, path, result):
                 scan.scan_checkpoints_under(ck.root, rel, path, result)
             out.checkpoint_subtrees.append((rel, result))
-        for rel in dirty.ckpt_items:
+        items = set(dirty.ckpt_items)
+        entries: list[tuple[str, ...]] = []
+        for rel in dirty.ckpt_entries:
+            if _covered(rel, dirty.ckpt_subtrees) or not _valid(rel[:4]):
+                continue
+            # In a run's directory, one checkpoint changed; in a plain checkpoint, the checkpoint did.
+            if _marked(os.path.join(ck.root, *rel[:4])):
+                entries.append(rel)
+            else:
+                items.add(rel[:4])
+        for rel in items:
             if _covered(rel, dirty.ckpt_subtrees) or not _valid(rel[:3]):
                 continue
+            result = self._watching_result(ck)
+            result.watch_items = True
+            item: tuple[str, str, str, str] = (rel[0], rel[1], rel[2], rel[3])
+            scan.read_checkpoint_item(ck.root, item, os.path.join(ck.root, *rel), result)
+            out.checkpoint_items.append((rel, result))
+        for rel in entries:
+            if rel[:4] in items:
+                continue
             job_key: scan.JobKey = (rel[0], rel[1], rel[2])
-            got = scan.read_checkpoint(ck.root, job_key, rel[3], os.path.join(ck.root, *rel))
-            out.checkpoints.append(((job_key, rel[3]), got))
+            got = scan.read_checkpoint(ck.root, job_key, rel[3], rel[4], os.path.join(ck.root, *rel))
+            out.checkpoints.append(((job_key, rel[3], rel[4]), got))
         return out
 
     @property

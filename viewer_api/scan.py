@@ -1,7 +1,8 @@
 """Reading the status and checkpoint trees (blocking; run in worker threads).
 
     <status_dir>/<project>/<group>/<name>/<run_id>/status.json
-    <checkpoints_dir>/<project>/<group>/<name>/<suffix>/
+    <checkpoints_dir>/<project>/<group>/<name>/<run_id>/<suffix>/   a run's, marked by .baton-run
+    <checkpoints_dir>/<project>/<group>/<name>/<suffix>/            the plain layout
 
 Everything here only reads. A directory whose name breaks the naming rule, a
 link that leads outside its root, and a status.json that is not a Job are
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 
 from baton.v1 import job_pb2
 from common.jobfile import load_json
-from common.layout import CONFIG_FILES, JOB_SPEC_FILE, STATUS_FILE, is_complete_checkpoint
+from common.layout import CONFIG_FILES, JOB_SPEC_FILE, RUN_MARKER, STATUS_FILE, is_complete_checkpoint
 from common.names import is_valid_name
 from common.protojson import check_shape
 
@@ -95,6 +96,8 @@ class RunFile(NamedTuple):
 @dataclass(slots=True)
 class CheckpointFile:
     key: JobKey
+    # The run whose checkpoint directory holds it; empty in the plain layout.
+    run_id: str
     suffix: str
     path: str
     create_ts: float
@@ -119,6 +122,12 @@ class ScanResult:
     watched: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
     # Directories they could not watch (out of inotify watches), by names.
     unwatched: list[tuple[str, ...]] = field(default_factory=list)
+    # Whether each entry of a job's checkpoint directory goes to ``on_dir``
+    # before it is read, checkpoint or not. A full scan sends only the runs'
+    # directories (a watch per checkpoint would be wasted); a rescan after an
+    # event sends every one, since a directory just made may become a run's
+    # when its marker is written a moment later.
+    watch_items: bool = False
 
     def enter(self, path: str, rel: tuple[str, ...]) -> None:
         if self.on_dir is not None:
@@ -279,8 +288,17 @@ def scan_status_under(
         scan_status_under(root, (*prefix, sys.intern(name)), sub, result, known)
 
 
-def _dir_usage(path: str) -> tuple[int, int, set[str]]:
-    """Bytes and files below ``path`` (links not followed), and the top level's file names."""
+# What _dir_usage finds in a run's checkpoint directory: no usage, since it is no checkpoint.
+RUN_DIR = None
+
+
+def _dir_usage(path: str, marked: bool = False) -> tuple[int, int, set[str]] | None:
+    """Bytes and files below ``path`` (links not followed), and the top level's file names.
+
+    With ``marked``, None as soon as the top level shows the run marker:
+    ``path`` is then a run's checkpoint directory, not a checkpoint. Found in
+    the listing the usage needs anyway, the marker costs no system call.
+    """
     size = files = 0
     top: set[str] = set()
     stack = [path]
@@ -293,6 +311,8 @@ def _dir_usage(path: str) -> tuple[int, int, set[str]]:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
                             continue
+                        if marked and current is path and entry.name == RUN_MARKER:
+                            return RUN_DIR
                         size += entry.stat(follow_symlinks=False).st_size
                     except OSError:
                         continue
@@ -304,15 +324,15 @@ def _dir_usage(path: str) -> tuple[int, int, set[str]]:
     return size, files, top
 
 
-def read_checkpoint(root: str, key: JobKey, suffix: str, path: str) -> CheckpointFile | str | None:
-    """One complete checkpoint directory, a problem, or None when not a checkpoint."""
-    if not is_complete_checkpoint(suffix):
+def _checkpoint_dir(root: str, name: str, path: str) -> os.stat_result | str | None:
+    """The status of a complete, validly named directory at ``path``; a problem; None when no checkpoint."""
+    if not is_complete_checkpoint(name):
         return None
     try:
         lst = os.lstat(path)
     except OSError:
         return None  # gone
-    if not is_valid_name(suffix):
+    if not is_valid_name(name):
         return INVALID_NAME
     if stat.S_ISLNK(lst.st_mode):
         if not inside(root, path):
@@ -323,9 +343,65 @@ def read_checkpoint(root: str, key: JobKey, suffix: str, path: str) -> Checkpoin
             return None
     if not stat.S_ISDIR(lst.st_mode):
         return None
-    size, files, top = _dir_usage(path)
+    return lst
+
+
+def _checkpoint(
+    key: JobKey, run_id: str, suffix: str, path: str, mtime: float, usage: tuple[int, int, set[str]]
+) -> CheckpointFile:
+    size, files, top = usage
     config = next((c for c in CONFIG_FILES if c in top), "")
-    return CheckpointFile(key, suffix, path, lst.st_mtime, size, files, config, JOB_SPEC_FILE in top)
+    return CheckpointFile(key, run_id, suffix, path, mtime, size, files, config, JOB_SPEC_FILE in top)
+
+
+def read_checkpoint(
+    root: str, key: JobKey, run_id: str, suffix: str, path: str
+) -> CheckpointFile | str | None:
+    """One checkpoint in a run's directory: a CheckpointFile, a problem, or None when not a checkpoint.
+
+    Every complete subdirectory of a run's directory is a checkpoint: the
+    marker means something one level up only.
+    """
+    lst = _checkpoint_dir(root, suffix, path)
+    if not isinstance(lst, os.stat_result):
+        return lst
+    usage = _dir_usage(path)
+    assert usage is not RUN_DIR  # only a ``marked`` read stops at the marker
+    return _checkpoint(key, run_id, suffix, path, lst.st_mtime, usage)
+
+
+def read_checkpoint_item(root: str, rel: tuple[str, str, str, str], path: str, result: ScanResult) -> None:
+    """One entry of a job's checkpoint directory into ``result``: a plain checkpoint, or a run's
+    checkpoint directory (marked) with its checkpoints.
+
+    A run's directory goes to ``on_dir`` before its checkpoints are listed,
+    so one renamed in meanwhile is not missed.
+    """
+    key: JobKey = rel[:3]  # type: ignore[assignment]
+    name = rel[3]
+    lst = _checkpoint_dir(root, name, path)
+    if isinstance(lst, str):
+        result.problems[path] = lst
+    if not isinstance(lst, os.stat_result):
+        return
+    if result.watch_items:
+        result.enter(path, rel)
+    usage = _dir_usage(path, marked=True)
+    if usage is not RUN_DIR:
+        result.checkpoints.append(_checkpoint(key, "", name, path, lst.st_mtime, usage))
+        return
+    if not result.watch_items:
+        result.enter(path, rel)
+    try:
+        entries = [e for e in os.scandir(path) if e.is_dir(follow_symlinks=True)]
+    except OSError:
+        return
+    for entry in entries:
+        got = read_checkpoint(root, key, name, entry.name, entry.path)
+        if isinstance(got, CheckpointFile):
+            result.checkpoints.append(got)
+        elif isinstance(got, str):
+            result.problems[entry.path] = got
 
 
 def scan_checkpoints(root: str, on_dir: OnDir | None = None) -> ScanResult:
@@ -338,13 +414,9 @@ def scan_checkpoints(root: str, on_dir: OnDir | None = None) -> ScanResult:
 
 
 def scan_checkpoints_under(root: str, prefix: tuple[str, ...], path: str, result: ScanResult) -> None:
+    """Scan the subtree at ``path`` (whose names so far are ``prefix``, at most four) into ``result``."""
     if len(prefix) == 4:
-        key: JobKey = prefix[:3]  # type: ignore[assignment]
-        got = read_checkpoint(root, key, prefix[3], path)
-        if isinstance(got, CheckpointFile):
-            result.checkpoints.append(got)
-        elif isinstance(got, str):
-            result.problems[path] = got
+        read_checkpoint_item(root, prefix, path, result)  # type: ignore[arg-type]
         return
     result.enter(path, prefix)
     if len(prefix) == 3:
@@ -354,7 +426,7 @@ def scan_checkpoints_under(root: str, prefix: tuple[str, ...], path: str, result
         except OSError:
             return
         for entry in entries:
-            scan_checkpoints_under(root, (*prefix, entry.name), entry.path, result)
+            read_checkpoint_item(root, (*prefix, entry.name), entry.path, result)  # type: ignore[arg-type]
         return
     for name, sub in subdirs(path, root, result.problems):
         scan_checkpoints_under(root, (*prefix, name), sub, result)

@@ -20,10 +20,17 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as pb
-from common.errors import FailedPrecondition, NotFound, invalid_field
+from common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, invalid_field
 from common.filewatch import FileWatcher
 from common.jobfile import job_from_json
-from common.layout import JOB_SPEC_FILE, LOG_FILE, STATUS_FILE
+from common.layout import (
+    JOB_SPEC_FILE,
+    LOG_FILE,
+    STATUS_FILE,
+    checkpoint_ref,
+    checkpoint_ref_problem,
+    split_checkpoint_ref,
+)
 from common.logfollow import log_chunks
 from common.names import name_problem
 from common.paging import decode_token, encode_token, page_size
@@ -35,7 +42,6 @@ from viewer_api.scan import (
     INVALID_STATUS,
     OUTSIDE_LINK,
     CheckpointFile,
-    JobKey,
     RunKey,
     read_text,
 )
@@ -46,6 +52,8 @@ DEFAULT_TAIL_LINES = 100
 DEFAULT_RECENT_HOURS = 24
 DEFAULT_RECENT_LIMIT = 50
 RECENT_FAILURES_SHOWN = 10
+# An ambiguous ref's error names at most this many of the checkpoints it matches.
+AMBIGUOUS_SHOWN = 10
 
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:
@@ -70,6 +78,24 @@ def _to_struct(data: Any, what: str) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(plain)
     return struct
+
+
+def _ambiguous(ref: str, job: str, matches: list[str]) -> InvalidArgument:
+    """INVALID_ARGUMENT for a bare suffix that names several checkpoints, with (some of) their refs.
+
+    ``ref`` is a valid ref here, so it quotes at most MAX_REF_LENGTH characters of input.
+    """
+    shown = matches[:AMBIGUOUS_SHOWN]
+    listing = ", ".join(shown) + (
+        f" and {len(matches) - len(shown)} more" if len(matches) > len(shown) else ""
+    )
+    why = f"{ref!r} matches {len(matches)} checkpoints of {job} ({listing}); give RUN_ID/SUFFIX"
+    return InvalidArgument(
+        message=f"suffix: {why}",
+        reason="CHECKPOINT_AMBIGUOUS",
+        metadata={"suffix": ref, "matches": ",".join(shown), "match_count": str(len(matches))},
+        violations=[FieldViolation("suffix", why)],
+    )
 
 
 class ViewerService:
@@ -239,40 +265,54 @@ class ViewerService:
         return pb.Checkpoint(
             project=p, group=g, name=n, suffix=cf.suffix, path=cf.path, create_time=_ts(cf.create_ts),
             size_bytes=cf.size_bytes, file_count=cf.file_count, config_file=cf.config_file,
-            has_job_spec=cf.has_job_spec,
+            has_job_spec=cf.has_job_spec, run_id=cf.run_id,
         )  # fmt: skip
 
     def list_checkpoints(
-        self, project: str, group: str, name: str, size: int, token: str
+        self, project: str, group: str, name: str, run_id: str, size: int, token: str
     ) -> tuple[list[pb.Checkpoint], str]:
-        found, nxt = self.index.list_checkpoints(project, group, name, size, token)
+        found, nxt = self.index.list_checkpoints(project, group, name, run_id, size, token)
         return [self.checkpoint_message(c) for c in found], nxt
 
-    def _checkpoint(self, project: str, group: str, name: str, suffix: str) -> CheckpointFile:
+    def _latest(self, project: str, group: str, name: str, run_id: str = "") -> CheckpointFile:
         _names(project=project, group=group, name=name)
-        key: JobKey = (project, group, name)
-        if not suffix:
-            latest = self.index.latest_checkpoint(key)
-            if latest is None:
-                raise NotFound(f"no checkpoints for {project}/{group}/{name}", reason="CHECKPOINT_NOT_FOUND")
-            return latest
-        problem = name_problem(suffix)
+        if run_id:
+            _names(run_id=run_id)
+        latest = self.index.latest_checkpoint((project, group, name), run_id or None)
+        if latest is None:
+            of = f"run {run_id} of " if run_id else ""
+            raise NotFound(f"no checkpoints for {of}{project}/{group}/{name}", reason="CHECKPOINT_NOT_FOUND")
+        return latest
+
+    def _checkpoint(self, project: str, group: str, name: str, ref: str) -> CheckpointFile:
+        """The one checkpoint ``ref`` (in the field ``suffix``) names; the latest when it is empty."""
+        if not ref:
+            return self._latest(project, group, name)
+        _names(project=project, group=group, name=name)
+        problem = checkpoint_ref_problem(ref)
         if problem:
             raise invalid_field("suffix", problem)
-        cf = self.index.checkpoints.get(key, {}).get(suffix)
-        if cf is None:
+        run_id, suffix = split_checkpoint_ref(ref)
+        found = self.index.find_checkpoints((project, group, name), run_id, suffix)
+        if not found:
             raise NotFound(
-                f"no checkpoint {suffix!r} for {project}/{group}/{name}", reason="CHECKPOINT_NOT_FOUND"
+                f"no checkpoint {ref!r} for {project}/{group}/{name}",
+                reason="CHECKPOINT_NOT_FOUND",
+                metadata={"suffix": ref},
             )
-        return cf
+        if len(found) > 1:
+            raise _ambiguous(
+                ref, f"{project}/{group}/{name}", [checkpoint_ref(c.run_id, c.suffix) for c in found]
+            )
+        return found[0]
 
     def get_checkpoint(self, project: str, group: str, name: str, suffix: str) -> pb.Checkpoint:
         if not suffix:
             raise invalid_field("suffix", "is required")
         return self.checkpoint_message(self._checkpoint(project, group, name, suffix))
 
-    def latest_checkpoint(self, project: str, group: str, name: str) -> pb.Checkpoint:
-        return self.checkpoint_message(self._checkpoint(project, group, name, ""))
+    def latest_checkpoint(self, project: str, group: str, name: str, run_id: str = "") -> pb.Checkpoint:
+        return self.checkpoint_message(self._latest(project, group, name, run_id))
 
     async def checkpoint_config(
         self, project: str, group: str, name: str, suffix: str
@@ -297,13 +337,13 @@ class ViewerService:
                         f"{file_name} is not valid: {exc}", reason="CHECKPOINT_FILE_INVALID"
                     ) from None
             raise NotFound(
-                f"checkpoint {cf.suffix!r} has no config.yaml or config.json",
+                f"checkpoint {checkpoint_ref(cf.run_id, cf.suffix)!r} has no config.yaml or config.json",
                 reason="CHECKPOINT_CONFIG_NOT_FOUND",
             )
 
         data, source = await asyncio.to_thread(load)
         return pb.GetCheckpointConfigResponse(
-            config=_to_struct(data, source), source_file=source, suffix=cf.suffix
+            config=_to_struct(data, source), source_file=source, suffix=cf.suffix, run_id=cf.run_id
         )
 
     async def checkpoint_job_spec(
@@ -316,7 +356,8 @@ class ViewerService:
                 return json.loads(read_text(Path(cf.path) / JOB_SPEC_FILE))
             except FileNotFoundError:
                 raise NotFound(
-                    f"checkpoint {cf.suffix!r} has no {JOB_SPEC_FILE}", reason="CHECKPOINT_JOB_SPEC_NOT_FOUND"
+                    f"checkpoint {checkpoint_ref(cf.run_id, cf.suffix)!r} has no {JOB_SPEC_FILE}",
+                    reason="CHECKPOINT_JOB_SPEC_NOT_FOUND",
                 ) from None
             except (OSError, ValueError) as exc:
                 raise FailedPrecondition(
@@ -324,7 +365,9 @@ class ViewerService:
                 ) from None
 
         data = await asyncio.to_thread(load)
-        return pb.GetCheckpointJobSpecResponse(job_spec=_to_struct(data, JOB_SPEC_FILE), suffix=cf.suffix)
+        return pb.GetCheckpointJobSpecResponse(
+            job_spec=_to_struct(data, JOB_SPEC_FILE), suffix=cf.suffix, run_id=cf.run_id
+        )
 
     def checkpoint_stats(self, project: str, group: str, name: str) -> pb.GetCheckpointStatsResponse:
         count, total = self.index.checkpoint_totals(project, group, name)

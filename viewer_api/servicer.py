@@ -72,7 +72,9 @@ class ViewerServicer(viewer_pb2_grpc.ViewerServicer):
         self, request: pb.ListCheckpointsRequest, context: Ctx
     ) -> pb.ListCheckpointsResponse:
         r = request
-        found, token = self._svc.list_checkpoints(r.project, r.group, r.name, r.page_size, r.page_token)
+        found, token = self._svc.list_checkpoints(
+            r.project, r.group, r.name, r.run_id, r.page_size, r.page_token
+        )
         return pb.ListCheckpointsResponse(checkpoints=found, next_page_token=token)
 
     @translate_errors
@@ -83,7 +85,8 @@ class ViewerServicer(viewer_pb2_grpc.ViewerServicer):
     async def GetLatestCheckpoint(
         self, request: pb.GetLatestCheckpointRequest, context: Ctx
     ) -> pb.Checkpoint:
-        return self._svc.latest_checkpoint(request.project, request.group, request.name)
+        r = request
+        return self._svc.latest_checkpoint(r.project, r.group, r.name, r.run_id)
 
     @translate_errors
     async def GetCheckpointConfig(

@@ -2,7 +2,12 @@
 
 Both trees are watched down to their run directories (status) and job
 directories (checkpoints), and each watch is known by its directory's names
-below its tree root. An event on a watched directory becomes a changed path,
+below its tree root. Below a job directory, the runs' checkpoint directories
+(marked by ``.baton-run``) are watched too, so a checkpoint renamed into one
+shows; so is every entry made there after the viewer started, checkpoint or
+not, since a directory just made may be a run's whose marker comes a moment
+later. A plain checkpoint present at start takes no watch: there is nothing
+in it to follow. An event on a watched directory becomes a changed path,
 ``(tree kind, names)``, for the indexer to read again. The cold scan's worker
 processes add their watches to this same inotify instance (they inherit its
 descriptor); events for those watches that arrive before the workers report
@@ -47,7 +52,8 @@ Changed = tuple[str, Names]
 class Tree:
     kind: str  # "status" or "checkpoints"
     root: str
-    # Depth of the deepest watched directory: run dirs (4) / job dirs (3).
+    # Depth of the deepest watched directory: run dirs (4) in both trees; in the
+    # checkpoint tree, the scan says which directories at that depth are watched.
     depth: int
 
     def names_of(self, path: str) -> Names | None:

@@ -189,7 +189,7 @@ class GetDashboardStatsResponse(_message.Message):
     def __init__(self, total_runs: _Optional[int] = ..., state_counts: _Optional[_Iterable[_Union[_job_pb2.JobStateCount, _Mapping]]] = ..., running: _Optional[int] = ..., stale: _Optional[int] = ..., recent_failures: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ..., recent_failure_count: _Optional[int] = ..., checkpoint_count: _Optional[int] = ..., checkpoint_bytes: _Optional[int] = ..., invalid_status_files: _Optional[int] = ..., invalid_names: _Optional[int] = ..., outside_links: _Optional[int] = ..., last_full_scan_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., watch_mode: _Optional[str] = ..., unwatched_directories: _Optional[int] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("project", "group", "name", "suffix", "path", "create_time", "size_bytes", "file_count", "config_file", "has_job_spec")
+    __slots__ = ("project", "group", "name", "suffix", "path", "create_time", "size_bytes", "file_count", "config_file", "has_job_spec", "run_id")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,7 @@ class Checkpoint(_message.Message):
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FILE_FIELD_NUMBER: _ClassVar[int]
     HAS_JOB_SPEC_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     project: str
     group: str
     name: str
@@ -210,21 +211,24 @@ class Checkpoint(_message.Message):
     file_count: int
     config_file: str
     has_job_spec: bool
-    def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., suffix: _Optional[str] = ..., path: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., config_file: _Optional[str] = ..., has_job_spec: _Optional[bool] = ...) -> None: ...
+    run_id: str
+    def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., suffix: _Optional[str] = ..., path: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., config_file: _Optional[str] = ..., has_job_spec: _Optional[bool] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class ListCheckpointsRequest(_message.Message):
-    __slots__ = ("project", "group", "name", "page_size", "page_token")
+    __slots__ = ("project", "group", "name", "page_size", "page_token", "run_id")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     project: str
     group: str
     name: str
     page_size: int
     page_token: str
-    def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class ListCheckpointsResponse(_message.Message):
     __slots__ = ("checkpoints", "next_page_token")
@@ -247,14 +251,16 @@ class GetCheckpointRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., suffix: _Optional[str] = ...) -> None: ...
 
 class GetLatestCheckpointRequest(_message.Message):
-    __slots__ = ("project", "group", "name")
+    __slots__ = ("project", "group", "name", "run_id")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     project: str
     group: str
     name: str
-    def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class GetCheckpointConfigRequest(_message.Message):
     __slots__ = ("project", "group", "name", "suffix")
@@ -269,14 +275,16 @@ class GetCheckpointConfigRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., suffix: _Optional[str] = ...) -> None: ...
 
 class GetCheckpointConfigResponse(_message.Message):
-    __slots__ = ("config", "source_file", "suffix")
+    __slots__ = ("config", "source_file", "suffix", "run_id")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FILE_FIELD_NUMBER: _ClassVar[int]
     SUFFIX_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     config: _struct_pb2.Struct
     source_file: str
     suffix: str
-    def __init__(self, config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source_file: _Optional[str] = ..., suffix: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source_file: _Optional[str] = ..., suffix: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class GetCheckpointJobSpecRequest(_message.Message):
     __slots__ = ("project", "group", "name", "suffix")
@@ -291,12 +299,14 @@ class GetCheckpointJobSpecRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., suffix: _Optional[str] = ...) -> None: ...
 
 class GetCheckpointJobSpecResponse(_message.Message):
-    __slots__ = ("job_spec", "suffix")
+    __slots__ = ("job_spec", "suffix", "run_id")
     JOB_SPEC_FIELD_NUMBER: _ClassVar[int]
     SUFFIX_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     job_spec: _struct_pb2.Struct
     suffix: str
-    def __init__(self, job_spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., suffix: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, job_spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., suffix: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class GetCheckpointStatsRequest(_message.Message):
     __slots__ = ("project", "group", "name")

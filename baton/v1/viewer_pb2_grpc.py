@@ -170,20 +170,22 @@ class ViewerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCheckpoints(self, request, context):
-        """Checkpoints, newest first.
+        """Checkpoints of every run (and of the plain layout), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpoint(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One checkpoint, by ref.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLatestCheckpoint(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The newest checkpoint of a job across its runs, or of one run.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -203,7 +205,8 @@ class ViewerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpointStats(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Count and bytes of the matching checkpoints, of every run.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
