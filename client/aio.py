@@ -123,8 +123,8 @@ class AsyncConductorClient(_Lists):
 
         The same ``request_id`` again returns the job it made. With ``dry_run``
         the spec is validated and the job that would be made is returned.
-        ``resume_from`` names a checkpoint (a suffix under the job's checkpoint
-        directory) to start from instead of from scratch.
+        ``resume_from`` names a checkpoint of any run of the job's name to start
+        from instead of from scratch: ``SUFFIX``, ``RUN_ID/SUFFIX`` or ``latest``.
         """
         request = cpb.SubmitJobRequest(start_step=start_step, dry_run=dry_run)
         if resume_from:

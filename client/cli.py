@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-id", help="idempotency key (default: a new one)")
     p.add_argument("--dry-run", action="store_true", help="validate and show the job, write nothing")
     p.add_argument(
-        "--resume-from", default="", metavar="SUFFIX", help="start from this checkpoint of the job"
+        "--resume-from",
+        default="",
+        metavar="REF",
+        help="start from this checkpoint of the job's name: SUFFIX, RUN_ID/SUFFIX or latest",
     )
 
     p = verb("ls", "list jobs, newest first", commands.ls)

@@ -160,6 +160,7 @@ def job_details(job: job_pb2.Job) -> Table:
         ("workdir", job.spec.workdir),
         ("run dir", job.run_dir),
         ("checkpoints", job.checkpoint_dir),
+        ("last checkpoint", job.last_checkpoint),
         ("resumed from", job.resume_from),
         ("request id", job.request_id),
         ("revision", str(job.revision) if job.revision else ""),

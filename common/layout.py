@@ -188,23 +188,6 @@ class Layout:
         """
         return _inside(self.checkpoints_dir, (project, group, name, run_id))
 
-    def latest_checkpoint(self, project: str, group: str, name: str) -> Path | None:
-        """The newest complete plain-layout checkpoint of a job (runs' directories skipped).
-
-        What resumed runs used before each run had a directory of its own;
-        ``find_checkpoints(..., "latest")`` looks in the runs' directories too.
-        """
-        base = self.checkpoint_dir(project, group, name)
-        best = max(
-            (
-                (mtime, entry)
-                for entry, mtime in _complete_dirs(base)
-                if not is_run_checkpoint_dir(base / entry)
-            ),
-            default=None,
-        )
-        return base / best[1] if best else None
-
     def find_checkpoints(self, project: str, group: str, name: str, ref: str) -> list[FoundCheckpoint]:
         """Every complete checkpoint of a job that ``ref`` names, on disk now.
 

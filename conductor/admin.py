@@ -12,6 +12,7 @@ import time
 
 from common.errors import FailedPrecondition, NotFound, invalid_field
 from common.jobs import TERMINAL
+from common.layout import checkpoint_ref_problem
 from common.names import name_problem
 from conductor import checkpoints as ckpt
 from conductor.jobbook import ListFilter
@@ -23,15 +24,15 @@ class Admin:
         self._lc = lifecycle
 
     async def delete_checkpoints(
-        self, project: str, group: str, name: str, suffixes: list[str]
+        self, project: str, group: str, name: str, refs: list[str]
     ) -> tuple[int, int]:
-        """Remove checkpoints of one job name; all of them when ``suffixes`` is empty."""
+        """Remove checkpoints of one job name, named by refs; all of them (every run's) when none."""
         for field_name, value in (("project", project), ("group", group), ("name", name)):
             problem = name_problem(value)
             if problem:
                 raise invalid_field(field_name, problem)
-        for i, suffix in enumerate(suffixes):
-            problem = name_problem(suffix)
+        for i, ref in enumerate(refs):
+            problem = checkpoint_ref_problem(ref)
             if problem:
                 raise invalid_field(f"suffixes[{i}]", problem)
         key = (project, group, name)
@@ -44,17 +45,28 @@ class Admin:
                     reason="JOB_ACTIVE",
                     metadata={"job_id": active[0].id},
                 )
-            base = self._lc.layout.checkpoint_dir(project, group, name)
-            present = await asyncio.to_thread(ckpt.existing, base)
-            if suffixes:
-                missing = [s for s in suffixes if s not in present]
-                if missing:
+            layout = self._lc.layout
+            if not refs:
+                base = layout.checkpoint_dir(project, group, name)
+                return await asyncio.to_thread(ckpt.delete_all, base)
+            targets = []
+            for i, ref in enumerate(refs):
+                found = await asyncio.to_thread(layout.find_checkpoints, project, group, name, ref)
+                if not found:
                     raise NotFound(
-                        f"no checkpoint {missing[0]!r} for {project}/{group}/{name}",
+                        f"no checkpoint {ref!r} for {project}/{group}/{name}",
                         reason="CHECKPOINT_NOT_FOUND",
-                        metadata={"suffix": missing[0]},
+                        metadata={"suffix": ref},
                     )
-            return await asyncio.to_thread(ckpt.delete, base, list(suffixes) or present)
+                if len(found) > 1:
+                    raise invalid_field(
+                        f"suffixes[{i}]",
+                        f"{ref!r} names {len(found)} checkpoints ({', '.join(f.ref for f in found[:10])}); "
+                        "name one as RUN_ID/SUFFIX",
+                        reason="CHECKPOINT_AMBIGUOUS",
+                    )
+                targets.append(found[0].path)
+            return await asyncio.to_thread(ckpt.delete, targets)
 
     async def clear_jobs(
         self,

@@ -14,7 +14,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from common.layout import is_complete_checkpoint
+from common.layout import is_complete_checkpoint, is_run_checkpoint_dir
 
 
 def _usage(path: Path) -> int:
@@ -28,23 +28,43 @@ def _usage(path: Path) -> int:
     return total
 
 
-def existing(base: Path) -> list[str]:
-    """The complete checkpoints under ``base``."""
+def existing(base: Path) -> tuple[list[Path], list[Path]]:
+    """The complete checkpoints of a job (plain layout and every run's), and its runs' directories."""
+    checkpoints: list[Path] = []
+    runs: list[Path] = []
+    for path in _complete(base):
+        if is_run_checkpoint_dir(path):
+            runs.append(path)
+            checkpoints.extend(_complete(path))
+        else:
+            checkpoints.append(path)
+    return checkpoints, runs
+
+
+def delete_all(base: Path) -> tuple[int, int]:
+    """Remove every checkpoint of a job, then its runs' directories; returns (count, bytes)."""
+    checkpoints, runs = existing(base)
+    counted = delete(checkpoints)
+    # What is left of a run's directory is its marker and any half-written checkpoint.
+    delete(runs)
+    return counted
+
+
+def _complete(directory: Path) -> list[Path]:
     try:
-        return sorted(e.name for e in os.scandir(base) if is_complete_checkpoint(e.name))
-    except FileNotFoundError:
+        return sorted(directory / e.name for e in os.scandir(directory) if is_complete_checkpoint(e.name))
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
-def delete(base: Path, suffixes: list[str]) -> tuple[int, int]:
-    """Remove ``base/<suffix>`` for each suffix; returns (count, bytes)."""
+def delete(targets: list[Path]) -> tuple[int, int]:
+    """Remove each target (a checkpoint or a run's directory); returns (count, bytes)."""
     count = size = 0
-    for suffix in suffixes:
-        target = base / suffix
+    for target in targets:
         if not (target.exists() or target.is_symlink()):
             continue
         size += _usage(target)
-        doomed = base / f".deleting-{suffix}-{secrets.token_hex(4)}"
+        doomed = target.parent / f".deleting-{target.name}-{secrets.token_hex(4)}"
         os.rename(target, doomed)
         if doomed.is_dir() and not doomed.is_symlink():
             shutil.rmtree(doomed)

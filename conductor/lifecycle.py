@@ -47,8 +47,14 @@ from common.errors import (
     invalid_field,
 )
 from common.jobs import TERMINAL
-from common.layout import LOG_FILE, Layout
-from common.names import name_problem
+from common.layout import (
+    LATEST_REF,
+    LOG_FILE,
+    Layout,
+    checkpoint_ref_problem,
+    latest_checkpoint_in,
+    make_run_checkpoint_dir,
+)
 from conductor import steps as steps_mod
 from conductor import transitions
 from conductor.executors.base import (
@@ -76,13 +82,23 @@ RETRY_BACKOFF_MAX = 60.0
 # How long a launch put off for want of storage waits before it is tried again.
 STORAGE_RETRY_SECONDS = 2.0
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-_ACTIVE = frozenset({S.JOB_STATE_RUNNING, S.JOB_STATE_PAUSING, S.JOB_STATE_PAUSED, S.JOB_STATE_CANCELLING})
+# States in which a run may still read checkpoints of its name (QUEUED: the one
+# it was given to start from).
+_ACTIVE = frozenset(
+    {S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_PAUSING, S.JOB_STATE_PAUSED, S.JOB_STATE_CANCELLING}
+)
+# How many of an ambiguous ref's matches an error names.
+AMBIGUOUS_SHOWN = 10
 
 EventListener = Callable[[job_pb2.JobEvent], None]
 
 
 class ForbiddenTransition(Exception):
     """A change of state that the table does not allow: a bug in the conductor."""
+
+
+class _GivenCheckpointGone(Exception):
+    """The checkpoint a run was submitted to start from was removed behind the conductor."""
 
 
 def state_name(state: int) -> str:
@@ -285,7 +301,7 @@ class Lifecycle:
         return self._name_locks.setdefault(key, asyncio.Lock())
 
     def active_runs(self, key: tuple[str, str, str]) -> list[job_pb2.Job]:
-        """Runs of one job name that are running, pausing, paused or cancelling."""
+        """Runs of one job name that have not ended."""
         return [j for j in self._jobs.values() if (j.project, j.group, j.name) == key and j.state in _ACTIVE]
 
     @property
@@ -330,7 +346,7 @@ class Lifecycle:
                     )
                 return existing
         if resume_from:
-            await self._check_resume_from(model, resume_from)
+            resume_from = await self._resolve_resume_from(model, resume_from)
         job = job_pb2.Job(
             project=model.project,
             group=model.group,
@@ -341,7 +357,6 @@ class Lifecycle:
             request_id=request_id,
             step_count=len(steps),
             start_step=max(start_step, 1),
-            checkpoint_dir=str(self.layout.checkpoint_dir(model.project, model.group, model.name)),
             create_time=_now(),
             resume_from_suffix=resume_from,
         )
@@ -355,6 +370,8 @@ class Lifecycle:
             job_id = _new_id()
         job.id = job.run_id = job_id
         job.run_dir = str(self.layout.run_dir(job.project, job.group, job.name, job_id))
+        # Each run its own: runs of one name never see or overwrite each other's.
+        job.checkpoint_dir = str(self.layout.run_checkpoint_dir(job.project, job.group, job.name, job_id))
         self._revision += 1
         job.revision = self._revision
         job.update_time.CopyFrom(job.create_time)
@@ -397,17 +414,35 @@ class Lifecycle:
                 await asyncio.shield(pending)
         return self.book.find(job_id)
 
-    async def _check_resume_from(self, model: specs.SpecModel, resume_from: str) -> None:
-        problem = name_problem(resume_from)
+    async def _resolve_resume_from(self, model: specs.SpecModel, ref: str) -> str:
+        """The one checkpoint ``ref`` names among every run of the name and the plain layout.
+
+        ``SUFFIX``, ``RUN_ID/SUFFIX`` or ``latest`` (the newest of them all);
+        returned as the exact ref it resolved to, so the run starts from that
+        one whatever is written later.
+        """
+        problem = checkpoint_ref_problem(ref) if ref != LATEST_REF else None
         if problem:
             raise invalid_field("resume_from", problem)
-        base = self.layout.checkpoint_dir(model.project, model.group, model.name)
-        if not await asyncio.to_thread(os.path.isdir, base / resume_from):
+        key = f"{model.project}/{model.group}/{model.name}"
+        found = await asyncio.to_thread(
+            self.layout.find_checkpoints, model.project, model.group, model.name, ref
+        )
+        if not found:
             raise NotFound(
-                f"no checkpoint {resume_from!r} for {model.project}/{model.group}/{model.name}",
+                f"no checkpoint {ref!r} for {key}",
                 reason="CHECKPOINT_NOT_FOUND",
-                metadata={"resume_from": resume_from},
+                metadata={"resume_from": ref},
             )
+        if len(found) > 1:
+            refs = [f.ref for f in found]
+            shown = ", ".join(refs[:AMBIGUOUS_SHOWN]) + (", ..." if len(refs) > AMBIGUOUS_SHOWN else "")
+            raise invalid_field(
+                "resume_from",
+                f"{ref!r} names {len(refs)} checkpoints of {key} ({shown}); name one as RUN_ID/SUFFIX",
+                reason="CHECKPOINT_AMBIGUOUS",
+            )
+        return found[0].ref
 
     async def cancel(self, job_id: str, grace: float | None, reason: str) -> job_pb2.Job:
         run = self._run(job_id)
@@ -761,13 +796,24 @@ class Lifecycle:
             await self._launch(job_id, step=job.step, attempt=job.attempt, resume=True)
 
     def _resume_point(self, job: job_pb2.Job, first: bool, resume: bool, attempt: int) -> str:
-        """BATON_RESUME_FROM for a launch (blocking: it looks at the checkpoints)."""
-        if first and job.resume_from_suffix:
-            return os.path.join(job.checkpoint_dir, job.resume_from_suffix)
-        if resume or attempt > 1:
-            latest = self.layout.latest_checkpoint(job.project, job.group, job.name)
-            return str(latest) if latest else ""
-        return ""
+        """BATON_RESUME_FROM for a launch (blocking: it looks at the checkpoints).
+
+        A resume or a retry continues this run: from the newest checkpoint it
+        wrote itself, else from the one it was submitted with, else from
+        nothing. Never from another run's, unless it was asked to start there.
+        """
+        if not (first or resume or attempt > 1):
+            return ""
+        if not first:
+            own = latest_checkpoint_in(job.checkpoint_dir)
+            if own is not None:
+                return str(own)
+        if not job.resume_from_suffix:
+            return ""
+        given = self.layout.find_checkpoints(job.project, job.group, job.name, job.resume_from_suffix)
+        if not given:
+            raise _GivenCheckpointGone(job.resume_from_suffix)
+        return str(given[0].path)
 
     async def _launch(self, job_id: str, *, step: int, attempt: int, resume: bool) -> None:
         """Start one attempt of one step. Called with the job's lock held."""
@@ -781,7 +827,12 @@ class Lifecycle:
         # Under the name lock until the job shows as RUNNING, so delete_checkpoints
         # either sees it active or has finished before the checkpoint is chosen.
         async with self.name_lock((job.project, job.group, job.name)):
-            resume_from = await asyncio.to_thread(self._resume_point, job, first, resume, attempt)
+            try:
+                resume_from = await asyncio.to_thread(self._resume_point, job, first, resume, attempt)
+            except _GivenCheckpointGone as gone:
+                why = f"could not start: the checkpoint it was to start from ({gone}) is gone"
+                await self._finish(job_id, S.JOB_STATE_FAILED, None, why)
+                return
             run.launch_seq += 1
             handle = executor.prepare(job_id, run.launch_seq)
             run.handle = handle
@@ -816,6 +867,15 @@ class Lifecycle:
             drain_seconds=int(max(job.spec.pause.grace.seconds, DEFAULT_CANCEL_GRACE)) + 30,
         )
         try:
+            await asyncio.to_thread(
+                make_run_checkpoint_dir,
+                self.layout,
+                job.project,
+                job.group,
+                job.name,
+                job.run_id,
+                job_id=job_id,
+            )
             handle = await executor.launch(handle, launch)
         except OSError as exc:
             run.handle = None
@@ -886,6 +946,12 @@ class Lifecycle:
         self._stop_timer(run, "kill")
         run.kill_at = None
         size = await asyncio.to_thread(log_size, job.run_dir)
+        newest = await asyncio.to_thread(_newest_checkpoint, job.checkpoint_dir)
+        if (newest[0] if newest else "") != job.last_checkpoint:
+            # Quiet: the change of state that follows carries it.
+            job = self._commit(
+                job_id, lambda j: _set(j, last_checkpoint=newest[0] if newest else ""), event=False
+            )[0]
         step = job.step
         ended = _at(status)
         if job.state == S.JOB_STATE_CANCELLING:
@@ -905,10 +971,11 @@ class Lifecycle:
                 how = f"stopped on {pause_signal}"
             else:
                 how = describe_exit(status)
+            outcome = _pause_outcome(job, at_boundary, newest, run.paused_at)
             self._release(job_id)
 
             def paused(j: job_pb2.Job) -> None:
-                _set(j, state=S.JOB_STATE_PAUSED, reason=f"paused with a checkpoint ({how})")
+                _set(j, state=S.JOB_STATE_PAUSED, reason=f"paused ({how}): {outcome}")
                 step_state = S.STEP_STATE_SUCCEEDED if at_boundary else S.STEP_STATE_PAUSED
                 steps_mod.step_ended(j, step, step_state, status, size, ended, how)
 
@@ -1053,9 +1120,19 @@ class Lifecycle:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_interval)
-            for job_id, job in list(self._jobs.items()):
-                if job.state == S.JOB_STATE_RUNNING:
-                    self._commit(job_id, lambda j: j.heartbeat_time.CopyFrom(_now()), event=False)
+            running = [j for j in self._jobs.values() if j.state == S.JOB_STATE_RUNNING]
+            # The newest checkpoint of each, so Job.last_checkpoint follows the run.
+            newest = await asyncio.to_thread(_newest_checkpoints, [j.checkpoint_dir for j in running])
+            for job, found in zip(running, newest, strict=True):
+                if self._jobs.get(job.id) is None or self._jobs[job.id].state != S.JOB_STATE_RUNNING:
+                    continue
+                name = found[0] if found else ""
+
+                def beat(j: job_pb2.Job, name: str = name) -> None:
+                    j.heartbeat_time.CopyFrom(_now())
+                    j.last_checkpoint = name
+
+                self._commit(job.id, beat, event=False)
 
     # ------------------------------------------------------------------ recovery
 
@@ -1114,6 +1191,42 @@ class Lifecycle:
                 await self._launch(
                     job_id, step=job.step or job.start_step or 1, attempt=job.attempt or 1, resume=False
                 )
+
+
+def _newest_checkpoint(directory: str) -> tuple[str, float] | None:
+    """The newest complete checkpoint a run wrote, with its time (blocking)."""
+    path = latest_checkpoint_in(directory) if directory else None
+    if path is None:
+        return None
+    try:
+        return path.name, path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _newest_checkpoints(directories: list[str]) -> list[tuple[str, float] | None]:
+    return [_newest_checkpoint(d) for d in directories]
+
+
+def _pause_outcome(
+    job: job_pb2.Job, at_boundary: bool, newest: tuple[str, float] | None, asked_at: float | None
+) -> str:
+    """What a checkpoint pause left behind, and where a resume will start: said plainly."""
+    if at_boundary:
+        if job.step < job.step_count:
+            return f"step {job.step} had finished; resume starts step {job.step + 1}"
+        return "its last step had finished; resume ends it"
+    if newest is not None:
+        name, written = newest
+        if asked_at is None or written >= asked_at - 1.0:
+            return f"saved checkpoint {name}; resume continues from it"
+        return f"no new checkpoint; resume continues from {name}, written before the pause"
+    if job.resume_from_suffix:
+        return (
+            f"no checkpoint written; resume starts step {job.step} again from "
+            f"{job.resume_from_suffix}, the one it was given"
+        )
+    return f"no checkpoint written; resume starts step {job.step} from the beginning"
 
 
 def _set(job: job_pb2.Job, **fields: Any) -> None:

@@ -17,6 +17,7 @@ import yaml
 
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
+from common.layout import RUN_MARKER
 from tests.harness import REPO, InProcessConductor
 from tests.procs import (
     SPIN,
@@ -156,7 +157,9 @@ def test_checkpoint_pause_saves_exits_and_resume_continues_to_the_same_result(
     assert {p.name for p in newest.iterdir()} == {"state.json", "config.yaml", "job.json"}
     assert yaml.safe_load((newest / "config.yaml").read_text())["steps"] == steps
     assert json.loads((newest / "job.json").read_text())["job_id"] == job.id
-    assert not any(p.name.startswith(".") for p in Path(paused.checkpoint_dir).iterdir())
+    # Nothing half-written is left: only complete checkpoints and the run's marker.
+    hidden = {p.name for p in Path(paused.checkpoint_dir).iterdir() if p.name.startswith(".")}
+    assert hidden == {RUN_MARKER}, hidden
     time.sleep(0.3)
     assert conductor.get(job.id).state == job_pb2.JOB_STATE_PAUSED
 

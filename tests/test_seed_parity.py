@@ -421,9 +421,9 @@ def test_resume_from_starts_the_run_from_the_chosen_checkpoint(
     assert done.resume_from_suffix == "older"
 
     before = conductor.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs
-    for missing in ("absent", "theirs"):
+    for missing in ("absent", "theirs", "a/b"):
         rpc_error(grpc.StatusCode.NOT_FOUND, conductor.submit, spec, resume_from=missing)
-    for bad in ("a/b", "..", "../someone-else", "/tmp"):
+    for bad in ("a/b/c", "..", "../someone-else", "/tmp"):
         err = rpc_error(grpc.StatusCode.INVALID_ARGUMENT, conductor.submit, spec, resume_from=bad)
         assert "resume_from" in bad_request_fields(err), (bad, bad_request_fields(err))
     assert len(conductor.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs) == len(before)
@@ -475,7 +475,7 @@ def test_delete_checkpoints_is_refused_while_running_then_removes_exactly_that_j
     gate.touch()
     assert conductor.wait_ended(job.id).state == S.JOB_STATE_SUCCEEDED
 
-    for bad, field in ((["a/b"], "suffixes"), ([".."], "suffixes"), (["c2", "../other"], "suffixes")):
+    for bad, field in ((["a/b/c"], "suffixes"), ([".."], "suffixes"), (["c2", "../other"], "suffixes")):
         err = rpc_error(grpc.StatusCode.INVALID_ARGUMENT, delete, *bad)
         assert any(f.startswith(field) for f in bad_request_fields(err)), (bad, bad_request_fields(err))
     err = rpc_error(grpc.StatusCode.INVALID_ARGUMENT, delete, name="..")

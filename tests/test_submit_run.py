@@ -85,7 +85,8 @@ def test_job_environment_tells_it_where_it_is(conductor: InProcessConductor) -> 
     assert lines["JOB_ID"] == done.id
     assert lines["RUN_DIR"] == done.run_dir
     assert Path(lines["RUN_DIR"]) == conductor.status_dir / "p1" / "g1" / "envy" / done.run_id
-    assert Path(lines["CKPT"]) == checkpoints / "p1" / "g1" / "envy"
+    # Each run has a checkpoint directory of its own, named by its run id.
+    assert Path(lines["CKPT"]) == checkpoints / "p1" / "g1" / "envy" / done.run_id
     assert lines["CKPT"] == done.checkpoint_dir
     assert lines["STEP"] == "1"
     assert lines["GREETING"] == "hello world"
@@ -113,7 +114,9 @@ def test_supervisor_does_not_carry_the_jobs_variables(conductor: InProcessConduc
     shim_env = Path(f"/proc/{shim_pid}/environ").read_bytes().split(b"\0")
     # The group's leader is the shell that records the exit status; the job's
     # command runs as its child.
-    command_pid = int(Path(f"/proc/{job_pid}/task/{job_pid}/children").read_text().split()[0])
+    children = Path(f"/proc/{job_pid}/task/{job_pid}/children")
+    wait_until(lambda: bool(children.read_text().split()), "the command to start")
+    command_pid = int(children.read_text().split()[0])
     job_env = Path(f"/proc/{command_pid}/environ").read_bytes().split(b"\0")
     go.touch()
     assert f"BATON_JOB_ID={job.id}".encode() in job_env
