@@ -68,6 +68,7 @@ from conductor.executors.base import (
 )
 from conductor.jobbook import JobBook, ListFilter
 from conductor.jobenv import job_environment
+from conductor.orphans import mark_orphans
 from conductor.publisher import Publisher
 from conductor.registry import Registry, StorageError
 from conductor.results import RESULT_FILE, read_result
@@ -237,6 +238,7 @@ class Lifecycle:
         await asyncio.gather(*recoveries)
         self._schedule()
         self._spawn_task(self._heartbeats())
+        self._spawn_task(self._mark_orphans(time.time()))
         log.info(
             "lifecycle_started",
             jobs=len(self._jobs),
@@ -1135,6 +1137,12 @@ class Lifecycle:
                 self._commit(job.id, beat, event=False)
 
     # ------------------------------------------------------------------ recovery
+
+    async def _mark_orphans(self, started: float) -> None:
+        # The live dict, not a copy: membership reads are safe from a thread.
+        marked = await asyncio.to_thread(mark_orphans, self.layout.status_dir, self._jobs, started)
+        if marked:
+            log.warning("orphaned_runs_marked", count=len(marked))
 
     async def _recover_guarded(self, job_id: str) -> None:
         try:

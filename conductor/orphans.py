@@ -1,0 +1,89 @@
+"""Run directories that the registry does not know, found at start-up.
+
+A status.json is written only once the registry holds its job, but one can
+still outlive its record: an older conductor published before writing, or the
+registry was restored from a backup. Such a run would show as QUEUED or
+RUNNING forever, though no conductor will ever move it. At start the conductor
+looks through its status tree, in the background, for runs it wrote (their id,
+run id and directory name agree, and they carry a revision) that name a state
+that is not terminal and an id the registry does not hold, and marks each one
+FAILED, saying why. The run's directory and log stay where they are, for
+whoever wants to know what happened; runs written by other programs, and
+runs already ended, are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Container
+from pathlib import Path
+
+import structlog
+
+from baton.v1 import job_pb2
+from common.jobfile import job_from_json, write_job
+from common.jobs import TERMINAL
+from common.layout import STATUS_FILE
+
+log = structlog.get_logger(__name__)
+
+ORPHAN_REASON = (
+    "orphaned: the conductor has no record of this run (it was never durably accepted, "
+    "or its record was lost); nothing runs it"
+)
+# A status.json larger than this is not one the conductor wrote.
+MAX_STATUS_BYTES = 4 << 20
+
+
+def _dirs(path: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def mark_orphans(status_dir: Path, known: Container[str], before: float) -> list[Path]:
+    """Mark unknown live runs made before ``before`` as FAILED; returns their directories (blocking).
+
+    ``known`` is asked again for each run, so a job submitted while this runs
+    is never taken for an orphan; neither is any run made since ``before``.
+    """
+    marked = []
+    for project in _dirs(status_dir):
+        for group in _dirs(project):
+            for name in _dirs(group):
+                for run in _dirs(name):
+                    if run.name in known:
+                        continue  # the common case: no file read
+                    if _mark(run, known, before):
+                        marked.append(run)
+    return marked
+
+
+def _mark(run: Path, known: Container[str], before: float) -> bool:
+    path = run / STATUS_FILE
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATUS_BYTES + 1)
+        if len(raw) > MAX_STATUS_BYTES:
+            return False
+        job = job_from_json(raw)
+    except (OSError, ValueError):
+        return False
+    ours = job.id == job.run_id == run.name and job.revision > 0
+    live = job.state not in TERMINAL and job.state != job_pb2.JOB_STATE_UNSPECIFIED
+    if not ours or not live or job.id in known or job.create_time.ToNanoseconds() >= before * 1e9:
+        return False
+    was = job_pb2.JobState.Name(job.state)
+    job.state = job_pb2.JOB_STATE_FAILED
+    job.reason = ORPHAN_REASON
+    job.end_time.FromNanoseconds(time.time_ns())
+    job.update_time.CopyFrom(job.end_time)
+    try:
+        write_job(path, job)
+    except OSError as exc:
+        log.error("orphan_mark_failed", run_dir=str(run), error=exc.strerror)
+        return False
+    log.warning("orphaned_run_marked", run_dir=str(run), job_id=job.id, was=was)
+    return True
