@@ -968,9 +968,9 @@ class Lifecycle:
             elif run.killed:
                 how = "killed after the grace period"
             elif status.signal is not None and status.signal == _signal.Signals[pause_signal]:
-                # Often only the shell in front of the job died of the signal; the
-                # job itself saved and exited before the supervisor reported.
                 how = f"stopped on {pause_signal}"
+            elif status.exit_code == 0 and status.signal is None:
+                how = f"exited on {pause_signal}"
             else:
                 how = describe_exit(status)
             outcome = _pause_outcome(job, at_boundary, newest, run.paused_at)
