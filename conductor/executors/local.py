@@ -137,7 +137,9 @@ class LocalExecutor(Executor):
                 os.waitpid(shim_pid, 0)
             err = (launch_dir / "shim.err").read_text(errors="replace").strip()
             raise LaunchError(f"the local supervisor did not start the job: {err or 'no output'}")
-        return shim_pid, int(line)
+        job_pid = int(line)
+        _until_own_group(job_pid)
+        return shim_pid, job_pid
 
     def _shim_alive(self, handle: Handle) -> bool:
         pid = handle.data.get("shim_pid")
@@ -334,6 +336,21 @@ def _mtime(path: Path) -> float | None:
         return path.stat().st_mtime
     except OSError:
         return None
+
+
+def _until_own_group(pid: int, limit: float = 2.0) -> None:
+    """Wait (briefly) until the new job leads its own process group (blocking).
+
+    The supervisor reports the pid as soon as it has forked; until the child
+    has called setsid, a pause or cancel sent to the group would find no group
+    and be lost, so the launch is not reported before.
+    """
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        proc = procfs.read(pid)
+        if proc is None or proc.pgid == pid or proc.state == "Z":
+            return
+        time.sleep(0.0002)
 
 
 def _has_exit(launch_dir: Path) -> bool:
