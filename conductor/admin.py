@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 
+from common.checkpoint_refs import one_checkpoint
 from common.errors import FailedPrecondition, NotFound, invalid_field
 from common.jobs import TERMINAL
 from common.layout import checkpoint_ref_problem
@@ -52,20 +53,8 @@ class Admin:
             targets = []
             for i, ref in enumerate(refs):
                 found = await asyncio.to_thread(layout.find_checkpoints, project, group, name, ref)
-                if not found:
-                    raise NotFound(
-                        f"no checkpoint {ref!r} for {project}/{group}/{name}",
-                        reason="CHECKPOINT_NOT_FOUND",
-                        metadata={"suffix": ref},
-                    )
-                if len(found) > 1:
-                    raise invalid_field(
-                        f"suffixes[{i}]",
-                        f"{ref!r} names {len(found)} checkpoints ({', '.join(f.ref for f in found[:10])}); "
-                        "name one as RUN_ID/SUFFIX",
-                        reason="CHECKPOINT_AMBIGUOUS",
-                    )
-                targets.append(found[0].path)
+                job = f"{project}/{group}/{name}"
+                targets.append(one_checkpoint(found, ref, job, f"suffixes[{i}]", lambda f: f.ref).path)
             return await asyncio.to_thread(ckpt.delete, targets)
 
     async def clear_jobs(

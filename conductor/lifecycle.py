@@ -35,6 +35,7 @@ from google.protobuf import timestamp_pb2
 
 from baton.v1 import job_pb2
 from common import spec as specs
+from common.checkpoint_refs import one_checkpoint
 from common.durations import format_duration
 from common.errors import (
     AlreadyExists,
@@ -88,8 +89,7 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _ACTIVE = frozenset(
     {S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_PAUSING, S.JOB_STATE_PAUSED, S.JOB_STATE_CANCELLING}
 )
-# How many of an ambiguous ref's matches an error names.
-AMBIGUOUS_SHOWN = 10
+
 
 EventListener = Callable[[job_pb2.JobEvent], None]
 
@@ -430,21 +430,7 @@ class Lifecycle:
         found = await asyncio.to_thread(
             self.layout.find_checkpoints, model.project, model.group, model.name, ref
         )
-        if not found:
-            raise NotFound(
-                f"no checkpoint {ref!r} for {key}",
-                reason="CHECKPOINT_NOT_FOUND",
-                metadata={"resume_from": ref},
-            )
-        if len(found) > 1:
-            refs = [f.ref for f in found]
-            shown = ", ".join(refs[:AMBIGUOUS_SHOWN]) + (", ..." if len(refs) > AMBIGUOUS_SHOWN else "")
-            raise invalid_field(
-                "resume_from",
-                f"{ref!r} names {len(refs)} checkpoints of {key} ({shown}); name one as RUN_ID/SUFFIX",
-                reason="CHECKPOINT_AMBIGUOUS",
-            )
-        return found[0].ref
+        return one_checkpoint(found, ref, key, "resume_from", lambda f: f.ref).ref
 
     async def cancel(self, job_id: str, grace: float | None, reason: str) -> job_pb2.Job:
         run = self._run(job_id)
@@ -826,6 +812,18 @@ class Lifecycle:
         current = model_steps[step - 1]
         first = not job.HasField("start_time")
         size = await asyncio.to_thread(log_size, job.run_dir)
+        try:
+            # There before the job shows RUNNING, marked as this run's.
+            await asyncio.to_thread(
+                make_run_checkpoint_dir, self.layout, job.project, job.group, job.name, job_id, job_id=job_id
+            )
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                await self._defer_launch(job_id, (step, attempt, resume), exc.strerror or "no space left")
+            else:
+                why = f"could not make its checkpoint directory: {exc.strerror}"
+                await self._finish(job_id, S.JOB_STATE_FAILED, None, why)
+            return
         # Under the name lock until the job shows as RUNNING, so delete_checkpoints
         # either sees it active or has finished before the checkpoint is chosen.
         async with self.name_lock((job.project, job.group, job.name)):
@@ -869,15 +867,6 @@ class Lifecycle:
             drain_seconds=int(max(job.spec.pause.grace.seconds, DEFAULT_CANCEL_GRACE)) + 30,
         )
         try:
-            await asyncio.to_thread(
-                make_run_checkpoint_dir,
-                self.layout,
-                job.project,
-                job.group,
-                job.name,
-                job.run_id,
-                job_id=job_id,
-            )
             handle = await executor.launch(handle, launch)
         except OSError as exc:
             run.handle = None

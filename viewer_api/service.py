@@ -20,7 +20,8 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as pb
-from common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, invalid_field
+from common.checkpoint_refs import one_checkpoint
+from common.errors import FailedPrecondition, NotFound, invalid_field
 from common.filewatch import FileWatcher
 from common.jobfile import job_from_json
 from common.layout import (
@@ -52,8 +53,6 @@ DEFAULT_TAIL_LINES = 100
 DEFAULT_RECENT_HOURS = 24
 DEFAULT_RECENT_LIMIT = 50
 RECENT_FAILURES_SHOWN = 10
-# An ambiguous ref's error names at most this many of the checkpoints it matches.
-AMBIGUOUS_SHOWN = 10
 
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:
@@ -78,24 +77,6 @@ def _to_struct(data: Any, what: str) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(plain)
     return struct
-
-
-def _ambiguous(ref: str, job: str, matches: list[str]) -> InvalidArgument:
-    """INVALID_ARGUMENT for a bare suffix that names several checkpoints, with (some of) their refs.
-
-    ``ref`` is a valid ref here, so it quotes at most MAX_REF_LENGTH characters of input.
-    """
-    shown = matches[:AMBIGUOUS_SHOWN]
-    listing = ", ".join(shown) + (
-        f" and {len(matches) - len(shown)} more" if len(matches) > len(shown) else ""
-    )
-    why = f"{ref!r} matches {len(matches)} checkpoints of {job} ({listing}); give RUN_ID/SUFFIX"
-    return InvalidArgument(
-        message=f"suffix: {why}",
-        reason="CHECKPOINT_AMBIGUOUS",
-        metadata={"suffix": ref, "matches": ",".join(shown), "match_count": str(len(matches))},
-        violations=[FieldViolation("suffix", why)],
-    )
 
 
 class ViewerService:
@@ -294,17 +275,9 @@ class ViewerService:
             raise invalid_field("suffix", problem)
         run_id, suffix = split_checkpoint_ref(ref)
         found = self.index.find_checkpoints((project, group, name), run_id, suffix)
-        if not found:
-            raise NotFound(
-                f"no checkpoint {ref!r} for {project}/{group}/{name}",
-                reason="CHECKPOINT_NOT_FOUND",
-                metadata={"suffix": ref},
-            )
-        if len(found) > 1:
-            raise _ambiguous(
-                ref, f"{project}/{group}/{name}", [checkpoint_ref(c.run_id, c.suffix) for c in found]
-            )
-        return found[0]
+        return one_checkpoint(
+            found, ref, f"{project}/{group}/{name}", "suffix", lambda c: checkpoint_ref(c.run_id, c.suffix)
+        )
 
     def get_checkpoint(self, project: str, group: str, name: str, suffix: str) -> pb.Checkpoint:
         if not suffix:
