@@ -28,9 +28,9 @@ from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
 from conductor import lifecycle
 from conductor.executors.base import Handle
-from tests.checks import wait_group_gone
+from tests.checks import live_group_members, wait_group_gone
 from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups
-from tests.procs import spec_yaml
+from tests.procs import PY, spec_yaml, wait_until
 
 Factory = Callable[..., InProcessConductor]
 Start = Callable[[Path], SubprocessConductor]
@@ -144,6 +144,46 @@ def test_an_exception_in_exit_handling_fails_that_job_frees_its_slot_and_leaves_
     wait_group_gone(int(hit.external_id))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: _fail_internal ends the job through _finish, which reads the result again; "
+    "when that read fails again the job stays RUNNING forever (job_internal_error_unhandled)",
+)
+def test_a_job_whose_exit_handling_fails_every_time_still_ends_failed(
+    conductor_factory: Factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    broken = fail_result_reads(monkeypatch)
+    c = conductor_factory(max_running=1)
+    release = tmp_path / "release"
+    hit = c.submit(spec_yaml(name="hit", command=wait_for_file(release)))
+    broken[hit.run_dir] = None
+    behind = c.submit(spec_yaml(name="behind", command="echo ran"))
+    started(c, hit.id)
+    release.touch()
+    # The job behind runs once the conductor has let go of the failed job's slot.
+    assert c.wait_ended(behind.id, timeout=15).state == S.JOB_STATE_SUCCEEDED
+    assert_failed_by_the_conductor(c.get(hit.id))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: read_result bounds result.json in size but not in depth; json.loads raises "
+    "RecursionError, which it does not catch, and the job is left RUNNING with no process",
+)
+def test_a_result_nested_too_deeply_is_dropped_and_the_job_ends(conductor_factory: Factory) -> None:
+    c = conductor_factory(max_running=1)
+    # Within the 64 KiB bound, but 60000 arrays deep. The job itself exits 0.
+    deep = "import os; open(os.environ['BATON_RESULT_FILE'], 'w').write('[' * 60000)"
+    hit = c.submit(spec_yaml(name="deep", command=f"{PY} -c {shlex.quote(deep)}"))
+    behind = c.submit(spec_yaml(name="behind", command="echo ran"))
+    assert c.wait_ended(behind.id, timeout=15).state == S.JOB_STATE_SUCCEEDED
+    job = c.get(hit.id)
+    assert (job.state, job.exit_code) == (S.JOB_STATE_SUCCEEDED, 0), described(job)
+    assert "result dropped" in job.reason, job.reason
+
+
 # ---------------------------------------------------------------------- timers
 
 
@@ -236,3 +276,44 @@ def test_recovery_skips_a_damaged_row_fails_a_job_with_damaged_notes_and_reattac
     assert [(r["job_id"], r["level"]) for r in damaged] == [(blob.id, "error")], damaged
     errors = [r for r in records if r.get("event") == "job_internal_error"]
     assert [(r["job_id"], r["level"]) for r in errors] == [(notes.id, "error")], errors
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: a job failed for damaged runtime notes keeps running: the notes held its handle, "
+    "so _fail_internal has nothing to kill, though the Job's external_id names the group",
+)
+def test_a_job_failed_for_damaged_runtime_notes_leaves_no_process_running(
+    conductor_factory: Factory, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    c = conductor_factory(home)
+    job = started(c, c.submit(spec_yaml(name="notes", command="sleep 60")).id)
+    c.stop()  # the job keeps running, as it would through a conductor crash
+    damage_rows(home, runtime=(job.id,))
+    c = conductor_factory(home)
+    assert_failed_by_the_conductor(c.wait_ended(job.id, timeout=15), "runtime notes are damaged")
+    wait_until(lambda: not live_group_members(int(job.external_id)), 3, "the failed job's processes to end")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=grpc.RpcError,
+    reason="bug: the next sequence number is taken from the rows that could be read, so a skipped "
+    "damaged row with the highest seq makes the next SubmitJob fail INTERNAL (UNIQUE seq)",
+)
+def test_a_submission_after_a_damaged_row_was_skipped_is_accepted(
+    conductor_factory: Factory, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    c = conductor_factory(home)
+    first = c.submit(spec_yaml(name="first", command="true"))
+    last = c.submit(spec_yaml(name="last", command="true"))
+    for job in (first, last):
+        c.wait_ended(job.id)
+    c.stop()
+    damage_rows(home, blob=(last.id,))
+    c = conductor_factory(home)
+    job = c.submit(spec_yaml(name="after", command="true"))
+    assert c.wait_ended(job.id).state == S.JOB_STATE_SUCCEEDED
