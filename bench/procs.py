@@ -315,12 +315,17 @@ class Conductor:
     # -- processes
 
     def supervisors(self) -> list[tuple[int, int]]:
-        """(shim pid, job pid) of every launch, from <home>/state/launches/*/*/pids."""
+        """(shim pid, job pid) of every launch, from <home>/state/launches/*/*/{pids,job.pid}.
+
+        The exit recorder between them (the second pid in ``pids``) is neither:
+        it counts with the other processes the conductor adds.
+        """
         out: list[tuple[int, int]] = []
         for path in sorted((self.home / "state" / "launches").glob("*/*/pids")):
             try:
-                shim, job = map(int, path.read_text().split())
-            except (OSError, ValueError):
+                shim = int(path.read_text().split()[0])
+                job = int((path.parent / "job.pid").read_text())
+            except (OSError, ValueError, IndexError):
                 continue
             out.append((shim, job))
         return out

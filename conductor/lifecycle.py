@@ -981,6 +981,17 @@ class Lifecycle:
                 await self._launch(job_id, step=job.step + 1, attempt=1, resume=False)
             else:
                 await self._finish(job_id, S.JOB_STATE_SUCCEEDED, status, "", S.STEP_STATE_SUCCEEDED, size)
+        elif status.exit_code is None:
+            # It may well have done its work: running it again could do it twice.
+            what = f"step {job.step_name!r} " if job.step_count > 1 else ""
+            await self._finish(
+                job_id,
+                S.JOB_STATE_FAILED,
+                status,
+                f"{what}ended, but how is unknown ({describe_exit(status)}); not retried",
+                S.STEP_STATE_FAILED,
+                size,
+            )
         elif job.attempt <= job.spec.retries:
             delay = retry_backoff(job.attempt)
             run.retry_at = time.time() + delay

@@ -7,6 +7,7 @@ it with the ordinary sync gRPC client, over a real socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -191,9 +192,6 @@ class SubprocessConductor(_Client):
 def kill_job_groups(status_dir: Path) -> None:
     """Leave no job behind after a test: kill every group a launch recorded."""
     state_root = status_dir.parent / "state" / "launches"
-    for pids in state_root.glob("*/*/pids"):
-        try:
-            _, job = map(int, pids.read_text().split())
-            os.killpg(job, signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
+    for pids in state_root.glob("*/*/job.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int(pids.read_text()), signal.SIGKILL)

@@ -21,11 +21,16 @@ from tests.harness import TERMINAL, InProcessConductor, SubprocessConductor, kil
 from tests.procs import TICKER, group_members, proc_stat, spec_yaml, wait_until
 
 
-def _supervisor_of(job: job_pb2.Job) -> int:
-    """The supervisor is the parent of the job's process-group leader."""
-    leader = int(job.external_id)
-    raw = Path(f"/proc/{leader}/stat").read_bytes()
+def _parent(pid: int) -> int:
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
     return int(raw[raw.rfind(b")") + 2 :].split()[1])
+
+
+def _supervisor_of(job: job_pb2.Job) -> int:
+    """The supervisor (local_shim.sh) is the parent of the job's parent, its exit recorder."""
+    shim = _parent(_parent(int(job.external_id)))
+    assert "local_shim.sh" in Path(f"/proc/{shim}/cmdline").read_text(), shim
+    return shim
 
 
 def _ticker(ran: Path, stop: Path | None = None, code: int = 0) -> str:
@@ -134,3 +139,22 @@ def test_a_conductor_restarted_after_the_supervisor_was_lost_adopts_the_job(tmp_
             second.stop()
         first.stop()
         kill_job_groups(home / "status")
+
+
+def test_a_lost_exit_recorder_leaves_the_job_running_once_and_its_end_unknown_not_retried(
+    conductor: InProcessConductor, tmp_path: Path
+) -> None:
+    ran, stop = tmp_path / "ran", tmp_path / "stop"
+    job = conductor.submit(spec_yaml(name="no-recorder", command=_ticker(ran, stop), retries=2))
+    job = conductor.wait_for(job.id, lambda x: x.external_id != "")
+    wait_until(ran.exists, what="the job to start")
+    recorder = _parent(int(job.external_id))
+    os.kill(recorder, signal.SIGKILL)
+    time.sleep(1.5)
+    assert conductor.get(job.id).state == job_pb2.JOB_STATE_RUNNING
+    assert group_members(int(job.external_id)), "losing the recorder must not end the job"
+    stop.touch()
+    end = conductor.wait_ended(job.id, timeout=20)
+    assert end.state == job_pb2.JOB_STATE_FAILED and "unknown" in end.reason, end
+    assert not end.HasField("exit_code")
+    assert ran.read_text().split() == [job.id], "an end of unknown outcome is not retried"

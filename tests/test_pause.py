@@ -84,9 +84,8 @@ def complete_checkpoints(checkpoint_dir: str) -> list[Path]:
 def test_suspend_freezes_every_process_of_the_group_and_resume_runs_it_on(
     conductor: InProcessConductor,
 ) -> None:
-    # The command's shell starts a spinner child and a shell whose own child
-    # spins: four processes, two levels of descendants, and the executor's
-    # exit-recording shell that leads the group: five, all in the job's group.
+    # The leader shell starts a spinner child and a shell whose own child spins:
+    # four processes, two levels of descendants, all in the job's group.
     command = f"{SPIN} --cpu 1.5 & a=$!; sh -c '{SPIN} --cpu 1.5 & wait $!' & b=$!; wait $a && wait $b"
     job = conductor.submit(spec_yaml(name="spinners", command=command))
     job = conductor.wait_for(job.id, lambda j: j.external_id != "")
@@ -103,7 +102,7 @@ def test_suspend_freezes_every_process_of_the_group_and_resume_runs_it_on(
         5,
         "every process of the group to be stopped",
     )
-    assert len(members) == 5, [(p.pid, cmdline(p.pid)) for p in members]
+    assert len(members) == 4, [(p.pid, cmdline(p.pid)) for p in members]
     frozen = spinners(pgid)
     assert len(frozen) == 2
     before = cpu_by_pid(members)

@@ -212,10 +212,8 @@ def test_health_of_a_running_job_matches_proc_and_says_no_process_once_it_ends(
     assert health.has_process
     assert health.pid == leader
     assert (health.alive, health.zombie, health.stopped) == (True, False, False)
-    # The group: the executor's exit-recording shell (its leader), the job's
-    # python and that python's child.
-    assert len(members) == 3, f"expected the leader, the job's python and its child in {leader}: {members}"
-    assert len(group_states(leader)) == 4, "the zombie is still there"
+    assert len(members) == 2, f"expected the job's python and its child in group {leader}: {members}"
+    assert len(group_states(leader)) == 3, "the zombie is still there"
     assert health.process_count == len(members)
     # 72 MiB of touched memory in the group: both readings must see it.
     assert mine > 72 << 20
@@ -257,7 +255,7 @@ def test_a_suspended_job_shows_as_stopped_not_dead(conductor: InProcessConductor
     assert health.pid == leader
     assert health.stopped
     assert health.alive and not health.zombie
-    assert health.process_count == len(members) == 3
+    assert health.process_count == len(members) == 2
 
     conductor.stub.ResumeJob(pb.ResumeJobRequest(job_id=job.id), timeout=10)
     conductor.wait_for(job.id, "RUNNING")

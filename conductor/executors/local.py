@@ -1,22 +1,25 @@
 """The local executor: each launch is a process group on this machine.
 
 Every launch gets a small ``/bin/sh`` supervisor (``local_shim.sh``) in a session
-of its own. The supervisor starts the job in a new session (so the job's process
-group is its own), waits for it, kills whatever of the group is left, and writes
-the exit status to the launch directory. Because the supervisor outlives the
-conductor, a restarted conductor re-attaches to running jobs and learns how the
-others ended. A shell costs well under a megabyte per job, where a Python
-supervisor would cost ten.
+of its own. Through a recorder shell, the job's parent, it starts the job in a
+new session (so the job's process group is its own and its program leads it),
+waits for it, kills whatever of the group is left, and writes the exit status
+to the launch directory. Because the supervisor outlives the conductor, a
+restarted conductor re-attaches to running jobs and learns how the others
+ended. A shell costs well under a megabyte per job, where a Python supervisor
+would cost ten.
 
 Exits are noticed through pidfds on the event loop, not by polling, and pids
 are checked against their start time so a reused pid is never mistaken for ours.
 
 A supervisor can be lost (``kill -9``, the OOM killer) while its job runs on.
-The job's group is then adopted, never started again: its leader, a shell that
-records the job's own exit status in ``job.exit``, is found by its recorded pid
-and start time, and the conductor itself watches it to the end, drains and
-kills what is left of the group as the supervisor would have, and writes the
-``exit`` record for the next conductor.
+The job is then adopted, never started again: its leader is found by its
+recorded pid and start time, and the conductor itself watches it to the end,
+takes its exit status from the recorder (``job.exit``), drains and kills what
+is left of the group as the supervisor would have, and writes the ``exit``
+record for the next conductor. Neither the supervisor nor the recorder is in
+the job's process group, so no signal meant for the job reaches them, and none
+is trapped or lost on its way.
 """
 
 from __future__ import annotations
@@ -87,19 +90,12 @@ class LocalExecutor(Executor):
         return Handle(self.name, f"{job_id}/{launch_seq}", data={"dir": str(launch_dir)})
 
     async def launch(self, handle: Handle, spec: LaunchSpec) -> Handle:
-        shim_pid, job_pid = await asyncio.to_thread(self._spawn, Path(handle.data["dir"]), spec)
-        shim_start, job_start = await asyncio.to_thread(_start_times, shim_pid, job_pid)
-        handle.data.update(
-            shim_pid=shim_pid,
-            shim_start=shim_start,
-            pid=job_pid,
-            job_start=job_start,
-            drain=spec.drain_seconds,
-        )
-        handle.external_id = str(job_pid)
+        pids = await asyncio.to_thread(self._spawn, Path(handle.data["dir"]), spec)
+        handle.data.update(pids, drain=spec.drain_seconds)
+        handle.external_id = str(pids["pid"])
         return handle
 
-    def _spawn(self, launch_dir: Path, spec: LaunchSpec) -> tuple[int, int]:
+    def _spawn(self, launch_dir: Path, spec: LaunchSpec) -> dict[str, int | None]:
         launch_dir.mkdir(parents=True, exist_ok=True)
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
         lines = [f"export {k}={_quote(v)}" for k, v in spec.env.items()]
@@ -132,14 +128,13 @@ class LocalExecutor(Executor):
                 line = out.readline()
         except OSError:
             line = b""
-        if not line.strip().isdigit():
+        job_pid = _until_job_leads(launch_dir, int(line)) if line.strip().isdigit() else None
+        if job_pid is None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(shim_pid, 0)
             err = (launch_dir / "shim.err").read_text(errors="replace").strip()
-            raise LaunchError(f"the local supervisor did not start the job: {err or 'no output'}")
-        job_pid = int(line)
-        _until_own_group(job_pid)
-        return shim_pid, job_pid
+            raise LaunchError(f"the local supervisor did not start the job: {err[-500:] or 'no output'}")
+        return _identities(shim_pid, int(line), job_pid)
 
     def _shim_alive(self, handle: Handle) -> bool:
         pid = handle.data.get("shim_pid")
@@ -149,6 +144,10 @@ class LocalExecutor(Executor):
         """The job's group leader is the very process that was launched (blocking)."""
         pid = handle.data.get("pid")
         return pid is not None and _is_same_process(pid, handle.data.get("job_start"))
+
+    def _recorder_alive(self, handle: Handle) -> bool:
+        pid = handle.data.get("recorder")
+        return pid is not None and _is_same_process(pid, handle.data.get("recorder_start"))
 
     def _owns_group(self, handle: Handle) -> bool:
         """Whether the job's process group is surely this launch's (blocking).
@@ -175,15 +174,17 @@ class LocalExecutor(Executor):
                     pids = _read_pids(launch_dir)
             if pids is None:
                 return Attachment(Presence.NOT_STARTED)
-            shim_pid, job_pid = pids
-            start = _start_time(shim_pid)
-            if start is None or str(launch_dir) not in _cmdline(shim_pid):
-                start = None
-            job_start = _start_time(job_pid) if start is not None else None
-            handle.data.update(shim_pid=shim_pid, shim_start=start, pid=job_pid, job_start=job_start)
+            shim_pid, recorder = pids
+            job_pid = _until_job_leads(launch_dir, recorder)
+            if job_pid is None:
+                return Attachment(Presence.ENDED, self._read_exit(launch_dir))
+            ids = _identities(shim_pid, recorder, job_pid)
+            if str(launch_dir) not in _cmdline(shim_pid):
+                ids["shim_start"] = None
+            handle.data.update(ids)
             handle.external_id = str(job_pid)
         if self._shim_alive(handle) or (not _has_exit(launch_dir) and self._leader_alive(handle)):
-            # Either supervised as usual, or a group that lost its supervisor
+            # Either supervised as usual, or a job that lost its supervisor
             # and is adopted by ``wait``: in both cases it is running, once.
             return Attachment(Presence.RUNNING)
         if not _has_exit(launch_dir):
@@ -202,7 +203,7 @@ class LocalExecutor(Executor):
                 return _decode(int((launch_dir / name).read_text().strip()), when)
             except (OSError, ValueError):
                 continue
-        return ExitStatus(None, detail="its supervisor ended without recording an exit status")
+        return ExitStatus(None, detail="its supervisor and its exit recorder were lost: exit status unknown")
 
     async def wait(self, handle: Handle) -> ExitStatus:
         loop = asyncio.get_running_loop()
@@ -220,12 +221,17 @@ class LocalExecutor(Executor):
         return await self._adopt(handle)
 
     async def _adopt(self, handle: Handle) -> ExitStatus:
-        """Supervise a group whose supervisor is gone, as the supervisor would have."""
+        """Supervise a job whose supervisor is gone, as the supervisor would have."""
         launch_dir = Path(handle.data["dir"])
+        loop = asyncio.get_running_loop()
         leader = await asyncio.to_thread(self._open_pidfd, handle, "pid", self._leader_alive)
         if leader is not None:
             log.warning("supervisor_lost_job_adopted", launch=handle.launch_id, pid=handle.data["pid"])
-            await _until_readable(asyncio.get_running_loop(), leader)
+            await _until_readable(loop, leader)
+        # The recorder writes the job's status the moment the job ends.
+        recorder = await asyncio.to_thread(self._open_pidfd, handle, "recorder", self._recorder_alive)
+        if recorder is not None:
+            await _until_readable(loop, recorder)
         self._draining.add(handle.launch_id)
         try:
             status = await asyncio.to_thread(self._read_exit, launch_dir)
@@ -235,13 +241,9 @@ class LocalExecutor(Executor):
             await asyncio.to_thread(_kill_leftovers, int(handle.data["pid"]), handle.data.get("job_start"))
         finally:
             self._draining.discard(handle.launch_id)
-        if status.exit_code is None:
-            # The leader died without a record: only SIGKILL does that to it.
-            status = ExitStatus(
-                128 + _signal.SIGKILL, _signal.SIGKILL, "its supervisor was lost", time.time()
-            )
-        # Recorded as the supervisor would have, for a conductor started later.
-        await asyncio.to_thread(_record_exit, launch_dir, status.exit_code or 0)
+        if status.exit_code is not None:
+            # Recorded as the supervisor would have, for a conductor started later.
+            await asyncio.to_thread(_record_exit, launch_dir, status.exit_code)
         return status
 
     def _open_pidfd(self, handle: Handle, key: str, alive: Callable[[Handle], bool]) -> int | None:
@@ -321,14 +323,49 @@ async def _until_readable(loop: asyncio.AbstractEventLoop, pidfd: int) -> None:
         os.close(pidfd)
 
 
-def _start_times(shim_pid: int, job_pid: int) -> tuple[int | None, int | None]:
-    """Start times of a new launch's supervisor and of its job's leader (blocking).
+def _until_job_leads(launch_dir: Path, recorder: int, limit: float = 10.0) -> int | None:
+    """The job's pid, once it leads its own group; None if it never started (blocking).
 
-    The leader counts only while it is the supervisor's child: a job that had
+    The job writes its pid after it has made its own session, so once it is
+    there a pause or cancel sent to the group finds the group. Until then the
+    launch is not reported: such a signal would be lost.
+    """
+    path = launch_dir / "job.pid"
+    deadline = time.monotonic() + limit
+    ended = False
+    while True:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        if text.endswith("\n") and text.strip().isdigit():
+            return int(text)
+        if ended:
+            # The recorder ended (or hangs), and the job's pid was not there after.
+            return None
+        proc = procfs.read(recorder)
+        # Look once more after: a short job may have come and gone in between.
+        ended = proc is None or proc.state == "Z" or time.monotonic() > deadline
+        if not ended:
+            time.sleep(0.0002)
+
+
+def _identities(shim_pid: int, recorder: int, job_pid: int) -> dict[str, int | None]:
+    """The launch's pids with their start times, each tied to its parent (blocking).
+
+    A process counts only while it is the child it should be: one that had
     already ended (and whose pid may be reused) gets None and is never adopted.
     """
+    rec = procfs.read(recorder)
     job = procfs.read(job_pid)
-    return _start_time(shim_pid), job.start_ticks if job is not None and job.ppid == shim_pid else None
+    return {
+        "shim_pid": shim_pid,
+        "shim_start": _start_time(shim_pid),
+        "recorder": recorder,
+        "recorder_start": rec.start_ticks if rec is not None and rec.ppid == shim_pid else None,
+        "pid": job_pid,
+        "job_start": job.start_ticks if job is not None and job.ppid == recorder else None,
+    }
 
 
 def _mtime(path: Path) -> float | None:
@@ -336,21 +373,6 @@ def _mtime(path: Path) -> float | None:
         return path.stat().st_mtime
     except OSError:
         return None
-
-
-def _until_own_group(pid: int, limit: float = 2.0) -> None:
-    """Wait (briefly) until the new job leads its own process group (blocking).
-
-    The supervisor reports the pid as soon as it has forked; until the child
-    has called setsid, a pause or cancel sent to the group would find no group
-    and be lost, so the launch is not reported before.
-    """
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        proc = procfs.read(pid)
-        if proc is None or proc.pgid == pid or proc.state == "Z":
-            return
-        time.sleep(0.0002)
 
 
 def _has_exit(launch_dir: Path) -> bool:

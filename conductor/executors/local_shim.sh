@@ -6,36 +6,37 @@
 #
 # LAUNCH_DIR/env defines the job's variables (exported, so only the job's own
 # processes carry them) and baton_workdir / baton_command (not exported).
-# The job runs in a new session, so its process group is its own: pause and
-# cancel signals go to the whole group and never reach this shim.
+#
+# Three processes:
+# - this supervisor: drains and kills what is left of the job, then writes
+#   LAUNCH_DIR/exit;
+# - a recorder, the job's parent: it waits for the job and writes its status
+#   to LAUNCH_DIR/job.exit, so the status survives the loss of this
+#   supervisor (kill -9, the OOM killer), when the conductor adopts the job;
+# - the job, in a session of its own, so its process group is its own: pause
+#   and cancel signals go to the whole group and reach neither this shim nor
+#   the recorder, which therefore trap nothing and can lose no signal. The
+#   job writes its pid to LAUNCH_DIR/job.pid once it leads its group; the
+#   conductor waits for that before it reports the launch.
 dir=$1
 log=$2
 drain=${3:-60}
-# bash runs the command where there is one: it execs a lone command, so no
-# further shell stands between the leader and the job's own program.
+# bash runs the command where there is one: it execs a lone command, so the
+# job's own program leads its group and takes its signals first hand.
 shell=/bin/sh
 [ -x /bin/bash ] && shell=/bin/bash
-#
-# In front of the job sits one small shell, the leader of the job's group: it
-# records the job's own exit status in LAUNCH_DIR/job.exit, so the status is
-# known even when this supervisor is lost (kill -9, the OOM killer) and the
-# conductor adopts the group. It traps the signals a pause or cancel sends, so
-# it outlives them and records what they did; a trap (unlike an ignore) is
-# reset in the job, which takes each signal first hand. Its own stderr goes
-# nowhere, so its note on how the job died ("Terminated") stays out of the
-# job's log; the job gets the log back as its stderr once forked. The record
-# is one write of a few bytes by a builtin (the job's PATH may hold no mv).
-setsid /bin/sh -c '. "$1/env" && cd "$baton_workdir" || exit 127
-trap : HUP INT QUIT ABRT USR1 USR2 ALRM TERM
-exec 3>&2 2>/dev/null
-/bin/sh -c '"'"'exec 2>&3 3>&-; exec "$0" -c "$1"'"'"' "$2" "$baton_command"
+# The recorder's own stderr goes nowhere, so its note on how the job died
+# ("Terminated") stays out of the job's log; the job takes the log back.
+/bin/sh -c 'exec 3>&2 2>/dev/null
+setsid /bin/sh -c '"'"'exec 2>&3 3>&-; echo $$ >"$1/job.pid"
+. "$1/env" && cd "$baton_workdir" && exec "$2" -c "$baton_command"'"'"' baton-job "$1" "$2"
 code=$?
 echo "$code" >"$1/job.exit"
-exit "$code"' baton-job "$dir" "$shell" </dev/null >>"$log" 2>&1 &
-job=$!
-echo "$$ $job" >"$dir/pids"
-# The conductor reads the job's pid from our stdout, then we let go of it.
-echo "$job"
+exit "$code"' baton-recorder "$dir" "$shell" </dev/null >>"$log" 2>&1 &
+recorder=$!
+echo "$$ $recorder" >"$dir/pids"
+# The conductor reads the recorder's pid from our stdout, then we let go of it.
+echo "$recorder"
 exec >/dev/null
 
 # True while a live (not zombie) process is left in the job's group. Orphaned
@@ -48,21 +49,31 @@ group_alive() {
                          END { exit !found }'
 }
 
-wait "$job"
+wait "$recorder"
 code=$?
-if [ "$code" -gt 128 ]; then
-    # The leader died of a signal (a pause or a cancel): often it is only the
-    # shell in front of the real work, which is still saving a checkpoint.
-    # Give the rest of the group until it is done; the conductor kills it at
-    # the end of the grace period, and DRAIN_SECONDS bounds this without it.
-    ticks=$((drain * 10))
-    while [ "$ticks" -gt 0 ] && group_alive; do
-        sleep 0.1
-        ticks=$((ticks - 1))
+job=$(cat "$dir/job.pid" 2>/dev/null)
+if [ -n "$job" ] && [ ! -s "$dir/job.exit" ]; then
+    # The recorder was lost (kill -9, the OOM killer) while the job ran on:
+    # watch the job to its end; how it ended cannot be known any more.
+    while group_alive; do
+        sleep 0.5
     done
+    code=unknown
+elif [ -n "$job" ]; then
+    if [ "$code" -gt 128 ]; then
+        # The leader died of a signal (a pause or a cancel): often it is only the
+        # shell in front of the real work, which is still saving a checkpoint.
+        # Give the rest of the group until it is done; the conductor kills it at
+        # the end of the grace period, and DRAIN_SECONDS bounds this without it.
+        ticks=$((drain * 10))
+        while [ "$ticks" -gt 0 ] && group_alive; do
+            sleep 0.1
+            ticks=$((ticks - 1))
+        done
+    fi
+    # The job is over: nothing of it may outlive it.
+    kill -KILL "-$job" 2>/dev/null
 fi
-# The job is over: nothing of it may outlive it.
-kill -KILL "-$job" 2>/dev/null
 echo "$code" >"$dir/exit.tmp"
 # A rename keeps a half-written status from ever being read as final.
 mv -f "$dir/exit.tmp" "$dir/exit"
