@@ -20,6 +20,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
 from common.jobfile import read_job
 from tests.checks import error_info_reason
-from tests.harness import InProcessConductor, kill_job_groups
+from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups
 from tests.procs import TICKER, spec_yaml, wait_until
 
 OK = grpc.StatusCode.OK
@@ -179,6 +180,25 @@ def history(c: InProcessConductor) -> list[job_pb2.Job]:
     raise AssertionError(f"the watch ended before revision {last}")
 
 
+class Watch:
+    """Every event of one WatchJobs call, read in a thread as they come."""
+
+    def __init__(self, c: SubprocessConductor) -> None:
+        self.events: list[job_pb2.JobEvent] = []
+        self._call = c.stub.WatchJobs(pb.WatchJobsRequest(since_revision=0))
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for ev in self._call:
+                self.events.append(ev)
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._thread.join(10)
+
+
 def run_dirs(status_dir: Path) -> dict[str, list[Path]]:
     """The run directories under a status dir, by job name."""
     found: dict[str, list[Path]] = {}
@@ -304,7 +324,7 @@ def test_a_full_filesystem_refuses_what_it_cannot_record_and_runs_every_accepted
             kill_job_groups(home / "status")
 
 
-def refuse_for_storage(c: InProcessConductor, name: str) -> grpc.RpcError:
+def refuse_for_storage(c: InProcessConductor | SubprocessConductor, name: str) -> grpc.RpcError:
     """Submit a job the full disk cannot take; the refusal."""
     spec = spec_yaml(name=name, command="true", env=PAD)
     with pytest.raises(grpc.RpcError) as caught:
@@ -354,3 +374,69 @@ def test_a_submission_refused_for_storage_leaves_no_status_file_and_no_job_after
             for c in live:
                 c.stop()
             kill_job_groups(home / "status")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a refused insert leaves the registry degraded until some other write succeeds "
+    "(conductor/registry.py SqliteRegistry._commit / _write_loop); with no job running nothing "
+    "writes, so every submission is refused until a restart",
+)
+def test_once_space_is_freed_an_idle_conductor_takes_new_jobs_again_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    with small_tmpfs(tmp_path / "fs", size="4m", inodes=1000) as fs:
+        c = InProcessConductor(fs / "home", status_dir=tmp_path / "status").start()
+        try:
+            exhaust_blocks(fs / "filler")
+            refuse_for_storage(c, "too-big")
+            (fs / "filler").unlink()
+            # The registry tries again within 2 s; give it five times that.
+            deadline = time.monotonic() + 10
+            answer = submit(c, "small", "after", "true")
+            while answer.refused and time.monotonic() < deadline:
+                assert_answered_as_the_contract_says([answer])
+                time.sleep(0.2)
+                answer = submit(c, "small", "after", "true")
+            assert not answer.refused, f"still refused 10 s after space was freed: {answer}"
+            assert c.wait_ended(answer.job_id).state == job_pb2.JOB_STATE_SUCCEEDED
+        finally:
+            c.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: after a refused submission the newest revision has no event, and "
+    "conductor/feeds.py Feeds.watch then loops without awaiting once its heartbeat is due: "
+    "the event loop spins and the conductor stops answering",
+)
+def test_a_watch_open_across_a_refused_submission_keeps_the_conductor_answering(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "fs", size="8m", inodes=1000) as fs:
+        # A subprocess, so a conductor that stops answering can still be killed;
+        # its home is the mount itself, so its log (beside the home) is off the tmpfs.
+        c = SubprocessConductor(fs)
+        watch: Watch | None = None
+        try:
+            c.start()
+            job = c.submit(spec_yaml(name="before", command="true"))
+            assert c.wait_ended(job.id).state == job_pb2.JOB_STATE_SUCCEEDED
+            watch = Watch(c)
+            w = watch
+            wait_until(lambda: any(not ev.HasField("job") for ev in w.events), what="the snapshot's end")
+            exhaust_blocks(fs / "filler")
+            refuse_for_storage(c, "too-big")
+            seen = len(watch.events)
+            time.sleep(7)  # past the watch's heartbeat (5 s)
+            try:
+                c.stub.GetConductorInfo(pb.GetConductorInfoRequest(), timeout=5)
+            except grpc.RpcError as err:
+                pytest.fail(f"the conductor stopped answering after the refusal: {err.code()}")
+            assert any(not ev.HasField("job") for ev in watch.events[seen:]), "no heartbeat on the watch"
+        finally:
+            (fs / "filler").unlink(missing_ok=True)
+            if c.proc is not None and c.proc.poll() is None:
+                c.kill9()
+            c.stop()
+            if watch is not None:
+                watch.close()
+            kill_job_groups(fs / "status")
