@@ -13,8 +13,10 @@ The conductors and jobs are real: in-process on a loopback port, or
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +27,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from baton.v1 import conductor_pb2 as pb
-from baton.v1 import job_pb2
+from baton.v1 import conductor_pb2_grpc, job_pb2
 from tests.checks import error_info
 from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups
 from tests.procs import PY, TICKER, spec_yaml, wait_until
@@ -138,6 +140,104 @@ def test_a_request_id_names_one_job_and_a_different_spec_under_it_is_refused(tmp
         assert [j.id for j in c.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs] == [first.id]
         assert run_dir_count(c.status_dir) == 1
         assert Counter(ran.read_text().split()) == Counter({first.id: 1})
+    finally:
+        for c in live:
+            c.stop()
+        kill_job_groups(home / "status")
+
+
+def storm(address: str, request_ids: list[str], copies: int) -> list[tuple[str, grpc.StatusCode, str]]:
+    """Submit each request id ``copies`` times, every call in flight at once; (request id, code, job id)."""
+
+    async def run() -> list[tuple[str, grpc.StatusCode, str]]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = conductor_pb2_grpc.ConductorStub(channel)
+
+            async def one(request_id: str) -> tuple[str, grpc.StatusCode, str]:
+                spec = spec_yaml(name=request_id, command="true")
+                try:
+                    job = await stub.SubmitJob(
+                        pb.SubmitJobRequest(spec_yaml=spec, request_id=request_id), timeout=30
+                    )
+                except grpc.aio.AioRpcError as err:
+                    return request_id, err.code(), ""
+                return request_id, grpc.StatusCode.OK, job.id
+
+            return list(await asyncio.gather(*(one(r) for r in request_ids for _ in range(copies))))
+
+    return asyncio.run(run())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Lifecycle._submitted (conductor/lifecycle.py) reads the book as soon as the first "
+    "submit's insert future is done, before its _written callback has put the job there, and makes "
+    "a second job under the same request_id; its UNIQUE failure then fails the whole group commit "
+    "(conductor/registry.py SqliteRegistry._commit) and every other write in it",
+)
+def test_retries_of_one_request_id_in_flight_together_all_get_its_one_job(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    c = InProcessConductor(home, max_running=8).start()
+    try:
+        every: dict[str, set[str]] = {}
+        # The race is narrow: a few rounds of 100 request ids sent four times each.
+        for round_ in range(6):
+            answers = storm(c.address, [f"r{round_}-{i:03d}" for i in range(100)], 4)
+            failed = [(r, code.name) for r, code, _ in answers if code != grpc.StatusCode.OK]
+            assert failed == [], f"round {round_}: {len(failed)} of {len(answers)} calls failed: {failed[:3]}"
+            for r, _, job_id in answers:
+                every.setdefault(r, set()).add(job_id)
+        assert [r for r, ids in every.items() if len(ids) != 1] == []
+        jobs = [j for ids in every.values() for j in ids]
+        for job_id in jobs:
+            done = c.wait_ended(job_id, timeout=60)
+            assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done
+        listed = c.stub.ListJobs(pb.ListJobsRequest(page_size=1000), timeout=10).jobs
+        assert sorted(j.id for j in listed) == sorted(jobs)
+    finally:
+        c.stop()
+        kill_job_groups(home / "status")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Lifecycle.submit (conductor/lifecycle.py) awaits the registry insert unshielded and "
+    "rolls back only on Exception: a caller that gives up cancels the handler, the registry still "
+    "writes the job, and it is neither queued nor in the book; a retry with the request_id then "
+    "collides with it (INTERNAL) until a restart, which runs it",
+)
+def test_a_submit_whose_caller_gave_up_on_a_slow_registry_is_the_job_its_retry_gets(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ran = tmp_path / "ran"
+    spec = spec_yaml(name="slow-write", command=ticker(ran, 2))
+    live: list[InProcessConductor] = []
+    try:
+        c = InProcessConductor(home).start()
+        live.append(c)
+        # Another program holds the registry's write lock (an operator's sqlite3
+        # shell, a backup), so the conductor's write waits behind it.
+        holder = sqlite3.connect(c.config.state_dir / "registry.db", isolation_level=None, timeout=0)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            with pytest.raises(grpc.RpcError) as caught:
+                c.stub.SubmitJob(pb.SubmitJobRequest(spec_yaml=spec, request_id="req-slow"), timeout=1)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            if holder.in_transaction:
+                holder.execute("COMMIT")
+            holder.close()
+        # The caller tries again with its request_id, as the client library does.
+        job = c.submit(spec, request_id="req-slow")
+        done = c.wait_ended(job.id)
+        assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done
+        assert [j.id for j in c.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs] == [job.id]
+        c.stop()
+        live.remove(c)
+        c = InProcessConductor(home).start()
+        live.append(c)
+        assert [j.id for j in c.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs] == [job.id]
+        time.sleep(1)  # a job started again would have written its start by now
+        assert Counter(ran.read_text().split()) == Counter({job.id: 1})
     finally:
         for c in live:
             c.stop()
