@@ -271,7 +271,7 @@ def test_a_cancel_whose_caller_gave_up_on_a_slow_registry_still_cancels_the_job(
             holder.close()
         c.stub.CancelJob(request, timeout=10)  # the caller tries again
         # SIGTERM ends the ticker at once; the grace is 1 s.
-        done = c.wait_ended(job.id, timeout=10)
+        done = c.wait_ended(job.id, timeout=6)
         assert (done.state, done.reason) == (job_pb2.JOB_STATE_CANCELLED, "no longer needed"), done
     finally:
         c.stop()
