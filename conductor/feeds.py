@@ -88,7 +88,10 @@ class Feeds:
         if cursor >= self._durable:
             return []
         oldest = await self._registry.oldest_revision()
-        if oldest == 0 or cursor < oldest - 1:
+        if oldest == 0:
+            # Nothing logged at all: the revisions after the cursor carried no change.
+            return []
+        if cursor < oldest - 1:
             raise OutOfRange(
                 f"revision {cursor} is no longer kept (oldest kept: {oldest}); "
                 "watch again with since_revision 0 to take a new snapshot",
@@ -127,6 +130,7 @@ class Feeds:
             last_sent = loop.time()
             while True:
                 changed = self._changed
+                settled = self._durable
                 events = await self._events_after(cursor)
                 if events:
                     for ev in events:
@@ -135,6 +139,10 @@ class Feeds:
                             last_sent = loop.time()
                             yield ev
                     continue
+                # Every durable change after the cursor has been sent: what is
+                # left up to the durable revision settled with nothing to show
+                # (a submission that storage refused), and is stepped over.
+                cursor = max(cursor, settled)
                 wait = last_sent + self._heartbeat - loop.time()
                 if wait > 0:
                     try:

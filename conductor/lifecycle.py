@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import functools
 import os
@@ -28,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from google.protobuf import timestamp_pb2
@@ -92,6 +93,7 @@ _ACTIVE = frozenset(
 
 
 EventListener = Callable[[job_pb2.JobEvent], None]
+T = TypeVar("T")
 
 
 class ForbiddenTransition(Exception):
@@ -182,7 +184,7 @@ class Lifecycle:
         self._jobs: dict[str, job_pb2.Job] = {}
         self._runs: dict[str, Run] = {}
         self._by_request: dict[str, str] = {}
-        self._submitting: dict[str, asyncio.Future[None]] = {}
+        self._submitting: dict[str, asyncio.Task[job_pb2.Job]] = {}
         self._queue: deque[str] = deque()
         self._slots = 0
         self._revision = 0
@@ -217,6 +219,11 @@ class Lifecycle:
             # Repair a status.json whose write a crash may have cut off.
             if job.state not in TERMINAL or job.update_time.seconds >= recent:
                 self._publisher.publish(job)
+        for row in self._registry.damaged:
+            # Unreadable, but its order and its idempotency key stay taken.
+            self._next_seq = max(self._next_seq, row.seq + 1)
+            if row.request_id:
+                self._by_request[row.request_id] = row.job_id
         self._revision = self.book.revision = max_rev
         recoveries: list[Coroutine[Any, Any, None]] = []
         for job in list(self.book.jobs(ListFilter())):
@@ -339,14 +346,7 @@ class Lifecycle:
         if request_id and not dry_run:
             existing = await self._submitted(request_id)
             if existing is not None:
-                if existing.spec != spec or existing.start_step != max(start_step, 1):
-                    raise AlreadyExists(
-                        f"request_id {request_id!r} was already used for job {existing.id} with a different "
-                        "spec; use a new request_id for a new job",
-                        reason="REQUEST_ID_REUSED",
-                        metadata={"job_id": existing.id},
-                    )
-                return existing
+                return _same_request(existing, spec, start_step)
         if resume_from:
             resume_from = await self._resolve_resume_from(model, resume_from)
         job = job_pb2.Job(
@@ -365,8 +365,25 @@ class Lifecycle:
         steps_mod.init_steps(job, [s.name for s in steps], max(start_step, 1))
         if dry_run:
             return job
-        if self._registry.degraded is not None:
-            raise storage_refusal(self._registry.degraded)
+        return await self._owned(self._create(job))
+
+    async def _create(self, job: job_pb2.Job) -> job_pb2.Job:
+        """Record a new job and queue it; in a task of its own, so it is carried through."""
+        request_id = job.request_id
+        while request_id:
+            # Another submit with this key may have got here first (it may have failed).
+            existing = await self._submitted(request_id)
+            if existing is not None:
+                return _same_request(existing, job.spec, job.start_step)
+            owner = self._by_request.get(request_id)
+            if owner is None:
+                break
+            if owner not in self._submitting:
+                raise AlreadyExists(
+                    f"request_id {request_id!r} belongs to job {owner}, whose record cannot be read",
+                    reason="REQUEST_ID_REUSED",
+                    metadata={"job_id": owner},
+                )
         job_id = _new_id()
         while job_id in self._jobs:
             job_id = _new_id()
@@ -383,12 +400,14 @@ class Lifecycle:
         self._runs[job_id] = run
         if request_id:
             self._by_request[request_id] = job_id
+        this = asyncio.current_task()
+        assert this is not None
+        self._submitting[job_id] = this
         fut = self._registry.insert(run.seq, job, run.to_json())
         fut.add_done_callback(functools.partial(self._written, run.seq, job, S.JOB_STATE_UNSPECIFIED, True))
-        self._submitting[job_id] = fut
         try:
             await fut
-        except Exception as exc:
+        except BaseException as exc:
             # Never written: forget it as if it had not been asked for.
             del self._jobs[job_id]
             del self._runs[job_id]
@@ -396,6 +415,9 @@ class Lifecycle:
                 del self._by_request[request_id]
             if isinstance(exc, StorageError):
                 raise storage_refusal(exc) from None
+            if not isinstance(exc, Exception):
+                raise
+            log.error("submit_not_recorded", job_id=job_id, error=repr(exc)[:200], exc_info=exc)
             raise Internal(
                 "the conductor could not record the job; see its log", reason="REGISTRY_FAILED"
             ) from exc
@@ -406,14 +428,20 @@ class Lifecycle:
         return job
 
     async def _submitted(self, request_id: str) -> job_pb2.Job | None:
-        """The durable job an earlier submit with ``request_id`` made, if any."""
+        """The durable job an earlier submit with ``request_id`` made, if any.
+
+        While that submit is still being recorded, its outcome: the job once it
+        is durable, or None when it was refused (the key is free again).
+        """
         job_id = self._by_request.get(request_id)
         if job_id is None:
             return None
         pending = self._submitting.get(job_id)
         if pending is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(pending)
+            try:
+                return await asyncio.shield(pending)
+            except Exception:
+                return None
         return self.book.find(job_id)
 
     async def _resolve_resume_from(self, model: specs.SpecModel, ref: str) -> str:
@@ -433,6 +461,9 @@ class Lifecycle:
         return one_checkpoint(found, ref, key, "resume_from", lambda f: f.ref).ref
 
     async def cancel(self, job_id: str, grace: float | None, reason: str) -> job_pb2.Job:
+        return await self._owned(self._cancel(job_id, grace, reason))
+
+    async def _cancel(self, job_id: str, grace: float | None, reason: str) -> job_pb2.Job:
         run = self._run(job_id)
         async with run.lock:
             job = self._jobs[job_id]
@@ -470,6 +501,9 @@ class Lifecycle:
         self._arm_kill(job_id, grace)
 
     async def pause(self, job_id: str, mode: int) -> job_pb2.Job:
+        return await self._owned(self._pause(job_id, mode))
+
+    async def _pause(self, job_id: str, mode: int) -> job_pb2.Job:
         run = self._run(job_id)
         async with run.lock:
             job = self._jobs[job_id]
@@ -535,6 +569,9 @@ class Lifecycle:
             return self._jobs[job_id]
 
     async def resume(self, job_id: str) -> job_pb2.Job:
+        return await self._owned(self._resume(job_id))
+
+    async def _resume(self, job_id: str) -> job_pb2.Job:
         run = self._run(job_id)
         async with run.lock:
             job = self._jobs[job_id]
@@ -567,6 +604,9 @@ class Lifecycle:
 
     async def delete(self, job_id: str) -> int:
         """Remove an ended job and its run directory; checkpoints stay."""
+        return await self._owned(self._delete(job_id))
+
+    async def _delete(self, job_id: str) -> int:
         run = self._run(job_id)
         async with run.lock:
             job = self._jobs[job_id]
@@ -642,7 +682,7 @@ class Lifecycle:
         """A write settled. The registry settles in write order, so this runs in revision order."""
         if fut.cancelled() or fut.exception() is not None:
             if before != S.JOB_STATE_UNSPECIFIED:
-                log.error("registry_write_failed", job_id=job.id, error=repr(fut.exception())[:200])
+                log.error("registry_write_failed", job_id=job.id, error=_error_text(fut))
             if event:
                 # Nothing to show at this revision, but it is settled.
                 self._emit(job_pb2.JobEvent(revision=job.revision))
@@ -664,7 +704,7 @@ class Lifecycle:
 
     def _deleted(self, gone: job_pb2.Job, fut: asyncio.Future[None]) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            log.error("registry_write_failed", job_id=gone.id, error=repr(fut.exception())[:200])
+            log.error("registry_write_failed", job_id=gone.id, error=_error_text(fut))
             self._emit(job_pb2.JobEvent(revision=gone.revision))
             return
         self.book.remove(gone.id, gone.revision)
@@ -679,9 +719,27 @@ class Lifecycle:
             except Exception:
                 log.exception("listener_failed")
 
+    async def _owned(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Carry a command through to its end even when its caller goes away.
+
+        A handler cancelled by a client's deadline would otherwise stop half
+        way: a change written but not carried out (no signal sent), or
+        carried out but never shown. The command runs in a task of its own;
+        the caller only waits for it.
+        """
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_unexpected_failure)
+        return await asyncio.shield(task)
+
     def _spawn_task(self, coro: Coroutine[Any, Any, Any], job_id: str = "") -> asyncio.Task[Any]:
-        """Run ``coro`` as a task that is watched: its failure fails ``job_id``'s job."""
-        task = asyncio.create_task(coro)
+        """Run ``coro`` as a task that is watched: its failure fails ``job_id``'s job.
+
+        It starts with a context of its own: no request caused what it does,
+        so no request's log context (method, peer) labels it.
+        """
+        task = asyncio.create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(functools.partial(self._task_done, job_id))
@@ -708,18 +766,17 @@ class Lifecycle:
                 job = self._jobs.get(job_id)
                 if job is None or job.state in TERMINAL:
                     return
-                if run.handle is not None:
-                    # A FAILED job leaves nothing running behind it.
-                    with contextlib.suppress(Exception):
+                # A FAILED job leaves nothing running behind it, even when the
+                # record of its launch is what was lost.
+                with contextlib.suppress(Exception):
+                    if run.handle is not None:
                         await self._executors[run.handle.executor].signal(run.handle, _signal.SIGKILL)
+                    elif job.executor in self._executors:
+                        await self._executors[job.executor].kill_all(job_id)
                 with contextlib.suppress(ValueError):
                     self._queue.remove(job_id)
-                await self._finish(
-                    job_id,
-                    S.JOB_STATE_FAILED,
-                    None,
-                    f"failed in the conductor: {what}; see its log",
-                )
+                why = f"failed in the conductor: {what}; see its log"
+                await self._finish(job_id, S.JOB_STATE_FAILED, None, why, with_result=False)
         except Exception as again:
             log.error("job_internal_error_unhandled", job_id=job_id, error=repr(again)[:200], exc_info=again)
         finally:
@@ -1030,8 +1087,14 @@ class Lifecycle:
         reason: str,
         step_state: int | None = None,
         size: int = 0,
+        *,
+        with_result: bool = True,
     ) -> None:
-        """End the job; with ``step_state``, its current step ends that way too."""
+        """End the job; with ``step_state``, its current step ends that way too.
+
+        Without ``with_result`` the job's result file is not read: the way out
+        for a job an internal error hit, which must not depend on the job's files.
+        """
         run = self._runs[job_id]
         for name in list(run.timers):
             self._stop_timer(run, name)
@@ -1039,7 +1102,11 @@ class Lifecycle:
         run.retry_at = run.kill_at = None
         run.deferred = None
         job = self._jobs[job_id]
-        result, problem = await asyncio.to_thread(read_result, Path(job.run_dir) / RESULT_FILE)
+        result, problem = (
+            await asyncio.to_thread(read_result, Path(job.run_dir) / RESULT_FILE)
+            if with_result
+            else (None, "")
+        )
         if problem:
             reason = f"{reason}; result dropped: {problem}" if reason else f"result dropped: {problem}"
         ended = _at(status)
@@ -1235,6 +1302,31 @@ def _pause_outcome(
             f"{job.resume_from_suffix}, the one it was given"
         )
     return f"no checkpoint written; resume starts step {job.step} from the beginning"
+
+
+def _same_request(existing: job_pb2.Job, spec: job_pb2.JobSpec, start_step: int) -> job_pb2.Job:
+    """The job a repeated submit made, or ALREADY_EXISTS when the key came with another request."""
+    if existing.spec != spec or existing.start_step != max(start_step, 1):
+        raise AlreadyExists(
+            f"request_id {existing.request_id!r} was already used for job {existing.id} with a different "
+            "spec; use a new request_id for a new job",
+            reason="REQUEST_ID_REUSED",
+            metadata={"job_id": existing.id},
+        )
+    return existing
+
+
+def _unexpected_failure(task: asyncio.Task[Any]) -> None:
+    """Log a command's failure that is not an answer to its caller (a domain error is one)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, BatonError):
+        log.error("command_failed", error=repr(exc)[:200], exc_info=exc)
+
+
+def _error_text(fut: asyncio.Future[None]) -> str:
+    return "cancelled" if fut.cancelled() else repr(fut.exception())[:200]
 
 
 def _set(job: job_pb2.Job, **fields: Any) -> None:

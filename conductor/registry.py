@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS events (
     type INTEGER NOT NULL,
     job BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 
@@ -96,6 +97,15 @@ class StoredJob:
     seq: int
     job: job_pb2.Job
     runtime: str | None
+
+
+@dataclass(frozen=True)
+class DamagedRow:
+    """A job row that could not be read at open: left in place, its key and order still taken."""
+
+    job_id: str
+    seq: int
+    request_id: str
 
 
 @dataclass
@@ -116,6 +126,11 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def max_revision(self) -> int:
         """The highest revision logged when the registry was opened."""
+
+    @property
+    @abc.abstractmethod
+    def damaged(self) -> list[DamagedRow]:
+        """The rows ``open`` could not read (it returned the others)."""
 
     @abc.abstractmethod
     def insert(self, seq: int, job: job_pb2.Job, runtime: str | None) -> asyncio.Future[None]:
@@ -155,7 +170,7 @@ _Op = Callable[[sqlite3.Connection], None]
 class _Write:
     __slots__ = ("fut", "new_job", "op")
 
-    def __init__(self, op: _Op, fut: asyncio.Future[None], new_job: bool) -> None:
+    def __init__(self, op: _Op, fut: asyncio.Future[None] | None, new_job: bool) -> None:
         self.op = op
         self.fut = fut
         # A new job's insert is refused on a storage fault; every other write is kept.
@@ -170,8 +185,8 @@ class SqliteRegistry(Registry):
         self._history = event_history
         self._ops: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._degraded: StorageError | None = None
-        # Ids of rows that could not be read at open; left in place for an operator.
-        self.damaged: list[str] = []
+        # Rows that could not be read at open; left in place for an operator.
+        self._damaged: list[DamagedRow] = []
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writes = 0
@@ -193,15 +208,15 @@ class SqliteRegistry(Registry):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         conn.executescript(_SCHEMA)
-        rows = conn.execute("SELECT id, seq, job, runtime FROM jobs ORDER BY seq").fetchall()
+        rows = conn.execute("SELECT id, seq, job, runtime, request_id FROM jobs ORDER BY seq").fetchall()
         self._max_revision = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchone()[0]
         out = []
-        for job_id, seq, blob, runtime in rows:
+        for job_id, seq, blob, runtime, request_id in rows:
             try:
                 job = job_pb2.Job.FromString(blob)
             except Exception as exc:  # a damaged row must not keep the others from loading
                 log.error("registry_row_damaged", job_id=str(job_id)[:200], error=repr(exc)[:200])
-                self.damaged.append(str(job_id))
+                self._damaged.append(DamagedRow(str(job_id), int(seq), str(request_id or "")))
                 continue
             out.append(StoredJob(seq, job, runtime))
         self._writer = threading.Thread(
@@ -214,6 +229,10 @@ class SqliteRegistry(Registry):
     def max_revision(self) -> int:
         """The highest revision logged when the registry was opened."""
         return self._max_revision
+
+    @property
+    def damaged(self) -> list[DamagedRow]:
+        return self._damaged
 
     @property
     def degraded(self) -> StorageError | None:
@@ -273,20 +292,23 @@ class SqliteRegistry(Registry):
         kept: list[_Write] = []  # changes that storage refused, written again first
         backoff = 0.05
         while True:
-            batch, stop = self._take(kept, backoff if kept else None)
-            kept = []
+            # While storage fails, wake up to try again even when nothing new comes.
+            batch, stop = self._take(kept, backoff if self._degraded is not None else None)
             if batch:
-                if self._commit(conn, batch) is not None:
-                    kept = [w for w in batch if not w.new_job and not w.fut.done()]
-                    backoff = min(RETRY_MAX_SECONDS, backoff * 2)
-                else:
-                    backoff = 0.05
+                kept = self._commit(conn, batch)
+            elif self._degraded is not None:
+                self._probe(conn)
+            backoff = min(RETRY_MAX_SECONDS, backoff * 2) if self._degraded is not None else 0.05
             if stop:
                 for w in kept:
                     lost = StorageError("the conductor stopped before storage recovered", full=False)
                     self._settle(w, lost)
                 conn.close()
                 return
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """A write of no consequence, to learn whether storage works again."""
+        self._commit(conn, [_Write(_touch_probe, None, new_job=False)])
 
     def _take(self, batch: list[_Write], wait: float | None) -> tuple[list[_Write], bool]:
         """``batch`` and every write queued now, waiting up to ``wait`` for the first (None: forever).
@@ -307,8 +329,14 @@ class SqliteRegistry(Registry):
             pass
         return batch, stop
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> StorageError | None:
-        """Write ``batch`` in one transaction; returns the storage fault that kept it out."""
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> list[_Write]:
+        """Write ``batch`` in one transaction; returns the writes to try again (storage failed).
+
+        A new job refused by storage is answered at once; any other write is
+        kept, in order, whatever became of its caller. A write that fails for
+        another reason (a bug, a damaged file) is answered alone: the batch is
+        written again one write at a time, so it cannot take the others with it.
+        """
         try:
             conn.execute("BEGIN IMMEDIATE")
             for w in batch:
@@ -326,27 +354,29 @@ class SqliteRegistry(Registry):
                 conn.execute("ROLLBACK")
             fault = storage_error(exc)
             if fault is None:
-                # Not a storage fault (a bug, a damaged file): writing it again cannot help.
-                for w in batch:
-                    self._settle(w, exc)
-                return None
+                if len(batch) > 1:
+                    return [kept for w in batch for kept in self._commit(conn, [w])]
+                log.error("registry_write_refused", error=repr(exc)[:200])
+                self._settle(batch[0], exc)
+                return []
             if self._degraded is None:
                 log.error("registry_write_failed", error=str(fault), full=fault.full)
             self._degraded = fault
             for w in batch:
                 if w.new_job:
                     self._settle(w, fault)
-            return fault
+            return [w for w in batch if not w.new_job]
         if self._degraded is not None:
             log.info("registry_recovered")
         self._degraded = None
         for w in batch:
             self._settle(w, None)
-        return None
+        return []
 
     def _settle(self, w: _Write, error: BaseException | None) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(_settle, w.fut, error)
+        if w.fut is not None:
+            self._loop.call_soon_threadsafe(_settle, w.fut, error)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         def run() -> Any:
@@ -379,6 +409,10 @@ class SqliteRegistry(Registry):
         self._ops.put(None)
         await asyncio.to_thread(self._writer.join)
         self._writer = None
+
+
+def _touch_probe(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, julianday('now'))")
 
 
 def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:

@@ -145,12 +145,6 @@ def test_an_exception_in_exit_handling_fails_that_job_frees_its_slot_and_leaves_
     wait_group_gone(int(hit.external_id))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: _fail_internal ends the job through _finish, which reads the result again; "
-    "when that read fails again the job stays RUNNING forever (job_internal_error_unhandled)",
-)
 def test_a_job_whose_exit_handling_fails_every_time_still_ends_failed(
     conductor_factory: Factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -167,12 +161,6 @@ def test_a_job_whose_exit_handling_fails_every_time_still_ends_failed(
     assert_failed_by_the_conductor(c.get(hit.id))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: read_result bounds result.json in size but not in depth; json.loads raises "
-    "RecursionError, which it does not catch, and the job is left RUNNING with no process",
-)
 def test_a_result_nested_too_deeply_is_dropped_and_the_job_ends(conductor_factory: Factory) -> None:
     c = conductor_factory(max_running=1)
     # Within the 64 KiB bound, but 60000 arrays deep. The job itself exits 0.
@@ -279,12 +267,6 @@ def test_recovery_skips_a_damaged_row_fails_a_job_with_damaged_notes_and_reattac
     assert [(r["job_id"], r["level"]) for r in errors] == [(notes.id, "error")], errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a job failed for damaged runtime notes keeps running: the notes held its handle, "
-    "so _fail_internal has nothing to kill, though the Job's external_id names the group",
-)
 def test_a_job_failed_for_damaged_runtime_notes_leaves_no_process_running(
     conductor_factory: Factory, tmp_path: Path
 ) -> None:
@@ -298,12 +280,6 @@ def test_a_job_failed_for_damaged_runtime_notes_leaves_no_process_running(
     wait_until(lambda: not live_group_members(int(job.external_id)), 3, "the failed job's processes to end")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=grpc.RpcError,
-    reason="bug: the next sequence number is taken from the rows that could be read, so a skipped "
-    "damaged row with the highest seq makes the next SubmitJob fail INTERNAL (UNIQUE seq)",
-)
 def test_a_submission_after_a_damaged_row_was_skipped_is_accepted(
     conductor_factory: Factory, tmp_path: Path
 ) -> None:
@@ -350,12 +326,6 @@ def registry_state(home: Path, job_id: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=grpc.RpcError,
-    reason="bug: a SubmitJob cancelled while its write waits cancels the registry future; the row "
-    "is written anyway but never queued nor shown, and every retry with its request_id is INTERNAL",
-)
 def test_a_submission_whose_call_gave_up_during_a_slow_write_runs_once_when_sent_again(
     conductor: InProcessConductor,
 ) -> None:
@@ -370,12 +340,6 @@ def test_a_submission_whose_call_gave_up_during_a_slow_write_runs_once_when_sent
     assert [j.id for j in listed] == [job.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a PauseJob cancelled while its write waits leaves PAUSING in the registry, RUNNING "
-    "in GetJob, and the pause never carried out: no signal is sent and no kill is armed",
-)
 def test_a_pause_whose_call_gave_up_during_a_slow_write_leaves_one_consistent_state(
     conductor: InProcessConductor,
 ) -> None:

@@ -376,12 +376,6 @@ def test_a_submission_refused_for_storage_leaves_no_status_file_and_no_job_after
             kill_job_groups(home / "status")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a refused insert leaves the registry degraded until some other write succeeds "
-    "(conductor/registry.py SqliteRegistry._commit / _write_loop); with no job running nothing "
-    "writes, so every submission is refused until a restart",
-)
 def test_once_space_is_freed_an_idle_conductor_takes_new_jobs_again_without_a_restart(
     tmp_path: Path,
 ) -> None:
@@ -404,12 +398,6 @@ def test_once_space_is_freed_an_idle_conductor_takes_new_jobs_again_without_a_re
             c.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: after a refused submission the newest revision has no event, and "
-    "conductor/feeds.py Feeds.watch then loops without awaiting once its heartbeat is due: "
-    "the event loop spins and the conductor stops answering",
-)
 def test_a_watch_open_across_a_refused_submission_keeps_the_conductor_answering(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "fs", size="8m", inodes=1000) as fs:
         # A subprocess, so a conductor that stops answering can still be killed;

@@ -168,13 +168,6 @@ def storm(address: str, request_ids: list[str], copies: int) -> list[tuple[str, 
     return asyncio.run(run())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Lifecycle._submitted (conductor/lifecycle.py) reads the book as soon as the first "
-    "submit's insert future is done, before its _written callback has put the job there, and makes "
-    "a second job under the same request_id; its UNIQUE failure then fails the whole group commit "
-    "(conductor/registry.py SqliteRegistry._commit) and every other write in it",
-)
 def test_retries_of_one_request_id_in_flight_together_all_get_its_one_job(tmp_path: Path) -> None:
     home = tmp_path / "home"
     c = InProcessConductor(home, max_running=8).start()
@@ -199,13 +192,6 @@ def test_retries_of_one_request_id_in_flight_together_all_get_its_one_job(tmp_pa
         kill_job_groups(home / "status")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Lifecycle.submit (conductor/lifecycle.py) awaits the registry insert unshielded and "
-    "rolls back only on Exception: a caller that gives up cancels the handler, the registry still "
-    "writes the job, and it is neither queued nor in the book; a retry with the request_id then "
-    "collides with it (INTERNAL) until a restart, which runs it",
-)
 def test_a_submit_whose_caller_gave_up_on_a_slow_registry_is_the_job_its_retry_gets(tmp_path: Path) -> None:
     home = tmp_path / "home"
     ran = tmp_path / "ran"
@@ -244,13 +230,6 @@ def test_a_submit_whose_caller_gave_up_on_a_slow_registry_is_the_job_its_retry_g
         kill_job_groups(home / "status")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Lifecycle._cancel_locked (conductor/lifecycle.py) awaits the CANCELLING write "
-    "unshielded: a caller that gives up cancels the registry future, so _written never puts the "
-    "durable change in the book and SIGTERM is never sent, while the working copy says CANCELLING "
-    "and a retried cancel returns early; the job runs on",
-)
 def test_a_cancel_whose_caller_gave_up_on_a_slow_registry_still_cancels_the_job(tmp_path: Path) -> None:
     home = tmp_path / "home"
     ran = tmp_path / "ran"
@@ -349,12 +328,6 @@ def test_each_change_of_state_logs_exactly_one_job_transition_line(tmp_path: Pat
         kill_job_groups(home / "status")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Lifecycle._spawn_task (conductor/lifecycle.py) starts job tasks with the context of "
-    "the request that spawned them, so the request's structlog context (method=SubmitJob) labels "
-    "changes no request caused: a job's exit, a CancelJob finishing",
-)
 def test_a_job_transition_no_request_caused_names_no_request(tmp_path: Path) -> None:
     home = tmp_path / "home"
     ran = tmp_path / "ran"

@@ -129,6 +129,9 @@ class Executor(abc.ABC):
         """The launch's processes now: count, CPU, memory, whether they run."""
         raise Unsupported(f"the {self.name} executor cannot report process health")
 
+    async def kill_all(self, job_id: str) -> None:
+        """End whatever still runs of any launch of the job (its launch record was lost)."""
+
     async def forget(self, job_id: str) -> None:
         """Drop what the executor keeps for an ended job (called on delete)."""
 

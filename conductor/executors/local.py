@@ -281,6 +281,22 @@ class LocalExecutor(Executor):
     async def health(self, handle: Handle) -> ProcessHealth:
         return await asyncio.to_thread(procfs.group_health, int(handle.data["pid"]))
 
+    async def kill_all(self, job_id: str) -> None:
+        await asyncio.to_thread(self._kill_all, job_id)
+
+    def _kill_all(self, job_id: str) -> None:
+        # Each launch left the job's pid; the job itself carries BATON_JOB_ID,
+        # which no other process of the machine has with this value.
+        mark = f"BATON_JOB_ID={job_id}".encode()
+        for pid_file in (self._root / job_id).glob("*/job.pid"):
+            try:
+                pid = int(pid_file.read_text())
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if mark in f.read().split(b"\0"):
+                        os.killpg(pid, _signal.SIGKILL)
+            except (OSError, ValueError):
+                continue
+
     async def forget(self, job_id: str) -> None:
         target = self._root / job_id
         await asyncio.to_thread(shutil.rmtree, target, True)
