@@ -21,7 +21,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common.errors import BatonError, grpc_status, invalid_field
+from common.errors import BatonError, Internal, grpc_status, invalid_field
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +44,8 @@ def translate_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                     yield item
             except BatonError as err:
                 await _abort(context, err)
+            except Exception as exc:
+                await _abort(context, _internal(exc))
 
         return stream
 
@@ -53,8 +55,16 @@ def translate_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return await fn(self, request, context)
         except BatonError as err:
             await _abort(context, err)
+        except Exception as exc:
+            await _abort(context, _internal(exc))
 
     return unary
+
+
+def _internal(exc: Exception) -> Internal:
+    """A failure no rule foresaw: logged whole here, answered INTERNAL without its text."""
+    log.error("rpc_failed", error=repr(exc)[:200], exc_info=exc)
+    return Internal("internal error in the service; its log says more")
 
 
 def required(field: str, value: str) -> str:
