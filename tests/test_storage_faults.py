@@ -428,3 +428,28 @@ def test_a_watch_open_across_a_refused_submission_keeps_the_conductor_answering(
             if watch is not None:
                 watch.close()
             kill_job_groups(fs / "status")
+
+
+def test_a_retry_with_no_room_to_start_waits_queued_then_runs_once_space_is_back(tmp_path: Path) -> None:
+    """RUNNING -> QUEUED: the one change of state that only a full filesystem makes."""
+    ran, gate = tmp_path / "ran", tmp_path / "gate"
+    fail_once = (
+        f'echo "$BATON_ATTEMPT" >> {shlex.quote(str(ran))}; [ "$BATON_ATTEMPT" = 2 ] && exit 0; '
+        f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.02; done; exit 3"
+    )
+    with small_tmpfs(tmp_path / "fs", size="16m", inodes=1000) as fs:
+        c = InProcessConductor(fs / "home", status_dir=tmp_path / "status").start()
+        try:
+            job = c.submit(spec_yaml(name="retry-full", command=fail_once, retries=1))
+            c.wait_for(job.id, lambda j: ran.exists())
+            exhaust_inodes(fs / "inodes")
+            gate.touch()  # attempt 1 fails; attempt 2 finds no inode for its launch
+            waiting = c.wait_for(job.id, lambda j: j.state == job_pb2.JOB_STATE_QUEUED, timeout=20)
+            assert "waiting for storage" in waiting.reason and waiting.attempt == 2, waiting
+            shutil.rmtree(fs / "inodes")
+            done = c.wait_ended(job.id, timeout=30)
+            assert done.state == job_pb2.JOB_STATE_SUCCEEDED and done.attempt == 2, done
+            assert ran.read_text().split() == ["1", "2"], "each attempt ran once"
+        finally:
+            c.stop()
+            kill_job_groups(tmp_path / "status")

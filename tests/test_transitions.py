@@ -49,12 +49,11 @@ S = job_pb2
 ALL_STATES = [v.number for v in S.JobState.DESCRIPTOR.values]
 ENDS = (SUCCEEDED, FAILED, CANCELLED)
 # The one entry the walk leaves out: a launch put off for want of storage waits
-# QUEUED (RUNNING -> QUEUED). It needs a full filesystem; the storage tests,
-# which have one, cover it.
+# QUEUED (RUNNING -> QUEUED). It needs a full filesystem; test_storage_faults
+# (a retry with no room to start) has one and walks it.
 NOT_WALKED: set[Change] = {(RUNNING, QUEUED)}
-# Jobs are signalled only once they say "ready": a signal sent in the first
-# moments of a launch may find in the group only its leader, a shell that traps
-# it, before the job's own program has started; the job never gets it.
+# Jobs are signalled once they say "ready", so a pause or cancel finds the
+# job's own program (not a shell still starting it) and the walk stays exact.
 SLEEPER = "echo ready; sleep 60"
 # A job that ignores SIGTERM (a pause signal or a cancel).
 DEAF = "trap '' TERM; echo ready; sleep 60"

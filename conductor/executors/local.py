@@ -102,6 +102,10 @@ class LocalExecutor(Executor):
         lines.append(f"baton_workdir={_quote(spec.workdir)}")
         lines.append(f"baton_command={_quote(spec.command)}")
         (launch_dir / "env").write_text("\n".join(lines) + "\n")
+        # The exit records are made now, empty: a disk that runs out of inodes
+        # later still takes the few bytes of a status into them.
+        for record in ("job.exit", "exit.tmp"):
+            (launch_dir / record).touch()
         read_end, write_end = os.pipe()
         try:
             shim_pid = os.posix_spawn(
@@ -195,14 +199,14 @@ class LocalExecutor(Executor):
 
     def _read_exit(self, launch_dir: Path) -> ExitStatus:
         # The supervisor's record is final; without it, the leader's own record.
-        # The leader's record is written the moment the job ends; the supervisor's
-        # after the rest of the group is gone: the first says when it ended.
-        when = _mtime(launch_dir / "job.exit") or _mtime(launch_dir / "exit")
+        # The recorder's record is written the moment the job ends; the
+        # supervisor's after the rest of the group is gone: the first says when.
+        codes = {name: _record(launch_dir / name) for name in ("exit", "job.exit")}
         for name in ("exit", "job.exit"):
-            try:
-                return _decode(int((launch_dir / name).read_text().strip()), when)
-            except (OSError, ValueError):
-                continue
+            code = codes[name]
+            if code is not None:
+                when = _mtime(launch_dir / ("job.exit" if codes["job.exit"] is not None else name))
+                return _decode(code, when)
         return ExitStatus(None, detail="its supervisor and its exit recorder were lost: exit status unknown")
 
     async def wait(self, handle: Handle) -> ExitStatus:
@@ -214,10 +218,18 @@ class LocalExecutor(Executor):
         if pidfd is not None:
             await _until_readable(loop, pidfd)
         # Reap it when it is our child; after a restart it is not, and init reaps it.
+        own: int | None = None
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+            reaped, raw = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+            own = os.waitstatus_to_exitcode(raw) if reaped == pid else None
+        status = await asyncio.to_thread(self._read_exit, launch_dir)
+        if status.exit_code is not None:
+            return status
+        if own is not None and own >= 0 and not await asyncio.to_thread(self._leader_alive, handle):
+            # It ended as it should but found no room to write: its exit status says it.
+            return _decode(own, time.time()) if own != 255 else status
         if await asyncio.to_thread(_has_exit, launch_dir):
-            return await asyncio.to_thread(self._read_exit, launch_dir)
+            return status
         return await self._adopt(handle)
 
     async def _adopt(self, handle: Handle) -> ExitStatus:
@@ -382,6 +394,14 @@ def _identities(shim_pid: int, recorder: int, job_pid: int) -> dict[str, int | N
         "pid": job_pid,
         "job_start": job.start_ticks if job is not None and job.ppid == recorder else None,
     }
+
+
+def _record(path: Path) -> int | None:
+    """The exit status in a record, or None when it holds none (yet)."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _mtime(path: Path) -> float | None:

@@ -52,9 +52,9 @@ group_alive() {
 wait "$recorder"
 code=$?
 job=$(cat "$dir/job.pid" 2>/dev/null)
-if [ -n "$job" ] && [ ! -s "$dir/job.exit" ]; then
-    # The recorder was lost (kill -9, the OOM killer) while the job ran on:
-    # watch the job to its end; how it ended cannot be known any more.
+if [ -n "$job" ] && [ ! -s "$dir/job.exit" ] && kill -0 "$job" 2>/dev/null; then
+    # The recorder ended before the job it waits for: it was lost (kill -9,
+    # the OOM killer). Watch the job to its end; how it ended is not known.
     while group_alive; do
         sleep 0.5
     done
@@ -74,6 +74,11 @@ elif [ -n "$job" ]; then
     # The job is over: nothing of it may outlive it.
     kill -KILL "-$job" 2>/dev/null
 fi
+# Into files made at launch, so a disk out of inodes cannot keep the status
+# out; a rename keeps a half-written status from ever being read as final.
 echo "$code" >"$dir/exit.tmp"
-# A rename keeps a half-written status from ever being read as final.
 mv -f "$dir/exit.tmp" "$dir/exit"
+# And in our own exit status, for a conductor that is still our parent (when
+# the disk has no room even for those few bytes).
+[ "$code" = unknown ] && exit 255
+exit "$code"
