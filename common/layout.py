@@ -241,7 +241,7 @@ class Layout:
 
 
 def make_run_checkpoint_dir(
-    layout: Layout, project: str, group: str, name: str, run_id: str, *, job_id: str
+    layout: Layout, project: str, group: str, name: str, run_id: str, *, job_id: str, sync: bool = True
 ) -> Path:
     """Make a run's checkpoint directory with its marker in it, and return its path (the conductor's).
 
@@ -250,6 +250,9 @@ def make_run_checkpoint_dir(
     without its marker (it would take it for a plain checkpoint). Calling it
     again for the same run keeps what is there and adds the marker if it is
     missing. Raises ValueError for a bad name, OSError when the disk refuses.
+    With ``sync`` false nothing is flushed to disk: readers still never see
+    the directory unmarked, but a machine that loses power may lose the
+    marker, which the next launch of the run writes again.
     """
     path = layout.run_checkpoint_dir(project, group, name, run_id)
     if is_run_checkpoint_dir(path):
@@ -259,27 +262,29 @@ def make_run_checkpoint_dir(
     staging = path.parent / f".{run_id}.{secrets.token_hex(4)}.tmp"
     staging.mkdir()
     try:
-        _write_synced(staging / RUN_MARKER, marker)
+        _write_synced(staging / RUN_MARKER, marker, sync=sync)
         try:
             # Replaces an empty directory of that name; refuses a non-empty one.
             os.rename(staging, path)
         except OSError:
             if not _is_real_dir(path):
                 raise
-            _write_synced(path / RUN_MARKER, marker, atomic=True)
+            _write_synced(path / RUN_MARKER, marker, atomic=True, sync=sync)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    _sync_dir(path.parent)
+    if sync:
+        _sync_dir(path.parent)
     return path
 
 
-def _write_synced(path: Path, data: bytes, *, atomic: bool = False) -> None:
+def _write_synced(path: Path, data: bytes, *, atomic: bool = False, sync: bool = True) -> None:
     target = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp") if atomic else path
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     if atomic:

@@ -840,6 +840,18 @@ class Lifecycle:
         else:
             await self._launch(job_id, step=job.step, attempt=job.attempt, resume=True)
 
+    def _prepare_run(self, job: job_pb2.Job) -> int:
+        """Make the run's checkpoint directory (there before the job shows RUNNING,
+        marked as this run's) and return its log's size (blocking).
+
+        Not flushed: the registry, not the marker, is what says whose it is, and
+        every launch writes a lost marker again.
+        """
+        make_run_checkpoint_dir(
+            self.layout, job.project, job.group, job.name, job.id, job_id=job.id, sync=False
+        )
+        return log_size(job.run_dir)
+
     def _resume_point(self, job: job_pb2.Job, first: bool, resume: bool, attempt: int) -> str:
         """BATON_RESUME_FROM for a launch (blocking: it looks at the checkpoints).
 
@@ -868,12 +880,8 @@ class Lifecycle:
         model_steps = list(job.spec.steps) or [job_pb2.Step(name="main", command=job.spec.command)]
         current = model_steps[step - 1]
         first = not job.HasField("start_time")
-        size = await asyncio.to_thread(log_size, job.run_dir)
         try:
-            # There before the job shows RUNNING, marked as this run's.
-            await asyncio.to_thread(
-                make_run_checkpoint_dir, self.layout, job.project, job.group, job.name, job_id, job_id=job_id
-            )
+            size = await asyncio.to_thread(self._prepare_run, job)
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 await self._defer_launch(job_id, (step, attempt, resume), exc.strerror or "no space left")
@@ -885,7 +893,13 @@ class Lifecycle:
         # either sees it active or has finished before the checkpoint is chosen.
         async with self.name_lock((job.project, job.group, job.name)):
             try:
-                resume_from = await asyncio.to_thread(self._resume_point, job, first, resume, attempt)
+                plain_start = first and not job.resume_from_suffix
+                # A first launch with nothing to resume from needs no look at the disk.
+                resume_from = (
+                    ""
+                    if plain_start
+                    else await asyncio.to_thread(self._resume_point, job, first, resume, attempt)
+                )
             except _GivenCheckpointGone as gone:
                 why = f"could not start: the checkpoint it was to start from ({gone}) is gone"
                 await self._finish(job_id, S.JOB_STATE_FAILED, None, why)
