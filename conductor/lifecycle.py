@@ -1052,18 +1052,7 @@ class Lifecycle:
                 await self._launch(job_id, step=job.step + 1, attempt=1, resume=False)
             else:
                 await self._finish(job_id, S.JOB_STATE_SUCCEEDED, status, "", S.STEP_STATE_SUCCEEDED, size)
-        elif status.exit_code is None:
-            # It may well have done its work: running it again could do it twice.
-            what = f"step {job.step_name!r} " if job.step_count > 1 else ""
-            await self._finish(
-                job_id,
-                S.JOB_STATE_FAILED,
-                status,
-                f"{what}ended, but how is unknown ({describe_exit(status)}); not retried",
-                S.STEP_STATE_FAILED,
-                size,
-            )
-        elif job.attempt <= job.spec.retries:
+        elif job.attempt <= job.spec.retries and status.exit_code is not None:
             delay = retry_backoff(job.attempt)
             run.retry_at = time.time() + delay
             what = (
@@ -1084,14 +1073,14 @@ class Lifecycle:
             self._arm_retry(job_id, delay)
         else:
             what = f"step {job.step_name!r} " if job.step_count > 1 else ""
-            await self._finish(
-                job_id,
-                S.JOB_STATE_FAILED,
-                status,
-                f"{what}failed: {describe_exit(status)}",
-                S.STEP_STATE_FAILED,
-                size,
+            # An end of unknown outcome may well have done its work: not retried,
+            # as running it again could do it twice.
+            how = (
+                f"failed: {describe_exit(status)}"
+                if status.exit_code is not None
+                else f"ended, but how is unknown ({describe_exit(status)}); not retried"
             )
+            await self._finish(job_id, S.JOB_STATE_FAILED, status, what + how, S.STEP_STATE_FAILED, size)
 
     async def _finish(
         self,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.harness import InProcessConductor, kill_job_groups
+from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups
 from tests.viewer_harness import InProcessViewer
 
 # In-process services log to the real stderr (pytest still shows it on a
@@ -36,6 +36,27 @@ def conductor_factory(tmp_path: Path) -> Iterator[object]:
 def conductor(conductor_factory: object) -> InProcessConductor:
     """A conductor on a free loopback port with its own home under tmp_path."""
     return conductor_factory()  # type: ignore[operator]
+
+
+@pytest.fixture
+def start_conductor(request: pytest.FixtureRequest) -> Iterator[Callable[[Path], SubprocessConductor]]:
+    """Start `baton conductor` processes on a home, with the module's CONDUCTOR_ARGS flags.
+
+    Every one started is stopped after the test, and the jobs of its home killed.
+    """
+    args: tuple[str, ...] = getattr(request.module, "CONDUCTOR_ARGS", ())
+    started: list[SubprocessConductor] = []
+
+    def start(home: Path) -> SubprocessConductor:
+        c = SubprocessConductor(home, *args)
+        started.append(c)
+        return c.start()
+
+    yield start
+    for c in started:
+        c.stop()
+    for home in {c.home for c in started}:
+        kill_job_groups(home / "status")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import shlex
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,12 @@ from baton.v1 import job_pb2
 from conductor import lifecycle
 from conductor.executors.base import Handle
 from tests.checks import live_group_members, wait_group_gone
-from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups
+from tests.harness import InProcessConductor, SubprocessConductor
 from tests.procs import PY, log_text, spec_yaml, wait_until
 
 Factory = Callable[..., InProcessConductor]
 Start = Callable[[Path], SubprocessConductor]
+CONDUCTOR_ARGS = ("--max-running", "5")
 S = job_pb2
 CONDUCTOR_FAILED = "failed in the conductor: "
 
@@ -207,23 +208,6 @@ def test_an_exception_in_a_timer_fails_that_job_and_kills_its_process_group(
 
 
 # ---------------------------------------------------------------------- recovery
-
-
-@pytest.fixture
-def start_conductor() -> Iterator[Start]:
-    """Start `baton conductor` on a home; every one started is stopped, and its jobs killed."""
-    started: list[SubprocessConductor] = []
-
-    def start(home: Path) -> SubprocessConductor:
-        c = SubprocessConductor(home, "--max-running", "5")
-        started.append(c)
-        return c.start()
-
-    yield start
-    for c in started:
-        c.stop()
-    for home in {c.home for c in started}:
-        kill_job_groups(home / "status")
 
 
 def test_recovery_skips_a_damaged_row_fails_a_job_with_damaged_notes_and_reattaches_the_rest(

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from tests.harness import SubprocessConductor, kill_job_groups
+from tests.harness import SubprocessConductor
 from tests.procs import (
     TICKER,
     group_members,
@@ -29,25 +27,10 @@ from tests.procs import (
 
 Start = Callable[[Path], SubprocessConductor]
 ARGS = ("--max-running", "20")
+# The flags every `baton conductor` of this module starts with (conftest: start_conductor).
+CONDUCTOR_ARGS = ARGS
 # The exit codes of the five jobs that end while the conductor is down.
 DOWN_CODES = (0, 3, 4, 5, 7)
-
-
-@pytest.fixture
-def start_conductor() -> Iterator[Start]:
-    """Start `baton conductor` on a home; every one started is stopped, and its jobs killed."""
-    started: list[SubprocessConductor] = []
-
-    def start(home: Path) -> SubprocessConductor:
-        c = SubprocessConductor(home, *ARGS)
-        started.append(c)
-        return c.start()
-
-    yield start
-    for c in started:
-        c.stop()
-    for home in {c.home for c in started}:
-        kill_job_groups(home / "status")
 
 
 def ticker(ran: Path, *, stop: Path | None = None, ticks: int = 0, code: int = 0) -> str:

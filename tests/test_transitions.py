@@ -37,11 +37,12 @@ from conductor.transitions import (
     RUNNING,
     SUCCEEDED,
 )
-from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups
+from tests.harness import InProcessConductor, SubprocessConductor
 from tests.procs import log_text, spec_yaml, wait_until
 
 Factory = Callable[..., InProcessConductor]
 Start = Callable[[Path], SubprocessConductor]
+CONDUCTOR_ARGS = ("--max-running", "2")
 Client = InProcessConductor | SubprocessConductor
 Change = tuple[int, int]
 
@@ -326,23 +327,6 @@ def damaged_at_a_restart(start: Start, home: Path, recorder: Recorder) -> None:
         failed = expect(c.wait_ended(job_id, timeout=15), FAILED)
         assert "runtime notes are damaged" in failed.reason, failed.reason
     recorder.wait_revision(max(j.revision for j in c.stub.ListJobs(pb.ListJobsRequest(), timeout=30).jobs))
-
-
-@pytest.fixture
-def start_conductor() -> Iterator[Start]:
-    """Start `baton conductor` on a home; every one started is stopped, and its jobs killed."""
-    started: list[SubprocessConductor] = []
-
-    def start(home: Path) -> SubprocessConductor:
-        c = SubprocessConductor(home, "--max-running", "2")
-        started.append(c)
-        return c.start()
-
-    yield start
-    for c in started:
-        c.stop()
-    for home in {c.home for c in started}:
-        kill_job_groups(home / "status")
 
 
 def test_real_jobs_walk_every_entry_of_the_table_and_nothing_else(
