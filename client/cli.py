@@ -25,6 +25,16 @@ from typing import Any
 from client import commands, exitcodes, serve
 from client.errors import BatonError
 from client.output import Output
+from common.durations import parse_duration
+
+
+def duration(text: str) -> float:
+    """An argparse type: a duration (5s, 1m30s, 7d); a bare number is seconds."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 # Flags every client verb takes, before or after the verb: (flag, default, kwargs).
 _CLIENT_FLAGS: list[tuple[str, Any, dict[str, Any]]] = [
@@ -43,7 +53,7 @@ _CLIENT_FLAGS: list[tuple[str, Any, dict[str, Any]]] = [
         None,
         {"metavar": "NAME", "help": "name expected in the server's certificate ($BATON_TLS_SERVER_NAME)"},
     ),
-    ("--timeout", 10.0, {"type": float, "metavar": "S", "help": "deadline of each call (default 10 s)"}),
+    ("--timeout", 10.0, {"type": duration, "metavar": "AGE", "help": "deadline of each call (default 10s)"}),
     ("--json", False, {"action": "store_true", "help": "machine-readable output"}),
 ]
 
@@ -149,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("cancel", "cancel a job: SIGTERM, then SIGKILL after the grace", commands.cancel)
     p.add_argument("job", metavar="JOB")
-    p.add_argument("--grace", type=float, metavar="S", help="seconds before SIGKILL (default 10)")
+    p.add_argument("--grace", type=duration, metavar="AGE", help="time before SIGKILL: 5s, 1m (default 10s)")
     p.add_argument("--reason", help="recorded in the job's reason")
     p.add_argument("--no-wait", dest="wait", action="store_false", help="do not wait for the end")
 
@@ -180,13 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("steps", "a job's steps, or one step with its own last lines", commands.steps)
     p.add_argument("job", metavar="JOB")
-    p.add_argument("step", nargs="?", type=int, metavar="STEP", help="1-based step to show")
+    p.add_argument("step", nargs="?", metavar="STEP", help="the step to show: its 1-based number or its name")
     p.add_argument("--tail", type=int, default=20, metavar="N", help="lines of that step (default 20)")
 
     p = verb("clear", "delete ended jobs in bulk", commands.clear)
     _filter_flags(p)
     p.add_argument("--state", action="append", metavar="STATE", help="succeeded, failed, cancelled")
-    p.add_argument("--older-than", metavar="AGE", help="ended at least this long ago (7d, 12h)")
+    p.add_argument(
+        "--older-than", type=duration, metavar="AGE", help="ended at least this long ago (7d, 12h)"
+    )
     p.add_argument("--all", action="store_true", help="every ended job (needed when no filter is given)")
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
 

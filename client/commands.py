@@ -37,7 +37,6 @@ from client.output import (
 )
 from client.specfile import read_spec
 from client.sync import BlockingLogStream, BlockingStream, ConductorClient, ViewerClient
-from common.durations import parse_duration
 
 PAUSED_OR_ENDED = TERMINAL_STATES | {job_pb2.JOB_STATE_PAUSED}
 
@@ -63,11 +62,14 @@ def viewer(args: argparse.Namespace) -> ViewerClient:
 
 def _states(names: list[str] | None) -> list[str]:
     """JOB_STATE_ names from what a person types ("running", "failed,cancelled")."""
+    known = [v.name for v in job_pb2.JobState.DESCRIPTOR.values if v.number]
     states = []
     for name in names or ():
         for part in name.split(","):
             key = "JOB_STATE_" + part.strip().upper().removeprefix("JOB_STATE_")
-            job_pb2.JobState.Value(key)  # ValueError for a state that does not exist
+            if key not in known:
+                choices = ", ".join(k.removeprefix("JOB_STATE_").lower() for k in known)
+                raise ValueError(f"--state {part.strip()[:40]!r} is not a state; choose from {choices}")
             states.append(key)
     return states
 
@@ -136,7 +138,12 @@ def submit(args: argparse.Namespace, out: Output) -> int:
         else:
             out.note(job_line(job, "submitted"))
         stream = client.stream_logs(job.id, follow=True)
-        end = follow(out, stream, f"waiting for {job.name} to start…")
+        try:
+            end = follow(out, stream, f"waiting for {job.name} to start…")
+        except KeyboardInterrupt:
+            # Following is only watching: the job is the conductor's and goes on.
+            out.note(f"stopped following; job {job.id} goes on (baton logs {job.id} -f to follow again)")
+            return exitcodes.INTERRUPTED
         return _outcome(out, client, job.id, end)
 
 
@@ -236,7 +243,7 @@ def watch(args: argparse.Namespace, out: Output) -> int:
                 if seen == args.count:
                     break
         except KeyboardInterrupt:
-            pass  # the way to stop watching
+            return exitcodes.INTERRUPTED  # the way to stop watching, as the exit-code table says
         finally:
             if live is not None:
                 watching = False
@@ -345,6 +352,16 @@ def health(args: argparse.Namespace, out: Output) -> int:
     return exitcodes.OK
 
 
+def _step_number(client: ConductorClient, job_id: str, step: str) -> int:
+    """A step given by its 1-based number or by its name."""
+    if step.isdigit():
+        return int(step)
+    names = [s.name for s in client.get_job(job_id).steps]
+    if step not in names:
+        raise ValueError(f"job {job_id} has no step {step[:40]!r}; its steps: {', '.join(names)}")
+    return names.index(step) + 1
+
+
 def steps(args: argparse.Namespace, out: Output) -> int:
     """All steps of a job, or one step with the last lines of its own output."""
     with conductor(args) as client:
@@ -355,7 +372,9 @@ def steps(args: argparse.Namespace, out: Output) -> int:
             else:
                 out.show(steps_table(job))
             return exitcodes.OK
-        response = client.get_job_step(args.job, args.step, tail_lines=args.tail)
+        response = client.get_job_step(
+            args.job, _step_number(client, args.job, args.step), tail_lines=args.tail
+        )
     if out.json:
         out.document(response)
     else:
@@ -393,7 +412,7 @@ def checkpoints_rm(args: argparse.Namespace, out: Output) -> int:
 
 def clear(args: argparse.Namespace, out: Output) -> int:
     """Delete ended jobs in bulk (or, with --dry-run, list what would go)."""
-    older = parse_duration(args.older_than) if args.older_than else None
+    older = args.older_than
     with conductor(args) as client:
         try:
             response = client.clear_jobs(

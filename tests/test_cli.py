@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from client import ConductorClient, exitcodes
 from client.cli import main
@@ -381,3 +382,75 @@ def test_up_serves_both_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_duration_flags_take_durations_and_refuse_nonsense(
+    baton: Baton, services: Stack, tmp_path: Path
+) -> None:
+    """`--grace 5s`, `--older-than 7d`, `--timeout 2s`: durations; a bare number is seconds."""
+    path = write_spec(tmp_path / "g.yaml", "graceful", "echo up; exec sleep 60")
+    job_id = baton.json("submit", str(path))["id"]
+    services.conductor.wait_for(job_id, "running")
+    code, out, err = baton("--timeout", "5s", "cancel", job_id, "--grace", "2s")
+    assert code == exitcodes.CANCELLED or code == exitcodes.OK, (code, out, err)
+    assert services.conductor.wait_ended(job_id).state == 8  # CANCELLED
+    code, _, _ = baton("clear", "--older-than", "7d", "--dry-run")
+    assert code == exitcodes.OK
+    for argv in (
+        ["cancel", job_id, "--grace", "soon"],
+        ["clear", "--older-than", "a week"],
+        ["--timeout", "x", "ls"],
+    ):
+        with pytest.raises(SystemExit) as usage:
+            main([*argv])
+        assert usage.value.code == exitcodes.USAGE
+        assert "is not a duration such as 90s" in baton.capsys.readouterr().err
+
+
+def test_a_misspelt_state_names_the_states_there_are(baton: Baton) -> None:
+    code, _, err = baton("ls", "--state", "runing")
+    assert code == exitcodes.USAGE
+    assert "'runing' is not a state" in err
+    assert "queued, running, pausing, paused" in err and "JOB_STATE" not in err
+
+
+def test_steps_takes_a_step_by_name_as_well_as_by_number(baton: Baton, services: Stack) -> None:
+    steps = [{"name": "fetch", "command": "echo fetched"}, {"name": "train", "command": "echo trained"}]
+    with ConductorClient(services.address) as client:
+        job_id = client.submit_job(yaml.safe_dump({"name": "named-steps", "steps": steps})).id
+    services.conductor.wait_ended(job_id)
+    by_name = baton.json("steps", job_id, "train")
+    assert by_name["step"]["name"] == "train" and by_name == baton.json("steps", job_id, "2")
+    code, _, err = baton("steps", job_id, "evaluate")
+    assert code == exitcodes.USAGE and "fetch, train" in err
+
+
+def test_ctrl_c_stops_watch_with_130_and_submit_follow_says_the_job_goes_on(
+    services: Stack, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    env |= {"BATON_CONDUCTOR": services.address, "BATON_VIEWER": services.viewer_address}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "watch", "--json"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert watch.stdout is not None
+    watch.stdout.readline()  # watching
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(20) == exitcodes.INTERRUPTED == 130
+
+    sleeper = write_spec(tmp_path / "s.yaml", "followed", "echo started; exec sleep 60")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "submit", str(sleeper), "--follow"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert follow.stdout is not None
+    assert follow.stdout.readline() == "started\n"
+    follow.send_signal(signal.SIGINT)
+    _, err = follow.communicate(timeout=20)
+    assert follow.returncode == exitcodes.INTERRUPTED
+    job_id = err.split("job ")[-1].split()[0]
+    assert "goes on" in err
+    with ConductorClient(services.address) as client:
+        assert client.get_job(job_id).state == 2  # still RUNNING: following was only watching
+        client.cancel_job(job_id, grace=1)
