@@ -171,6 +171,8 @@ def get(args: argparse.Namespace, out: Output) -> int:
         out.document(job)
     else:
         out.show(job_details(job))
+        if len(job.steps) > 1:
+            out.show(steps_table(job))
     return exitcodes.OK
 
 
@@ -198,7 +200,7 @@ def ls(args: argparse.Namespace, out: Output) -> int:
         jobs = client.iter_jobs(
             **_filters(args), states=_states(args.state), page_size=_page_size(args.limit)
         )
-        return _listing(out, "jobs", jobs, args.limit, jobs_table)
+        return _listing(out, "jobs", jobs, args.limit, lambda found: jobs_table(found, width=out.out.width))
 
 
 def watch(args: argparse.Namespace, out: Output) -> int:
@@ -216,7 +218,7 @@ def watch(args: argparse.Namespace, out: Output) -> int:
             )
             caption = f"{client.address} · revision {stream.revision} · {len(jobs)} job(s)"
             return Group(
-                jobs_table(reversed(newest[-args.rows :])),
+                jobs_table(reversed(newest[-args.rows :]), width=out.out.width),
                 Text(caption + (" · Ctrl-C to stop" if live else ""), style="dim"),
             )
 

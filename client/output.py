@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import signal
 import sys
 import time
@@ -42,6 +43,11 @@ STATE_STYLES: dict[int, str] = {
 # Width used when output is not a terminal (a pipe or a file): wide enough that
 # ids and paths are never folded.
 PIPE_WIDTH = 200
+# In the jobs table: the widest reason shown, and the narrowest path and reason
+# worth a column at all.
+REASON_WIDTH = 60
+MIN_JOB_WIDTH = 8
+MIN_REASON_WIDTH = 6
 
 
 def state_name(state: int) -> str:
@@ -109,23 +115,37 @@ def step_text(job: job_pb2.Job) -> str:
     return " ".join(parts)
 
 
-def jobs_table(jobs: Iterable[job_pb2.Job], title: str | None = None) -> Table:
-    """One row per job: id, name, coloured state, step, age, duration, exit, reason."""
+def jobs_table(jobs: Iterable[job_pb2.Job], title: str | None = None, width: int | None = None) -> Table:
+    """One row per job: id, name, coloured state, step, age, duration, exit, reason.
+
+    The id is what a person copies into the next command, so it is never
+    cut: within ``width`` the reason gives way first, then the job's path,
+    each shortened with an ellipsis.
+    """
+    now = time.time()
+    rows = [
+        (job.id, job_path(job), state_text(job.state), step_text(job),
+         format_time(job.create_time, now), job_duration(job, now), exit_text(job), job.reason)
+        for job in jobs
+    ]  # fmt: skip
+    headers = ("ID", "JOB", "STATE", "STEP", "CREATED", "DURATION", "EXIT", "REASON")
+    natural = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
+    job_width, reason_width = natural[1], min(natural[7], REASON_WIDTH)
+    if width is not None:
+        room = width - sum(natural[i] for i in (0, 2, 3, 4, 5, 6)) - 2 * (len(headers) - 1)
+        job_width = max(MIN_JOB_WIDTH, min(job_width, room - min(reason_width, MIN_REASON_WIDTH)))
+        reason_width = room - job_width
     table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
-    table.add_column("ID", no_wrap=True)
-    table.add_column("JOB", no_wrap=True)
-    table.add_column("STATE", no_wrap=True)
-    table.add_column("STEP", no_wrap=True)
-    table.add_column("CREATED", no_wrap=True)
+    table.add_column("ID", no_wrap=True, min_width=natural[0])
+    table.add_column("JOB", no_wrap=True, overflow="ellipsis", max_width=job_width)
+    for header in ("STATE", "STEP", "CREATED"):
+        table.add_column(header, no_wrap=True)
     table.add_column("DURATION", no_wrap=True, justify="right")
     table.add_column("EXIT", no_wrap=True, justify="right")
-    table.add_column("REASON", overflow="ellipsis", max_width=60)
-    now = time.time()
-    for job in jobs:
-        table.add_row(
-            job.id, job_path(job), state_text(job.state), step_text(job),
-            format_time(job.create_time, now), job_duration(job, now), exit_text(job), job.reason,
-        )  # fmt: skip
+    if reason_width >= MIN_REASON_WIDTH:
+        table.add_column("REASON", no_wrap=True, overflow="ellipsis", max_width=reason_width)
+    for row in rows:
+        table.add_row(*row[: len(table.columns)])
     return table
 
 
@@ -161,6 +181,7 @@ def job_details(job: job_pb2.Job) -> Table:
         ("run dir", job.run_dir),
         ("checkpoints", job.checkpoint_dir),
         ("last checkpoint", job.last_checkpoint),
+        ("result", result_text(job)),
         ("resumed from", job.resume_from),
         ("request id", job.request_id),
         ("revision", str(job.revision) if job.revision else ""),
@@ -169,6 +190,13 @@ def job_details(job: job_pb2.Job) -> Table:
         if value:
             grid.add_row(key, value)
     return grid
+
+
+def result_text(job: job_pb2.Job) -> str:
+    """What the job wrote to BATON_RESULT_FILE, as compact JSON ("" when nothing)."""
+    if not job.HasField("result"):
+        return ""
+    return json.dumps(json_format.MessageToDict(job.result), sort_keys=True, separators=(", ", ": "))
 
 
 def job_line(job: job_pb2.Job, verb: str = "") -> Text:
@@ -245,9 +273,9 @@ class Output:
 
     def __init__(self, as_json: bool) -> None:
         self.json = as_json
-        self.out = Console(
-            highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else PIPE_WIDTH
-        )
+        # A terminal's width, or the one COLUMNS says; a pipe gets room for whole lines.
+        sized = sys.stdout.isatty() or bool(os.environ.get("COLUMNS"))
+        self.out = Console(highlight=False, soft_wrap=False, width=None if sized else PIPE_WIDTH)
         self.err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else PIPE_WIDTH)
 
     def show(self, renderable: RenderableType) -> None:

@@ -454,3 +454,37 @@ def test_ctrl_c_stops_watch_with_130_and_submit_follow_says_the_job_goes_on(
     with ConductorClient(services.address) as client:
         assert client.get_job(job_id).state == 2  # still RUNNING: following was only watching
         client.cancel_job(job_id, grace=1)
+
+
+def test_ls_at_80_columns_never_cuts_a_job_id(services: Stack, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    env |= {"BATON_CONDUCTOR": services.address, "COLUMNS": "80"}
+    long_name = "a-rather-long-job-name-for-a-sweep-shard"
+    with ConductorClient(services.address) as client:
+        job = client.submit_job(
+            spec(long_name, "echo x; exit 3", project="a-long-project-name", group="experiments-2026")
+        )
+    services.conductor.wait_ended(job.id)
+    done = subprocess.run(
+        [sys.executable, "-m", "client.cli", "ls", "--project", "a-long-project-name"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    assert any(line.startswith(job.id + " ") for line in lines), lines
+    assert "FAILED" in done.stdout, "the state stays; the path and the reason give way"
+
+
+def test_get_shows_the_result_and_every_step(baton: Baton, services: Stack) -> None:
+    steps = [
+        {"name": "prepare", "command": "echo prepared"},
+        {"name": "fit", "command": 'echo \'{"loss": 0.25}\' > "$BATON_RESULT_FILE"'},
+    ]
+    with ConductorClient(services.address) as client:
+        job_id = client.submit_job(yaml.safe_dump({"name": "with-result", "steps": steps})).id
+    services.conductor.wait_ended(job_id)
+    code, out, _ = baton("get", job_id)
+    assert code == exitcodes.OK
+    assert '{"loss": 0.25}' in out
+    assert "prepare" in out and "fit" in out and out.count("SUCCEEDED") >= 3  # the job and both steps
