@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint protos bench demo clean
+.PHONY: test lint protos proto-baseline bench demo clean
 
 # Installing says nothing on stdout, so `make bench` prints only its JSON.
 $(STAMP): pyproject.toml
@@ -27,6 +27,11 @@ lint: $(STAMP)
 # Regenerates the committed Python code; tests/test_protos.py fails when it is stale.
 protos: $(STAMP)
 	$(BIN)/python -m tools.genprotos .
+
+# A deliberate release step: the protos as they are now become the baseline that
+# `buf breaking` (tests/test_buf.py) holds every later change to.
+proto-baseline: $(STAMP)
+	$(BIN)/python -m tools.bufcli baseline
 
 # One JSON document on stdout (progress on stderr); `make bench BENCH_ARGS=--quick`.
 bench: $(STAMP)

@@ -27,7 +27,9 @@ if _version_not_supported:
 
 
 class ConductorStub:
-    """Missing associated documentation comment in .proto file."""
+    """The conductor of one home: the only service that changes jobs. State-changing
+    RPCs return the job itself (AIP-216).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -108,44 +110,61 @@ class ConductorStub:
 
 
 class ConductorServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The conductor of one home: the only service that changes jobs. State-changing
+    RPCs return the job itself (AIP-216).
+    """
 
     def SubmitJob(self, request, context):
         """Validates a spec and queues a job. Answers once the job is durable.
+        INVALID_ARGUMENT (reason INVALID_ARGUMENT, a BadRequest naming every bad
+        field) for a wrong spec, `start_step`, `request_id` or `resume_from`;
+        ALREADY_EXISTS (REQUEST_ID_REUSED) for a reused `request_id`; NOT_FOUND
+        (CHECKPOINT_NOT_FOUND) or INVALID_ARGUMENT (CHECKPOINT_AMBIGUOUS) for
+        `resume_from`; INTERNAL (REGISTRY_FAILED) when the job could not be
+        recorded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One job, as the registry holds it. NOT_FOUND (JOB_NOT_FOUND).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Newest first.
+        """Newest first. INVALID_ARGUMENT for a negative `page_size` or a
+        `page_token` from another list or other filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PauseJob(self, request, context):
-        """RUNNING -> PAUSING -> PAUSED. FAILED_PRECONDITION in any other state.
+        """RUNNING -> PAUSING -> PAUSED. FAILED_PRECONDITION in any other state
+        (reason JOB_NOT_RUNNING, metadata `job_id` and `state`), or when the
+        job's executor cannot pause with the mode asked (PAUSE_MODE_UNSUPPORTED,
+        metadata `executor` and `mode`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeJob(self, request, context):
-        """PAUSED -> RUNNING. FAILED_PRECONDITION in any other state.
+        """PAUSED -> RUNNING (or QUEUED when no slot is free). FAILED_PRECONDITION in
+        any other state (reason JOB_NOT_PAUSED, metadata `job_id` and `state`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """SIGTERM to the job's process group, SIGKILL after the grace period.
+        """SIGTERM to the job's process group, SIGKILL after the grace period. A job
+        already CANCELLING is returned as it is. FAILED_PRECONDITION for an ended
+        job (reason JOB_ALREADY_ENDED, metadata `job_id` and `state`);
+        INVALID_ARGUMENT for a negative `grace_period`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +172,8 @@ class ConductorServicer:
 
     def DeleteJob(self, request, context):
         """Ended jobs only: removes the job and its run directory, keeps checkpoints.
+        FAILED_PRECONDITION for a job that has not ended (reason JOB_NOT_ENDED,
+        metadata `job_id` and `state`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,27 +183,33 @@ class ConductorServicer:
         """A job's output.log from an offset or its last lines; with `follow`, until
         the job has ended and every byte is sent, then a `complete` chunk. A job
         deleted while it is followed ends the stream with NOT_FOUND, reason
-        JOB_DELETED, however far behind the reader is.
+        JOB_DELETED, however far behind the reader is. INVALID_ARGUMENT for a
+        negative `offset` or `tail_lines`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchJobs(self, request, context):
-        """Every job change after `since_revision`, in revision order.
+        """Every job change after `since_revision`, in revision order. OUT_OF_RANGE
+        when that revision is no longer kept (reason REVISION_COMPACTED, metadata
+        `oldest_revision`) or is ahead of the conductor (REVISION_AHEAD): watch
+        again from 0. INVALID_ARGUMENT for a negative `since_revision`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConductorInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """What this conductor is and holds: version, counts, executors, revision.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJobHealth(self, request, context):
         """The processes of a running or suspended job, read from the executor.
+        NOT_FOUND (JOB_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,6 +217,8 @@ class ConductorServicer:
 
     def GetJobStep(self, request, context):
         """One step of a job, with the last lines of that step's output.
+        INVALID_ARGUMENT for a `step` outside 1..step count or a negative
+        `tail_lines`; NOT_FOUND (JOB_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,7 +226,10 @@ class ConductorServicer:
 
     def DeleteCheckpoints(self, request, context):
         """Removes checkpoints of one project/group/name (all when no suffix is
-        given). FAILED_PRECONDITION while a run of that job is active.
+        given). FAILED_PRECONDITION while a run of that job is active (reason
+        JOB_ACTIVE, metadata `job_id`). INVALID_ARGUMENT for a bad name or ref;
+        NOT_FOUND (CHECKPOINT_NOT_FOUND) or INVALID_ARGUMENT
+        (CHECKPOINT_AMBIGUOUS) for a suffix that matches none or several.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,6 +239,8 @@ class ConductorServicer:
         """Deletes ended jobs in bulk, as DeleteJob does. A request with no filter
         is INVALID_ARGUMENT (reason CLEAR_FILTER_REQUIRED, a BadRequest naming
         `all`) unless it sets `all`; `dry_run` says what would go, deleting nothing.
+        INVALID_ARGUMENT for a state that is not an ended one or a negative
+        `older_than`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -294,7 +328,9 @@ def add_ConductorServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Conductor:
-    """Missing associated documentation comment in .proto file."""
+    """The conductor of one home: the only service that changes jobs. State-changing
+    RPCs return the job itself (AIP-216).
+    """
 
     @staticmethod
     def SubmitJob(request,

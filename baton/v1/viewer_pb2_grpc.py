@@ -27,7 +27,9 @@ if _version_not_supported:
 
 
 class ViewerStub:
-    """Missing associated documentation comment in .proto file."""
+    """The read-only face of the status and checkpoint directories. Single-resource
+    RPCs return the resource itself (AIP-131).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -118,7 +120,9 @@ class ViewerStub:
 
 
 class ViewerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The read-only face of the status and checkpoint directories. Single-resource
+    RPCs return the resource itself (AIP-131).
+    """
 
     def ListJobs(self, request, context):
         """Runs, newest start first. Filters are typed fields (not an AIP-160 filter).
@@ -129,6 +133,8 @@ class ViewerServicer:
 
     def GetJob(self, request, context):
         """One run, read fresh from its status.json (the index when unreadable).
+        NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT when neither `job_id` nor the
+        run's names are given.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,7 +170,9 @@ class ViewerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDashboardStats(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Totals for a dashboard: runs by state, stale runs, recent failures,
+        checkpoints, and what the index skipped.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -177,28 +185,38 @@ class ViewerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpoint(self, request, context):
-        """One checkpoint, by ref.
+        """One checkpoint, by ref. NOT_FOUND (CHECKPOINT_NOT_FOUND) when none
+        matches; INVALID_ARGUMENT (CHECKPOINT_AMBIGUOUS, metadata `matches`) when
+        a bare suffix matches several; INVALID_ARGUMENT when `suffix` is empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLatestCheckpoint(self, request, context):
-        """The newest checkpoint of a job across its runs, or of one run.
+        """The newest checkpoint of a job across its runs, or of one run. NOT_FOUND
+        (CHECKPOINT_NOT_FOUND) when there is none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpointConfig(self, request, context):
-        """A checkpoint's config.yaml, else config.json.
+        """A checkpoint's config.yaml, else config.json. NOT_FOUND
+        (CHECKPOINT_NOT_FOUND, or CHECKPOINT_CONFIG_NOT_FOUND when it has neither
+        file); FAILED_PRECONDITION (CHECKPOINT_FILE_INVALID) when the file cannot
+        be read, does not parse, or holds no mapping; INVALID_ARGUMENT
+        (CHECKPOINT_AMBIGUOUS) as GetCheckpoint.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpointJobSpec(self, request, context):
-        """A checkpoint's job.json.
+        """A checkpoint's job.json. NOT_FOUND (CHECKPOINT_NOT_FOUND, or
+        CHECKPOINT_JOB_SPEC_NOT_FOUND when it has none); FAILED_PRECONDITION
+        (CHECKPOINT_FILE_INVALID) when it does not parse or holds no mapping;
+        INVALID_ARGUMENT (CHECKPOINT_AMBIGUOUS) as GetCheckpoint.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,14 +230,16 @@ class ViewerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReadLog(self, request, context):
-        """Bytes of a run's output.log from `offset`, up to `limit`.
+        """Bytes of a run's output.log from `offset`, up to `limit`. NOT_FOUND
+        (JOB_NOT_FOUND); INVALID_ARGUMENT for an `offset` past the log's end.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def TailLog(self, request, context):
-        """The last `lines` lines of a run's output.log.
+        """The last `lines` lines of a run's output.log (at most 4 MiB of them).
+        NOT_FOUND (JOB_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -326,7 +346,9 @@ def add_ViewerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Viewer:
-    """Missing associated documentation comment in .proto file."""
+    """The read-only face of the status and checkpoint directories. Single-resource
+    RPCs return the resource itself (AIP-131).
+    """
 
     @staticmethod
     def ListJobs(request,
