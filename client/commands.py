@@ -30,6 +30,7 @@ from client.output import (
     job_details,
     job_line,
     jobs_table,
+    resolved_spec_yaml,
     state_name,
     stats_view,
     steps_table,
@@ -132,6 +133,9 @@ def submit(args: argparse.Namespace, out: Output) -> int:
                 out.document(job)
             else:
                 out.show(job_line(job, "would submit" if args.dry_run else "submitted"))
+                if args.dry_run:
+                    # The spec as the conductor resolved it: defaults filled in, durations normalised.
+                    out.show(Text(resolved_spec_yaml(job), style="dim"))
             return exitcodes.OK
         if out.json:
             out.line("job", job)

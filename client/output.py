@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import yaml
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 from rich.console import Console, Group, RenderableType
@@ -192,6 +193,13 @@ def job_details(job: job_pb2.Job) -> Table:
     return grid
 
 
+def resolved_spec_yaml(job: job_pb2.Job) -> str:
+    """The job's spec as the conductor resolved it, in the YAML a person writes."""
+    spec = json_format.MessageToDict(job.spec, preserving_proto_field_name=True)
+    extra = {k: v for k, v in (("start_step", job.start_step), ("resume_from", job.resume_from_suffix)) if v}
+    return yaml.safe_dump({**spec, **extra}, sort_keys=False).rstrip()
+
+
 def result_text(job: job_pb2.Job) -> str:
     """What the job wrote to BATON_RESULT_FILE, as compact JSON ("" when nothing)."""
     if not job.HasField("result"):
@@ -331,9 +339,14 @@ class Output:
             }
             sys.stderr.write(json.dumps(doc) + "\n")
             return
-        self.err.print(Text(f"baton {verb}: ", style="bold red") + Text(err.message), soft_wrap=True)
-        for v in err.field_violations:
-            self.err.print(Text(f"  {v.field}: {v.description}"), soft_wrap=True)
+        message = err.message
+        if len(err.field_violations) > 1:
+            # The message lists the violations too: say each one once, a line each.
+            message = message.split(":", 1)[0] + ":"
+        self.err.print(Text(f"baton {verb}: ", style="bold red") + Text(message), soft_wrap=True)
+        if len(err.field_violations) > 1:
+            for v in err.field_violations:
+                self.err.print(Text(f"  {v.field}: {v.description}"), soft_wrap=True)
 
 
 def _duration_text(d: Any) -> str:

@@ -6,8 +6,10 @@ everywhere. Validation errors name the field at fault (``spec.steps[1].command``
 
 from __future__ import annotations
 
+import difflib
 import re
 import signal as _signal
+import typing
 from typing import Any
 
 import yaml
@@ -187,6 +189,25 @@ class SpecModel(_Strict):
         return [StepModel(name="main", command=self.command)]
 
 
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The field names the spec allows where ``loc`` (an error's path, its last part the key) stands."""
+    model: Any = SpecModel
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an item of a list: the list's element model follows
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        # Unwrap list[X], X | None down to a model class.
+        while not (isinstance(model, type) and issubclass(model, BaseModel)):
+            inner = [a for a in typing.get_args(model) if a is not type(None)]
+            if not inner:
+                return []
+            model = inner[0]
+    return list(model.model_fields)
+
+
 def _violations(exc: ValidationError, prefix: str) -> InvalidArgument:
     out: list[FieldViolation] = []
     for err in exc.errors():
@@ -196,6 +217,9 @@ def _violations(exc: ValidationError, prefix: str) -> InvalidArgument:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
+            near = difflib.get_close_matches(str(err["loc"][-1]), _fields_at(tuple(err["loc"])), n=1)
+            if near:
+                msg += f"; did you mean {near[0]!r}?"
         out.append(FieldViolation(path, msg))
     summary = "; ".join(f"{v.field}: {v.description}" for v in out)
     return InvalidArgument(message=f"invalid job spec: {summary}", violations=out)

@@ -488,3 +488,21 @@ def test_get_shows_the_result_and_every_step(baton: Baton, services: Stack) -> N
     assert code == exitcodes.OK
     assert '{"loss": 0.25}' in out
     assert "prepare" in out and "fit" in out and out.count("SUCCEEDED") >= 3  # the job and both steps
+
+
+def test_a_bad_spec_is_told_once_with_a_did_you_mean_and_dry_run_shows_the_resolved_spec(
+    baton: Baton, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: typo\ncomand: echo hi\npause: {grace: 5s, singal: SIGINT}\n")
+    code, _, err = baton("submit", str(bad), "--dry-run")
+    assert code == exitcodes.USAGE
+    assert "spec.comand: unknown field; did you mean 'command'?" in err
+    assert "spec.pause.singal: unknown field; did you mean 'signal'?" in err
+    assert err.count("spec.comand") == 1, err
+    good = write_spec(tmp_path / "good.yaml", "resolved", "echo hi", retries=2)
+    code, out, _ = baton("submit", str(good), "--dry-run")
+    assert code == exitcodes.OK
+    resolved = yaml.safe_load(out.split("\n", 1)[1])
+    assert resolved["retries"] == 2 and resolved["pause"] == {"signal": "SIGTERM", "grace": "30s"}
+    assert resolved["executor"] == "local" and resolved["project"] == "default"
