@@ -59,9 +59,32 @@ _CLIENT_FLAGS: list[tuple[str, Any, dict[str, Any]]] = [
 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
+    # A group of their own, which --help lists after the verb's own flags.
+    group = parser.add_argument_group("connection (also before the verb; environment in brackets)")
     # SUPPRESS: a flag given before the verb is not overwritten by the verb's default.
     for flag, _, kwargs in _CLIENT_FLAGS:
-        parser.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
+        group.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
+
+
+# One example per verb, shown by its --help after what the verb does.
+EXAMPLES: dict[str, str] = {
+    "submit": "baton submit examples/train.yaml --follow",
+    "ls": "baton ls --state running,failed --project demo",
+    "get": "baton get 20261129-101500-a1b2c3",
+    "logs": "baton logs 20261129-101500-a1b2c3 -f --tail 20",
+    "watch": "baton watch --project demo",
+    "pause": "baton pause 20261129-101500-a1b2c3 --checkpoint",
+    "resume": "baton resume 20261129-101500-a1b2c3",
+    "cancel": "baton cancel 20261129-101500-a1b2c3 --grace 30s",
+    "delete": "baton delete 20261129-101500-a1b2c3",
+    "wait": "baton wait 20261129-101500-a1b2c3 && echo done",
+    "checkpoints": "baton checkpoints --project demo --name train",
+    "health": "baton health 20261129-101500-a1b2c3",
+    "steps": "baton steps 20261129-101500-a1b2c3 train --tail 50",
+    "clear": "baton clear --state failed --older-than 7d --dry-run",
+    "info": "baton info",
+    "stats": "baton stats --project demo",
+}
 
 
 def _filter_flags(parser: argparse.ArgumentParser) -> None:
@@ -99,11 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_flags(p, service)
         p.set_defaults(func=None)
 
+    verbs: list[argparse.ArgumentParser] = []
+
     def verb(
         name: str, text: str, func: Callable[[argparse.Namespace, Output], int]
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=text, description=text)
-        _client_flags(p)
+        example = EXAMPLES.get(name)
+        description = f"{text[0].upper()}{text[1:]}." + (f"\n\nexample:\n  {example}" if example else "")
+        p = sub.add_parser(
+            name, help=text, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        verbs.append(p)  # its connection flags come last, after its own
         p.set_defaults(func=func)
         return p
 
@@ -206,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("stats", "runs by state, running and stale, checkpoints (viewer)", commands.stats)
     p.add_argument("--project", help="only this project")
+    for p in verbs:
+        _client_flags(p)
     return parser
 
 

@@ -506,3 +506,21 @@ def test_a_bad_spec_is_told_once_with_a_did_you_mean_and_dry_run_shows_the_resol
     resolved = yaml.safe_load(out.split("\n", 1)[1])
     assert resolved["retries"] == 2 and resolved["pause"] == {"signal": "SIGTERM", "grace": "30s"}
     assert resolved["executor"] == "local" and resolved["project"] == "default"
+
+
+def test_every_verb_help_says_what_it_does_shows_an_example_and_lists_connection_flags_last(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from client.cli import EXAMPLES
+
+    for verb, example in EXAMPLES.items():
+        with pytest.raises(SystemExit) as done:
+            main([verb, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        body = text.split("\n\n", 1)[1]  # after the usage
+        assert body[0].isupper() and f"example:\n  {example}\n" in body, (verb, body[:200])
+        sections = [
+            line for line in body.splitlines() if line and not line.startswith(" ") and line.endswith(":")
+        ]
+        assert sections[-1].startswith("connection"), (verb, sections)
