@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import shtab
+
 from client import commands, exitcodes, serve
 from client.errors import BatonError
 from client.output import Output
@@ -237,7 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", help="only this project")
     for p in verbs:
         _client_flags(p)
+
+    p = sub.add_parser(
+        "completion",
+        help="print shell completion for baton",
+        description="Print shell completion for baton.\n\nexample:\n  source <(baton completion bash)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(func=lambda args, out: _completion(parser, args.shell))
     return parser
+
+
+def _completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    sys.stdout.write(shtab.complete(parser, shell=shell))
+    return exitcodes.OK
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:

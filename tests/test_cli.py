@@ -524,3 +524,27 @@ def test_every_verb_help_says_what_it_does_shows_an_example_and_lists_connection
             line for line in body.splitlines() if line and not line.startswith(" ") and line.endswith(":")
         ]
         assert sections[-1].startswith("connection"), (verb, sections)
+
+
+def test_shell_completion_for_bash_completes_verbs_and_their_flags(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["completion", "bash"]) == exitcodes.OK
+    script = tmp_path / "baton.bash"
+    script.write_text(capsys.readouterr().out)
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        probe = (
+            f"source {script}; COMP_WORDS=({' '.join(words)}); COMP_CWORD={len(words) - 1}; "
+            f'COMP_LINE="{line}"; COMP_POINT={len(line)}; _shtab_baton; printf "%s\\n" "${{COMPREPLY[@]}}"'
+        )
+        done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30)
+        return done.stdout.split()
+
+    assert complete("baton can") == ["cancel"]
+    assert complete("baton cancel --gr") == ["--grace"]
+    assert "checkpoints" in complete("baton che")
+    assert main(["completion", "zsh"]) == exitcodes.OK
+    zsh = capsys.readouterr().out
+    assert zsh.startswith("#compdef baton") and "cancel" in zsh and "--older-than" in zsh
