@@ -85,6 +85,12 @@ EXAMPLES: dict[str, str] = {
     "steps": "baton steps 20261129-101500-a1b2c3 train --tail 50",
     "clear": "baton clear --state failed --older-than 7d --dry-run",
     "info": "baton info",
+    "projects": "baton projects",
+    "running": "baton running --stale",
+    "recent": "baton recent --hours 6",
+    "runs": "baton runs demo/default/train",
+    "checkpoint-config": "baton checkpoint-config demo/default/train step-000050",
+    "checkpoint-job-spec": "baton checkpoint-job-spec demo/default/train",
     "stats": "baton stats --project demo",
 }
 
@@ -157,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="at most N jobs (0: all; default 50)")
     _source_flag(p)
 
-    p = verb("get", "show one job", commands.get)
+    p = verb("get", "show one job (a job id, or PROJECT/GROUP/NAME/RUN for any run the viewer sees)",
+             commands.get)  # fmt: skip
     p.add_argument("job", metavar="JOB")
     _source_flag(p)
 
@@ -237,6 +244,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("stats", "runs by state, running and stale, checkpoints (viewer)", commands.stats)
     p.add_argument("--project", help="only this project")
+
+    p = verb("projects", "projects with their runs by state (viewer)", commands.projects)
+    p.add_argument("--limit", type=int, default=0, help="at most N (default: all)")
+
+    p = verb("running", "runs that are running, stale ones marked (viewer)", commands.running)
+    p.add_argument("--project", help="only this project")
+    p.add_argument("--stale", action="store_true", help="only stale ones (no heartbeat for --stale-after)")
+    p.add_argument("--stale-after", type=duration, metavar="AGE", help="(default: the viewer's, 300s)")
+    p.add_argument("--limit", type=int, default=50, help="at most N (0: all; default 50)")
+
+    p = verb("recent", "runs started lately, newest first (viewer)", commands.recent)
+    p.add_argument("--project", help="only this project")
+    p.add_argument(
+        "--hours", type=int, default=0, metavar="N", help="started in the last N hours (default 24)"
+    )
+    p.add_argument("--limit", type=int, default=0, help="at most N (default 50)")
+
+    p = verb("runs", "every run of one job name, newest first (viewer)", commands.runs)
+    p.add_argument("job_name", metavar="NAME", help="NAME or PROJECT/GROUP/NAME")
+    p.add_argument("--limit", type=int, default=50, help="at most N (0: all; default 50)")
+
+    for action, text in (
+        ("config", "a checkpoint's config.yaml or config.json"),
+        ("job-spec", "its job.json"),
+    ):
+        p = verb(f"checkpoint-{action}", f"{text} (viewer)", commands.checkpoint_file)
+        p.add_argument("job_name", metavar="NAME", help="NAME or PROJECT/GROUP/NAME")
+        p.add_argument("ref", nargs="?", metavar="REF", help="SUFFIX or RUN_ID/SUFFIX (default: the latest)")
+        p.set_defaults(action=action)
     for p in verbs:
         _client_flags(p)
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
+import yaml
+from google.protobuf import json_format
 from rich.console import Group
 from rich.live import Live
 from rich.text import Text
@@ -30,7 +32,9 @@ from client.output import (
     job_details,
     job_line,
     jobs_table,
+    projects_table,
     resolved_spec_yaml,
+    running_table,
     state_name,
     stats_view,
     steps_table,
@@ -169,8 +173,17 @@ def logs(args: argparse.Namespace, out: Output) -> int:
 
 
 def get(args: argparse.Namespace, out: Output) -> int:
-    with viewer(args) if args.source == "viewer" else conductor(args) as client:
-        job = client.get_job(args.job)
+    if "/" in args.job:
+        # PROJECT/GROUP/NAME/RUN: a run found where it lives, by the viewer,
+        # whether or not a conductor knows it.
+        parts = args.job.split("/")
+        if len(parts) != 4:
+            raise ValueError(f"{args.job[:80]!r} is not a job id or PROJECT/GROUP/NAME/RUN")
+        with viewer(args) as v:
+            job = v.get_job(project=parts[0], group=parts[1], name=parts[2], run_id=parts[3])
+    else:
+        with viewer(args) if args.source == "viewer" else conductor(args) as client:
+            job = client.get_job(args.job)
     if out.json:
         out.document(job)
     else:
@@ -323,6 +336,97 @@ def checkpoints(args: argparse.Namespace, out: Output) -> int:
         return _listing(out, "checkpoints", found, args.limit, checkpoints_table)
 
 
+def _pages(fetch: Callable[[str], Any], key: str, limit: int) -> list[Any]:
+    """Up to ``limit`` items (0: all) of a paged viewer list, page after page."""
+    found: list[Any] = []
+    token = ""
+    while True:
+        page = fetch(token)
+        found.extend(getattr(page, key))
+        token = page.next_page_token
+        if not token or (limit and len(found) >= limit):
+            return found[:limit] if limit else found
+
+
+def _show_list(out: Output, key: str, found: list[Any], table: Callable[[list[Any]], Any]) -> int:
+    if out.json:
+        out.document({key: [to_dict(item) for item in found]})
+    elif found:
+        out.show(table(found))
+    else:
+        out.note(Text(f"no {key}", style="dim"))
+    return exitcodes.OK
+
+
+def _job_key(text: str) -> tuple[str, str, str]:
+    """PROJECT/GROUP/NAME, or NAME alone in the default project and group."""
+    parts = text.split("/")
+    if len(parts) == 1:
+        return "default", "default", parts[0]
+    if len(parts) != 3:
+        raise ValueError(f"{text[:80]!r} is not NAME or PROJECT/GROUP/NAME")
+    return parts[0], parts[1], parts[2]
+
+
+def projects(args: argparse.Namespace, out: Output) -> int:
+    with viewer(args) as client:
+        found = _pages(lambda t: client.list_projects(page_size=_page_size(args.limit), page_token=t),
+                       "projects", args.limit)  # fmt: skip
+    return _show_list(out, "projects", found, projects_table)
+
+
+def running(args: argparse.Namespace, out: Output) -> int:
+    with viewer(args) as client:
+        found = _pages(
+            lambda t: client.list_running_jobs(
+                project=args.project or "", include_stale=True, stale_after=args.stale_after,
+                page_size=_page_size(args.limit), page_token=t,
+            ),
+            "jobs",
+            args.limit,
+        )  # fmt: skip
+    if args.stale:
+        found = [r for r in found if r.stale]
+    return _show_list(out, "jobs", found, lambda rows: running_table(rows, width=out.out.width))
+
+
+def recent(args: argparse.Namespace, out: Output) -> int:
+    with viewer(args) as client:
+        response = client.list_recent_jobs(project=args.project or "", hours=args.hours, limit=args.limit)
+    return _show_list(out, "jobs", list(response.jobs), lambda jobs: jobs_table(jobs, width=out.out.width))
+
+
+def runs(args: argparse.Namespace, out: Output) -> int:
+    project, group, name = _job_key(args.job_name)
+    with viewer(args) as client:
+        found = _pages(
+            lambda t: client.list_job_runs(
+                project, group, name, page_size=_page_size(args.limit), page_token=t
+            ),
+            "jobs",
+            args.limit,
+        )
+    return _show_list(out, "jobs", found, lambda jobs: jobs_table(jobs, width=out.out.width))
+
+
+def checkpoint_file(args: argparse.Namespace, out: Output) -> int:
+    """A checkpoint's config (config.yaml, else config.json) or its job.json."""
+    project, group, name = _job_key(args.job_name)
+    with viewer(args) as client:
+        if args.action == "config":
+            response: Any = client.get_checkpoint_config(project, group, name, args.ref or "")
+            data, source = response.config, response.source_file
+        else:
+            response = client.get_checkpoint_job_spec(project, group, name, args.ref or "")
+            data, source = response.job_spec, "job.json"
+    if out.json:
+        out.document(response)
+    else:
+        out.note(Text(f"{source} of {project}/{group}/{name} {response.suffix}", style="dim"))
+        out.show(Text(yaml.safe_dump(json_format.MessageToDict(data), sort_keys=False).rstrip()))
+    return exitcodes.OK
+
+
 def stats(args: argparse.Namespace, out: Output) -> int:
     with viewer(args) as client:
         response = client.get_dashboard_stats(project=args.project or "")
@@ -390,15 +494,6 @@ def steps(args: argparse.Namespace, out: Output) -> int:
             sys.stdout.write(response.tail.decode(errors="replace"))
             sys.stdout.flush()
     return exitcodes.OK
-
-
-def _job_key(text: str) -> tuple[str, str, str]:
-    parts = text.split("/")
-    if len(parts) == 1:
-        return "default", "default", parts[0]
-    if len(parts) == 3:
-        return parts[0], parts[1], parts[2]
-    raise ValueError(f"{text!r}: give NAME or PROJECT/GROUP/NAME")
 
 
 def checkpoints_rm(args: argparse.Namespace, out: Output) -> int:

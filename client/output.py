@@ -150,6 +150,32 @@ def jobs_table(jobs: Iterable[job_pb2.Job], title: str | None = None, width: int
     return table
 
 
+def projects_table(projects: Iterable[Any]) -> Table:
+    """One row per project: its runs, by state, and when anything last happened."""
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for header in ("PROJECT", "RUNS", "BY STATE", "LAST ACTIVITY"):
+        table.add_column(
+            header, no_wrap=header != "BY STATE", justify="right" if header == "RUNS" else "left"
+        )
+    now = time.time()
+    for p in projects:
+        by_state = ", ".join(f"{state_name(c.state)} {c.count}" for c in p.state_counts)
+        table.add_row(p.project, str(p.run_count), by_state, format_time(p.last_activity_time, now))
+    return table
+
+
+def running_table(rows: Iterable[Any], width: int | None = None) -> Group:
+    """Running runs with their heartbeat's age; a stale one (its conductor may be gone) says so."""
+    rows = list(rows)
+    table = jobs_table([r.job for r in rows], width=width)
+    stale = [r for r in rows if r.stale]
+    notes = [
+        Text(f"stale: {r.job.id} (no heartbeat for {_duration_text(r.heartbeat_age)})", style="yellow")
+        for r in stale
+    ]
+    return Group(table, *notes)
+
+
 def _grid() -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)

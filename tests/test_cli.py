@@ -548,3 +548,44 @@ def test_shell_completion_for_bash_completes_verbs_and_their_flags(
     assert main(["completion", "zsh"]) == exitcodes.OK
     zsh = capsys.readouterr().out
     assert zsh.startswith("#compdef baton") and "cancel" in zsh and "--older-than" in zsh
+
+
+def test_every_viewer_query_has_a_verb(baton: Baton, services: Stack, tmp_path: Path) -> None:
+    """projects, running (stale marked), recent, runs of one name, a checkpoint's files, any run."""
+    trained = write_spec(
+        tmp_path / "vq.yaml", "vq-trainer", f"{PY} tests/jobs/train.py --steps 20 --interval 0.01 --every 10",
+        project="vq",
+    )  # fmt: skip
+    job_id = baton.json("submit", str(trained))["id"]
+    services.conductor.wait_ended(job_id)
+    wait_viewer(baton, job_id, "SUCCEEDED")
+    sleeper = write_spec(tmp_path / "vs.yaml", "vq-sleeper", "exec sleep 60", project="vq")
+    sleeping = baton.json("submit", str(sleeper))["id"]
+    wait_viewer(baton, sleeping, "RUNNING")
+
+    assert "vq" in [p["project"] for p in baton.json("projects")["projects"]]
+    assert job_id in [j["id"] for j in baton.json("recent", "--project", "vq")["jobs"]]
+    assert [j["id"] for j in baton.json("runs", "vq/default/vq-trainer")["jobs"]] == [job_id]
+    running = baton.json("running", "--project", "vq")["jobs"]
+    assert [(r["job"]["id"], r["stale"]) for r in running] == [(sleeping, False)]
+    assert baton.json("running", "--project", "vq", "--stale")["jobs"] == []
+
+    config = baton.json("checkpoint-config", "vq/default/vq-trainer")
+    assert config["config"]["steps"] == 20 and config["suffix"] == "step-000020"
+    code, out, _ = baton("checkpoint-config", "vq/default/vq-trainer", f"{job_id}/step-000010")
+    assert code == 0 and "steps: 20" in out
+    assert baton.json("checkpoint-job-spec", "vq/default/vq-trainer")["jobSpec"]["job_id"] == job_id
+
+    # A run no conductor knows, written by another program: found where it lives.
+    foreign = services.home / "status" / "vq" / "default" / "imported" / "run-1"
+    foreign.mkdir(parents=True)
+    (foreign / "status.json").write_text(json.dumps({"id": "run-1", "runId": "run-1", "project": "vq",
+                                                     "group": "default", "name": "imported",
+                                                     "state": "JOB_STATE_SUCCEEDED"}))  # fmt: skip
+    deadline = time.monotonic() + 10
+    code, out, err = baton("get", "vq/default/imported/run-1")
+    while code != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        code, out, err = baton("get", "vq/default/imported/run-1")
+    assert code == 0 and "vq/default/imported" in out and "SUCCEEDED" in out, err
+    baton("cancel", sleeping, "--grace", "1s")
