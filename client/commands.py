@@ -199,13 +199,7 @@ def _listing(
     """Print up to ``limit`` items (0: all) of a paged list: a table, or ``{key: [...]}``."""
     with items:
         found = list(itertools.islice(items, limit or None))
-    if out.json:
-        out.document({key: [to_dict(item) for item in found]})
-    elif found:
-        out.show(table(found))
-    else:
-        out.note(Text(f"no {key}", style="dim"))
-    return exitcodes.OK
+    return _show_list(out, key, found, table)
 
 
 def _page_size(limit: int) -> int:
@@ -349,6 +343,7 @@ def _pages(fetch: Callable[[str], Any], key: str, limit: int) -> list[Any]:
 
 
 def _show_list(out: Output, key: str, found: list[Any], table: Callable[[list[Any]], Any]) -> int:
+    """Print listed items: a table, or ``{key: [...]}``."""
     if out.json:
         out.document({key: [to_dict(item) for item in found]})
     elif found:
