@@ -78,7 +78,7 @@ class ConductorStub:
         self.WatchJobs = channel.unary_stream(
                 '/baton.v1.Conductor/WatchJobs',
                 request_serializer=baton_dot_v1_dot_conductor__pb2.WatchJobsRequest.SerializeToString,
-                response_deserializer=baton_dot_v1_dot_job__pb2.JobEvent.FromString,
+                response_deserializer=baton_dot_v1_dot_conductor__pb2.WatchJobsResponse.FromString,
                 _registered_method=True)
         self.GetConductorInfo = channel.unary_unary(
                 '/baton.v1.Conductor/GetConductorInfo',
@@ -169,7 +169,14 @@ class ConductorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJobs(self, request, context):
-        """Every job change after `since_revision`, in revision order.
+        """Every job change after `since_revision`, in revision order, as a stream
+        of responses that each carry one or more events (see WatchJobsResponse).
+        From since_revision 0: SNAPSHOT events for every matching job, then one
+        SNAPSHOT_END; then UPDATED and DELETED events; HEARTBEAT events on a
+        quiet stream. OUT_OF_RANGE when `since_revision` is no longer kept
+        (reason REVISION_COMPACTED) or is ahead of the conductor (REVISION_AHEAD):
+        watch again from 0. The stream ends only when the caller or the
+        conductor stops it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -258,7 +265,7 @@ def add_ConductorServicer_to_server(servicer, server):
             'WatchJobs': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJobs,
                     request_deserializer=baton_dot_v1_dot_conductor__pb2.WatchJobsRequest.FromString,
-                    response_serializer=baton_dot_v1_dot_job__pb2.JobEvent.SerializeToString,
+                    response_serializer=baton_dot_v1_dot_conductor__pb2.WatchJobsResponse.SerializeToString,
             ),
             'GetConductorInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConductorInfo,
@@ -528,7 +535,7 @@ class Conductor:
             target,
             '/baton.v1.Conductor/WatchJobs',
             baton_dot_v1_dot_conductor__pb2.WatchJobsRequest.SerializeToString,
-            baton_dot_v1_dot_job__pb2.JobEvent.FromString,
+            baton_dot_v1_dot_conductor__pb2.WatchJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
