@@ -4,8 +4,9 @@ A ``ResumableStream`` remembers where it stands (a log's next byte, a watch's
 last revision) and, when the connection drops (UNAVAILABLE, a connection cut,
 no message at all for ``idle_timeout``, or a followed log that ends without
 its ``complete`` chunk), reopens the stream from there with backoff. The
-caller sees every byte and every event once: heartbeats are consumed here,
-overlapping bytes are trimmed and repeated revisions skipped. Like Armada's
+caller sees every byte and every event once: heartbeats are consumed here
+(a watch hands them over only when asked, with ``progress``), overlapping
+bytes are trimmed and repeated revisions skipped. Like Armada's
 resilient event stream, but exact.
 
 It gives up with ``Unavailable`` once the service has been unreachable for
