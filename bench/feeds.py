@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -206,16 +207,16 @@ def event_latency(changes: int) -> Json:
             async with grpc.aio.insecure_channel(c.address) as channel:
                 stub = conductor_pb2_grpc.ConductorStub(channel)
                 seen = 0
-                async for ev in stub.WatchJobs(pb.WatchJobsRequest(since_revision=0, name="probe")):
+                async for response in stub.WatchJobs(pb.WatchJobsRequest(since_revision=0, name="probe")):
                     now = time.time_ns()
-                    if not ev.HasField("job"):
-                        ready.set()
-                        continue
-                    if ev.type == S.JOB_EVENT_TYPE_UPDATED:
-                        latencies.append((now - ev.job.update_time.ToNanoseconds()) / 1e6)
-                        seen += 1
-                        if seen >= want:
-                            return
+                    for ev in response.events:
+                        if ev.type == S.JOB_EVENT_TYPE_SNAPSHOT_END:
+                            ready.set()
+                        elif ev.type == S.JOB_EVENT_TYPE_UPDATED:
+                            latencies.append((now - ev.job.update_time.ToNanoseconds()) / 1e6)
+                            seen += 1
+                            if seen >= want:
+                                return
 
         async def run() -> None:
             ready = asyncio.Event()
@@ -239,4 +240,60 @@ def event_latency(changes: int) -> Json:
         distribution(
             "latency_", latencies, "status-event latency", p50_target=Target("<", 5.0, "ms", "issue 4")
         ),
+    )
+
+
+async def _snapshot(address: str) -> tuple[float, int, int]:
+    """One WatchJobs from revision 0 to its SNAPSHOT_END: seconds, jobs, responses."""
+    async with grpc.aio.insecure_channel(
+        address, options=[("grpc.max_receive_message_length", 16 << 20)]
+    ) as channel:
+        stub = conductor_pb2_grpc.ConductorStub(channel)
+        t0 = time.perf_counter()
+        jobs = responses = 0
+        call = stub.WatchJobs(pb.WatchJobsRequest(since_revision=0))
+        async for response in call:
+            responses += 1
+            for ev in response.events:
+                if ev.type == S.JOB_EVENT_TYPE_SNAPSHOT:
+                    jobs += 1
+                elif ev.type == S.JOB_EVENT_TYPE_SNAPSHOT_END:
+                    took = time.perf_counter() - t0
+                    call.cancel()
+                    return took, jobs, responses
+    raise RuntimeError("the snapshot ended without SNAPSHOT_END")
+
+
+def snapshot_time(jobs: int, rounds: int) -> Json:
+    """A WatchJobs snapshot of ``jobs`` ended jobs, from the request to its SNAPSHOT_END."""
+    with tempfile.TemporaryDirectory(prefix="baton-bench-snapshot-") as home:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bench.seeded_conductor", home, str(jobs)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert server.stdout is not None and server.stdin is not None
+            address = server.stdout.readline().decode().strip()
+            if not address:
+                raise RuntimeError("the seeded conductor did not start")
+            best, seen, responses = float("inf"), 0, 0
+            for _ in range(rounds):
+                took, seen, responses = asyncio.run(_snapshot(address))
+                best = min(best, took)
+        finally:
+            if server.stdin is not None:
+                server.stdin.close()
+            server.wait(30)
+    if seen != jobs + 1:  # the seeded copies and the job they were copied from
+        raise RuntimeError(f"the snapshot held {seen} jobs, not {jobs + 1}")
+    log(f"snapshot: {seen} jobs in {best:.2f} s, {responses} responses")
+    return section(
+        f"A WatchJobs snapshot of {seen} ended jobs (copies of one real job's record, put into "
+        "the conductor's in-memory book) on loopback, from the request to SNAPSHOT_END, read "
+        f"by a grpc.aio client in another process; best of {rounds} rounds.",
+        {
+            "seconds": figure(best, "s", rounds, f"snapshot of {seen} jobs"),
+            "jobs_per_second": figure(seen / best, "jobs/s", rounds, "snapshot rate"),
+            "responses": figure(responses, "messages", rounds, "WatchJobsResponse messages"),
+        },
     )

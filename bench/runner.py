@@ -43,6 +43,8 @@ class Sizes:
     log_megabytes: int
     log_rounds: int
     events: int
+    snapshot_jobs: int
+    snapshot_rounds: int
     subscribers: int
     subscriber_lines: int
     viewer_runs: int
@@ -66,6 +68,8 @@ FULL = Sizes(
     log_megabytes=100,
     log_rounds=3,
     events=200,
+    snapshot_jobs=100_000,
+    snapshot_rounds=3,
     subscribers=200,
     subscriber_lines=50,
     viewer_runs=100_000,
@@ -88,6 +92,8 @@ QUICK = Sizes(
     log_megabytes=8,
     log_rounds=1,
     events=30,
+    snapshot_jobs=2_000,
+    snapshot_rounds=1,
     subscribers=20,
     subscriber_lines=10,
     viewer_runs=2_000,
@@ -114,6 +120,7 @@ SECTIONS: dict[str, Runner] = {
     "log_latency_ms": lambda s, poll: feeds.log_latency(s.log_lines),
     "log_throughput": lambda s, poll: feeds.log_throughput(s.log_megabytes, s.log_rounds),
     "status_event_latency_ms": lambda s, poll: feeds.event_latency(s.events),
+    "watch_snapshot": lambda s, poll: feeds.snapshot_time(s.snapshot_jobs, s.snapshot_rounds),
     "log_fanout_ms": lambda s, poll: feeds.fanout(s.subscribers, s.subscriber_lines),
     "viewer": lambda s, poll: viewer.viewer(
         s.viewer_runs, s.viewer_checkpoints, s.viewer_queries, s.viewer_rewrites

@@ -253,11 +253,24 @@ class AsyncConductorClient(_Lists):
         )
 
     def watch_jobs(
-        self, *, since_revision: int = 0, project: str = "", group: str = "", name: str = ""
+        self,
+        *,
+        since_revision: int = 0,
+        project: str = "",
+        group: str = "",
+        name: str = "",
+        progress: bool = False,
     ) -> WatchStream:
-        """Every change after ``since_revision`` (exclusive); 0 starts with a snapshot."""
+        """Every change after ``since_revision`` (exclusive); 0 starts with a snapshot.
+
+        With ``progress``, also the job-less SNAPSHOT_END (after the last
+        SNAPSHOT event) and HEARTBEAT events, whose ``revision`` is where a
+        watch may resume (``since_revision``).
+        """
         filters = {"project": project, "group": group, "name": name}
-        return WatchStream(self, "WatchJobs", cpb.WatchJobsRequest, filters, since_revision)
+        return WatchStream(
+            self, "WatchJobs", cpb.WatchJobsRequest, filters, since_revision, progress=progress
+        )
 
     async def wait_for_job(
         self, job_id: str, *, states: Collection[int] = TERMINAL_STATES, timeout: float | None = None

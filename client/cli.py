@@ -179,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     _filter_flags(p)
     p.add_argument("--since", type=int, default=0, metavar="REV", help="changes after this revision only")
     p.add_argument(
-        "--count", type=int, default=0, metavar="N", help="stop after N events (snapshot ones included)"
+        "--count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after N events (the snapshot's and its end included, heartbeats not)",
     )
     p.add_argument("--rows", type=int, default=30, metavar="N", help="jobs shown (default 30)")
 

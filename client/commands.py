@@ -216,11 +216,16 @@ def ls(args: argparse.Namespace, out: Output) -> int:
 
 def watch(args: argparse.Namespace, out: Output) -> int:
     """Every change as it happens: a live table on a terminal, a line per change
-    when printing to a pipe or file, JSON lines with ``--json``."""
+    when printing to a pipe or file, JSON lines with ``--json`` (one per event,
+    the job-less SNAPSHOT_END and HEARTBEAT ones included, so a script knows
+    when the snapshot is whole and where to resume with ``--since``)."""
     jobs: dict[str, job_pb2.Job] = {}
     seen = 0
     watching = True
-    with conductor(args) as client, client.watch_jobs(since_revision=args.since, **_filters(args)) as stream:
+    with (
+        conductor(args) as client,
+        client.watch_jobs(since_revision=args.since, progress=True, **_filters(args)) as stream,
+    ):
 
         def table(live: bool) -> Group:
             # list() first: the live display's refresh thread renders while events arrive.
@@ -243,13 +248,19 @@ def watch(args: argparse.Namespace, out: Output) -> int:
             for event in stream:
                 if out.json:
                     out.line("event", event)
-                elif live is None:
-                    kind = job_pb2.JobEventType.Name(event.type).removeprefix("JOB_EVENT_TYPE_").lower()
-                    out.show(Text(f"{event.revision:>6} {kind:<8} ") + job_line(event.job))
-                if event.type == job_pb2.JOB_EVENT_TYPE_DELETED:
-                    jobs.pop(event.job.id, None)
+                if event.type == job_pb2.JOB_EVENT_TYPE_HEARTBEAT:
+                    continue  # the live table's caption shows its revision; --count skips it
+                if event.type == job_pb2.JOB_EVENT_TYPE_SNAPSHOT_END:
+                    if live is None:
+                        out.show(Text(f"{event.revision:>6} end of snapshot", style="dim"))
                 else:
-                    jobs[event.job.id] = event.job
+                    if live is None:
+                        kind = job_pb2.JobEventType.Name(event.type).removeprefix("JOB_EVENT_TYPE_").lower()
+                        out.show(Text(f"{event.revision:>6} {kind:<8} ") + job_line(event.job))
+                    if event.type == job_pb2.JOB_EVENT_TYPE_DELETED:
+                        jobs.pop(event.job.id, None)
+                    else:
+                        jobs[event.job.id] = event.job
                 if live is not None:
                     live.refresh()
                 seen += 1

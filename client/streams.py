@@ -4,8 +4,9 @@ A ``ResumableStream`` remembers where it stands (a log's next byte, a watch's
 last revision) and, when the connection drops (UNAVAILABLE, a connection cut,
 no message at all for ``idle_timeout``, or a followed log that ends without
 its ``complete`` chunk), reopens the stream from there with backoff. The
-caller sees every byte and every event once: heartbeats are consumed here,
-overlapping bytes are trimmed and repeated revisions skipped. Like Armada's
+caller sees every byte and every event once: heartbeats are consumed here
+(a watch hands them over only when asked, with ``progress``), overlapping
+bytes are trimmed and repeated revisions skipped. Like Armada's
 resilient event stream, but exact.
 
 It gives up with ``Unavailable`` once the service has been unreachable for
@@ -215,19 +216,31 @@ class LogStream(ResumableStream[job_pb2.LogChunk]):
 class WatchStream(ResumableStream[job_pb2.JobEvent]):
     """Job changes as ``JobEvent``s in revision order, each once.
 
-    From revision 0 it begins with a snapshot: one SNAPSHOT event per matching
-    job, handed over whole once the server has sent all of it (so a reconnect
-    in the middle never repeats a job), after which ``snapshot_done`` is true.
-    Then UPDATED and DELETED events follow. ``revision`` is the last revision
-    seen; reconnects resume after it. Heartbeats are not yielded.
+    The server sends events in batches (``WatchJobsResponse``); they are
+    handed over one by one. From revision 0 the watch begins with a snapshot:
+    one SNAPSHOT event per matching job, handed over whole once the server
+    has sent all of it (its SNAPSHOT_END came), so a reconnect in the middle
+    never repeats a job; ``snapshot_done`` is then true. Then UPDATED and
+    DELETED events follow. ``revision`` is the last revision seen, from any
+    event, heartbeats and the snapshot's end included; reconnects resume
+    after it. SNAPSHOT_END and HEARTBEAT events (no job) are yielded only
+    with ``progress``.
     """
 
     def __init__(
-        self, conn: Connection, method: str, request_type: Any, filters: dict[str, str], since_revision: int
+        self,
+        conn: Connection,
+        method: str,
+        request_type: Any,
+        filters: dict[str, str],
+        since_revision: int,
+        *,
+        progress: bool = False,
     ) -> None:
         super().__init__(conn, method)
         self._request_type = request_type
         self._filters = filters
+        self._progress = progress
         self.revision = since_revision
         self.snapshot_done = since_revision > 0
         self._snapshot: list[job_pb2.JobEvent] = []
@@ -239,20 +252,31 @@ class WatchStream(ResumableStream[job_pb2.JobEvent]):
     def _restart(self) -> None:
         self._snapshot.clear()
 
-    def _accept(self, event: job_pb2.JobEvent) -> list[job_pb2.JobEvent]:
-        if not event.HasField("job"):
+    def _accept(self, response: Any) -> list[job_pb2.JobEvent]:
+        out: list[job_pb2.JobEvent] = []
+        for event in response.events:
+            out.extend(self._event(event))
+        return out
+
+    def _event(self, event: job_pb2.JobEvent) -> list[job_pb2.JobEvent]:
+        kind = event.type
+        if kind == job_pb2.JOB_EVENT_TYPE_SNAPSHOT:
             if not self.snapshot_done:
-                # The job-less event that closes the snapshot.
-                self.snapshot_done = True
-                self.revision = event.revision
-                snapshot, self._snapshot = self._snapshot, []
-                return snapshot
-            self.revision = max(self.revision, event.revision)  # a heartbeat
+                self._snapshot.append(event)
             return []
-        if not self.snapshot_done:
-            self._snapshot.append(event)
-            return []
-        if event.revision <= self.revision:
+        if kind == job_pb2.JOB_EVENT_TYPE_SNAPSHOT_END:
+            if self.snapshot_done:
+                return []
+            self.snapshot_done = True
+            self.revision = event.revision
+            snapshot, self._snapshot = self._snapshot, []
+            return [*snapshot, event] if self._progress else snapshot
+        if kind == job_pb2.JOB_EVENT_TYPE_HEARTBEAT:
+            self.revision = max(self.revision, event.revision)
+            return [event] if self._progress else []
+        if kind not in (job_pb2.JOB_EVENT_TYPE_UPDATED, job_pb2.JOB_EVENT_TYPE_DELETED):
+            return []  # a kind this client does not know: nothing to act on
+        if not self.snapshot_done or event.revision <= self.revision:
             return []  # seen before the reconnect
         self.revision = event.revision
         return [event]

@@ -10,7 +10,9 @@ Changes come from one shared, bounded history of durable events (the newest
 only a cursor into it: a subscriber that stops reading costs nothing more than
 its own stream's transport buffer, never slows the others, and when its
 cursor falls out of the history it gets OUT_OF_RANGE telling it to take a new
-snapshot.
+snapshot. A watch sends what is ready together, many events per response:
+one message per job would make a large snapshot as slow as the transport's
+per-message cost.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import bisect
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
 from common.errors import OutOfRange, invalid_field
 from common.filewatch import FileWatcher
@@ -33,6 +36,32 @@ S = job_pb2
 DEFAULT_RING = 10_000
 # Events fetched from the registry per trip when a subscriber catches up from disk.
 CATCH_UP_BATCH = 1_000
+# The most events, and about the most bytes, one WatchJobsResponse carries.
+WATCH_BATCH_EVENTS = 1_000
+WATCH_BATCH_BYTES = 1 << 20
+
+
+class _Batch:
+    """The WatchJobsResponse being filled, cut at WATCH_BATCH_EVENTS or WATCH_BATCH_BYTES."""
+
+    def __init__(self) -> None:
+        self.response = pb.WatchJobsResponse()
+        self._bytes = 0
+
+    def __bool__(self) -> bool:
+        return len(self.response.events) > 0
+
+    def add(self) -> job_pb2.JobEvent:
+        return self.response.events.add()
+
+    def full(self, last: job_pb2.JobEvent) -> bool:
+        """Count ``last`` (just added); True when the batch should go now."""
+        self._bytes += last.ByteSize()
+        return len(self.response.events) >= WATCH_BATCH_EVENTS or self._bytes >= WATCH_BATCH_BYTES
+
+    def take(self) -> pb.WatchJobsResponse:
+        response, self.response, self._bytes = self.response, pb.WatchJobsResponse(), 0
+        return response
 
 
 class Feeds:
@@ -105,8 +134,14 @@ class Feeds:
             if e.revision <= self._durable
         ]
 
-    async def watch(self, since: int, flt: ListFilter) -> AsyncIterator[job_pb2.JobEvent]:
-        """Changes after ``since`` in revision order; ``since`` 0 starts with a snapshot."""
+    async def watch(self, since: int, flt: ListFilter) -> AsyncIterator[pb.WatchJobsResponse]:
+        """Changes after ``since`` in revision order, in batches; ``since`` 0 starts with a snapshot.
+
+        Each response carries the events that are ready together (see
+        WatchJobsResponse in conductor.proto): a snapshot in batches closed by
+        SNAPSHOT_END, changes as they become durable, a HEARTBEAT alone when
+        the stream has been quiet.
+        """
         if since < 0:
             raise invalid_field("since_revision", "must not be negative")
         if since > self._lc.revision:
@@ -122,10 +157,16 @@ class Feeds:
                 # The book holds only durable changes: it stands at one revision.
                 cursor = self._lc.book.revision
                 jobs = list(self._lc.book.jobs(flt))
+                batch = _Batch()
                 for job in jobs:
-                    yield job_pb2.JobEvent(revision=cursor, job=job, type=S.JOB_EVENT_TYPE_SNAPSHOT)
-                # A job-less event marks the end of the snapshot.
-                yield job_pb2.JobEvent(revision=cursor)
+                    ev = batch.add()
+                    ev.revision, ev.type = cursor, S.JOB_EVENT_TYPE_SNAPSHOT
+                    ev.job.CopyFrom(job)
+                    if batch.full(ev):
+                        yield batch.take()
+                end = batch.add()
+                end.revision, end.type = cursor, S.JOB_EVENT_TYPE_SNAPSHOT_END
+                yield batch.take()
             loop = asyncio.get_running_loop()
             last_sent = loop.time()
             while True:
@@ -133,11 +174,18 @@ class Feeds:
                 settled = self._durable
                 events = await self._events_after(cursor)
                 if events:
+                    # Every change ready now goes out together, in batches.
+                    batch = _Batch()
                     for ev in events:
                         cursor = ev.revision
                         if flt.matches(ev.job):
-                            last_sent = loop.time()
-                            yield ev
+                            batch.response.events.append(ev)
+                            if batch.full(ev):
+                                last_sent = loop.time()
+                                yield batch.take()
+                    if batch:
+                        last_sent = loop.time()
+                        yield batch.take()
                     continue
                 # Every durable change after the cursor has been sent: what is
                 # left up to the durable revision settled with nothing to show
@@ -154,7 +202,9 @@ class Feeds:
                     continue  # changes arrived as the wait ended: they go first
                 last_sent = loop.time()
                 # Never ahead of what was sent: a client resumes from this revision.
-                yield job_pb2.JobEvent(revision=cursor)
+                yield pb.WatchJobsResponse(
+                    events=[job_pb2.JobEvent(revision=cursor, type=S.JOB_EVENT_TYPE_HEARTBEAT)]
+                )
         finally:
             self.active_watches -= 1
 

@@ -190,10 +190,10 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
     @translate_errors
     async def WatchJobs(
         self, request: pb.WatchJobsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[job_pb2.JobEvent]:
+    ) -> AsyncIterator[pb.WatchJobsResponse]:
         flt = ListFilter(request.project, request.group, request.name)
-        async for event in self._feeds.watch(request.since_revision, flt):
-            yield event
+        async for response in self._feeds.watch(request.since_revision, flt):
+            yield response
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -28,6 +28,7 @@ SECTIONS = (
     "log_latency_ms",
     "log_throughput",
     "status_event_latency_ms",
+    "watch_snapshot",
     "log_fanout_ms",
     "viewer",
 )

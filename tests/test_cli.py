@@ -236,7 +236,7 @@ def watching(services: Stack, run: Any) -> Any:
 
 def test_watch(baton: Baton, services: Stack) -> None:
     events = watching(services, lambda since: baton.lines("watch", "--since", since, "--count", "2"))
-    assert [list(e) for e in events] == [["event"]] * 2
+    assert [list(e) for e in events] == [["event"]] * 2, events
     assert [e["event"]["job"]["state"] for e in events] == ["JOB_STATE_QUEUED", "JOB_STATE_RUNNING"]
     assert [e["event"]["type"] for e in events] == ["JOB_EVENT_TYPE_UPDATED"] * 2
     revisions = [int(e["event"]["revision"]) for e in events]
@@ -253,6 +253,15 @@ def test_watch(baton: Baton, services: Stack) -> None:
     assert [e["event"]["type"] for e in snapshot] == ["JOB_EVENT_TYPE_SNAPSHOT"] * 2
     code, out, _ = baton("watch", "--project", "watching", "--count", "1")
     assert code == 0 and out.split()[1] == "snapshot" and "watching/default/watched" in out
+
+    # The snapshot's end is an event of its own type, with no job: a line of its own.
+    framed = baton.lines("watch", "--project", "watching", "--count", "3")
+    types = [e["event"]["type"] for e in framed]
+    assert types == ["JOB_EVENT_TYPE_SNAPSHOT"] * 2 + ["JOB_EVENT_TYPE_SNAPSHOT_END"]
+    assert "job" not in framed[2]["event"]
+    assert {e["event"]["revision"] for e in framed} == {framed[2]["event"]["revision"]}
+    code, out, _ = baton("watch", "--project", "watching", "--count", "3")
+    assert code == 0 and out.splitlines()[2].split()[1:] == ["end", "of", "snapshot"]
 
 
 def test_watch_live_table_on_a_terminal(services: Stack) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
+from baton.v1 import conductor_pb2 as cpb
 from baton.v1 import job_pb2
 from client import (
     AsyncConductorClient,
@@ -175,6 +176,62 @@ def test_watch_snapshot_is_whole_and_marks_its_end(services: Stack) -> None:
         assert all(e.type == job_pb2.JOB_EVENT_TYPE_SNAPSHOT for e in snapshot)
         assert watch.snapshot_done and watch.revision == client.get_conductor_info().revision
         watch.close()
+
+
+class WatchRequests(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Records the since_revision of each WatchJobs call for one name the client opens."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.since: list[int] = []
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        if isinstance(request, cpb.WatchJobsRequest) and request.name == self.name:
+            self.since.append(request.since_revision)
+        return await continuation(details, request)
+
+
+def test_watch_resumes_from_the_revision_of_a_heartbeat_or_snapshot_end(tmp_path: Path) -> None:
+    """A filtered watch sees no change while others move the revision on: its
+    SNAPSHOT_END and HEARTBEAT events (given with ``progress``, told apart by
+    type) carry it forward, and a reconnect resumes from there, not from 0 or
+    from an older revision."""
+    with stack(tmp_path / "home", feed_heartbeat=0.2) as services:
+        proxy = TcpProxy(services.address)
+        requests = WatchRequests("quiet")  # wait_for_job watches too
+        try:
+            with ConductorClient(proxy.address, retry=FAST, interceptors=[requests]) as client:
+                before = client.submit_job(spec("other", "true"))
+                client.wait_for_job(before.id, timeout=30)
+                watch = client.watch_jobs(name="quiet", progress=True)
+                end = next(watch)
+                assert end.type == job_pb2.JOB_EVENT_TYPE_SNAPSHOT_END and not end.HasField("job")
+                assert end.revision == watch.revision == client.get_conductor_info().revision
+                other = client.submit_job(spec("other", "true"))
+                client.wait_for_job(other.id, timeout=30)
+                moved = client.get_conductor_info().revision
+                assert moved > end.revision
+                for event in watch:
+                    assert event.type == job_pb2.JOB_EVENT_TYPE_HEARTBEAT and not event.HasField("job")
+                    if event.revision == moved:
+                        break
+                assert watch.revision == moved
+                proxy.cut()
+                quiet = client.submit_job(spec("quiet", "true"))
+                seen = []
+                for event in watch:
+                    if event.type != job_pb2.JOB_EVENT_TYPE_HEARTBEAT:
+                        seen.append(event)
+                        if event.job.state == job_pb2.JOB_STATE_SUCCEEDED:
+                            break
+                watch.close()
+            assert watch.reconnects >= 1
+            assert requests.since[0] == 0 and requests.since[1:] and set(requests.since[1:]) == {moved}
+            assert {e.type for e in seen} == {job_pb2.JOB_EVENT_TYPE_UPDATED}
+            assert {e.job.id for e in seen} == {quiet.id}
+            assert seen[0].revision == moved + 1
+        finally:
+            proxy.close()
 
 
 def test_tail_then_follow_through_a_cut(services: Stack) -> None:

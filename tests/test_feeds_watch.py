@@ -24,6 +24,7 @@ import yaml
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+import conductor.feeds
 import conductor.server
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
@@ -37,6 +38,8 @@ T = TypeVar("T")
 UPDATED = job_pb2.JOB_EVENT_TYPE_UPDATED
 DELETED = job_pb2.JOB_EVENT_TYPE_DELETED
 SNAPSHOT = job_pb2.JOB_EVENT_TYPE_SNAPSHOT
+SNAPSHOT_END = job_pb2.JOB_EVENT_TYPE_SNAPSHOT_END
+HEARTBEAT = job_pb2.JOB_EVENT_TYPE_HEARTBEAT
 
 
 def spec(name: str, command: str, **extra: str) -> str:
@@ -75,12 +78,14 @@ def server_revision(c: InProcessConductor) -> int:
 class WatchRead:
     """What WatchJobs delivered over one or more calls, checked event by event.
 
-    A call from revision 0 starts with SNAPSHOT events, all at one revision, closed
-    by a job-less marker at that revision. Then changes (UPDATED or DELETED, with a
-    job whose revision is the event's) come in strictly increasing revision order,
-    after the revision the call started from; a job-less event is a heartbeat and
-    carries the current revision, never one behind what was already sent. ``last``
-    is where a reconnect resumes: the revision of the last message of any kind.
+    Every event is read by its type alone. A call from revision 0 starts with
+    SNAPSHOT events, all at one revision, closed by a SNAPSHOT_END at that
+    revision. Then changes (UPDATED or DELETED, with a job whose revision is
+    the event's) come in strictly increasing revision order, after the revision
+    the call started from; a HEARTBEAT carries the current revision, never one
+    behind what was already sent. Only SNAPSHOT, UPDATED and DELETED carry a
+    job. ``last`` is where a reconnect resumes: the revision of the last event
+    of any type. ``responses`` counts the WatchJobsResponse messages.
     """
 
     last: int = 0
@@ -89,22 +94,24 @@ class WatchRead:
     changes: list[job_pb2.JobEvent] = field(default_factory=list)
     heartbeats: list[job_pb2.JobEvent] = field(default_factory=list)
     calls: int = 0
+    responses: int = 0
 
     def accept(self, ev: job_pb2.JobEvent, in_snapshot: bool) -> bool:
         """Take one event; True while the call is still in its snapshot."""
+        assert ev.HasField("job") == (ev.type in (SNAPSHOT, UPDATED, DELETED)), ev
         if in_snapshot:
-            if ev.HasField("job"):
-                assert ev.type == SNAPSHOT, ev
+            assert ev.type in (SNAPSHOT, SNAPSHOT_END), f"inside a snapshot: {ev}"
+            if ev.type == SNAPSHOT:
                 assert not self.snapshot or ev.revision == self.snapshot[0].revision, ev
                 self.snapshot.append(ev)
                 return True
-            assert ev.type in (0, SNAPSHOT), f"the end-of-snapshot marker: {ev}"
             if self.snapshot:
-                assert ev.revision == self.snapshot[0].revision, "the marker gives the snapshot's revision"
+                assert ev.revision == self.snapshot[0].revision, "the end gives the snapshot's revision"
             self.marker = ev
             self.last = ev.revision
             return False
-        if not ev.HasField("job"):
+        assert ev.type != SNAPSHOT and ev.type != SNAPSHOT_END, f"outside a snapshot: {ev}"
+        if ev.type == HEARTBEAT:
             assert ev.revision >= self.last, f"heartbeat at {ev.revision} after {self.last}"
             self.heartbeats.append(ev)
             self.last = ev.revision
@@ -115,6 +122,14 @@ class WatchRead:
         self.changes.append(ev)
         self.last = ev.revision
         return False
+
+    def take(self, response: pb.WatchJobsResponse, in_snapshot: bool) -> bool:
+        """Take one response, every event of it in order."""
+        assert response.events, "an empty response"
+        self.responses += 1
+        for ev in response.events:
+            in_snapshot = self.accept(ev, in_snapshot)
+        return in_snapshot
 
 
 def watch(
@@ -135,9 +150,10 @@ def watch(
         read.snapshot.clear()
     seen = 0
     call = stub.WatchJobs(pb.WatchJobsRequest(since_revision=since, **flt), timeout=timeout)
-    for ev in call:
-        in_snapshot = read.accept(ev, in_snapshot)
-        seen += ev.HasField("job") and not in_snapshot
+    for response in call:
+        changes = len(read.changes)
+        in_snapshot = read.take(response, in_snapshot)
+        seen += len(read.changes) - changes
         if not in_snapshot and (stop(read) or (cut_after is not None and seen >= cut_after)):
             call.cancel()
             return read
@@ -371,8 +387,95 @@ def test_quiet_watch_gets_heartbeats_with_the_current_revision(conductor_factory
     # About six are due; ask for two so a busy machine cannot fail this.
     assert len(read.heartbeats) >= 2, read.heartbeats
     assert {e.revision for e in read.heartbeats} == {revision}
-    assert all(not e.HasField("job") for e in read.heartbeats)
+    assert all(e.type == HEARTBEAT and not e.HasField("job") for e in read.heartbeats)
     assert not read.changes
+
+
+def test_snapshot_end_heartbeat_and_change_are_told_apart_by_type_alone(
+    conductor_factory: Factory, tmp_path: Path
+) -> None:
+    # Read as a client in any language would: by `type`, never by whether a job is set.
+    # The snapshot here is empty (the filter matches no job yet), the case where an
+    # end marker without a type of its own could not be told from a heartbeat.
+    c = conductor_factory(feed_heartbeat=0.2)
+    c.wait_ended(c.submit(spec("other", "true")).id)
+    revision = server_revision(c)
+    stop = tmp_path / "stop"
+    kinds: list[tuple[int, int]] = []  # (type, revision), as they came
+    jobs: dict[int, set[bool]] = {}  # type -> whether its events had a job
+    call = c.stub.WatchJobs(pb.WatchJobsRequest(since_revision=0, name="typed"), timeout=60)
+    job_id = ""
+    for response in call:
+        for ev in response.events:
+            kinds.append((ev.type, ev.revision))
+            jobs.setdefault(ev.type, set()).add(ev.HasField("job"))
+        types = [t for t, _ in kinds]
+        if types.count(HEARTBEAT) >= 2 and not job_id:
+            job_id = c.submit(spec("typed", wait_file_cmd(stop))).id
+            c.wait_for(job_id, lambda j: j.state == state("running"))
+            stop.touch()
+        if job_id and any(t == UPDATED for t in types) and types[-1] == HEARTBEAT:
+            call.cancel()
+            break
+    types = [t for t, _ in kinds]
+    assert kinds[0] == (SNAPSHOT_END, revision), "an empty snapshot still ends, at its revision"
+    assert types.count(SNAPSHOT_END) == 1 and SNAPSHOT not in types
+    first_change = types.index(UPDATED)
+    assert set(types[1:first_change]) == {HEARTBEAT}
+    assert {r for t, r in kinds[1:first_change]} == {revision}, "a quiet heartbeat: the current revision"
+    changes = [(t, r) for t, r in kinds if t == UPDATED]
+    assert [r for _, r in changes] == list(range(revision + 1, revision + 1 + len(changes)))
+    assert kinds[-1] == (HEARTBEAT, changes[-1][1]), "a heartbeat after changes: the last change's revision"
+    assert set(types) == {SNAPSHOT_END, HEARTBEAT, UPDATED}
+    assert jobs == {SNAPSHOT_END: {False}, HEARTBEAT: {False}, UPDATED: {True}}
+    assert c.get(job_id).state == state("succeeded")
+
+
+def test_snapshot_and_bursts_come_batched_and_a_lone_change_alone(
+    monkeypatch: pytest.MonkeyPatch, conductor_factory: Factory, tmp_path: Path
+) -> None:
+    # White-box: batches of 7 instead of 1,000, so a handful of jobs shows the cuts.
+    monkeypatch.setattr(conductor.feeds, "WATCH_BATCH_EVENTS", 7)
+    c = conductor_factory(feed_heartbeat=0.2)
+    ids = [c.submit(spec("many-0", "true")).id]
+    c.wait_ended(ids[0])
+    start = server_revision(c)  # a watch from here replays the 15 jobs after it
+    ids += [c.submit(spec(f"many-{i}", "true")).id for i in range(1, 16)]
+    for job_id in ids:
+        c.wait_ended(job_id)
+    revision = server_revision(c)
+    stub = c.stub
+
+    # A snapshot of 16 jobs: 7 + 7 + 2, the SNAPSHOT_END closing the last batch.
+    call = stub.WatchJobs(pb.WatchJobsRequest(since_revision=0), timeout=30)
+    sizes: list[list[int]] = []
+    for response in call:
+        sizes.append([ev.type for ev in response.events])
+        if response.events[-1].type == SNAPSHOT_END:
+            call.cancel()
+            break
+    assert sizes == [[SNAPSHOT] * 7, [SNAPSHOT] * 7, [SNAPSHOT] * 2 + [SNAPSHOT_END]]
+
+    # Changes already made when the watch asks for them go out together, 7 at a time.
+    changes = revision - start
+    assert changes >= 3 * 15
+    read = WatchRead(last=start)
+    watch(stub, read, stop=lambda r: r.last >= revision)
+    assert [e.revision for e in read.changes] == list(range(start + 1, revision + 1))
+    assert read.responses == -(-changes // 7), read.responses
+
+    # A single change, live, comes at once in a response of its own.
+    lone = WatchRead(last=revision)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(watch, stub, lone, stop=lambda r: bool(r.changes))
+        wait_until(lambda: lone.heartbeats, "the watch to be open and quiet")
+        sent = time.monotonic()
+        stub.DeleteJob(pb.DeleteJobRequest(job_id=ids[0]), timeout=10)
+        future.result(timeout=30)
+        took = time.monotonic() - sent
+    assert [e.type for e in lone.changes] == [DELETED]
+    assert lone.responses == len(lone.heartbeats) + 1
+    assert took < 0.2 + 1.0, "a lone change waits for no batch"
 
 
 # ---------------------------------------------------------------------------- history that is gone
@@ -447,8 +550,8 @@ def test_compacted_revisions_are_out_of_range_and_kept_ones_replay_from_disk(
         late = WatchRead()
         in_snapshot = True
         with pytest.raises(grpc.RpcError) as caught:
-            for ev in stalled:
-                in_snapshot = late.accept(ev, in_snapshot)
+            for response in stalled:
+                in_snapshot = late.take(response, in_snapshot)
         assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE, caught.value  # type: ignore[attr-defined]
         assert re.search(r"snapshot|since_revision 0", caught.value.details() or "")  # type: ignore[attr-defined]
         revisions = [e.revision for e in late.changes]

@@ -56,6 +56,16 @@ def test_node_client_drives_both_services(node_modules: Path, tmp_path: Path) ->
         assert {e["id"] for e in events} == {job_id}
         assert events[0]["state"] == "JOB_STATE_QUEUED" and events[-1]["state"] == "JOB_STATE_SUCCEEDED"
         assert {e["type"] for e in events} == {"JOB_EVENT_TYPE_UPDATED"}
+        # Any job-less event on that watch says by its type what it is: a heartbeat.
+        assert set(seen["others"]) <= {"JOB_EVENT_TYPE_HEARTBEAT"}
+
+        # The snapshot, from revision 0: the one earlier job, then its end, by type.
+        snapshot = seen["snapshot"]
+        assert [(e["type"], e["id"]) for e in snapshot] == [
+            ("JOB_EVENT_TYPE_SNAPSHOT", first.id),
+            ("JOB_EVENT_TYPE_SNAPSHOT_END", None),
+        ]
+        assert {int(e["revision"]) for e in snapshot} == {since}
 
         listed = seen["viewer"]
         assert {j["id"] for j in listed["jobs"]} == {first.id, job_id} and listed["total_size"] == "2"

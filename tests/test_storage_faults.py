@@ -151,13 +151,14 @@ def all_jobs(c: InProcessConductor) -> list[job_pb2.Job]:
 
 
 def snapshot(c: InProcessConductor) -> list[job_pb2.Job]:
-    """The jobs of a WatchJobs snapshot (from revision 0, up to its end marker)."""
+    """The jobs of a WatchJobs snapshot (from revision 0, up to its SNAPSHOT_END)."""
     call = c.stub.WatchJobs(pb.WatchJobsRequest(since_revision=0), timeout=10)
     jobs: list[job_pb2.Job] = []
     try:
-        for ev in call:
-            if not ev.HasField("job"):
+        for ev in (ev for response in call for ev in response.events):
+            if ev.type == job_pb2.JOB_EVENT_TYPE_SNAPSHOT_END:
                 return jobs
+            assert ev.type == job_pb2.JOB_EVENT_TYPE_SNAPSHOT, ev
             jobs.append(ev.job)
     finally:
         call.cancel()
@@ -170,8 +171,8 @@ def history(c: InProcessConductor) -> list[job_pb2.Job]:
     call = c.stub.WatchJobs(pb.WatchJobsRequest(since_revision=1), timeout=30)
     jobs = []
     try:
-        for ev in call:
-            if ev.HasField("job"):
+        for ev in (ev for response in call for ev in response.events):
+            if ev.type in (job_pb2.JOB_EVENT_TYPE_UPDATED, job_pb2.JOB_EVENT_TYPE_DELETED):
                 jobs.append(ev.job)
             if ev.revision >= last:
                 return jobs
@@ -191,8 +192,8 @@ class Watch:
 
     def _read(self) -> None:
         with contextlib.suppress(grpc.RpcError):
-            for ev in self._call:
-                self.events.append(ev)
+            for response in self._call:
+                self.events.extend(response.events)
 
     def close(self) -> None:
         self._call.cancel()
@@ -410,7 +411,10 @@ def test_a_watch_open_across_a_refused_submission_keeps_the_conductor_answering(
             assert c.wait_ended(job.id).state == job_pb2.JOB_STATE_SUCCEEDED
             watch = Watch(c)
             w = watch
-            wait_until(lambda: any(not ev.HasField("job") for ev in w.events), what="the snapshot's end")
+            wait_until(
+                lambda: any(ev.type == job_pb2.JOB_EVENT_TYPE_SNAPSHOT_END for ev in w.events),
+                what="the snapshot's end",
+            )
             exhaust_blocks(fs / "filler")
             refuse_for_storage(c, "too-big")
             seen = len(watch.events)
@@ -419,7 +423,9 @@ def test_a_watch_open_across_a_refused_submission_keeps_the_conductor_answering(
                 c.stub.GetConductorInfo(pb.GetConductorInfoRequest(), timeout=3)
             except grpc.RpcError as err:
                 pytest.fail(f"the conductor stopped answering after the refusal: {err.code()}")
-            assert any(not ev.HasField("job") for ev in watch.events[seen:]), "no heartbeat on the watch"
+            assert any(ev.type == job_pb2.JOB_EVENT_TYPE_HEARTBEAT for ev in watch.events[seen:]), (
+                "no heartbeat on the watch"
+            )
         finally:
             (fs / "filler").unlink(missing_ok=True)
             if c.proc is not None and c.proc.poll() is None:

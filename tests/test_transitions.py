@@ -125,11 +125,11 @@ class Recorder:
         self._thread = threading.Thread(target=self._read, args=(call,), daemon=True)
         self._thread.start()
 
-    def _read(self, call: Iterator[job_pb2.JobEvent]) -> None:
+    def _read(self, call: Iterator[pb.WatchJobsResponse]) -> None:
         try:
-            for event in call:
+            for event in (event for response in call for event in response.events):
                 with self._cond:
-                    if event.HasField("job"):
+                    if event.type not in (S.JOB_EVENT_TYPE_HEARTBEAT, S.JOB_EVENT_TYPE_SNAPSHOT_END):
                         if event.type != S.JOB_EVENT_TYPE_UPDATED or event.revision <= self.revision:
                             self.problems.append(f"{S.JobEventType.Name(event.type)} at {event.revision}")
                         self.events.append(event)

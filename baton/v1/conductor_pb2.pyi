@@ -119,6 +119,12 @@ class WatchJobsRequest(_message.Message):
     name: str
     def __init__(self, since_revision: _Optional[int] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
+class WatchJobsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[_job_pb2.JobEvent, _Mapping]]] = ...) -> None: ...
+
 class GetConductorInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

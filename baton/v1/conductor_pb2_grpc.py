@@ -80,7 +80,7 @@ class ConductorStub:
         self.WatchJobs = channel.unary_stream(
                 '/baton.v1.Conductor/WatchJobs',
                 request_serializer=baton_dot_v1_dot_conductor__pb2.WatchJobsRequest.SerializeToString,
-                response_deserializer=baton_dot_v1_dot_job__pb2.JobEvent.FromString,
+                response_deserializer=baton_dot_v1_dot_conductor__pb2.WatchJobsResponse.FromString,
                 _registered_method=True)
         self.GetConductorInfo = channel.unary_unary(
                 '/baton.v1.Conductor/GetConductorInfo',
@@ -191,10 +191,15 @@ class ConductorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJobs(self, request, context):
-        """Every job change after `since_revision`, in revision order. OUT_OF_RANGE
-        when that revision is no longer kept (reason REVISION_COMPACTED, metadata
-        `oldest_revision`) or is ahead of the conductor (REVISION_AHEAD): watch
-        again from 0. INVALID_ARGUMENT for a negative `since_revision`.
+        """Every job change after `since_revision`, in revision order, as a stream
+        of responses that each carry one or more events (see WatchJobsResponse).
+        From since_revision 0: SNAPSHOT events for every matching job, then one
+        SNAPSHOT_END; then UPDATED and DELETED events; HEARTBEAT events on a
+        quiet stream. OUT_OF_RANGE when `since_revision` is no longer kept
+        (reason REVISION_COMPACTED) or is ahead of the conductor (REVISION_AHEAD):
+        watch again from 0 (metadata `oldest_revision` with the first).
+        INVALID_ARGUMENT for a negative `since_revision`. The stream ends only
+        when the caller or the conductor stops it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -292,7 +297,7 @@ def add_ConductorServicer_to_server(servicer, server):
             'WatchJobs': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJobs,
                     request_deserializer=baton_dot_v1_dot_conductor__pb2.WatchJobsRequest.FromString,
-                    response_serializer=baton_dot_v1_dot_job__pb2.JobEvent.SerializeToString,
+                    response_serializer=baton_dot_v1_dot_conductor__pb2.WatchJobsResponse.SerializeToString,
             ),
             'GetConductorInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConductorInfo,
@@ -564,7 +569,7 @@ class Conductor:
             target,
             '/baton.v1.Conductor/WatchJobs',
             baton_dot_v1_dot_conductor__pb2.WatchJobsRequest.SerializeToString,
-            baton_dot_v1_dot_job__pb2.JobEvent.FromString,
+            baton_dot_v1_dot_conductor__pb2.WatchJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,8 @@ class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_EVENT_TYPE_SNAPSHOT: _ClassVar[JobEventType]
     JOB_EVENT_TYPE_UPDATED: _ClassVar[JobEventType]
     JOB_EVENT_TYPE_DELETED: _ClassVar[JobEventType]
+    JOB_EVENT_TYPE_SNAPSHOT_END: _ClassVar[JobEventType]
+    JOB_EVENT_TYPE_HEARTBEAT: _ClassVar[JobEventType]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -71,6 +73,8 @@ JOB_EVENT_TYPE_UNSPECIFIED: JobEventType
 JOB_EVENT_TYPE_SNAPSHOT: JobEventType
 JOB_EVENT_TYPE_UPDATED: JobEventType
 JOB_EVENT_TYPE_DELETED: JobEventType
+JOB_EVENT_TYPE_SNAPSHOT_END: JobEventType
+JOB_EVENT_TYPE_HEARTBEAT: JobEventType
 
 class Step(_message.Message):
     __slots__ = ("name", "command")

@@ -3,10 +3,12 @@
 //
 //   node interop.js CONDUCTOR_ADDR VIEWER_ADDR PROTOS_DIR WORKDIR
 //
-// It watches the conductor from its current revision, submits a job, follows
-// the job's log to its `complete` message, waits for the watch to report the
-// job SUCCEEDED, then lists it in the viewer, and prints one JSON document of
-// what it saw on stdout (tests/test_node_interop.py checks it).
+// It takes a snapshot of the project's jobs (a watch from revision 0, read up
+// to its SNAPSHOT_END), watches the conductor from its current revision,
+// submits a job, follows the job's log to its `complete` message, waits for
+// the watch to report the job SUCCEEDED, then lists it in the viewer, and
+// prints one JSON document of what it saw on stdout (tests/test_node_interop.py
+// checks it).
 "use strict";
 
 const grpc = require("@grpc/grpc-js");
@@ -42,29 +44,57 @@ function within(promise, seconds, what) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-// Every change after `since` until `job` (once known) is SUCCEEDED; heartbeats (no job) skipped.
+// A watch answers with WatchJobsResponse messages, each carrying one or more
+// events in order; what an event is, its `type` alone says.
+function eachEvent(stream, onEvent) {
+  stream.on("data", (response) => response.events.forEach(onEvent));
+}
+
+// Every change after `since` until `job` (once known) is SUCCEEDED; the kinds of
+// job-less events (heartbeats) are counted by type.
 function watchUntilSucceeded(since, jobId) {
   const events = [];
+  const others = {};
   const stream = conductor.WatchJobs({ since_revision: since });
   let finish;
   const done = new Promise((resolve, reject) => {
     finish = resolve;
-    stream.on("error", (err) => (err.code === grpc.status.CANCELLED ? resolve(events) : reject(err)));
+    stream.on("error", (err) => (err.code === grpc.status.CANCELLED ? resolve({ events, others }) : reject(err)));
     stream.on("end", () => reject(new Error("the watch ended")));
   });
   const check = () => {
     const id = jobId();
     if (id && events.some((e) => e.id === id && e.state === "JOB_STATE_SUCCEEDED")) {
       stream.cancel();
-      finish(events);
+      finish({ events, others });
     }
   };
-  stream.on("data", (event) => {
-    if (!event.job) return;
+  eachEvent(stream, (event) => {
+    if (event.type !== "JOB_EVENT_TYPE_UPDATED" && event.type !== "JOB_EVENT_TYPE_DELETED") {
+      others[event.type] = (others[event.type] || 0) + 1;
+      return;
+    }
     events.push({ revision: event.revision, type: event.type, id: event.job.id, state: event.job.state });
     check();
   });
   return { done, check };
+}
+
+// A watch from revision 0 of one project, up to its SNAPSHOT_END: the events' types and jobs.
+function snapshotOf(project) {
+  return new Promise((resolve, reject) => {
+    const seen = [];
+    const stream = conductor.WatchJobs({ since_revision: 0, project });
+    eachEvent(stream, (event) => {
+      seen.push({ type: event.type, revision: event.revision, id: event.job ? event.job.id : null });
+      if (event.type === "JOB_EVENT_TYPE_SNAPSHOT_END") {
+        stream.cancel();
+        resolve(seen);
+      }
+    });
+    stream.on("error", (err) => (err.code === grpc.status.CANCELLED ? null : reject(err)));
+    stream.on("end", () => reject(new Error("the snapshot ended without SNAPSHOT_END")));
+  });
 }
 
 function followLog(jobId) {
@@ -96,6 +126,7 @@ async function inViewer(jobId) {
 
 async function main() {
   const info = await call(conductor, "GetConductorInfo", {});
+  const snapshot = await within(snapshotOf("interop"), 30, "the snapshot");
   let jobId = null;
   const watch = watchUntilSucceeded(info.revision, () => jobId);
   const job = await call(conductor, "SubmitJob", {
@@ -110,7 +141,7 @@ async function main() {
   jobId = job.id;
   watch.check();
   const log = await within(followLog(job.id), 30, "the log");
-  const events = await within(watch.done, 30, "the watch");
+  const { events, others } = await within(watch.done, 30, "the watch");
   const listed = await within(inViewer(job.id), 30, "the viewer");
   const fromViewer = await call(viewer, "GetJob", { job_id: job.id });
   let notFound = null;
@@ -123,7 +154,9 @@ async function main() {
     since: info.revision,
     submitted: { id: job.id, state: job.state, request_id: job.request_id },
     log: { text: log.text, complete: log.complete && { state: log.complete.state, exit_code: log.complete.exit_code } },
+    snapshot,
     events,
+    others,
     viewer: {
       total_size: listed.total_size,
       jobs: listed.jobs.map((j) => ({ id: j.id, state: j.state, name: j.name })),
