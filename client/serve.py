@@ -22,7 +22,7 @@ from typing import Any
 
 from client import exitcodes
 from common.jobfile import write_atomic
-from common.rpc import until_signalled
+from common.rpc import stop_signals, until_signalled
 
 # The flags each service takes, as (flag, argparse keyword arguments).
 _COMMON = [
@@ -116,21 +116,22 @@ async def _serve(starters: dict[str, Starter], args: argparse.Namespace, home: P
             with contextlib.suppress(Exception):
                 await service.stop()
 
-    try:
-        for start in starters.values():
-            running.append(await start())
-    except BaseException:
-        await stop_all()
-        raise
-    addresses = {name: r.address for name, r in zip(starters, running, strict=True)}
-    document = json.dumps(addresses | {"home": str(home)})
-    if args.address_file is not None:
-        await asyncio.to_thread(write_atomic, args.address_file, document.encode())
-    if args.json:
-        print(document, flush=True)
-    else:
-        _announce(addresses, home)
-    await until_signalled(stop_all)
+    async with stop_signals() as stopping:
+        try:
+            for start in starters.values():
+                running.append(await start())
+        except BaseException:
+            await stop_all()
+            raise
+        addresses = {name: r.address for name, r in zip(starters, running, strict=True)}
+        document = json.dumps(addresses | {"home": str(home)})
+        if args.address_file is not None:
+            await asyncio.to_thread(write_atomic, args.address_file, document.encode())
+        if args.json:
+            print(document, flush=True)
+        else:
+            _announce(addresses, home)
+        await until_signalled(stopping, stop_all)
     if not args.json:
         print("baton: stopped", file=sys.stderr, flush=True)
 

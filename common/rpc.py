@@ -8,6 +8,7 @@ them into status codes with rich details, so no servicer picks a code itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import inspect
@@ -170,16 +171,29 @@ async def stop_serving(
     await server.stop(grace)
 
 
-async def until_signalled(stop: Callable[[], Awaitable[None]]) -> None:
-    """Wait for SIGTERM or SIGINT, then run ``stop`` (a server's clean shutdown)."""
+@contextlib.asynccontextmanager
+async def stop_signals() -> AsyncIterator[asyncio.Event]:
+    """From entry on, SIGTERM and SIGINT set the event instead of killing the process.
+
+    Enter it before a server starts: a signal that arrives while it starts
+    (or just after it has announced itself) is then a request to stop cleanly,
+    never a kill.
+    """
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        await stopping.wait()
-        log.info("stopping")
+        yield stopping
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def until_signalled(stopping: asyncio.Event, stop: Callable[[], Awaitable[None]]) -> None:
+    """Wait for the stop signal, then run ``stop`` (a server's clean shutdown)."""
+    try:
+        await stopping.wait()
+        log.info("stopping")
+    finally:
         await stop()

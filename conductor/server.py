@@ -22,7 +22,7 @@ from grpc_health.v1 import health
 from baton.v1 import conductor_pb2, conductor_pb2_grpc
 from common.jobfile import write_atomic
 from common.layout import Layout
-from common.rpc import build_server, stop_serving, until_signalled
+from common.rpc import build_server, stop_serving, stop_signals, until_signalled
 from conductor.config import ConductorConfig
 from conductor.executors import make_executors
 from conductor.feeds import Feeds
@@ -135,5 +135,6 @@ async def start(config: ConductorConfig) -> RunningConductor:
 
 async def serve(config: ConductorConfig) -> None:
     """Run a conductor until SIGTERM or SIGINT; its jobs keep running."""
-    running = await start(config)
-    await until_signalled(running.stop)
+    async with stop_signals() as stopping:
+        running = await start(config)
+        await until_signalled(stopping, running.stop)

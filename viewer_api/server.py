@@ -10,7 +10,7 @@ import structlog
 from grpc_health.v1 import health
 
 from baton.v1 import viewer_pb2, viewer_pb2_grpc
-from common.rpc import build_server, stop_serving, until_signalled
+from common.rpc import build_server, stop_serving, stop_signals, until_signalled
 from viewer_api.config import ViewerConfig
 from viewer_api.index import Index
 from viewer_api.indexer import Indexer
@@ -87,5 +87,6 @@ async def start(config: ViewerConfig) -> RunningViewer:
 
 async def serve(config: ViewerConfig) -> None:
     """Run a viewer until SIGTERM or SIGINT."""
-    running = await start(config)
-    await until_signalled(running.stop)
+    async with stop_signals() as stopping:
+        running = await start(config)
+        await until_signalled(stopping, running.stop)
