@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,22 +39,39 @@ class Piece:
 
 
 class _Reader:
-    """An open log file that notices truncation and replacement (blocking calls)."""
+    """An open log file that notices truncation and replacement (blocking calls).
+
+    A read runs in a worker thread, which goes on after its reader is
+    cancelled; ``close`` may therefore come in the middle of a read. Such a
+    read must not open the file again after the close (the descriptor would
+    stay open for good), and the close, on the event loop, must not wait for
+    it: whichever of the two comes last releases the descriptor.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
         self._ino: int | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
     def read(self, offset: int, limit: int) -> tuple[bytes, bool]:
         """Up to ``limit`` bytes at ``offset``; True when the file shrank or was replaced."""
+        try:
+            with self._lock:
+                return (b"", False) if self._closed else self._read(offset, limit)
+        finally:
+            # Closed while this read ran (and the close could not take the lock).
+            self._release_if_closed()
+
+    def _read(self, offset: int, limit: int) -> tuple[bytes, bool]:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             st = None
         if st is not None and st.st_ino != self._ino:
             replaced = self._fd is not None
-            self.close()
+            self._release()
             try:
                 self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -77,6 +95,18 @@ class _Reader:
             return 0
 
     def close(self) -> None:
+        self._closed = True
+        # A read in progress holds the lock; it releases the file once done.
+        self._release_if_closed()
+
+    def _release_if_closed(self) -> None:
+        if self._closed and self._lock.acquire(blocking=False):
+            try:
+                self._release()
+            finally:
+                self._lock.release()
+
+    def _release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
