@@ -459,3 +459,26 @@ def test_a_retry_with_no_room_to_start_waits_queued_then_runs_once_space_is_back
         finally:
             c.stop()
             kill_job_groups(tmp_path / "status")
+
+
+def test_a_job_that_ends_on_a_disk_with_no_blocks_left_keeps_its_exit_code(tmp_path: Path) -> None:
+    """No room even for the few bytes of an exit record: the supervisor's exit status tells it."""
+    gate = tmp_path / "gate"
+    wait_gate = f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.02; done; exit 7"
+    with small_tmpfs(tmp_path / "fs", size="16m", inodes=1000) as fs:
+        c = InProcessConductor(fs / "home", status_dir=tmp_path / "status").start()
+        try:
+            job = c.submit(spec_yaml(name="no-blocks", command=wait_gate))
+            c.wait_for(job.id, lambda j: j.state == job_pb2.JOB_STATE_RUNNING and j.external_id != "")
+            (fs / "filler").touch()
+            exhaust_blocks(fs / "filler")
+            gate.touch()
+            records = c.home / "state" / "launches" / job.id / "1"
+            wait_until(lambda: (records / "exit").exists(), what="the supervisor to end")
+            assert (records / "job.exit").read_text() == "", "the disk really had no room for the record"
+            (fs / "filler").unlink()  # room again, so the end can be recorded in the registry
+            done = c.wait_ended(job.id, timeout=30)
+            assert done.state == job_pb2.JOB_STATE_FAILED and done.exit_code == 7, done
+        finally:
+            c.stop()
+            kill_job_groups(tmp_path / "status")
