@@ -1,7 +1,8 @@
-"""Generated API code: ``baton.v1`` mirrors the proto package of ``protos/baton/v1``.
+"""Baton: everything the distribution installs lives under this one name.
 
-Nothing else lives under ``baton``; our own packages (``common``, ``conductor``,
-``viewer_api``, ``client``) have other names, so the generated imports
-(``from baton.v1 import job_pb2``) resolve the same way from the source tree and
-from the installed distribution.
+``baton.v1`` is the generated API code; it mirrors the proto package of
+``protos/baton/v1``, so protoc's imports (``from baton.v1 import job_pb2``)
+resolve unchanged. ``baton.conductor``, ``baton.viewer_api``, ``baton.client``
+and ``baton.common`` are the repository's top-level folders of those names,
+linked here so a checkout and an installed wheel import the same modules.
 """

@@ -183,7 +183,7 @@ class Conductor:
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
                 [
-                    sys.executable, "-m", "client.cli", "conductor",
+                    sys.executable, "-m", "baton.client.cli", "conductor",
                     "--listen", "127.0.0.1:0",
                     "--home", str(self.home),
                     "--max-running", str(self.max_running),

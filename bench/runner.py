@@ -20,11 +20,11 @@ from types import FrameType
 import grpc
 from google import protobuf
 
+from baton.common.version import VERSION
 from bench import feeds, latency, memory, throughput, viewer
 from bench.jobs import DEFAULT_POLL_INTERVAL
 from bench.procs import CLK_TCK, REPO
 from bench.report import Json, finite, log, percentile, target_summary
-from common.version import VERSION
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def environment() -> Json:
         "temp_dir": tmp,
         "temp_filesystem": _filesystem(os.path.realpath(tmp)),
         "fsync_4k_ms": _fsync_probe(),
-        "conductor": "`python -m client.cli conductor --listen 127.0.0.1:0` subprocess, "
+        "conductor": "`python -m baton.client.cli conductor --listen 127.0.0.1:0` subprocess, "
         "a fresh temporary home for each section",
         "client": "this process: sync grpc client for latencies, grpc.aio client for throughput",
     }

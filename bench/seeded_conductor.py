@@ -17,10 +17,10 @@ from pathlib import Path
 import grpc
 import structlog
 
+from baton.conductor.config import ConductorConfig
+from baton.conductor.server import start
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
-from conductor.config import ConductorConfig
-from conductor.server import start
 
 SEQ_BASE = 10_000_000
 

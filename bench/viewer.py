@@ -20,11 +20,11 @@ from typing import Any
 
 import grpc
 
+from baton.common.jobfile import job_from_json, job_to_json, write_atomic
 from baton.v1 import job_pb2, viewer_pb2_grpc
 from baton.v1 import viewer_pb2 as vpb
 from bench.procs import REPO
 from bench.report import Json, Target, distribution, figure, log, section
-from common.jobfile import job_from_json, job_to_json, write_atomic
 
 
 def _tree_root() -> Path:
@@ -46,7 +46,7 @@ class _Viewer:
         self.t0 = time.perf_counter()
         with open(log_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "client.cli", "viewer",
+                [sys.executable, "-m", "baton.client.cli", "viewer",
                  "--listen", "127.0.0.1:0", "--home", str(home)],
                 stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=REPO,
             )  # fmt: skip

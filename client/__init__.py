@@ -3,16 +3,16 @@
 Two services, each with a blocking and an asyncio client that share one
 implementation (the blocking one runs the asyncio one on a private loop):
 
-    from client import ConductorClient, ViewerClient              # blocking
-    from client import AsyncConductorClient, AsyncViewerClient    # asyncio
+    from baton.client import ConductorClient, ViewerClient              # blocking
+    from baton.client import AsyncConductorClient, AsyncViewerClient    # asyncio
 
 Results are the protobuf messages of ``protos/baton/v1``; failures raise the
 ``BatonError`` hierarchy of ``client.errors``.
 """
 
-from client.aio import TERMINAL_STATES, AsyncConductorClient, AsyncViewerClient
-from client.connection import ClientOptions, RetryPolicy, TlsSettings
-from client.errors import (
+from baton.client.aio import TERMINAL_STATES, AsyncConductorClient, AsyncViewerClient
+from baton.client.connection import ClientOptions, RetryPolicy, TlsSettings
+from baton.client.errors import (
     AlreadyExists,
     BatonError,
     Cancelled,
@@ -29,8 +29,8 @@ from client.errors import (
     Unavailable,
     Unimplemented,
 )
-from client.streams import LogStream, ResumableStream, WatchStream
-from client.sync import (
+from baton.client.streams import LogStream, ResumableStream, WatchStream
+from baton.client.sync import (
     BlockingLogStream,
     BlockingStream,
     BlockingWatchStream,

@@ -26,12 +26,12 @@ from typing import Any, TypedDict, Unpack
 import grpc
 from google.protobuf import duration_pb2
 
+from baton.client.connection import Connection
+from baton.client.errors import DeadlineExceeded, NotFound, OutOfRange
+from baton.client.streams import LogStream, WatchStream
 from baton.v1 import conductor_pb2 as cpb
 from baton.v1 import conductor_pb2_grpc, job_pb2, viewer_pb2_grpc
 from baton.v1 import viewer_pb2 as vpb
-from client.connection import Connection
-from client.errors import DeadlineExceeded, NotFound, OutOfRange
-from client.streams import LogStream, WatchStream
 
 TERMINAL_STATES = frozenset(
     {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}

@@ -24,10 +24,11 @@ from typing import Any
 
 import shtab
 
-from client import commands, exitcodes, serve
-from client.errors import BatonError
-from client.output import Output
-from common.durations import parse_duration
+from baton.client import commands, exitcodes, serve
+from baton.client.errors import BatonError
+from baton.client.output import Output
+from baton.common.durations import parse_duration
+from baton.common.version import VERSION
 
 
 def duration(text: str) -> float:
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 ok; 2 usage; 3 not found; 4 wrong state; 5 not allowed; 69 unreachable; "
         "70 server error; 75 timed out; 80 job cancelled; a followed job's own exit code when it failed.",
     )
+    parser.add_argument("--version", action="version", version=f"baton {VERSION}")
     _client_flags(parser)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 

@@ -18,12 +18,11 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from baton.v1 import job_pb2
-from client import exitcodes
-from client.aio import TERMINAL_STATES
-from client.connection import ClientOptions, TlsSettings
-from client.errors import InvalidArgument
-from client.output import (
+from baton.client import exitcodes
+from baton.client.aio import TERMINAL_STATES
+from baton.client.connection import ClientOptions, TlsSettings
+from baton.client.errors import InvalidArgument
+from baton.client.output import (
     Output,
     checkpoints_table,
     format_size,
@@ -40,8 +39,9 @@ from client.output import (
     steps_table,
     to_dict,
 )
-from client.specfile import read_spec
-from client.sync import BlockingLogStream, BlockingStream, ConductorClient, ViewerClient
+from baton.client.specfile import read_spec
+from baton.client.sync import BlockingLogStream, BlockingStream, ConductorClient, ViewerClient
+from baton.v1 import job_pb2
 
 PAUSED_OR_ENDED = TERMINAL_STATES | {job_pb2.JOB_STATE_PAUSED}
 

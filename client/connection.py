@@ -19,7 +19,7 @@ from typing import Any, Self, TypedDict, Unpack
 
 import grpc
 
-from client.errors import BatonError, from_rpc_error
+from baton.client.errors import BatonError, from_rpc_error
 
 DEFAULT_TIMEOUT = 10.0
 # A stream that brings no message (not even a heartbeat; servers send one every

@@ -14,7 +14,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from common.errors import FieldViolation
+from baton.common.errors import FieldViolation
 
 __all__ = [
     "AlreadyExists",

@@ -27,9 +27,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from baton.client.errors import BatonError
+from baton.common.durations import format_duration
 from baton.v1 import job_pb2
-from client.errors import BatonError
-from common.durations import format_duration
 
 STATE_STYLES: dict[int, str] = {
     job_pb2.JOB_STATE_QUEUED: "blue",

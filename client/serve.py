@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from client import exitcodes
-from common.jobfile import write_atomic
-from common.rpc import stop_signals, until_signalled
+from baton.client import exitcodes
+from baton.common.jobfile import write_atomic
+from baton.common.rpc import stop_signals, until_signalled
 
 # The flags each service takes, as (flag, argparse keyword arguments).
 _COMMON = [
@@ -90,14 +90,14 @@ def _fields(args: argparse.Namespace, names: list[str], **extra: Any) -> dict[st
 
 
 def _conductor_config(args: argparse.Namespace) -> Any:
-    from conductor.config import ConductorConfig
+    from baton.conductor.config import ConductorConfig
 
     names = ["home", "status_dir", "checkpoints_dir", "max_running", "heartbeat", *_AUTH]
     return ConductorConfig(**_fields(args, names, listen=args.listen, log_level=args.log_level))
 
 
 def _viewer_config(args: argparse.Namespace, listen: str | None) -> Any:
-    from viewer_api.config import ViewerConfig
+    from baton.viewer_api.config import ViewerConfig
 
     names = ["home", "status_dir", "checkpoints_dir", "watch", "poll_interval", "reconcile_interval",
              "stale_after", *_AUTH]  # fmt: skip
@@ -147,20 +147,20 @@ def _announce(addresses: dict[str, str], home: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``baton conductor``, ``baton viewer`` or ``baton up``."""
-    from common.logs import configure
-    from conductor.server import HomeLocked
+    from baton.common.logs import configure
+    from baton.conductor.server import HomeLocked
 
     configure(args.log_level, json=args.verb != "up")
     try:
         starters: dict[str, Starter] = {}
         if args.verb in ("conductor", "up"):
-            from conductor.server import start as start_conductor
+            from baton.conductor.server import start as start_conductor
 
             cconf = _conductor_config(args)
             home = cconf.home
             starters["conductor"] = lambda: start_conductor(cconf)
         if args.verb in ("viewer", "up"):
-            from viewer_api.server import start as start_viewer
+            from baton.viewer_api.server import start as start_viewer
 
             vconf = _viewer_config(args, args.viewer_listen if args.verb == "up" else args.listen)
             home = vconf.home

@@ -25,9 +25,9 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from baton.client.connection import Connection
+from baton.client.errors import Unavailable, unreachable_message
 from baton.v1 import job_pb2
-from client.connection import Connection
-from client.errors import Unavailable, unreachable_message
 
 T = TypeVar("T")
 

@@ -22,9 +22,9 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, Unpack, overload
 
+from baton.client.aio import AsyncConductorClient, AsyncViewerClient
+from baton.client.connection import ClientOptions, Connection
 from baton.v1 import job_pb2
-from client.aio import AsyncConductorClient, AsyncViewerClient
-from client.connection import ClientOptions, Connection
 
 P = ParamSpec("P")
 R = TypeVar("R")

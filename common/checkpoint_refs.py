@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from common.errors import FieldViolation, InvalidArgument, NotFound
+from baton.common.errors import FieldViolation, InvalidArgument, NotFound
 
 T = TypeVar("T")
 # An ambiguous ref's error names at most this many of the checkpoints it matches.

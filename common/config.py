@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 from pydantic import BaseModel, Field, model_validator
 
-from common.rpc import is_loopback
+from baton.common.rpc import is_loopback
 
 
 def default_home() -> Path:

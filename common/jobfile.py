@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from google.protobuf import json_format
 
+from baton.common.protojson import parse_dict
 from baton.v1 import job_pb2
-from common.protojson import parse_dict
 
 
 def job_to_json(job: job_pb2.Job) -> str:

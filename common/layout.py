@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from common.names import is_valid_name, name_problem
+from baton.common.names import is_valid_name, name_problem
 
 STATUS_FILE = "status.json"
 LOG_FILE = "output.log"

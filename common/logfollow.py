@@ -21,11 +21,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
+from baton.common.errors import NotFound, invalid_field
+from baton.common.filewatch import FileWatcher
+from baton.common.jobs import TERMINAL, complete_chunk
+from baton.common.tailer import offset_of_last_lines, tail
 from baton.v1 import job_pb2
-from common.errors import NotFound, invalid_field
-from common.filewatch import FileWatcher
-from common.jobs import TERMINAL, complete_chunk
-from common.tailer import offset_of_last_lines, tail
 
 JOB_DELETED = "JOB_DELETED"
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from common.errors import invalid_field
+from baton.common.errors import invalid_field
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

@@ -22,7 +22,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common.errors import BatonError, Internal, grpc_status, invalid_field
+from baton.common.errors import BatonError, Internal, grpc_status, invalid_field
 
 log = structlog.get_logger(__name__)
 

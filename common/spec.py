@@ -16,10 +16,10 @@ import yaml
 from google.protobuf import duration_pb2, json_format
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from baton.common.durations import parse_duration
+from baton.common.errors import FieldViolation, InvalidArgument, invalid_field
+from baton.common.names import name_problem
 from baton.v1 import job_pb2
-from common.durations import parse_duration
-from common.errors import FieldViolation, InvalidArgument, invalid_field
-from common.names import name_problem
 
 DEFAULT_PAUSE_GRACE = 30.0
 DEFAULT_EXECUTOR = "local"

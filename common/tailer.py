@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.filewatch import FileWatcher
+from baton.common.filewatch import FileWatcher
 
 CHUNK = 64 * 1024
 # Bytes read per trip to a worker thread; split into CHUNK-sized pieces.

@@ -10,14 +10,14 @@ import asyncio
 import contextlib
 import time
 
-from common.checkpoint_refs import one_checkpoint
-from common.errors import FailedPrecondition, NotFound, invalid_field
-from common.jobs import TERMINAL
-from common.layout import checkpoint_ref_problem
-from common.names import name_problem
-from conductor import checkpoints as ckpt
-from conductor.jobbook import ListFilter
-from conductor.lifecycle import Lifecycle, state_name
+from baton.common.checkpoint_refs import one_checkpoint
+from baton.common.errors import FailedPrecondition, NotFound, invalid_field
+from baton.common.jobs import TERMINAL
+from baton.common.layout import checkpoint_ref_problem
+from baton.common.names import name_problem
+from baton.conductor import checkpoints as ckpt
+from baton.conductor.jobbook import ListFilter
+from baton.conductor.lifecycle import Lifecycle, state_name
 
 
 class Admin:

@@ -14,7 +14,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from common.layout import is_complete_checkpoint, is_run_checkpoint_dir
+from baton.common.layout import is_complete_checkpoint, is_run_checkpoint_dir
 
 
 def _usage(path: Path) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from common.config import ServiceConfig, default_home
+from baton.common.config import ServiceConfig, default_home
 
 __all__ = ["ConductorConfig", "default_home"]
 

@@ -22,15 +22,15 @@ import bisect
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from baton.common.errors import OutOfRange, invalid_field
+from baton.common.filewatch import FileWatcher
+from baton.common.layout import LOG_FILE
+from baton.common.logfollow import log_chunks
+from baton.conductor.jobbook import ListFilter
+from baton.conductor.lifecycle import Lifecycle
+from baton.conductor.registry import Registry
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from common.errors import OutOfRange, invalid_field
-from common.filewatch import FileWatcher
-from common.layout import LOG_FILE
-from common.logfollow import log_chunks
-from conductor.jobbook import ListFilter
-from conductor.lifecycle import Lifecycle
-from conductor.registry import Registry
 
 S = job_pb2
 DEFAULT_RING = 10_000

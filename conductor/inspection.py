@@ -7,12 +7,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from baton.common.errors import invalid_field
+from baton.common.layout import LOG_FILE
+from baton.common.tailer import offset_of_last_lines, read_range
+from baton.conductor.executors.base import ProcessHealth, Unsupported
+from baton.conductor.lifecycle import Lifecycle, log_size, state_name
 from baton.v1 import job_pb2
-from common.errors import invalid_field
-from common.layout import LOG_FILE
-from common.tailer import offset_of_last_lines, read_range
-from conductor.executors.base import ProcessHealth, Unsupported
-from conductor.lifecycle import Lifecycle, log_size, state_name
 
 S = job_pb2
 

@@ -12,9 +12,9 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from baton.common.errors import NotFound, invalid_field
+from baton.common.paging import decode_token, encode_token, page_size
 from baton.v1 import job_pb2
-from common.errors import NotFound, invalid_field
-from common.paging import decode_token, encode_token, page_size
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 
+from baton.conductor.results import RESULT_FILE
 from baton.v1 import job_pb2
-from conductor.results import RESULT_FILE
 
 
 def job_environment(

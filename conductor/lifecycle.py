@@ -34,11 +34,10 @@ from typing import Any, TypeVar
 import structlog
 from google.protobuf import timestamp_pb2
 
-from baton.v1 import job_pb2
-from common import spec as specs
-from common.checkpoint_refs import one_checkpoint
-from common.durations import format_duration
-from common.errors import (
+from baton.common import spec as specs
+from baton.common.checkpoint_refs import one_checkpoint
+from baton.common.durations import format_duration
+from baton.common.errors import (
     AlreadyExists,
     BatonError,
     FailedPrecondition,
@@ -48,8 +47,8 @@ from common.errors import (
     Unavailable,
     invalid_field,
 )
-from common.jobs import TERMINAL
-from common.layout import (
+from baton.common.jobs import TERMINAL
+from baton.common.layout import (
     LATEST_REF,
     LOG_FILE,
     Layout,
@@ -57,9 +56,9 @@ from common.layout import (
     latest_checkpoint_in,
     make_run_checkpoint_dir,
 )
-from conductor import steps as steps_mod
-from conductor import transitions
-from conductor.executors.base import (
+from baton.conductor import steps as steps_mod
+from baton.conductor import transitions
+from baton.conductor.executors.base import (
     Executor,
     ExitStatus,
     Handle,
@@ -68,13 +67,14 @@ from conductor.executors.base import (
     Presence,
     Unsupported,
 )
-from conductor.jobbook import JobBook, ListFilter
-from conductor.jobenv import job_environment
-from conductor.orphans import mark_orphans
-from conductor.publisher import Publisher
-from conductor.registry import Registry, StorageError
-from conductor.results import RESULT_FILE, read_result
-from conductor.runtime import Run
+from baton.conductor.jobbook import JobBook, ListFilter
+from baton.conductor.jobenv import job_environment
+from baton.conductor.orphans import mark_orphans
+from baton.conductor.publisher import Publisher
+from baton.conductor.registry import Registry, StorageError
+from baton.conductor.results import RESULT_FILE, read_result
+from baton.conductor.runtime import Run
+from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import structlog
 
+from baton.common.jobfile import job_from_json, write_job
+from baton.common.jobs import TERMINAL
+from baton.common.layout import STATUS_FILE
 from baton.v1 import job_pb2
-from common.jobfile import job_from_json, write_job
-from common.jobs import TERMINAL
-from common.layout import STATUS_FILE
 
 log = structlog.get_logger(__name__)
 

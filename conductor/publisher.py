@@ -15,9 +15,9 @@ from pathlib import Path
 
 import structlog
 
+from baton.common.jobfile import write_job
+from baton.common.layout import STATUS_FILE
 from baton.v1 import job_pb2
-from common.jobfile import write_job
-from common.layout import STATUS_FILE
 
 log = structlog.get_logger(__name__)
 RETRY_MAX_SECONDS = 2.0

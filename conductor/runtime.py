@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from conductor.executors.base import Handle
+from baton.conductor.executors.base import Handle
 
 
 @dataclass

@@ -19,17 +19,17 @@ import structlog
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health
 
+from baton.common.jobfile import write_atomic
+from baton.common.layout import Layout
+from baton.common.rpc import build_server, stop_serving, stop_signals, until_signalled
+from baton.conductor.config import ConductorConfig
+from baton.conductor.executors import make_executors
+from baton.conductor.feeds import Feeds
+from baton.conductor.lifecycle import Lifecycle
+from baton.conductor.publisher import Publisher
+from baton.conductor.registry import SqliteRegistry
+from baton.conductor.servicer import ConductorServicer
 from baton.v1 import conductor_pb2, conductor_pb2_grpc
-from common.jobfile import write_atomic
-from common.layout import Layout
-from common.rpc import build_server, stop_serving, stop_signals, until_signalled
-from conductor.config import ConductorConfig
-from conductor.executors import make_executors
-from conductor.feeds import Feeds
-from conductor.lifecycle import Lifecycle
-from conductor.publisher import Publisher
-from conductor.registry import SqliteRegistry
-from conductor.servicer import ConductorServicer
 
 log = structlog.get_logger(__name__)
 SERVICE = conductor_pb2.DESCRIPTOR.services_by_name["Conductor"].full_name

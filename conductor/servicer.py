@@ -14,18 +14,18 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from baton.common import spec as specs
+from baton.common.errors import invalid_field
+from baton.common.rpc import required, translate_errors
+from baton.common.version import VERSION
+from baton.conductor.admin import Admin
+from baton.conductor.executors.procfs import self_rss
+from baton.conductor.feeds import Feeds
+from baton.conductor.inspection import Inspector
+from baton.conductor.jobbook import ListFilter
+from baton.conductor.lifecycle import Lifecycle
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
-from common import spec as specs
-from common.errors import invalid_field
-from common.rpc import required, translate_errors
-from common.version import VERSION
-from conductor.admin import Admin
-from conductor.executors.procfs import self_rss
-from conductor.feeds import Feeds
-from conductor.inspection import Inspector
-from conductor.jobbook import ListFilter
-from conductor.lifecycle import Lifecycle
 
 
 class ConductorServicer(conductor_pb2_grpc.ConductorServicer):

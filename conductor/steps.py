@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
 
+from baton.conductor.executors.base import ExitStatus
 from baton.v1 import job_pb2
-from conductor.executors.base import ExitStatus
 
 S = job_pb2
 

@@ -29,10 +29,10 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
+from baton.client import TERMINAL_STATES, ConductorClient, ViewerClient
+from baton.client.output import job_line
+from baton.client.specfile import read_spec
 from baton.v1 import job_pb2
-from client import TERMINAL_STATES, ConductorClient, ViewerClient
-from client.output import job_line
-from client.specfile import read_spec
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "examples" / "train.yaml"
@@ -75,7 +75,7 @@ def baton(*args: str, env: dict[str, str]) -> str:
     """Run the ``baton`` command and show what it printed."""
     console.print(Text(f"$ baton {' '.join(args)}", style="bold"))
     done = subprocess.run(
-        [sys.executable, "-m", "client.cli", *args], env=env, cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "baton.client.cli", *args], env=env, cwd=REPO, capture_output=True, text=True
     )
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr)
@@ -103,7 +103,7 @@ def start_services(scratch: Path) -> tuple[subprocess.Popen[bytes], dict[str, st
     address_file = scratch / "addresses.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     command = [
-        sys.executable, "-m", "client.cli", "up", "--home", str(scratch / "home"),
+        sys.executable, "-m", "baton.client.cli", "up", "--home", str(scratch / "home"),
         "--listen", "127.0.0.1:0", "--viewer-listen", "127.0.0.1:0", "--address-file", str(address_file),
     ]  # fmt: skip
     console.print(Text("$ baton up --listen 127.0.0.1:0 --viewer-listen 127.0.0.1:0 …", style="bold"))

@@ -21,10 +21,10 @@ from typing import Any
 
 import grpc
 
+from baton.conductor.config import ConductorConfig
+from baton.conductor.server import RunningConductor, start
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
-from conductor.config import ConductorConfig
-from conductor.server import RunningConductor, start
 
 TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
 REPO = Path(__file__).resolve().parent.parent
@@ -140,7 +140,7 @@ class SubprocessConductor(_Client):
             [
                 sys.executable,
                 "-m",
-                "client.cli",
+                "baton.client.cli",
                 "conductor",
                 "--listen",
                 "127.0.0.1:0",

@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
+from baton.viewer_api.config import ViewerConfig
+from baton.viewer_api.server import RunningViewer
+from baton.viewer_api.server import start as start_viewer
 from tests.harness import REPO, InProcessConductor, kill_job_groups
-from viewer_api.config import ViewerConfig
-from viewer_api.server import RunningViewer
-from viewer_api.server import start as start_viewer
 
 PY = f"{shlex.quote(sys.executable)} -S"
 

@@ -19,11 +19,11 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from baton.client import exitcodes
+from baton.client.cli import main
+from baton.common.layout import RUN_MARKER
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from client import exitcodes
-from client.cli import main
-from common.layout import RUN_MARKER
 from tests.harness import InProcessConductor
 from tests.procs import log_lines, log_text, spec_yaml, train_command, wait_until
 

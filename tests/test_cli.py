@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from client import ConductorClient, exitcodes
-from client.cli import main
+from baton.client import ConductorClient, exitcodes
+from baton.client.cli import main
 from tests.harness import REPO
 from tests.services import PY, Stack, lines_job, spec, stack
 from tests.tcpproxy import TcpProxy
@@ -109,14 +109,14 @@ def test_submit_follow_as_a_process(services: Stack, tmp_path: Path) -> None:
     env |= {"BATON_CONDUCTOR": services.address, "BATON_VIEWER": services.viewer_address}
     failing = write_spec(tmp_path / "f.yaml", "exit3", "echo bye; exit 3")
     done = subprocess.run(
-        [sys.executable, "-m", "client.cli", "submit", str(failing), "--follow"],
+        [sys.executable, "-m", "baton.client.cli", "submit", str(failing), "--follow"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 3 and done.stdout == "bye\n"
 
     sleeper = write_spec(tmp_path / "s.yaml", "sleeper", "echo started; exec sleep 60")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "submit", str(sleeper), "--follow", "--json"],
+        [sys.executable, "-m", "baton.client.cli", "submit", str(sleeper), "--follow", "--json"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -270,7 +270,7 @@ def test_watch_live_table_on_a_terminal(services: Stack) -> None:
     env |= {"BATON_CONDUCTOR": services.address, "FORCE_COLOR": "1", "COLUMNS": "160"}
 
     def run(since: str) -> tuple[int, str]:
-        command = [sys.executable, "-m", "client.cli", "watch", "--since", since, "--count", "2"]
+        command = [sys.executable, "-m", "baton.client.cli", "watch", "--since", since, "--count", "2"]
         done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, timeout=60)
         return done.returncode, done.stdout.decode()
 
@@ -368,7 +368,7 @@ def test_up_serves_both_until_sigterm(tmp_path: Path) -> None:
     address_file = tmp_path / "addresses.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "up", "--home", str(tmp_path / "home"), "--json",
+        [sys.executable, "-m", "baton.client.cli", "up", "--home", str(tmp_path / "home"), "--json",
          "--listen", "127.0.0.1:0", "--viewer-listen", "127.0.0.1:0", "--address-file", str(address_file)],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -381,7 +381,8 @@ def test_up_serves_both_until_sigterm(tmp_path: Path) -> None:
         spec_file = write_spec(tmp_path / "u.yaml", "upped", "echo up")
         for argv in (["submit", str(spec_file), "--follow"], ["stats", "--json"]):
             done = subprocess.run(
-                [sys.executable, "-m", "client.cli", *argv], env=env, cwd=REPO, capture_output=True, text=True
+                [sys.executable, "-m", "baton.client.cli", *argv],
+                env=env, cwd=REPO, capture_output=True, text=True,
             )
             assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["totalRuns"] in ("0", "1")
@@ -440,7 +441,7 @@ def test_ctrl_c_stops_watch_with_130_and_submit_follow_says_the_job_goes_on(
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     env |= {"BATON_CONDUCTOR": services.address, "BATON_VIEWER": services.viewer_address}
     watch = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "watch", "--json"],
+        [sys.executable, "-m", "baton.client.cli", "watch", "--json"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert watch.stdout is not None
@@ -450,7 +451,7 @@ def test_ctrl_c_stops_watch_with_130_and_submit_follow_says_the_job_goes_on(
 
     sleeper = write_spec(tmp_path / "s.yaml", "followed", "echo started; exec sleep 60")
     follow = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "submit", str(sleeper), "--follow"],
+        [sys.executable, "-m", "baton.client.cli", "submit", str(sleeper), "--follow"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert follow.stdout is not None
@@ -475,7 +476,7 @@ def test_ls_at_80_columns_never_cuts_a_job_id(services: Stack, tmp_path: Path) -
         )
     services.conductor.wait_ended(job.id)
     done = subprocess.run(
-        [sys.executable, "-m", "client.cli", "ls", "--project", "a-long-project-name"],
+        [sys.executable, "-m", "baton.client.cli", "ls", "--project", "a-long-project-name"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -520,7 +521,7 @@ def test_a_bad_spec_is_told_once_with_a_did_you_mean_and_dry_run_shows_the_resol
 def test_every_verb_help_says_what_it_does_shows_an_example_and_lists_connection_flags_last(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from client.cli import EXAMPLES
+    from baton.client.cli import EXAMPLES
 
     for verb, example in EXAMPLES.items():
         with pytest.raises(SystemExit) as done:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from client import exitcodes
-from client.cli import main
+from baton.client import exitcodes
+from baton.client.cli import main
 from tests.services import Stack, spec, stack
 
 

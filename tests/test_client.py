@@ -21,9 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
-from baton.v1 import conductor_pb2 as cpb
-from baton.v1 import job_pb2
-from client import (
+from baton.client import (
     AsyncConductorClient,
     AsyncViewerClient,
     ConductorClient,
@@ -37,6 +35,8 @@ from client import (
     Unavailable,
     ViewerClient,
 )
+from baton.v1 import conductor_pb2 as cpb
+from baton.v1 import job_pb2
 from tests.harness import InProcessConductor, kill_job_groups
 from tests.services import Stack, lines_job, restart, spec, stack
 from tests.tcpproxy import TcpProxy

@@ -24,12 +24,12 @@ import yaml
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-import conductor.feeds
-import conductor.server
+from baton.conductor import feeds as conductor_feeds
+from baton.conductor import server as conductor_server
+from baton.conductor.feeds import Feeds
+from baton.conductor.registry import SqliteRegistry
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
-from conductor.feeds import Feeds
-from conductor.registry import SqliteRegistry
 from tests.harness import TERMINAL, InProcessConductor, state
 
 Factory = Callable[..., InProcessConductor]
@@ -435,7 +435,7 @@ def test_snapshot_and_bursts_come_batched_and_a_lone_change_alone(
     monkeypatch: pytest.MonkeyPatch, conductor_factory: Factory, tmp_path: Path
 ) -> None:
     # White-box: batches of 7 instead of 1,000, so a handful of jobs shows the cuts.
-    monkeypatch.setattr(conductor.feeds, "WATCH_BATCH_EVENTS", 7)
+    monkeypatch.setattr(conductor_feeds, "WATCH_BATCH_EVENTS", 7)
     c = conductor_factory(feed_heartbeat=0.2)
     ids = [c.submit(spec("many-0", "true")).id]
     c.wait_ended(ids[0])
@@ -501,9 +501,9 @@ def test_compacted_revisions_are_out_of_range_and_kept_ones_replay_from_disk(
 ) -> None:
     # White-box: the same conductor with small histories, so compaction comes after a
     # thousand writes instead of a hundred thousand: 16 events in memory, 300 on disk.
-    monkeypatch.setattr(conductor.server, "Feeds", functools.partial(Feeds, ring_size=16))
+    monkeypatch.setattr(conductor_server, "Feeds", functools.partial(Feeds, ring_size=16))
     monkeypatch.setattr(
-        conductor.server, "SqliteRegistry", functools.partial(SqliteRegistry, event_history=300)
+        conductor_server, "SqliteRegistry", functools.partial(SqliteRegistry, event_history=300)
     )
     c = conductor_factory(max_running=1, feed_heartbeat=0.2)
     stub = c.stub

@@ -21,14 +21,14 @@ import pytest
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from baton.conductor.server import SERVICE as CONDUCTOR
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from conductor.server import SERVICE as CONDUCTOR
+from baton.viewer_api.server import SERVICE as VIEWER
 from tests.checks import bad_request_fields, error_info_reason
 from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups
 from tests.services import spec
 from tests.viewer_harness import InProcessViewer, SubprocessViewer
-from viewer_api.server import SERVICE as VIEWER
 
 # ------------------------------------------------------------------ ClearJobs
 

@@ -25,10 +25,10 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
+from baton.conductor import lifecycle
+from baton.conductor.executors.base import Handle
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from conductor import lifecycle
-from conductor.executors.base import Handle
 from tests.checks import live_group_members, wait_group_gone
 from tests.harness import InProcessConductor, SubprocessConductor
 from tests.procs import PY, log_text, spec_yaml, wait_until

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.layout import (
+from baton.common.layout import (
     LATEST_REF,
     MAX_REF_LENGTH,
     RUN_MARKER,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from client import ConductorClient
+from baton.client import ConductorClient
 from tests.harness import REPO
 from tests.services import spec, stack
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from baton.common.jobfile import read_job, write_job
+from baton.conductor.orphans import ORPHAN_REASON
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from common.jobfile import read_job, write_job
-from conductor.orphans import ORPHAN_REASON
 from tests.checks import wait_until
 from tests.harness import InProcessConductor
 

@@ -15,9 +15,9 @@ import grpc
 import pytest
 import yaml
 
+from baton.common.layout import RUN_MARKER
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from common.layout import RUN_MARKER
 from tests.harness import REPO, InProcessConductor
 from tests.procs import (
     SPIN,
@@ -290,7 +290,7 @@ def test_example_train_spec_submits_with_the_repository_as_workdir(conductor: In
         [
             sys.executable,
             "-m",
-            "client.cli",
+            "baton.client.cli",
             "submit",
             "../examples/train.yaml",
             "--dry-run",

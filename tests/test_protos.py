@@ -29,7 +29,8 @@ def test_generated_code_imports_from_installed_distribution(tmp_path: Path) -> N
     # Outside the source tree, `baton.v1` must come from the installed distribution
     # and not be shadowed by (or shadow) anything of ours.
     code = (
-        "import baton.v1.conductor_pb2_grpc as g, baton.v1.job_pb2 as j, conductor, client, common;"
+        "import baton.v1.conductor_pb2_grpc as g, baton.v1.job_pb2 as j;"
+        "import baton.conductor, baton.client, baton.common;"
         "print(j.Job.DESCRIPTOR.full_name, g.ConductorStub.__name__)"
     )
     out = subprocess.run(

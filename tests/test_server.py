@@ -27,7 +27,7 @@ def cli_env() -> dict[str, str]:
 def run_conductor_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     """Run ``baton conductor ARGS``; a conductor that starts serving instead of refusing fails."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "conductor", *args],
+        [sys.executable, "-m", "baton.client.cli", "conductor", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -7,9 +7,9 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+from baton.common.jobfile import read_job
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from common.jobfile import read_job
 from tests.harness import InProcessConductor
 from tests.procs import group_members, log_lines, log_text, spec_yaml, wait_until
 

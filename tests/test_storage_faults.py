@@ -30,9 +30,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from baton.common.jobfile import read_job
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from common.jobfile import read_job
 from tests.checks import error_info_reason
 from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups
 from tests.procs import TICKER, spec_yaml, wait_until

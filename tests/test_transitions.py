@@ -21,11 +21,9 @@ from typing import Any
 import grpc
 import pytest
 
-from baton.v1 import conductor_pb2 as pb
-from baton.v1 import conductor_pb2_grpc, job_pb2
-from conductor import transitions
-from conductor.executors.base import ExitStatus, Handle
-from conductor.transitions import (
+from baton.conductor import transitions
+from baton.conductor.executors.base import ExitStatus, Handle
+from baton.conductor.transitions import (
     ALLOWED,
     CANCELLED,
     CANCELLING,
@@ -37,6 +35,8 @@ from conductor.transitions import (
     RUNNING,
     SUCCEEDED,
 )
+from baton.v1 import conductor_pb2 as pb
+from baton.v1 import conductor_pb2_grpc, job_pb2
 from tests.harness import InProcessConductor, SubprocessConductor
 from tests.procs import log_text, spec_yaml, wait_until
 

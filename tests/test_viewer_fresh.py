@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 import pytest
 
+from baton.common.layout import Layout, make_run_checkpoint_dir
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as vpb
-from common.layout import Layout, make_run_checkpoint_dir
 from tests.checks import error_info
 from tests.treegen import Manifest, format_ts, generate, write_status
 from tests.viewer_harness import SubprocessViewer, ViewerHandle, can_limit_watches
@@ -390,7 +390,7 @@ def test_changes_during_the_cold_scan_are_not_lost(
     """Runs rewritten and added while the cold scan's worker processes read the tree all
     show, by inotify alone: the workers watch each directory before listing it, and events
     for their watches that come before the viewer knows them are held, not dropped."""
-    from viewer_api import parallel_scan
+    from baton.viewer_api import parallel_scan
 
     m = generate(tmp_path / "tree", runs=800, checkpoints=0, seed=5)
     monkeypatch.setattr(parallel_scan, "PARALLEL_SCAN_MIN_RUNS", 0)  # use workers even at this size
@@ -508,7 +508,7 @@ def test_a_reconciliation_scan_does_not_undo_newer_changes(tmp_path: Path, viewe
     """A scan that read a status.json before inotify saw it change again must not put the
     older content back when it is merged (nothing would come to correct it): the race,
     played out in order. The scan's read is real; only its timing is arranged."""
-    from viewer_api import scan
+    from baton.viewer_api import scan
 
     m = generate(tmp_path / "tree", runs=20, checkpoints=0, seed=15)
     v = viewer_factory(home=tmp_path / "tree", watch="inotify", reconcile_interval=3600)

@@ -10,10 +10,10 @@ import pytest
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
+from baton.viewer_api import parallel_scan, scan
+from baton.viewer_api.index import Index
 from tests.treegen import generate
 from tests.viewer_oracle import scan_checkpoints as scan_oracle_checkpoints
-from viewer_api import parallel_scan, scan
-from viewer_api.index import Index
 
 
 def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,8 +23,8 @@ import grpc
 
 from baton.v1 import viewer_pb2 as vpb
 from baton.v1 import viewer_pb2_grpc
-from viewer_api.config import ViewerConfig
-from viewer_api.server import RunningViewer, start
+from baton.viewer_api.config import ViewerConfig
+from baton.viewer_api.server import RunningViewer, start
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -185,7 +185,7 @@ class SubprocessViewer(ViewerHandle):
         cmd = [
             sys.executable,
             "-m",
-            "client.cli",
+            "baton.client.cli",
             "viewer",
             "--listen",
             "127.0.0.1:0",

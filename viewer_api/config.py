@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from common.config import ServiceConfig
+from baton.common.config import ServiceConfig
 
 
 class ViewerConfig(ServiceConfig):

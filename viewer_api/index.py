@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from baton.common.errors import invalid_field
+from baton.common.jobfile import job_from_json
+from baton.common.paging import decode_token, encode_token, page_size
 from baton.v1 import job_pb2
-from common.errors import invalid_field
-from common.jobfile import job_from_json
-from common.paging import decode_token, encode_token, page_size
-from viewer_api.scan import CheckpointFile, JobKey, RunFile, RunKey, Signature
+from baton.viewer_api.scan import CheckpointFile, JobKey, RunFile, RunKey, Signature
 
 S = job_pb2
 # Sort keys: ascending order is newest first.

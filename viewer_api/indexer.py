@@ -26,12 +26,12 @@ from typing import Any, TypeVar
 
 import structlog
 
-from common.layout import RUN_MARKER
-from common.names import is_valid_name
-from viewer_api import scan
-from viewer_api.index import Index
-from viewer_api.parallel_scan import scan_status_parallel
-from viewer_api.watches import Changed, Tree, Watches
+from baton.common.layout import RUN_MARKER
+from baton.common.names import is_valid_name
+from baton.viewer_api import scan
+from baton.viewer_api.index import Index
+from baton.viewer_api.parallel_scan import scan_status_parallel
+from baton.viewer_api.watches import Changed, Tree, Watches
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from viewer_api.scan import JobKey, OnDir, RunFile, ScanResult, scan_jobs, subdirs
+from baton.viewer_api.scan import JobKey, OnDir, RunFile, ScanResult, scan_jobs, subdirs
 
 # The folder that holds the viewer_api package (and common/ and baton/ beside it).
 _CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +99,7 @@ def scan_status_parallel(
     shares = _shares(jobs, workers)
     # -P and this code's own folder first on the path: a worker runs the same
     # code as its parent, whatever folder the viewer was started from.
-    command = [sys.executable, "-P", "-m", "viewer_api.scan_worker", root]
+    command = [sys.executable, "-P", "-m", "baton.viewer_api.scan_worker", root]
     if watch is not None:
         command += [str(watch.fd), str(watch.mask)]
     path = os.pathsep.join(filter(None, [_CODE_ROOT, os.environ.get("PYTHONPATH")]))

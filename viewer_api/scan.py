@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from baton.common.jobfile import load_json
+from baton.common.layout import CONFIG_FILES, JOB_SPEC_FILE, RUN_MARKER, STATUS_FILE, is_complete_checkpoint
+from baton.common.names import is_valid_name
+from baton.common.protojson import check_shape
 from baton.v1 import job_pb2
-from common.jobfile import load_json
-from common.layout import CONFIG_FILES, JOB_SPEC_FILE, RUN_MARKER, STATUS_FILE, is_complete_checkpoint
-from common.names import is_valid_name
-from common.protojson import check_shape
 
 RunKey = tuple[str, str, str, str]
 JobKey = tuple[str, str, str]

@@ -15,8 +15,8 @@ import json
 import os
 import sys
 
-from viewer_api.parallel_scan import FRAME_RUNS, send_frame
-from viewer_api.scan import ScanResult, scan_status_under
+from baton.viewer_api.parallel_scan import FRAME_RUNS, send_frame
+from baton.viewer_api.scan import ScanResult, scan_status_under
 
 
 def _watcher(fd: int, mask: int, result: ScanResult) -> None:

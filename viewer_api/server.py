@@ -9,13 +9,13 @@ import grpc
 import structlog
 from grpc_health.v1 import health
 
+from baton.common.rpc import build_server, stop_serving, stop_signals, until_signalled
 from baton.v1 import viewer_pb2, viewer_pb2_grpc
-from common.rpc import build_server, stop_serving, stop_signals, until_signalled
-from viewer_api.config import ViewerConfig
-from viewer_api.index import Index
-from viewer_api.indexer import Indexer
-from viewer_api.service import ViewerService
-from viewer_api.servicer import ViewerServicer
+from baton.viewer_api.config import ViewerConfig
+from baton.viewer_api.index import Index
+from baton.viewer_api.indexer import Indexer
+from baton.viewer_api.service import ViewerService
+from baton.viewer_api.servicer import ViewerServicer
 
 log = structlog.get_logger(__name__)
 SERVICE = viewer_pb2.DESCRIPTOR.services_by_name["Viewer"].full_name

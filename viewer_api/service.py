@@ -18,13 +18,11 @@ from typing import Any
 import yaml
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from baton.v1 import job_pb2
-from baton.v1 import viewer_pb2 as pb
-from common.checkpoint_refs import one_checkpoint
-from common.errors import FailedPrecondition, NotFound, invalid_field
-from common.filewatch import FileWatcher
-from common.jobfile import job_from_json
-from common.layout import (
+from baton.common.checkpoint_refs import one_checkpoint
+from baton.common.errors import FailedPrecondition, NotFound, invalid_field
+from baton.common.filewatch import FileWatcher
+from baton.common.jobfile import job_from_json
+from baton.common.layout import (
     JOB_SPEC_FILE,
     LOG_FILE,
     STATUS_FILE,
@@ -32,13 +30,15 @@ from common.layout import (
     checkpoint_ref_problem,
     split_checkpoint_ref,
 )
-from common.logfollow import log_chunks
-from common.names import name_problem
-from common.paging import decode_token, encode_token, page_size
-from common.tailer import CHUNK, offset_of_last_lines
-from viewer_api.index import Filter, Index, RunEntry, sort_key
-from viewer_api.indexer import Indexer
-from viewer_api.scan import (
+from baton.common.logfollow import log_chunks
+from baton.common.names import name_problem
+from baton.common.paging import decode_token, encode_token, page_size
+from baton.common.tailer import CHUNK, offset_of_last_lines
+from baton.v1 import job_pb2
+from baton.v1 import viewer_pb2 as pb
+from baton.viewer_api.index import Filter, Index, RunEntry, sort_key
+from baton.viewer_api.indexer import Indexer
+from baton.viewer_api.scan import (
     INVALID_NAME,
     INVALID_STATUS,
     OUTSIDE_LINK,

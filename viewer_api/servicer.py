@@ -7,11 +7,11 @@ from typing import TypeAlias
 
 import grpc
 
+from baton.common.rpc import translate_errors
 from baton.v1 import job_pb2, viewer_pb2_grpc
 from baton.v1 import viewer_pb2 as pb
-from common.rpc import translate_errors
-from viewer_api.index import Filter
-from viewer_api.service import ViewerService
+from baton.viewer_api.index import Filter
+from baton.viewer_api.service import ViewerService
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
 

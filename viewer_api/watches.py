@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from inotify_simple import Event, INotify
 from inotify_simple import flags as F
 
-from viewer_api.parallel_scan import WorkerWatch
-from viewer_api.scan import OnDir
+from baton.viewer_api.parallel_scan import WorkerWatch
+from baton.viewer_api.scan import OnDir
 
 # No MODIFY: a log being written would flood us, and whole status files arrive
 # by rename (MOVED_TO) or, from writers that do not rename, CLOSE_WRITE.

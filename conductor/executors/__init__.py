@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conductor.executors.base import Executor
+from baton.conductor.executors.base import Executor
 
 
 def make_executors(state_dir: Path) -> dict[str, Executor]:
     """The executors this conductor offers, by name."""
-    from conductor.executors.local import LocalExecutor
+    from baton.conductor.executors.local import LocalExecutor
 
     local = LocalExecutor(state_dir / "launches")
     return {local.name: local}

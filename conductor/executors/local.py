@@ -35,9 +35,8 @@ from pathlib import Path
 
 import structlog
 
-from baton.v1 import job_pb2
-from conductor.executors import procfs
-from conductor.executors.base import (
+from baton.conductor.executors import procfs
+from baton.conductor.executors.base import (
     Attachment,
     Executor,
     ExitStatus,
@@ -47,6 +46,7 @@ from conductor.executors.base import (
     Presence,
     ProcessHealth,
 )
+from baton.v1 import job_pb2
 
 SHIM = Path(__file__).with_name("local_shim.sh")
 log = structlog.get_logger(__name__)

@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from conductor.executors.base import ProcessHealth
+from baton.conductor.executors.base import ProcessHealth
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
