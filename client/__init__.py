@@ -10,7 +10,7 @@ Results are the protobuf messages of ``protos/baton/v1``; failures raise the
 ``BatonError`` hierarchy of ``client.errors``.
 """
 
-from baton.client.aio import TERMINAL_STATES, AsyncConductorClient, AsyncViewerClient
+from baton.client.aio import FINAL_STATES, AsyncConductorClient, AsyncViewerClient
 from baton.client.connection import ClientOptions, RetryPolicy, TlsSettings
 from baton.client.errors import (
     AlreadyExists,
@@ -39,7 +39,7 @@ from baton.client.sync import (
 )
 
 __all__ = [
-    "TERMINAL_STATES",
+    "FINAL_STATES",
     "AlreadyExists",
     "AsyncConductorClient",
     "AsyncViewerClient",

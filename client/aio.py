@@ -29,13 +29,10 @@ from google.protobuf import duration_pb2
 from baton.client.connection import Connection
 from baton.client.errors import DeadlineExceeded, NotFound, OutOfRange
 from baton.client.streams import LogStream, WatchStream
+from baton.common.jobs import FINAL_STATES
 from baton.v1 import conductor_pb2 as cpb
 from baton.v1 import conductor_pb2_grpc, job_pb2, viewer_pb2_grpc
 from baton.v1 import viewer_pb2 as vpb
-
-TERMINAL_STATES = frozenset(
-    {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
-)
 
 
 class RunName(TypedDict, total=False):
@@ -273,7 +270,7 @@ class AsyncConductorClient(_Lists):
         )
 
     async def wait_for_job(
-        self, job_id: str, *, states: Collection[int] = TERMINAL_STATES, timeout: float | None = None
+        self, job_id: str, *, states: Collection[int] = FINAL_STATES, timeout: float | None = None
     ) -> job_pb2.Job:
         """Wait (watching, not polling) until the job is in one of ``states``; the job then.
 

@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from baton.client import exitcodes
-from baton.client.aio import TERMINAL_STATES
+from baton.client.aio import FINAL_STATES
 from baton.client.connection import ClientOptions, TlsSettings
 from baton.client.errors import InvalidArgument
 from baton.client.output import (
@@ -43,7 +43,7 @@ from baton.client.specfile import read_spec
 from baton.client.sync import BlockingLogStream, BlockingStream, ConductorClient, ViewerClient
 from baton.v1 import job_pb2
 
-PAUSED_OR_ENDED = TERMINAL_STATES | {job_pb2.JOB_STATE_PAUSED}
+PAUSED_OR_ENDED = FINAL_STATES | {job_pb2.JOB_STATE_PAUSED}
 
 
 def _options(args: argparse.Namespace) -> ClientOptions:
@@ -79,13 +79,15 @@ def _states(names: list[str] | None) -> list[str]:
     return states
 
 
-class Filters(TypedDict):
+class NameFilter(TypedDict):
+    """The project/group/name flags of a list verb, as client keyword arguments."""
+
     project: str
     group: str
     name: str
 
 
-def _filters(args: argparse.Namespace) -> Filters:
+def _filters(args: argparse.Namespace) -> NameFilter:
     return {"project": args.project or "", "group": args.group or "", "name": args.name or ""}
 
 
@@ -316,7 +318,7 @@ def cancel(args: argparse.Namespace, out: Output) -> int:
     with conductor(args) as client:
         job = client.cancel_job(args.job, grace=args.grace, reason=args.reason or "")
         if args.wait:
-            job = _wait(out, client, job, TERMINAL_STATES, "waiting for the end of")
+            job = _wait(out, client, job, FINAL_STATES, "waiting for the end of")
     return _report(out, job, state_name(job.state).lower())
 
 
@@ -446,7 +448,7 @@ def stats(args: argparse.Namespace, out: Output) -> int:
 def wait(args: argparse.Namespace, out: Output) -> int:
     """Wait until a job has ended; exit with its outcome."""
     with conductor(args) as client:
-        job = _wait(out, client, client.get_job(args.job), TERMINAL_STATES, "waiting for")
+        job = _wait(out, client, client.get_job(args.job), FINAL_STATES, "waiting for")
     if out.json:
         out.document(job)
     else:

@@ -1,5 +1,6 @@
 """What a failed call raises: one exception class per gRPC status code that a
-caller may want to catch, all under ``BatonError``.
+caller may want to catch, all under ``BatonError``. They are the very classes
+the services raise (``baton.common.errors``), re-exported here for clients.
 
 Each error keeps what the server said: the status code, the message, and the
 ``google.rpc`` details (the ErrorInfo ``reason`` and ``metadata``, and any
@@ -14,7 +15,23 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from baton.common.errors import FieldViolation
+from baton.common.errors import (
+    AlreadyExists,
+    BatonError,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
 
 __all__ = [
     "AlreadyExists",
@@ -34,91 +51,6 @@ __all__ = [
     "Unimplemented",
     "from_rpc_error",
 ]
-
-
-class BatonError(Exception):
-    """A call to a Baton service failed.
-
-    ``code`` is the gRPC status code, ``reason`` the server's UPPER_SNAKE
-    ErrorInfo reason (the code's name when the server gave none),
-    ``field_violations`` the BadRequest details, ``metadata`` the ErrorInfo
-    metadata, ``address`` and ``service`` where the call went.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
-        reason: str = "",
-        field_violations: list[FieldViolation] | None = None,
-        metadata: dict[str, str] | None = None,
-        address: str = "",
-        service: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.reason = reason or code.name
-        self.field_violations = list(field_violations or [])
-        self.metadata = dict(metadata or {})
-        self.address = address
-        self.service = service
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class InvalidArgument(BatonError):
-    """The request was wrong; ``field_violations`` says which fields."""
-
-
-class NotFound(BatonError):
-    """No such job, run or checkpoint."""
-
-
-class AlreadyExists(BatonError):
-    """The thing to create exists already."""
-
-
-class FailedPrecondition(BatonError):
-    """The job is in a state that does not allow this (pause a job that is not RUNNING...)."""
-
-
-class OutOfRange(BatonError):
-    """A watch asked for revisions no longer kept: watch again from revision 0."""
-
-
-class PermissionDenied(BatonError):
-    """The token was refused."""
-
-
-class Unauthenticated(BatonError):
-    """The service wants a token and none was sent."""
-
-
-class ResourceExhausted(BatonError):
-    """A limit was reached (message size, a subscriber too far behind)."""
-
-
-class Unavailable(BatonError):
-    """The service could not be reached, even after retrying."""
-
-
-class DeadlineExceeded(BatonError):
-    """The call did not finish before its deadline."""
-
-
-class Cancelled(BatonError):
-    """The call was cancelled."""
-
-
-class Unimplemented(BatonError):
-    """The service does not know this call (an older server?)."""
-
-
-class Internal(BatonError):
-    """The service failed (INTERNAL, UNKNOWN, DATA_LOSS)."""
 
 
 _CLASSES: dict[grpc.StatusCode, type[BatonError]] = {

@@ -39,5 +39,5 @@ def one_checkpoint(found: Sequence[T], ref: str, job: str, field: str, ref_of: C
         message=f"{field}: {why}",
         reason="CHECKPOINT_AMBIGUOUS",
         metadata={field: ref, "matches": ",".join(shown), "match_count": str(len(matches))},
-        violations=[FieldViolation(field, why)],
+        field_violations=[FieldViolation(field, why)],
     )

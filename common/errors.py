@@ -7,7 +7,8 @@ BadRequest field violations) so clients in any language can read them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2
@@ -25,69 +26,125 @@ class FieldViolation:
     description: str
 
 
-@dataclass
 class BatonError(Exception):
-    """Base of every error a client should see."""
+    """Base of every error Baton raises or reports: one class per gRPC status.
 
-    message: str
-    reason: str = "ERROR"
-    metadata: dict[str, str] = field(default_factory=dict)
+    Server code raises these and the one mapping below turns them into a status
+    with rich details; the Python client raises the same classes for a failed
+    call (``baton.client.errors.from_rpc_error``), so both ends share one name
+    per failure. ``reason`` is the UPPER_SNAKE ErrorInfo reason (the code's
+    name when none is given), ``field_violations`` the BadRequest details,
+    ``metadata`` the ErrorInfo metadata; ``address`` and ``service`` say where
+    a client's call went.
+    """
 
-    code = grpc.StatusCode.INTERNAL
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        field_violations: Sequence[FieldViolation] = (),
+        code: grpc.StatusCode | None = None,
+        address: str = "",
+        service: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        # A client keeps the exact code it got (Internal also stands for UNKNOWN
+        # and DATA_LOSS); raised on a server, the class decides.
+        self.code = code if code is not None else type(self).code
+        self.reason = reason or self.code.name
+        self.metadata = dict(metadata or {})
+        self.field_violations = list(field_violations)
+        self.address = address
+        self.service = service
 
     def __str__(self) -> str:
         return self.message
 
-
-@dataclass
-class Internal(BatonError):
-    """A failure inside the service; the message never carries raw error text."""
-
-    reason: str = "INTERNAL"
-    code = grpc.StatusCode.INTERNAL
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"
 
 
-@dataclass
 class InvalidArgument(BatonError):
-    violations: list[FieldViolation] = field(default_factory=list)
-    reason: str = "INVALID_ARGUMENT"
+    """The request was wrong; ``field_violations`` says which fields."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-@dataclass
 class NotFound(BatonError):
-    reason: str = "NOT_FOUND"
+    """No such job, run or checkpoint."""
+
     code = grpc.StatusCode.NOT_FOUND
 
 
-@dataclass
-class FailedPrecondition(BatonError):
-    reason: str = "FAILED_PRECONDITION"
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-@dataclass
 class AlreadyExists(BatonError):
-    reason: str = "ALREADY_EXISTS"
+    """The thing to create exists already."""
+
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
-@dataclass
+class FailedPrecondition(BatonError):
+    """The job is in a state that does not allow this (pause a job that is not RUNNING...)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class OutOfRange(BatonError):
-    reason: str = "OUT_OF_RANGE"
+    """A watch asked for revisions no longer kept: watch again from revision 0."""
+
     code = grpc.StatusCode.OUT_OF_RANGE
 
 
-@dataclass
+class PermissionDenied(BatonError):
+    """The caller may not do this (a refused token, a role without the right)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(BatonError):
+    """The service wants a token and none was sent."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(BatonError):
+    """A limit was reached (storage full, message size, a subscriber too far behind)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unavailable(BatonError):
-    reason: str = "UNAVAILABLE"
+    """The service (or its storage) cannot serve now; trying again later may work."""
+
     code = grpc.StatusCode.UNAVAILABLE
 
 
-@dataclass
-class ResourceExhausted(BatonError):
-    reason: str = "RESOURCE_EXHAUSTED"
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+class DeadlineExceeded(BatonError):
+    """The call did not finish before its deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(BatonError):
+    """The call was cancelled."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unimplemented(BatonError):
+    """The service does not know this call (an older server?)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(BatonError):
+    """A failure inside the service; the message never carries raw error text."""
+
+    code = grpc.StatusCode.INTERNAL
 
 
 def invalid_field(field_path: str, description: str, reason: str = "INVALID_ARGUMENT") -> InvalidArgument:
@@ -95,7 +152,7 @@ def invalid_field(field_path: str, description: str, reason: str = "INVALID_ARGU
     return InvalidArgument(
         message=f"{field_path}: {description}",
         reason=reason,
-        violations=[FieldViolation(field_path, description)],
+        field_violations=[FieldViolation(field_path, description)],
     )
 
 
@@ -105,11 +162,11 @@ def to_status(err: BatonError) -> status_pb2.Status:
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata))
     details.append(info)
-    if isinstance(err, InvalidArgument) and err.violations:
+    if isinstance(err, InvalidArgument) and err.field_violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in err.violations
+                for v in err.field_violations
             ]
         )
         packed = any_pb2.Any()

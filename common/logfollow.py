@@ -23,7 +23,7 @@ from pathlib import Path
 
 from baton.common.errors import NotFound, invalid_field
 from baton.common.filewatch import FileWatcher
-from baton.common.jobs import TERMINAL, complete_chunk
+from baton.common.jobs import FINAL_STATES, complete_chunk
 from baton.common.tailer import offset_of_last_lines, tail
 from baton.v1 import job_pb2
 
@@ -67,7 +67,7 @@ async def log_chunks(
         nonlocal gone
         job = current()
         gone = job is None
-        return job is None or job.state in TERMINAL
+        return job is None or job.state in FINAL_STATES
 
     async for piece in tail(
         path, offset, follow=follow, watcher=watcher, ended=ended, wake=wake, heartbeat=heartbeat
@@ -83,5 +83,5 @@ async def log_chunks(
         if follow:
             raise deleted()
         return
-    if job.state in TERMINAL:
+    if job.state in FINAL_STATES:
         yield complete_chunk(offset, job)

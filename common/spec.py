@@ -222,7 +222,7 @@ def _violations(exc: ValidationError, prefix: str) -> InvalidArgument:
                 msg += f"; did you mean {near[0]!r}?"
         out.append(FieldViolation(path, msg))
     summary = "; ".join(f"{v.field}: {v.description}" for v in out)
-    return InvalidArgument(message=f"invalid job spec: {summary}", violations=out)
+    return InvalidArgument(message=f"invalid job spec: {summary}", field_violations=out)
 
 
 def from_mapping(data: Any, prefix: str = "spec") -> SpecModel:

@@ -12,11 +12,10 @@ import time
 
 from baton.common.checkpoint_refs import one_checkpoint
 from baton.common.errors import FailedPrecondition, NotFound, invalid_field
-from baton.common.jobs import TERMINAL
+from baton.common.jobs import FINAL_STATES, JobFilter
 from baton.common.layout import checkpoint_ref_problem
 from baton.common.names import name_problem
 from baton.conductor import checkpoints as ckpt
-from baton.conductor.jobbook import ListFilter
 from baton.conductor.lifecycle import Lifecycle, state_name
 
 
@@ -74,7 +73,7 @@ class Admin:
         the ids that would be deleted, deleting nothing.
         """
         for i, st in enumerate(states):
-            if st not in TERMINAL:
+            if st not in FINAL_STATES:
                 raise invalid_field(
                     f"states[{i}]", f"{state_name(st)} is not an ended state (SUCCEEDED, FAILED, CANCELLED)"
                 )
@@ -89,9 +88,9 @@ class Admin:
                 "or set all to clear every ended job",
                 reason="CLEAR_FILTER_REQUIRED",
             )
-        wanted = set(states) or set(TERMINAL)
+        wanted = set(states) or set(FINAL_STATES)
         cutoff = time.time() - older_than
-        flt = ListFilter(project, group, name, tuple(wanted))
+        flt = JobFilter(project, group, name, tuple(wanted))
         doomed = [
             j.id for j in self._lc.book.jobs(flt)
             if j.end_time.ToDatetime().timestamp() <= cutoff or not j.HasField("end_time")

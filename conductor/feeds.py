@@ -24,9 +24,9 @@ from pathlib import Path
 
 from baton.common.errors import OutOfRange, invalid_field
 from baton.common.filewatch import FileWatcher
+from baton.common.jobs import JobFilter
 from baton.common.layout import LOG_FILE
 from baton.common.logfollow import log_chunks
-from baton.conductor.jobbook import ListFilter
 from baton.conductor.lifecycle import Lifecycle
 from baton.conductor.registry import Registry
 from baton.v1 import conductor_pb2 as pb
@@ -134,7 +134,7 @@ class Feeds:
             if e.revision <= self._durable
         ]
 
-    async def watch(self, since: int, flt: ListFilter) -> AsyncIterator[pb.WatchJobsResponse]:
+    async def watch(self, since: int, flt: JobFilter) -> AsyncIterator[pb.WatchJobsResponse]:
         """Changes after ``since`` in revision order, in batches; ``since`` 0 starts with a snapshot.
 
         Each response carries the events that are ready together (see

@@ -10,27 +10,11 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from baton.common.errors import NotFound, invalid_field
+from baton.common.jobs import JobFilter
 from baton.common.paging import decode_token, encode_token, page_size
 from baton.v1 import job_pb2
-
-
-@dataclass(frozen=True)
-class ListFilter:
-    project: str = ""
-    group: str = ""
-    name: str = ""
-    states: tuple[int, ...] = ()
-
-    def matches(self, job: job_pb2.Job) -> bool:
-        return (
-            (not self.project or job.project == self.project)
-            and (not self.group or job.group == self.group)
-            and (not self.name or job.name == self.name)
-            and (not self.states or job.state in self.states)
-        )
 
 
 class JobBook:
@@ -72,10 +56,10 @@ class JobBook:
         del self._order[bisect_left(self._order, seq)]
         self.revision = max(self.revision, revision)
 
-    def list_jobs(self, flt: ListFilter, size: int, token: str) -> tuple[list[job_pb2.Job], str]:
+    def list_jobs(self, flt: JobFilter, size: int, token: str) -> tuple[list[job_pb2.Job], str]:
         """Matching jobs, newest first, one page at a time."""
         limit = page_size(size)
-        key = [flt.project, flt.group, flt.name, sorted(flt.states)]
+        key = flt.token_key()
         after = decode_token("conductor.jobs", key, token)
         if after is not None and not isinstance(after, int):
             raise invalid_field("page_token", "is not a page token from this list")
@@ -91,7 +75,7 @@ class JobBook:
                 out.append(job)
         return out, ""
 
-    def jobs(self, flt: ListFilter) -> Iterable[job_pb2.Job]:
+    def jobs(self, flt: JobFilter) -> Iterable[job_pb2.Job]:
         """Every matching job, oldest first (for snapshots)."""
         for seq in list(self._order):
             job = self._jobs.get(self._by_seq.get(seq, ""))

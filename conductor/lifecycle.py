@@ -47,7 +47,7 @@ from baton.common.errors import (
     Unavailable,
     invalid_field,
 )
-from baton.common.jobs import TERMINAL
+from baton.common.jobs import FINAL_STATES, JobFilter
 from baton.common.layout import (
     LATEST_REF,
     LOG_FILE,
@@ -67,7 +67,7 @@ from baton.conductor.executors.base import (
     Presence,
     Unsupported,
 )
-from baton.conductor.jobbook import JobBook, ListFilter
+from baton.conductor.jobbook import JobBook
 from baton.conductor.jobenv import job_environment
 from baton.conductor.orphans import mark_orphans
 from baton.conductor.publisher import Publisher
@@ -217,7 +217,7 @@ class Lifecycle:
             max_rev = max(max_rev, job.revision)
             self._next_seq = max(self._next_seq, item.seq + 1)
             # Repair a status.json whose write a crash may have cut off.
-            if job.state not in TERMINAL or job.update_time.seconds >= recent:
+            if job.state not in FINAL_STATES or job.update_time.seconds >= recent:
                 self._publisher.publish(job)
         for row in self._registry.damaged:
             # Unreadable, but its order and its idempotency key stay taken.
@@ -226,8 +226,8 @@ class Lifecycle:
                 self._by_request[row.request_id] = row.job_id
         self._revision = self.book.revision = max_rev
         recoveries: list[Coroutine[Any, Any, None]] = []
-        for job in list(self.book.jobs(ListFilter())):
-            if job.state in TERMINAL:
+        for job in list(self.book.jobs(JobFilter())):
+            if job.state in FINAL_STATES:
                 continue
             if job.id in damaged:
                 recoveries.append(
@@ -467,7 +467,7 @@ class Lifecycle:
         run = self._run(job_id)
         async with run.lock:
             job = self._jobs[job_id]
-            if job.state in TERMINAL:
+            if job.state in FINAL_STATES:
                 raise FailedPrecondition(
                     f"job {job_id} has already ended ({state_name(job.state)})",
                     reason="JOB_ALREADY_ENDED",
@@ -610,7 +610,7 @@ class Lifecycle:
         run = self._run(job_id)
         async with run.lock:
             job = self._jobs[job_id]
-            if job.state not in TERMINAL:
+            if job.state not in FINAL_STATES:
                 raise FailedPrecondition(
                     f"job {job_id} is {state_name(job.state)}; only an ended job can be deleted",
                     reason="JOB_NOT_ENDED",
@@ -764,7 +764,7 @@ class Lifecycle:
         try:
             async with run.lock:
                 job = self._jobs.get(job_id)
-                if job is None or job.state in TERMINAL:
+                if job is None or job.state in FINAL_STATES:
                     return
                 # A FAILED job leaves nothing running behind it, even when the
                 # record of its launch is what was lost.

@@ -6,7 +6,7 @@ registry was restored from a backup. Such a run would show as QUEUED or
 RUNNING forever, though no conductor will ever move it. At start the conductor
 looks through its status tree, in the background, for runs it wrote (their id,
 run id and directory name agree, and they carry a revision) that name a state
-that is not terminal and an id the registry does not hold, and marks each one
+that is not final and an id the registry does not hold, and marks each one
 FAILED, saying why. The run's directory and log stay where they are, for
 whoever wants to know what happened; runs written by other programs, and
 runs already ended, are left alone.
@@ -22,7 +22,7 @@ from pathlib import Path
 import structlog
 
 from baton.common.jobfile import job_from_json, write_job
-from baton.common.jobs import TERMINAL
+from baton.common.jobs import FINAL_STATES
 from baton.common.layout import STATUS_FILE
 from baton.v1 import job_pb2
 
@@ -72,7 +72,7 @@ def _mark(run: Path, known: Container[str], before: float) -> bool:
     except (OSError, ValueError):
         return False
     ours = job.id == job.run_id == run.name and job.revision > 0
-    live = job.state not in TERMINAL and job.state != job_pb2.JOB_STATE_UNSPECIFIED
+    live = job.state not in FINAL_STATES and job.state != job_pb2.JOB_STATE_UNSPECIFIED
     if not ours or not live or job.id in known or job.create_time.ToNanoseconds() >= before * 1e9:
         return False
     was = job_pb2.JobState.Name(job.state)

@@ -16,13 +16,13 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from baton.common import spec as specs
 from baton.common.errors import invalid_field
+from baton.common.jobs import JobFilter
 from baton.common.rpc import required, translate_errors
 from baton.common.version import VERSION
 from baton.conductor.admin import Admin
 from baton.conductor.executors.procfs import self_rss
 from baton.conductor.feeds import Feeds
 from baton.conductor.inspection import Inspector
-from baton.conductor.jobbook import ListFilter
 from baton.conductor.lifecycle import Lifecycle
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
@@ -71,7 +71,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
-        flt = ListFilter(request.project, request.group, request.name, tuple(request.states))
+        flt = JobFilter(request.project, request.group, request.name, tuple(request.states))
         jobs, token = self._book.list_jobs(flt, request.page_size, request.page_token)
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
@@ -191,7 +191,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
     async def WatchJobs(
         self, request: pb.WatchJobsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchJobsResponse]:
-        flt = ListFilter(request.project, request.group, request.name)
+        flt = JobFilter(request.project, request.group, request.name)
         async for response in self._feeds.watch(request.since_revision, flt):
             yield response
 

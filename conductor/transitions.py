@@ -1,7 +1,7 @@
 """The one table of allowed state changes, checked on every change to a job.
 
 A change that keeps the state (a new step, a heartbeat, an external id) is
-always allowed; a change of state must be in ``ALLOWED``. Every non-terminal
+always allowed; a change of state must be in ``ALLOWED``. Every non-final
 state may end FAILED, because an internal error fails the job it hit.
 """
 

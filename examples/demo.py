@@ -29,7 +29,7 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from baton.client import TERMINAL_STATES, ConductorClient, ViewerClient
+from baton.client import FINAL_STATES, ConductorClient, ViewerClient
 from baton.client.output import job_line
 from baton.client.specfile import read_spec
 from baton.v1 import job_pb2
@@ -161,7 +161,7 @@ def pause_and_resume(
     say(f"Pausing it with a checkpoint at step {PAUSE_AT_STEP}")
     pausing = conductor.pause_job(job.id, job_pb2.PAUSE_MODE_CHECKPOINT)
     console.print(job_line(pausing, "asked"))
-    paused = conductor.wait_for_job(job.id, states=TERMINAL_STATES | {job_pb2.JOB_STATE_PAUSED}, timeout=WAIT)
+    paused = conductor.wait_for_job(job.id, states=FINAL_STATES | {job_pb2.JOB_STATE_PAUSED}, timeout=WAIT)
     checks.require(paused.state == job_pb2.JOB_STATE_PAUSED, "the job is PAUSED", job_line(paused).plain)
     health = conductor.get_job_health(job.id)
     checks.check(

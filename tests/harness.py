@@ -26,7 +26,7 @@ from baton.conductor.server import RunningConductor, start
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
 
-TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+FINAL_STATES = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -77,7 +77,7 @@ class _Client:
         return job
 
     def wait_ended(self, job_id: str, timeout: float = 30.0) -> job_pb2.Job:
-        return self.wait_for(job_id, lambda j: j.state in TERMINAL, timeout)
+        return self.wait_for(job_id, lambda j: j.state in FINAL_STATES, timeout)
 
     def close_channel(self) -> None:
         if getattr(self, "_channel", None) is not None:

@@ -30,7 +30,7 @@ from baton.conductor.feeds import Feeds
 from baton.conductor.registry import SqliteRegistry
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
-from tests.harness import TERMINAL, InProcessConductor, state
+from tests.harness import FINAL_STATES, InProcessConductor, state
 
 Factory = Callable[..., InProcessConductor]
 T = TypeVar("T")
@@ -255,7 +255,7 @@ def test_watch_over_1000_changes_with_reconnects_sees_each_change_once_in_order(
     for job_id in rng.sample(sorted(set(last_seen) - set(deleted)), 20):
         ev, now = last_seen[job_id], c.get(job_id)
         assert (ev.job.state, ev.job.revision) == (now.state, now.revision)
-        assert now.state in TERMINAL
+        assert now.state in FINAL_STATES
 
 
 def test_snapshot_gives_the_matching_jobs_then_a_marker_then_later_changes(
@@ -271,7 +271,7 @@ def test_snapshot_gives_the_matching_jobs_then_a_marker_then_later_changes(
     stub = conductor.stub
 
     def stop_at_end(r: WatchRead) -> bool:
-        return any(e.job.id == running.id and e.job.state in TERMINAL for e in r.changes)
+        return any(e.job.id == running.id and e.job.state in FINAL_STATES for e in r.changes)
 
     read = WatchRead()
     with ThreadPoolExecutor(1) as pool:

@@ -14,7 +14,7 @@ import pytest
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
 from tests.checks import bad_request_fields, wait_until
-from tests.harness import TERMINAL, InProcessConductor, kill_job_groups, state
+from tests.harness import FINAL_STATES, InProcessConductor, kill_job_groups, state
 
 Factory = Callable[..., InProcessConductor]
 
@@ -252,4 +252,4 @@ def test_pages_stay_consistent_while_jobs_are_added_and_deleted(
     third = c.stub.ListJobs(pb.ListJobsRequest(page_size=3, page_token=second.next_page_token), timeout=10)
     assert [j.id for j in third.jobs] == []
     assert third.next_page_token == ""
-    wait_until(lambda: c.get(added.id).state in TERMINAL, "the added job to end")
+    wait_until(lambda: c.get(added.id).state in FINAL_STATES, "the added job to end")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from tests.harness import TERMINAL, InProcessConductor, SubprocessConductor, kill_job_groups
+from tests.harness import FINAL_STATES, InProcessConductor, SubprocessConductor, kill_job_groups
 from tests.procs import TICKER, group_members, proc_stat, spec_yaml, wait_until
 
 
@@ -129,7 +129,7 @@ def test_a_conductor_restarted_after_the_supervisor_was_lost_adopts_the_job(tmp_
         # retry runs: after it, never beside it.
         stop.touch()
         retrying = second.wait_for(
-            job.id, lambda x: "retry" in x.reason or x.attempt == 2 or x.state in TERMINAL
+            job.id, lambda x: "retry" in x.reason or x.attempt == 2 or x.state in FINAL_STATES
         )
         assert retrying.attempt == 1 and "exit code 3" in retrying.reason, retrying
         wait_until(lambda: len(ran.read_text().split()) == 2, what="the retry to start")

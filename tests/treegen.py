@@ -49,7 +49,7 @@ STATES = (
     "JOB_STATE_CANCELLED",
 )
 STATE_WEIGHTS = (8, 16, 3, 6, 3, 40, 16, 8)
-TERMINAL = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"})
+FINAL_STATES = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"})
 # A fresh heartbeat is at most this old when written; stale ones fall inside a band.
 FRESH_HEARTBEAT_MAX = 60.0
 STALE_BANDS = ((420.0, 1500.0), (2500.0, 30000.0))
@@ -512,7 +512,7 @@ def generate(
             n = max(n, 2000)  # one RUNNING and one SUCCEEDED run with logs over 64 KiB
         start = rng.randrange(len(pool) // 2)
         data = f"[baton] {run_id} starting {jk[2]}\n".encode() + b"".join(pool[start : start + n])
-        if state not in TERMINAL and rng.random() < 0.3:
+        if state not in FINAL_STATES and rng.random() < 0.3:
             data += b"partial line without newline"
         _write(f"{run_dir}/output.log", data)
         m.log_bytes += len(data)

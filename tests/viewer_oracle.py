@@ -28,7 +28,7 @@ _TS_RE = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?
 STATE_NUMBER = {v.name: v.number for v in job_pb2.JobState.DESCRIPTOR.values}
 RUNNING = job_pb2.JOB_STATE_RUNNING
 FAILED = job_pb2.JOB_STATE_FAILED
-TERMINAL = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
+FINAL_STATES = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
 NS = 1_000_000_000
 
 RunKey = tuple[str, str, str, str]

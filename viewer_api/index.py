@@ -19,11 +19,11 @@ import bisect
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from baton.common.errors import invalid_field
 from baton.common.jobfile import job_from_json
+from baton.common.jobs import JobFilter
 from baton.common.paging import decode_token, encode_token, page_size
 from baton.v1 import job_pb2
 from baton.viewer_api.scan import CheckpointFile, JobKey, RunFile, RunKey, Signature
@@ -86,23 +86,8 @@ class RunEntry:
         return max(self.start_ts, self.end_ts, self.heartbeat_ts, self.create_ts)
 
 
-@dataclass
-class Filter:
-    project: str = ""
-    group: str = ""
-    name: str = ""
-    states: tuple[int, ...] = ()
-
-    def matches_bucket(self, b: Bucket) -> bool:
-        return (
-            (not self.project or b[0] == self.project)
-            and (not self.group or b[1] == self.group)
-            and (not self.name or b[2] == self.name)
-            and (not self.states or b[3] in self.states)
-        )
-
-    def token_key(self) -> list[Any]:
-        return [self.project, self.group, self.name, sorted(self.states)]
+def _bucket_matches(flt: JobFilter, b: Bucket) -> bool:
+    return flt.matches_name(b[0], b[1], b[2]) and (not flt.states or b[3] in flt.states)
 
 
 class Index:
@@ -217,7 +202,7 @@ class Index:
 
     # ---------------------------------------------------------------- queries
 
-    def _iter_sorted(self, flt: Filter, after: SortKey | None) -> tuple[Iterator[SortKey], int]:
+    def _iter_sorted(self, flt: JobFilter, after: SortKey | None) -> tuple[Iterator[SortKey], int]:
         """Matching sort keys after ``after``, newest first, and the total count."""
         if not (flt.project or flt.group or flt.name or flt.states):
             start = 0 if after is None else bisect.bisect_right(self._order, after)
@@ -226,7 +211,7 @@ class Index:
             candidates: Iterable[Bucket] = self._project_buckets.get(flt.project, ())
         else:
             candidates = self._buckets.keys()
-        lists = [self._buckets[b] for b in candidates if flt.matches_bucket(b)]
+        lists = [self._buckets[b] for b in candidates if _bucket_matches(flt, b)]
         total = sum(len(lst) for lst in lists)
         iters = []
         for lst in lists:
@@ -236,7 +221,7 @@ class Index:
         return heapq.merge(*iters), total
 
     def list_runs(
-        self, flt: Filter, size: int, token: str, scope: str = "viewer.jobs"
+        self, flt: JobFilter, size: int, token: str, scope: str = "viewer.jobs"
     ) -> tuple[list[job_pb2.Job], str, int]:
         """One page of matching runs, newest first; with the token for the next and the total."""
         limit = page_size(size)
@@ -254,12 +239,12 @@ class Index:
         return [e.job() for e in page], "", total
 
     def running(self, project: str) -> list[RunEntry]:
-        flt = Filter(project=project, states=(S.JOB_STATE_RUNNING,))
+        flt = JobFilter(project=project, states=(S.JOB_STATE_RUNNING,))
         it, _ = self._iter_sorted(flt, None)
         return [self.runs[sk[1:]] for sk in it]  # type: ignore[index]
 
     def recent(self, project: str, since_ts: float, limit: int) -> list[job_pb2.Job]:
-        flt = Filter(project=project)
+        flt = JobFilter(project=project)
         it, _ = self._iter_sorted(flt, None)
         out: list[job_pb2.Job] = []
         for sk in it:
@@ -283,7 +268,7 @@ class Index:
         return out
 
     def failures_since(self, project: str, since_ts: float) -> list[RunEntry]:
-        it, _ = self._iter_sorted(Filter(project=project, states=(S.JOB_STATE_FAILED,)), None)
+        it, _ = self._iter_sorted(JobFilter(project=project, states=(S.JOB_STATE_FAILED,)), None)
         found = [self.runs[sk[1:]] for sk in it]  # type: ignore[index]
         recent = [e for e in found if (e.end_ts or -1) >= since_ts]
         recent.sort(key=lambda e: -e.end_ts)

@@ -22,6 +22,7 @@ from baton.common.checkpoint_refs import one_checkpoint
 from baton.common.errors import FailedPrecondition, NotFound, invalid_field
 from baton.common.filewatch import FileWatcher
 from baton.common.jobfile import job_from_json
+from baton.common.jobs import JobFilter
 from baton.common.layout import (
     JOB_SPEC_FILE,
     LOG_FILE,
@@ -36,7 +37,7 @@ from baton.common.paging import decode_token, encode_token, page_size
 from baton.common.tailer import CHUNK, offset_of_last_lines
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as pb
-from baton.viewer_api.index import Filter, Index, RunEntry, sort_key
+from baton.viewer_api.index import Index, RunEntry, sort_key
 from baton.viewer_api.indexer import Indexer
 from baton.viewer_api.scan import (
     INVALID_NAME,
@@ -104,14 +105,14 @@ class ViewerService:
 
     # ------------------------------------------------------------------ runs
 
-    def list_jobs(self, flt: Filter, size: int, token: str) -> tuple[list[job_pb2.Job], str, int]:
+    def list_jobs(self, flt: JobFilter, size: int, token: str) -> tuple[list[job_pb2.Job], str, int]:
         return self.index.list_runs(flt, size, token)
 
     def list_job_runs(
         self, project: str, group: str, name: str, size: int, token: str
     ) -> tuple[list[job_pb2.Job], str]:
         _names(project=project, group=group, name=name)
-        jobs, nxt, _ = self.index.list_runs(Filter(project, group, name), size, token, scope="viewer.runs")
+        jobs, nxt, _ = self.index.list_runs(JobFilter(project, group, name), size, token, scope="viewer.runs")
         return jobs, nxt
 
     def _resolve(self, job_id: str, project: str, group: str, name: str, run_id: str) -> RunKey:

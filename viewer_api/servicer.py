@@ -7,10 +7,10 @@ from typing import TypeAlias
 
 import grpc
 
+from baton.common.jobs import JobFilter
 from baton.common.rpc import translate_errors
 from baton.v1 import job_pb2, viewer_pb2_grpc
 from baton.v1 import viewer_pb2 as pb
-from baton.viewer_api.index import Filter
 from baton.viewer_api.service import ViewerService
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
@@ -22,7 +22,7 @@ class ViewerServicer(viewer_pb2_grpc.ViewerServicer):
 
     @translate_errors
     async def ListJobs(self, request: pb.ViewerListJobsRequest, context: Ctx) -> pb.ViewerListJobsResponse:
-        flt = Filter(request.project, request.group, request.name, tuple(request.states))
+        flt = JobFilter(request.project, request.group, request.name, tuple(request.states))
         jobs, token, total = self._svc.list_jobs(flt, request.page_size, request.page_token)
         return pb.ViewerListJobsResponse(jobs=jobs, next_page_token=token, total_size=total)
 
