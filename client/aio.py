@@ -8,7 +8,7 @@ idempotent ones are retried on UNAVAILABLE. SubmitJob is made idempotent by
 always sending a ``request_id`` (one is generated when the caller gives none),
 so a retried submission never makes two jobs. Pause, resume, cancel and
 delete are tried once. Streams (``stream_logs``, ``watch_jobs``,
-``stream_log``) reconnect by themselves (see ``client.streams``).
+``stream_logs``) reconnect by themselves (see ``client.streams``).
 
     async with AsyncConductorClient("127.0.0.1:50051") as conductor:
         job = await conductor.submit_job(Path("train.yaml").read_text())
@@ -472,13 +472,13 @@ class AsyncViewerClient(_Lists):
         return await self.call("ReadLog", request, timeout=timeout)
 
     async def tail_log(
-        self, job_id: str = "", *, lines: int = 0, timeout: float | None = None, **run: Unpack[RunName]
+        self, job_id: str = "", *, tail_lines: int = 0, timeout: float | None = None, **run: Unpack[RunName]
     ) -> vpb.TailLogResponse:
-        """The last ``lines`` lines (0: 100) of a run's log."""
-        request = vpb.TailLogRequest(job_id=job_id, lines=lines, **run)
+        """The last ``tail_lines`` lines (0: 100) of a run's log."""
+        request = vpb.TailLogRequest(job_id=job_id, tail_lines=tail_lines, **run)
         return await self.call("TailLog", request, timeout=timeout)
 
-    def stream_log(
+    def stream_logs(
         self,
         job_id: str = "",
         *,
@@ -490,7 +490,8 @@ class AsyncViewerClient(_Lists):
         """As the conductor's ``stream_logs``, read by the viewer from disk."""
         ref = {"job_id": job_id, **run}
         return LogStream(
-            self, "StreamLog", vpb.StreamLogRequest, ref, offset=offset, tail_lines=tail_lines, follow=follow
+            self, "StreamLogs", vpb.ViewerStreamLogsRequest, ref,
+            offset=offset, tail_lines=tail_lines, follow=follow,
         )
 
 

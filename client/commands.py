@@ -162,7 +162,7 @@ def logs(args: argparse.Namespace, out: Output) -> int:
     client: ConductorClient | ViewerClient
     if args.source == "viewer":
         client = viewer(args)
-        stream = client.stream_log(args.job, **kwargs)
+        stream = client.stream_logs(args.job, **kwargs)
     else:
         client = conductor(args)
         stream = client.stream_logs(args.job, **kwargs)

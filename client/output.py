@@ -210,6 +210,7 @@ def job_details(job: job_pb2.Job) -> Table:
         ("last checkpoint", job.last_checkpoint),
         ("result", result_text(job)),
         ("resumed from", job.resume_from),
+        ("resume dir", job.resume_dir),
         ("request id", job.request_id),
         ("revision", str(job.revision) if job.revision else ""),
     ]
@@ -222,7 +223,7 @@ def job_details(job: job_pb2.Job) -> Table:
 def resolved_spec_yaml(job: job_pb2.Job) -> str:
     """The job's spec as the conductor resolved it, in the YAML a person writes."""
     spec = json_format.MessageToDict(job.spec, preserving_proto_field_name=True)
-    extra = {k: v for k, v in (("start_step", job.start_step), ("resume_from", job.resume_from_suffix)) if v}
+    extra = {k: v for k, v in (("start_step", job.start_step), ("resume_from", job.resume_from)) if v}
     return yaml.safe_dump({**spec, **extra}, sort_keys=False).rstrip()
 
 

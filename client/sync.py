@@ -233,4 +233,4 @@ class ViewerClient(_SyncClient[AsyncViewerClient]):
     get_checkpoint_stats = _call(_V.get_checkpoint_stats)
     read_log = _call(_V.read_log)
     tail_log = _call(_V.tail_log)
-    stream_log = _stream(_V.stream_log, BlockingLogStream)
+    stream_logs = _stream(_V.stream_logs, BlockingLogStream)

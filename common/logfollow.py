@@ -1,5 +1,5 @@
 """A job's log as a stream of LogChunks: the one answer behind the conductor's
-StreamLogs and the viewer's StreamLog.
+StreamLogs and the viewer's StreamLogs.
 
 The services differ only in how they find the job and what wakes a reader when
 it changes; they pass those in. Everything else is decided here, once: the

@@ -1,5 +1,5 @@
 """The log tailer: one implementation behind the conductor's StreamLogs and the
-viewer's ReadLog, TailLog and StreamLog (the streams through ``common.logfollow``,
+viewer's ReadLog, TailLog and StreamLogs (the streams through ``common.logfollow``,
 which also decides how a followed log ends).
 
 It reads a log from a byte offset in chunks of at most 64 KiB, each tagged

@@ -360,7 +360,7 @@ class Lifecycle:
             step_count=len(steps),
             start_step=max(start_step, 1),
             create_time=_now(),
-            resume_from_suffix=resume_from,
+            resume_from=resume_from,
         )
         steps_mod.init_steps(job, [s.name for s in steps], max(start_step, 1))
         if dry_run:
@@ -865,11 +865,11 @@ class Lifecycle:
             own = latest_checkpoint_in(job.checkpoint_dir)
             if own is not None:
                 return str(own)
-        if not job.resume_from_suffix:
+        if not job.resume_from:
             return ""
-        given = self.layout.find_checkpoints(job.project, job.group, job.name, job.resume_from_suffix)
+        given = self.layout.find_checkpoints(job.project, job.group, job.name, job.resume_from)
         if not given:
-            raise _GivenCheckpointGone(job.resume_from_suffix)
+            raise _GivenCheckpointGone(job.resume_from)
         return str(given[0].path)
 
     async def _launch(self, job_id: str, *, step: int, attempt: int, resume: bool) -> None:
@@ -893,7 +893,7 @@ class Lifecycle:
         # either sees it active or has finished before the checkpoint is chosen.
         async with self.name_lock((job.project, job.group, job.name)):
             try:
-                plain_start = first and not job.resume_from_suffix
+                plain_start = first and not job.resume_from
                 # A first launch with nothing to resume from needs no look at the disk.
                 resume_from = (
                     ""
@@ -916,7 +916,7 @@ class Lifecycle:
                 now = _now()
                 j.state = S.JOB_STATE_RUNNING
                 j.step, j.attempt, j.step_name = step, attempt, current.name
-                j.resume_from = resume_from
+                j.resume_dir = resume_from
                 j.external_id = ""
                 j.reason = ""
                 if first:
@@ -1299,10 +1299,10 @@ def _pause_outcome(
         if asked_at is None or written >= asked_at - 1.0:
             return f"saved checkpoint {name}; resume continues from it"
         return f"no new checkpoint; resume continues from {name}, written before the pause"
-    if job.resume_from_suffix:
+    if job.resume_from:
         return (
             f"no checkpoint written; resume starts step {job.step} again from "
-            f"{job.resume_from_suffix}, the one it was given"
+            f"{job.resume_from}, the one it was given"
         )
     return f"no checkpoint written; resume starts step {job.step} from the beginning"
 

@@ -229,7 +229,7 @@ def run_job(
 
     say("Asking the viewer (read-only, from the status and checkpoint directories)")
     # The viewer's own log stream ends once its index has seen the run end.
-    read_back = b"".join(chunk.data for chunk in viewer.stream_log(job.id, follow=True))
+    read_back = b"".join(chunk.data for chunk in viewer.stream_logs(job.id, follow=True))
     checks.check(read_back.decode(errors="replace") == log, "the viewer serves the same log")
     checks.check(viewer.get_job(job.id).state == job_pb2.JOB_STATE_SUCCEEDED, "the viewer has it SUCCEEDED")
     baton("get", job.id, "--from", "viewer", env=env)

@@ -124,11 +124,11 @@ def test_resume_from_names_a_checkpoint_of_any_run_or_latest_and_refuses_an_ambi
 
     chosen = conductor.wait_ended(conductor.submit(reads, resume_from=f"{r1.run_id}/step-000010").id)
     assert log_lines(chosen) == [f"resume={Path(r1.checkpoint_dir) / 'step-000010'}"]
-    assert chosen.resume_from_suffix == f"{r1.run_id}/step-000010"
+    assert chosen.resume_from == f"{r1.run_id}/step-000010"
 
     newest = conductor.wait_ended(conductor.submit(reads, resume_from="latest").id)
     assert log_lines(newest) == [f"resume={Path(r2.checkpoint_dir) / 'step-000010'}"]
-    assert newest.resume_from_suffix == f"{r2.run_id}/step-000010"
+    assert newest.resume_from == f"{r2.run_id}/step-000010"
 
     with pytest.raises(grpc.RpcError) as missing:
         conductor.submit(reads, resume_from=f"{r1.run_id}/step-000020")
@@ -152,4 +152,4 @@ def test_a_checkpoint_pause_of_a_job_that_saves_nothing_says_so(
     _resume(conductor, job.id)
     wait_until(lambda: log_text(conductor.get(job.id)) == "up\nup\n", what="the second start")
     again = conductor.get(job.id)
-    assert again.resume_from == "", "nothing was saved: there is nothing to resume from"
+    assert again.resume_dir == "", "nothing was saved: there is nothing to resume from"

@@ -179,7 +179,7 @@ def test_submit_resume_from_a_chosen_checkpoint(
     spec_file.write_text(spec("resumer", 'echo "resume=${BATON_RESUME_FROM:-none}"', project="res"))
     doc = as_json(services, capsys, "submit", str(spec_file), "--resume-from", "older")
     done = services.conductor.wait_ended(doc["id"])
-    assert done.resume_from == str(base / "older") and done.resume_from_suffix == "older"
+    assert done.resume_dir == str(base / "older") and done.resume_from == "older"
     code, out, _ = run(services, capsys, "logs", doc["id"])
     assert code == exitcodes.OK and f"resume={base / 'older'}" in out
     code, _, err = run(services, capsys, "submit", str(spec_file), "--resume-from", "absent")

@@ -514,9 +514,9 @@ def test_async_clients(services: Stack) -> None:
             assert seen is not None and seen.state == job_pb2.JOB_STATE_SUCCEEDED
             listed = [j.id async for j in viewer.iter_jobs(project="default", page_size=1)]
             assert job.id in listed
-            tail = await viewer.tail_log(job.id, lines=1)
+            tail = await viewer.tail_log(job.id, tail_lines=1)
             assert tail.data == b"two\n"
-            chunks = [c async for c in viewer.stream_log(job.id)]
+            chunks = [c async for c in viewer.stream_logs(job.id)]
             assert b"".join(c.data for c in chunks) == b"one\ntwo\n" and chunks[-1].complete
 
     asyncio.run(main())

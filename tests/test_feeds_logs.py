@@ -1,6 +1,6 @@
 """StreamLogs with real jobs and a real server: exact bytes, reconnects, tails, ends,
 heartbeats, truncation, many subscribers, subscribers that never read, and jobs
-deleted under a follow (the viewer's StreamLog too)."""
+deleted under a follow (the viewer's StreamLogs too)."""
 
 from __future__ import annotations
 
@@ -666,7 +666,7 @@ def test_the_viewer_ends_a_follow_of_a_deleted_job_as_the_conductor_does(
     viewer = viewer_factory(home=conductor.home)  # once the run exists
     viewer.wait_for(lambda: viewer_knows(viewer, job.id), "the viewer to index the run", 20)
 
-    call = viewer.stub.StreamLog(vpb.StreamLogRequest(job_id=job.id, follow=True), timeout=60)
+    call = viewer.stub.StreamLogs(vpb.ViewerStreamLogsRequest(job_id=job.id, follow=True), timeout=60)
     read = LogRead(keep=True)
     while not read.received:
         read.accept(next(call))

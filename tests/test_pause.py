@@ -164,10 +164,10 @@ def test_checkpoint_pause_saves_exits_and_resume_continues_to_the_same_result(
 
     resumed = resume(conductor, job.id)
     assert resumed.state == job_pb2.JOB_STATE_RUNNING
-    assert resumed.resume_from == str(newest)
+    assert resumed.resume_dir == str(newest)
     done = conductor.wait_ended(job.id, timeout=60)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done
-    assert done.resume_from == str(newest)
+    assert done.resume_dir == str(newest)
     text = log_text(done)
     assert f"resumed from {newest} at step={at} " in text
     assert text.count("starting at step=0") == 1, "the job started over instead of resuming"
@@ -215,7 +215,7 @@ def test_a_job_ignoring_the_pause_signal_is_killed_at_the_grace_and_resumes_from
     assert at in (last // 10 * 10, last // 10 * 10 - 10), (at, last)
 
     resumed = resume(conductor, job.id)
-    assert resumed.resume_from == str(newest)
+    assert resumed.resume_dir == str(newest)
     done = conductor.wait_ended(job.id, timeout=60)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done
     lines = log_lines(done)

@@ -198,7 +198,7 @@ def test_pausing_and_cancelling_jobs_finish_their_transition_after_a_restart(
     assert group_members(int(deaf.external_id)) == []
 
     resumed = c.stub.ResumeJob(pb.ResumeJobRequest(job_id=stubborn.id), timeout=30)
-    assert resumed.resume_from.startswith(paused.checkpoint_dir + "/step-")
+    assert resumed.resume_dir.startswith(paused.checkpoint_dir + "/step-")
     done = c.wait_ended(stubborn.id, timeout=60)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done
-    assert f"resumed from {resumed.resume_from} " in log_text(done)
+    assert f"resumed from {resumed.resume_dir} " in log_text(done)

@@ -415,8 +415,8 @@ def test_resume_from_starts_the_run_from_the_chosen_checkpoint(
     assert done.state == S.JOB_STATE_SUCCEEDED, done
     chosen = str(base / "older")
     assert (Path(done.run_dir) / "output.log").read_text().splitlines() == [f"resume={chosen}"]
-    assert done.resume_from == chosen
-    assert done.resume_from_suffix == "older"
+    assert done.resume_dir == chosen
+    assert done.resume_from == "older"
 
     before = conductor.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs
     for missing in ("absent", "theirs", "a/b"):

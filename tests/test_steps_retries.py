@@ -93,7 +93,7 @@ def test_a_checkpoint_pause_in_step_two_resumes_at_step_two_and_never_reruns_ste
     resumed = conductor.stub.ResumeJob(pb.ResumeJobRequest(job_id=job.id), timeout=30)
     checkpoint = str(Path(paused.checkpoint_dir) / "after-one")
     assert (resumed.step, resumed.step_name) == (2, "two")
-    assert resumed.resume_from == checkpoint
+    assert resumed.resume_dir == checkpoint
     done = conductor.wait_ended(job.id)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done
     assert announced(done) == [
@@ -147,7 +147,7 @@ def test_a_step_failing_twice_then_succeeding_ends_succeeded_on_attempt_3(
     assert (done.step, done.attempt) == (2, 3)
     assert counter.read_text().strip() == "3"
     checkpoint = str(Path(done.checkpoint_dir) / "ckpt-1")
-    assert done.resume_from == checkpoint
+    assert done.resume_dir == checkpoint
     assert log_lines(done).count("prep") == 1, "a retry of step two re-ran step one"
     attempts = [
         re.fullmatch(r"attempt=(\d+) step=(\d+) resume=(\S+) at=([\d.]+)", line)

@@ -372,13 +372,13 @@ def test_bad_entries_added_later_are_skipped_and_counted(
 
 
 class _Follower:
-    """A followed StreamLog read on a thread: chunks, and how it ended."""
+    """A followed StreamLogs read on a thread: chunks, and how it ended."""
 
     def __init__(self, v: InProcessViewer, job_id: str) -> None:
         self.chunks: list[job_pb2.LogChunk] = []
         self.error: grpc.RpcError | None = None
         self.done = threading.Event()
-        self.call = v.stub.StreamLog(vpb.StreamLogRequest(job_id=job_id, follow=True), timeout=30)
+        self.call = v.stub.StreamLogs(vpb.ViewerStreamLogsRequest(job_id=job_id, follow=True), timeout=30)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -597,8 +597,8 @@ def _unknown_requests(o: Oracle) -> list[tuple[str, Any]]:
         ("ReadLog", vpb.ReadLogRequest(**no_run)),
         ("TailLog", vpb.TailLogRequest(job_id="no-such-job")),
         ("TailLog", vpb.TailLogRequest(**no_run)),
-        ("StreamLog", vpb.StreamLogRequest(job_id="no-such-job")),
-        ("StreamLog", vpb.StreamLogRequest(follow=True, **no_run)),
+        ("StreamLogs", vpb.ViewerStreamLogsRequest(job_id="no-such-job")),
+        ("StreamLogs", vpb.ViewerStreamLogsRequest(follow=True, **no_run)),
         ("GetCheckpoint", vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix="no-such")),
         ("GetCheckpoint", vpb.GetCheckpointRequest(project="x", group="y", name="z", suffix="s")),
         ("GetLatestCheckpoint", vpb.GetLatestCheckpointRequest(project="x", group="y", name="z")),
@@ -667,7 +667,7 @@ BAD_NAME_REQUESTS: list[tuple[str, Any, str]] = [
     ("GetCheckpointJobSpec", vpb.GetCheckpointJobSpecRequest(project="p", group="-x", name="n"), "group"),
     ("ReadLog", vpb.ReadLogRequest(project="p", group="g", name="n", run_id="../../etc"), "run_id"),
     ("TailLog", vpb.TailLogRequest(project="P", group="g", name="n", run_id="r"), "project"),
-    ("StreamLog", vpb.StreamLogRequest(project="p", group="g", name="x" * 64, run_id="r"), "name"),
+    ("StreamLogs", vpb.ViewerStreamLogsRequest(project="p", group="g", name="x" * 64, run_id="r"), "name"),
 ]
 
 
@@ -706,9 +706,9 @@ def test_bad_numbers_in_requests_are_invalid_argument(bad: tuple[BadTree, InProc
         ("ReadLog", vpb.ReadLogRequest(job_id=jid, offset=-1), "offset"),
         ("ReadLog", vpb.ReadLogRequest(job_id=jid, limit=-5), "limit"),
         ("ReadLog", vpb.ReadLogRequest(job_id=jid, offset=size + 1), "offset"),
-        ("TailLog", vpb.TailLogRequest(job_id=jid, lines=-1), "lines"),
-        ("StreamLog", vpb.StreamLogRequest(job_id=jid, offset=-1), "offset"),
-        ("StreamLog", vpb.StreamLogRequest(job_id=jid, tail_lines=-3), "tail_lines"),
+        ("TailLog", vpb.TailLogRequest(job_id=jid, tail_lines=-1), "tail_lines"),
+        ("StreamLogs", vpb.ViewerStreamLogsRequest(job_id=jid, offset=-1), "offset"),
+        ("StreamLogs", vpb.ViewerStreamLogsRequest(job_id=jid, tail_lines=-3), "tail_lines"),
         (
             "ListRunningJobs",
             vpb.ListRunningJobsRequest(stale_after=duration_pb2.Duration(seconds=-5)),
@@ -740,7 +740,7 @@ def exercise_every_rpc(stub: Any, o: Oracle) -> set[str]:
         fn = getattr(stub, method)
         try:
             out = fn(req, timeout=10)
-            if method == "StreamLog":
+            if method in ("StreamLogs", "StreamLog"):
                 out = list(out)
         except grpc.RpcError as err:
             assert fails is not None and err.code() == fails, (method, req, err)
@@ -767,11 +767,12 @@ def exercise_every_rpc(stub: Any, o: Oracle) -> set[str]:
         call("GetJob", vpb.ViewerGetJobRequest(project=p, group=g, name=n, run_id=rid))
         call("ListJobRuns", vpb.ListJobRunsRequest(project=p, group=g, name=n))
         call("ReadLog", vpb.ReadLogRequest(project=p, group=g, name=n, run_id=rid))
-        call("TailLog", vpb.TailLogRequest(project=p, group=g, name=n, run_id=rid, lines=3))
-        call("StreamLog", vpb.StreamLogRequest(project=p, group=g, name=n, run_id=rid))
+        call("TailLog", vpb.TailLogRequest(project=p, group=g, name=n, run_id=rid, tail_lines=3))
+        call("StreamLogs", vpb.ViewerStreamLogsRequest(project=p, group=g, name=n, run_id=rid))
+        call("StreamLog", vpb.ViewerStreamLogsRequest(project=p, group=g, name=n, run_id=rid))
         if r.state in (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED):
             chunks = call(
-                "StreamLog", vpb.StreamLogRequest(project=p, group=g, name=n, run_id=rid, follow=True)
+                "StreamLogs", vpb.ViewerStreamLogsRequest(project=p, group=g, name=n, run_id=rid, follow=True)
             )
             assert chunks[-1].complete
     call("GetJob", vpb.ViewerGetJobRequest(job_id="no-such"), fails=grpc.StatusCode.NOT_FOUND)
@@ -806,7 +807,7 @@ def exercise_every_rpc(stub: Any, o: Oracle) -> set[str]:
     call("GetCheckpointStats", vpb.GetCheckpointStatsRequest())
     # A followed stream of a running job, given up by the client.
     running = next(r for r in runs if r.state == S.JOB_STATE_RUNNING and r.job_id and r.log())
-    stream = stub.StreamLog(vpb.StreamLogRequest(job_id=running.job_id, follow=True), timeout=10)
+    stream = stub.StreamLogs(vpb.ViewerStreamLogsRequest(job_id=running.job_id, follow=True), timeout=10)
     next(stream)
     stream.cancel()
     return called

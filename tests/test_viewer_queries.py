@@ -607,12 +607,12 @@ def test_read_log_whole_and_in_pieces(gen: Gen) -> None:
         offset = 0
         while True:
             resp = gen.v.stub.ReadLog(vpb.ReadLogRequest(offset=offset, **ref), timeout=10)
-            assert resp.offset == offset and resp.size == len(data), run.key
+            assert resp.offset == offset and resp.size_bytes == len(data), run.key
             assert len(resp.data) <= CHUNK
             assert resp.next_offset == offset + len(resp.data)
             out += resp.data
             offset = resp.next_offset
-            if offset >= resp.size:
+            if offset >= resp.size_bytes:
                 break
         assert out == data, run.key
         if len(data) > 150:
@@ -624,9 +624,9 @@ def test_read_log_whole_and_in_pieces(gen: Gen) -> None:
 def test_tail_log(gen: Gen, lines: int) -> None:
     for run in _log_runs(gen):
         data = run.log() or b""
-        resp = gen.v.stub.TailLog(vpb.TailLogRequest(lines=lines, **_ref(run, by_id=False)), timeout=10)
+        resp = gen.v.stub.TailLog(vpb.TailLogRequest(tail_lines=lines, **_ref(run, by_id=False)), timeout=10)
         assert resp.data == last_lines(data, lines or 100), run.key
-        assert resp.size == len(data) and data[resp.offset :] == resp.data
+        assert resp.next_offset == len(data) and data[resp.offset :] == resp.data
 
 
 def test_stream_log_without_follow(gen: Gen) -> None:
@@ -638,9 +638,8 @@ def test_stream_log_without_follow(gen: Gen) -> None:
             ({"tail_lines": 3}, None),
         ]
         for req_kw, want in cases:
-            chunks = list(
-                gen.v.stub.StreamLog(vpb.StreamLogRequest(**req_kw, **_ref(run, by_id=True)), timeout=10)
-            )
+            request = vpb.ViewerStreamLogsRequest(**req_kw, **_ref(run, by_id=True))
+            chunks = list(gen.v.stub.StreamLogs(request, timeout=10))
             body = b"".join(c.data for c in chunks)
             assert body == (last_lines(data, 3) if want is None else want), (run.key, req_kw)
             pos = chunks[0].offset if chunks else 0
@@ -656,8 +655,11 @@ def test_stream_log_follow_of_ended_runs_ends_with_complete(gen: Gen) -> None:
     ended += [r for r in gen.o.runs.values() if r.state in (7, 8) and "signal" in r.data][:3]
     assert any("signal" in r.data for r in ended) and any("exitCode" in r.data for r in ended)
     for run in ended:
-        chunks = list(gen.v.stub.StreamLog(vpb.StreamLogRequest(follow=True, **_ref(run, True)), timeout=10))
+        request = vpb.ViewerStreamLogsRequest(follow=True, **_ref(run, True))
+        chunks = list(gen.v.stub.StreamLogs(request, timeout=10))
         assert chunks and chunks[-1].complete, run.key
+        # StreamLog, the deprecated first name, is the same call.
+        assert list(gen.v.stub.StreamLog(request, timeout=10)) == chunks
         last = chunks[-1]
         assert b"".join(c.data for c in chunks) == run.log()
         assert last.state == run.state
@@ -754,7 +756,7 @@ def test_runs_of_a_real_conductor(conductor: InProcessConductor, viewer_factory:
     o = Oracle(conductor.home / "status", conductor.home / "checkpoints")
     assert [key_of(j) for j in v.list_all()[0]] == [r.key for r in o.jobs()]
     for job, text, code in ((ok, b"one\ntwo\n", 0), (bad, b"partial", 7)):
-        chunks = list(v.stub.StreamLog(vpb.StreamLogRequest(job_id=job.id, follow=True), timeout=10))
+        chunks = list(v.stub.StreamLogs(vpb.ViewerStreamLogsRequest(job_id=job.id, follow=True), timeout=10))
         assert b"".join(c.data for c in chunks) == text
         assert chunks[-1].complete and chunks[-1].exit_code == code
         assert chunks[-1].state == (S.JOB_STATE_SUCCEEDED if code == 0 else S.JOB_STATE_FAILED)
@@ -772,7 +774,7 @@ def test_runs_of_a_real_conductor(conductor: InProcessConductor, viewer_factory:
     assert as_dict(cfg.config) == {"lr": 0.5} and cfg.source_file == "config.yaml"
 
     # A followed log of a running job: its output, then the end when the conductor cancels it.
-    stream = v.stub.StreamLog(vpb.StreamLogRequest(job_id=hold.id, follow=True), timeout=30)
+    stream = v.stub.StreamLogs(vpb.ViewerStreamLogsRequest(job_id=hold.id, follow=True), timeout=30)
     seen = b""
     while seen != b"started\n":
         seen += next(stream).data

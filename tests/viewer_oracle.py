@@ -71,8 +71,8 @@ class Run:
 
     @property
     def order_time(self) -> int:
-        """Start time, else create time: what lists sort on."""
-        return self.t("startTime") or self.t("createTime")
+        """Create time, else start time: what lists sort on."""
+        return self.t("createTime") or self.t("startTime")
 
     @property
     def sort_key(self) -> tuple[int, str, str, str, str]:

@@ -66,7 +66,8 @@ class RunEntry:
         self.payload: bytes = rf.raw
         self.built = False
         p, g, n, r = rf.key
-        self.sort: SortKey = (-(rf.start_ts or rf.create_ts), p, g, n, r)
+        # One order for every list of either service: newest submission first.
+        self.sort: SortKey = (-(rf.create_ts or rf.start_ts), p, g, n, r)
 
     def job(self) -> job_pb2.Job:
         if self.built:

@@ -382,15 +382,15 @@ class ViewerService:
         data, size = await asyncio.to_thread(read)
         if offset > size:
             raise invalid_field("offset", f"is past the end of the log ({size} bytes)")
-        return pb.ReadLogResponse(data=data, offset=offset, next_offset=offset + len(data), size=size)
+        return pb.ReadLogResponse(data=data, offset=offset, next_offset=offset + len(data), size_bytes=size)
 
-    async def tail_log(self, ref: tuple[str, str, str, str, str], lines: int) -> pb.TailLogResponse:
+    async def tail_log(self, ref: tuple[str, str, str, str, str], tail_lines: int) -> pb.TailLogResponse:
         key = self._resolve(*ref)
         self._known_run(key)
-        if lines < 0:
-            raise invalid_field("lines", "must not be negative")
+        if tail_lines < 0:
+            raise invalid_field("tail_lines", "must not be negative")
         path = self._log_path(key)
-        wanted = lines or DEFAULT_TAIL_LINES
+        wanted = tail_lines or DEFAULT_TAIL_LINES
 
         def read() -> tuple[bytes, int, int]:
             start = offset_of_last_lines(path, wanted)
@@ -402,10 +402,10 @@ class ViewerService:
             except FileNotFoundError:
                 return b"", 0, 0
 
-        data, start, size = await asyncio.to_thread(read)
-        return pb.TailLogResponse(data=data, offset=start, size=size)
+        data, start, end = await asyncio.to_thread(read)
+        return pb.TailLogResponse(data=data, offset=start, next_offset=end)
 
-    async def stream_log(
+    async def stream_logs(
         self, ref: tuple[str, str, str, str, str], offset: int, tail_lines: int, follow: bool
     ) -> AsyncIterator[job_pb2.LogChunk]:
         key = self._resolve(*ref)

@@ -117,11 +117,16 @@ class ViewerServicer(viewer_pb2_grpc.ViewerServicer):
     @translate_errors
     async def TailLog(self, request: pb.TailLogRequest, context: Ctx) -> pb.TailLogResponse:
         r = request
-        return await self._svc.tail_log((r.job_id, r.project, r.group, r.name, r.run_id), r.lines)
+        return await self._svc.tail_log((r.job_id, r.project, r.group, r.name, r.run_id), r.tail_lines)
 
     @translate_errors
-    async def StreamLog(self, request: pb.StreamLogRequest, context: Ctx) -> AsyncIterator[job_pb2.LogChunk]:
+    async def StreamLogs(
+        self, request: pb.ViewerStreamLogsRequest, context: Ctx
+    ) -> AsyncIterator[job_pb2.LogChunk]:
         r = request
         ref = (r.job_id, r.project, r.group, r.name, r.run_id)
-        async for chunk in self._svc.stream_log(ref, r.offset, r.tail_lines, r.follow):
+        async for chunk in self._svc.stream_logs(ref, r.offset, r.tail_lines, r.follow):
             yield chunk
+
+    # Deprecated: the first name of StreamLogs, still served for released clients.
+    StreamLog = StreamLogs

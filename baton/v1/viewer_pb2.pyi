@@ -345,44 +345,44 @@ class ReadLogRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., run_id: _Optional[str] = ..., offset: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ReadLogResponse(_message.Message):
-    __slots__ = ("data", "offset", "next_offset", "size")
+    __slots__ = ("data", "offset", "next_offset", "size_bytes")
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
-    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     offset: int
     next_offset: int
-    size: int
-    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., next_offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+    size_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., next_offset: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class TailLogRequest(_message.Message):
-    __slots__ = ("job_id", "project", "group", "name", "run_id", "lines")
+    __slots__ = ("job_id", "project", "group", "name", "run_id", "tail_lines")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
-    LINES_FIELD_NUMBER: _ClassVar[int]
+    TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     project: str
     group: str
     name: str
     run_id: str
-    lines: int
-    def __init__(self, job_id: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., run_id: _Optional[str] = ..., lines: _Optional[int] = ...) -> None: ...
+    tail_lines: int
+    def __init__(self, job_id: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., run_id: _Optional[str] = ..., tail_lines: _Optional[int] = ...) -> None: ...
 
 class TailLogResponse(_message.Message):
-    __slots__ = ("data", "offset", "size")
+    __slots__ = ("data", "offset", "next_offset")
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
-    SIZE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     offset: int
-    size: int
-    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+    next_offset: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., next_offset: _Optional[int] = ...) -> None: ...
 
-class StreamLogRequest(_message.Message):
+class ViewerStreamLogsRequest(_message.Message):
     __slots__ = ("job_id", "project", "group", "name", "run_id", "offset", "tail_lines", "follow")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]

@@ -112,9 +112,14 @@ class ViewerStub:
                 request_serializer=baton_dot_v1_dot_viewer__pb2.TailLogRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_viewer__pb2.TailLogResponse.FromString,
                 _registered_method=True)
+        self.StreamLogs = channel.unary_stream(
+                '/baton.v1.Viewer/StreamLogs',
+                request_serializer=baton_dot_v1_dot_viewer__pb2.ViewerStreamLogsRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_job__pb2.LogChunk.FromString,
+                _registered_method=True)
         self.StreamLog = channel.unary_stream(
                 '/baton.v1.Viewer/StreamLog',
-                request_serializer=baton_dot_v1_dot_viewer__pb2.StreamLogRequest.SerializeToString,
+                request_serializer=baton_dot_v1_dot_viewer__pb2.ViewerStreamLogsRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_job__pb2.LogChunk.FromString,
                 _registered_method=True)
 
@@ -125,7 +130,7 @@ class ViewerServicer:
     """
 
     def ListJobs(self, request, context):
-        """Runs, newest start first. Filters are typed fields (not an AIP-160 filter).
+        """Runs, newest first. Filters are typed fields (not an AIP-160 filter).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,7 +199,7 @@ class ViewerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetLatestCheckpoint(self, request, context):
-        """The newest checkpoint of a job across its runs, or of one run. NOT_FOUND
+        """The newest checkpoint of a name across its runs, or of one run. NOT_FOUND
         (CHECKPOINT_NOT_FOUND) when there is none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -238,17 +243,26 @@ class ViewerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TailLog(self, request, context):
-        """The last `lines` lines of a run's output.log (at most 4 MiB of them).
-        NOT_FOUND (JOB_NOT_FOUND).
+        """The last `tail_lines` lines of a run's output.log (at most 4 MiB of
+        them). NOT_FOUND (JOB_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamLogs(self, request, context):
+        """As the Conductor's StreamLogs, from the same code: a followed log ends
+        with a `complete` chunk, or NOT_FOUND with reason JOB_DELETED when the run
+        is deleted while it is followed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamLog(self, request, context):
-        """As the Conductor's StreamLogs, from the same code: a followed log ends
-        with a `complete` chunk, or NOT_FOUND with reason JOB_DELETED when the run
-        is deleted while it is followed.
+        """Deprecated: StreamLogs under its first name, served by the same code.
+        Kept because released clients call it; new code calls StreamLogs.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -332,9 +346,14 @@ def add_ViewerServicer_to_server(servicer, server):
                     request_deserializer=baton_dot_v1_dot_viewer__pb2.TailLogRequest.FromString,
                     response_serializer=baton_dot_v1_dot_viewer__pb2.TailLogResponse.SerializeToString,
             ),
+            'StreamLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLogs,
+                    request_deserializer=baton_dot_v1_dot_viewer__pb2.ViewerStreamLogsRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_job__pb2.LogChunk.SerializeToString,
+            ),
             'StreamLog': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamLog,
-                    request_deserializer=baton_dot_v1_dot_viewer__pb2.StreamLogRequest.FromString,
+                    request_deserializer=baton_dot_v1_dot_viewer__pb2.ViewerStreamLogsRequest.FromString,
                     response_serializer=baton_dot_v1_dot_job__pb2.LogChunk.SerializeToString,
             ),
     }
@@ -756,6 +775,33 @@ class Viewer:
             _registered_method=True)
 
     @staticmethod
+    def StreamLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/baton.v1.Viewer/StreamLogs',
+            baton_dot_v1_dot_viewer__pb2.ViewerStreamLogsRequest.SerializeToString,
+            baton_dot_v1_dot_job__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def StreamLog(request,
             target,
             options=(),
@@ -770,7 +816,7 @@ class Viewer:
             request,
             target,
             '/baton.v1.Viewer/StreamLog',
-            baton_dot_v1_dot_viewer__pb2.StreamLogRequest.SerializeToString,
+            baton_dot_v1_dot_viewer__pb2.ViewerStreamLogsRequest.SerializeToString,
             baton_dot_v1_dot_job__pb2.LogChunk.FromString,
             options,
             channel_credentials,
