@@ -44,6 +44,14 @@ _COMMON = [
 _CONDUCTOR = [
     ("--max-running", {"type": int, "help": "jobs running at once (default: the core count)"}),
     ("--heartbeat", {"type": float, "help": "seconds between job heartbeats (default 30)"}),
+    (
+        "--capacity",
+        {"help": "the local executor's resources, e.g. cpus=8,memory=32G,gpus=0,1 (default: detected)"},
+    ),
+    ("--slurm", {"action": "store_true", "help": "offer `executor: slurm` (Slurm tools from PATH)"}),
+    ("--slurm-partition", {"help": "the Slurm partition jobs go to (default: the cluster's)"}),
+    ("--slurm-account", {"help": "the Slurm account jobs are charged to"}),
+    ("--ray-address", {"help": "offer `executor: ray` via the Ray Jobs API at URL (http://HOST:8265)"}),
 ]
 _VIEWER = [
     ("--watch", {"choices": ["inotify", "poll"], "help": "how to notice changes (default inotify)"}),
@@ -92,7 +100,8 @@ def _fields(args: argparse.Namespace, names: list[str], **extra: Any) -> dict[st
 def _conductor_config(args: argparse.Namespace) -> Any:
     from baton.conductor.config import ConductorConfig
 
-    names = ["home", "status_dir", "checkpoints_dir", "max_running", "heartbeat", *_AUTH]
+    names = ["home", "status_dir", "checkpoints_dir", "max_running", "heartbeat", "capacity", "slurm",
+             "slurm_partition", "slurm_account", "ray_address", *_AUTH]  # fmt: skip
     return ConductorConfig(**_fields(args, names, listen=args.listen, log_level=args.log_level))
 
 

@@ -294,8 +294,9 @@ class Lifecycle:
         """The job, or None when there is no such job (any more)."""
         return self.book.find(job_id)
 
-    def executor_modes(self) -> dict[str, frozenset[int]]:
-        return {name: ex.pause_modes for name, ex in self._executors.items()}
+    def executors(self) -> dict[str, Executor]:
+        """The executors this conductor offers, by name."""
+        return dict(self._executors)
 
     def executor(self, name: str) -> Executor:
         return self._executors[name]
@@ -495,7 +496,7 @@ class Lifecycle:
         self._stop_timer(run, "deadline")
         await self._commit(job_id, lambda j: _set(j, state=S.JOB_STATE_CANCELLING, reason=reason))[1]
         executor = self._executors[job.executor]
-        await executor.signal(run.handle, _signal.SIGTERM)
+        await executor.terminate(run.handle)
         if was_suspended:
             await executor.resume(run.handle)
         self._arm_kill(job_id, grace)
@@ -563,7 +564,7 @@ class Lifecycle:
                         f"grace {format_duration(grace)})",
                     ),
                 )[1]
-                run.pause_delivered = await executor.signal(run.handle, signum)
+                run.pause_delivered = await executor.request_checkpoint(run.handle, signum.name)
                 self._arm_kill(job_id, grace)
             self._schedule()
             return self._jobs[job_id]
@@ -770,7 +771,7 @@ class Lifecycle:
                 # record of its launch is what was lost.
                 with contextlib.suppress(Exception):
                     if run.handle is not None:
-                        await self._executors[run.handle.executor].signal(run.handle, _signal.SIGKILL)
+                        await self._executors[run.handle.executor].kill(run.handle)
                     elif job.executor in self._executors:
                         await self._executors[job.executor].kill_all(job_id)
                 with contextlib.suppress(ValueError):
@@ -905,7 +906,7 @@ class Lifecycle:
                 await self._finish(job_id, S.JOB_STATE_FAILED, None, why)
                 return
             run.launch_seq += 1
-            handle = executor.prepare(job_id, run.launch_seq)
+            handle = executor.prepare(job_id, run.launch_seq, job.run_dir)
             run.handle = handle
             run.resuming = False
             run.retry_at = None
@@ -1157,7 +1158,7 @@ class Lifecycle:
             if run is None or run.handle is None:
                 return
             run.killed = True
-            await self._executors[run.handle.executor].signal(run.handle, _signal.SIGKILL)
+            await self._executors[run.handle.executor].kill(run.handle)
 
         self._arm(job_id, "kill", grace, kill)
 

@@ -23,7 +23,7 @@ from baton.common.jobfile import write_atomic
 from baton.common.layout import Layout
 from baton.common.rpc import build_server, stop_serving, stop_signals, until_signalled
 from baton.conductor.config import ConductorConfig
-from baton.conductor.executors import make_executors
+from baton.conductor.executors import ExecutorSettings, make_executors
 from baton.conductor.feeds import Feeds
 from baton.conductor.lifecycle import Lifecycle
 from baton.conductor.publisher import Publisher
@@ -95,7 +95,16 @@ async def start(config: ConductorConfig) -> RunningConductor:
         publisher = Publisher()
         lifecycle = Lifecycle(
             registry,
-            make_executors(config.state_dir),
+            make_executors(
+                ExecutorSettings(
+                    state_dir=config.state_dir,
+                    capacity=config.capacity,
+                    slurm=config.slurm,
+                    slurm_partition=config.slurm_partition,
+                    slurm_account=config.slurm_account,
+                    ray_address=config.ray_address,
+                )
+            ),
             layout,
             publisher,
             max_running=config.max_running,

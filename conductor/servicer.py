@@ -114,8 +114,12 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
                 for s, n in sorted(counts.items())
             ],
             executors=[
-                pb.ExecutorInfo(name=name, pause_modes=sorted(modes))  # type: ignore[arg-type]
-                for name, modes in sorted(self._lc.executor_modes().items())
+                pb.ExecutorInfo(
+                    name=name,
+                    pause_modes=sorted(ex.pause_modes),  # type: ignore[arg-type]
+                    health_fields=sorted(ex.health_fields),
+                )
+                for name, ex in sorted(self._lc.executors().items())
             ],
             revision=self._lc.revision,
             status_dir=self._status_dir,

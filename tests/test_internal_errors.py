@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 import sqlite3
 import time
 from collections.abc import Callable, MutableMapping
@@ -183,15 +182,12 @@ def test_an_exception_in_a_timer_fails_that_job_and_kills_its_process_group(
     c = conductor_factory(max_running=1)
     assert c.running is not None
     executor = c.running.lifecycle._executors["local"]
-    real_signal = executor.signal
 
-    async def sigterm_fails(handle: Handle, signum: int) -> bool:
-        if signum == signal.SIGTERM:
-            raise RuntimeError("injected: SIGTERM could not be sent")
-        return await real_signal(handle, signum)
+    async def sigterm_fails(handle: Handle) -> bool:
+        raise RuntimeError("injected: SIGTERM could not be sent")
 
     # The max_duration timer cancels the job, and sending its SIGTERM raises.
-    monkeypatch.setattr(executor, "signal", sigterm_fails)
+    monkeypatch.setattr(executor, "terminate", sigterm_fails)
     with capture_logs() as logs:
         hit = c.submit(spec_yaml(name="overdue", command="sleep 60", max_duration="1s"))
         behind = c.submit(spec_yaml(name="behind", command="echo ran"))

@@ -130,12 +130,14 @@ class GetConductorInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ExecutorInfo(_message.Message):
-    __slots__ = ("name", "pause_modes")
+    __slots__ = ("name", "pause_modes", "health_fields")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PAUSE_MODES_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     pause_modes: _containers.RepeatedScalarFieldContainer[_job_pb2.PauseMode]
-    def __init__(self, name: _Optional[str] = ..., pause_modes: _Optional[_Iterable[_Union[_job_pb2.PauseMode, str]]] = ...) -> None: ...
+    health_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., pause_modes: _Optional[_Iterable[_Union[_job_pb2.PauseMode, str]]] = ..., health_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetConductorInfoResponse(_message.Message):
     __slots__ = ("version", "pid", "start_time", "job_counts", "executors", "revision", "status_dir", "checkpoints_dir", "max_running", "rss_bytes", "uptime", "running_jobs")

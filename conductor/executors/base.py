@@ -91,15 +91,34 @@ class Attachment:
     status: ExitStatus | None = None
 
 
+# The GetJobHealthResponse fields an executor can fill (``health_fields``).
+ALL_HEALTH_FIELDS = frozenset(
+    {"pid", "alive", "zombie", "process_count", "cpu_percent", "rss_bytes", "uptime", "stopped"}
+)
+
+
 class Executor(abc.ABC):
-    """Runs launches. Every method is async and never blocks the event loop."""
+    """Runs launches. Every method is async and never blocks the event loop.
+
+    Requests are stated by what they mean (terminate, request a checkpoint,
+    kill, suspend, resume), not as POSIX signals: an engine delivers each its
+    own way. The grace between a request and the kill is the lifecycle's, so
+    it is the same on every engine and survives a conductor restart.
+    """
 
     name: str
+    # The PauseMode values it supports; GetConductorInfo lists them.
     pause_modes: frozenset[int]
+    # Which GetJobHealthResponse fields ``health`` fills; GetConductorInfo lists them.
+    health_fields: frozenset[str] = frozenset()
 
     @abc.abstractmethod
-    def prepare(self, job_id: str, launch_seq: int) -> Handle:
-        """Name a launch without starting anything (no side effects)."""
+    def prepare(self, job_id: str, launch_seq: int, run_dir: str) -> Handle:
+        """Name a launch without starting anything (no side effects).
+
+        ``run_dir`` is the job's run directory, on storage the engine's nodes
+        share with the conductor; an executor may keep the launch's records there.
+        """
 
     @abc.abstractmethod
     async def launch(self, handle: Handle, spec: LaunchSpec) -> Handle:
@@ -114,8 +133,17 @@ class Executor(abc.ABC):
         """Wait for a running launch to end."""
 
     @abc.abstractmethod
-    async def signal(self, handle: Handle, signum: int) -> bool:
-        """Send ``signum`` to every process of the launch; False when none was left to get it."""
+    async def terminate(self, handle: Handle) -> bool:
+        """Ask every process of the launch to end (SIGTERM); False when none was left to ask."""
+
+    @abc.abstractmethod
+    async def request_checkpoint(self, handle: Handle, signal_name: str) -> bool:
+        """Ask the launch to save a checkpoint and exit, with the spec's pause signal
+        (``SIGUSR1``...); False when no process was left to ask."""
+
+    @abc.abstractmethod
+    async def kill(self, handle: Handle) -> bool:
+        """End every process of the launch now (the end of a grace); False when none was left."""
 
     async def suspend(self, handle: Handle) -> None:
         """Freeze every process of the launch in place."""

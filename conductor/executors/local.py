@@ -37,6 +37,7 @@ import structlog
 
 from baton.conductor.executors import procfs
 from baton.conductor.executors.base import (
+    ALL_HEALTH_FIELDS,
     Attachment,
     Executor,
     ExitStatus,
@@ -76,6 +77,7 @@ def _decode(code: int, when: float | None = None) -> ExitStatus:
 class LocalExecutor(Executor):
     name = "local"
     pause_modes = frozenset({job_pb2.PAUSE_MODE_SUSPEND, job_pb2.PAUSE_MODE_CHECKPOINT})
+    health_fields = ALL_HEALTH_FIELDS
 
     def __init__(self, root: Path) -> None:
         self._root = root
@@ -85,7 +87,7 @@ class LocalExecutor(Executor):
         # to jobs only.
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
 
-    def prepare(self, job_id: str, launch_seq: int) -> Handle:
+    def prepare(self, job_id: str, launch_seq: int, run_dir: str) -> Handle:
         launch_dir = self._root / job_id / str(launch_seq)
         return Handle(self.name, f"{job_id}/{launch_seq}", data={"dir": str(launch_dir)})
 
@@ -272,7 +274,17 @@ class LocalExecutor(Executor):
             return None
         return pidfd
 
+    async def terminate(self, handle: Handle) -> bool:
+        return await self.signal(handle, _signal.SIGTERM)
+
+    async def request_checkpoint(self, handle: Handle, signal_name: str) -> bool:
+        return await self.signal(handle, _signal.Signals[signal_name])
+
+    async def kill(self, handle: Handle) -> bool:
+        return await self.signal(handle, _signal.SIGKILL)
+
     async def signal(self, handle: Handle, signum: int) -> bool:
+        """Send ``signum`` to the launch's process group; False when it is gone."""
         return await asyncio.to_thread(self._signal, handle, signum)
 
     def _signal(self, handle: Handle, signum: int) -> bool:
