@@ -937,6 +937,12 @@ class Lifecycle:
             log_path=os.path.join(job.run_dir, LOG_FILE),
             resources=job.spec.resources,
             drain_seconds=int(max(job.spec.pause.grace.seconds, DEFAULT_CANCEL_GRACE)) + 30,
+            # Baton's own max_duration timer cancels first, with its grace.
+            time_limit_seconds=(
+                job.spec.max_duration.ToTimedelta().total_seconds() + DEFAULT_CANCEL_GRACE + 60
+                if job.spec.HasField("max_duration")
+                else 0
+            ),
         )
         try:
             handle = await executor.launch(handle, launch)
@@ -960,6 +966,25 @@ class Lifecycle:
         run.waiter = self._spawn_task(self._watch(job_id, handle), job_id)
         if first:
             self._arm_deadline(job_id)
+
+    async def _until_started(self, job_id: str, handle: Handle, executor: Executor) -> None:
+        """While the engine queues the launch, the job's reason says so."""
+        waiting = f"waiting in the {executor.name} queue ({executor.name} id {handle.external_id})"
+
+        def note(j: job_pb2.Job, reason: str) -> None:
+            if j.state == S.JOB_STATE_RUNNING and j.reason in ("", waiting):
+                j.reason = reason
+
+        started = asyncio.ensure_future(executor.wait_started(handle))
+        done, _ = await asyncio.wait({started}, timeout=0.05)
+        if done:
+            started.result()
+            return
+        self._commit(job_id, lambda j: note(j, waiting))
+        await started
+        run = self._runs.get(job_id)
+        if run is not None and run.handle is handle:
+            self._commit(job_id, lambda j: note(j, ""))
 
     async def _defer_launch(self, job_id: str, launch: tuple[int, int, bool], why: str) -> None:
         """Storage has no room to start the job: it waits, queued, and is tried again."""
@@ -991,6 +1016,8 @@ class Lifecycle:
 
     async def _watch(self, job_id: str, handle: Handle) -> None:
         executor = self._executors[handle.executor]
+        if executor.queues:
+            await self._until_started(job_id, handle, executor)
         status = await executor.wait(handle)
         run = self._runs.get(job_id)
         if run is None:

@@ -40,6 +40,10 @@ class LaunchSpec:
     # How long the rest of the job may take to finish after its leader was
     # killed by a pause or cancel signal (the conductor normally ends it sooner).
     drain_seconds: int = 60
+    # The longest the launch may run, in seconds, for an engine that enforces a
+    # limit of its own (Slurm's --time) as a backstop to Baton's max_duration;
+    # 0 means none.
+    time_limit_seconds: float = 0
 
 
 @dataclass
@@ -111,6 +115,9 @@ class Executor(abc.ABC):
     pause_modes: frozenset[int]
     # Which GetJobHealthResponse fields ``health`` fills; GetConductorInfo lists them.
     health_fields: frozenset[str] = frozenset()
+    # The engine queues launches itself (Slurm, Ray): a launch may wait there
+    # before it runs, and ``wait_started`` says when it does.
+    queues: bool = False
 
     @abc.abstractmethod
     def prepare(self, job_id: str, launch_seq: int, run_dir: str) -> Handle:
@@ -127,6 +134,9 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     async def reattach(self, handle: Handle) -> Attachment:
         """After a restart: is the launch running, ended (and how), or never started?"""
+
+    async def wait_started(self, handle: Handle) -> None:
+        """Return once the launch runs (or has ended); at once where launching is running."""
 
     @abc.abstractmethod
     async def wait(self, handle: Handle) -> ExitStatus:
