@@ -277,6 +277,7 @@ def test_entrypoint_environment_and_process_tree(ray_head: RayHead, tmp_path: Pa
         assert env["PYTHONUNBUFFERED"] == "1"
         assert env["OMP_NUM_THREADS"] == "1"
         assert env[MARKER_VAR] == ray_head.marker
+        assert env["TMPDIR"] == ray_head.temp_dir  # RayHead's setting, so the head's stop removes it all
         config = json.loads(env["RAY_JOB_CONFIG_JSON_ENV_VAR"])
         assert config["metadata"] == {"job_submission_id": sid, "job_name": sid}
     assert g["env"]["CUDA_VISIBLE_DEVICES"] == "0"
@@ -371,28 +372,32 @@ def test_head_settings_timeouts_and_stop_cleans_up(tmp_path: Path) -> None:
     unschedulable job FAILED (error_type JOB_SUPERVISOR_ACTOR_START_TIMEOUT) and RAY_JOB_STOP_WAIT_TIME_S
     shortens the SIGTERM->SIGKILL wait. RayHead.stop() ends every process of the head, orphans of
     its jobs included, removes its temp dir, and may be called twice."""
-    settings = {"RAY_JOB_START_TIMEOUT_SECONDS": "2", "RAY_JOB_STOP_WAIT_TIME_S": "1"}
+    # Every job must start within RAY_JOB_START_TIMEOUT_SECONDS, so not too short: a
+    # supervisor worker takes 2-5 s to start on a busy 2-core machine.
+    settings = {"RAY_JOB_START_TIMEOUT_SECONDS": "10", "RAY_JOB_STOP_WAIT_TIME_S": "1"}
     with RayHead(num_cpus=1, num_gpus=0, env=settings) as head:
-        big = new_id()
+        big, sid = new_id(), new_id()
+        t0 = time.monotonic()
         submit_ok(head, entrypoint="echo never", submission_id=big, entrypoint_num_gpus=1)
-        done, seen = wait_for(head, big, TERMINAL, timeout=30)
-        assert seen == ["PENDING", "FAILED"]
-        assert done["error_type"] == "JOB_SUPERVISOR_ACTOR_START_TIMEOUT"
-        assert done["message"].startswith("Job supervisor actor failed to start within 2.0 seconds.")
-        assert done["driver_exit_code"] is None
-
-        sid = new_id()
         out, trap = tmp_path / "k.json", tmp_path / "k.trap"
         cmd = f"{PROBE} --out {out} --trap {trap} --ignore-term --orphans --seconds 120"
         submit_ok(head, entrypoint=cmd, submission_id=sid)
         facts = wait_file(out)
-        t0 = time.monotonic()
+        t1 = time.monotonic()
         assert call(head.address, "POST", f"/api/jobs/{sid}/stop")[0] == 200
         while alive(facts["pid"]):
-            assert time.monotonic() - t0 < 10
+            assert time.monotonic() - t1 < 10
             time.sleep(0.01)
-        assert 0.9 <= time.monotonic() - t0 < 2.5
+        assert 0.9 <= time.monotonic() - t1 < 2.5
         assert alive(facts["orphan_own_session"])
+
+        done, seen = wait_for(head, big, TERMINAL, timeout=60)
+        assert seen[-2:] == ["PENDING", "FAILED"]
+        assert 10 <= time.monotonic() - t0 < 30
+        assert done["error_type"] == "JOB_SUPERVISOR_ACTOR_START_TIMEOUT"
+        assert done["message"].startswith("Job supervisor actor failed to start within 10.0 seconds.")
+        assert done["driver_exit_code"] is None
+
         pids = head.processes()
         temp_dir = head.temp_dir
         assert facts["orphan_own_session"] in pids and facts["orphan_same_group"] in pids

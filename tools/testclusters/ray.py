@@ -243,6 +243,9 @@ class RayHead:
             # Windows and macOS) the node address stays 127.0.0.1 and every server
             # of the head listens on loopback only: checked with `ss -ltnp`.
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            # Whatever Ray's processes (and jobs) put in a temporary directory
+            # (multiprocessing's pymp-*, ...) goes away with the head.
+            "TMPDIR": self.temp_dir,
             **self.extra_env,
         }
         # A RAY_ADDRESS of ours would point `ray start` and its jobs at another cluster.
