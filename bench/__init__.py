@@ -17,6 +17,8 @@ Sections (names for ``--only``):
 - ``getjob_ratio``: GetJob calls per second against the conductor, beside a
   bare grpc.aio server measured in the same run with the same client.
 - ``pause_resume_ms``: pause and resume latency in both pause modes.
+- ``ray_bare_ms``: the bare Ray Jobs REST API (no Baton), on a Ray head of its
+  own: submit to RUNNING and stop to STOPPED (``python -m bench.ray_bare``).
 
 Every section starts its own conductor on 127.0.0.1:0 with a fresh temporary
 home, and leaves no job, process or directory behind. Each section also says

@@ -21,7 +21,7 @@ import grpc
 from google import protobuf
 
 from baton.common.version import VERSION
-from bench import feeds, latency, memory, throughput, viewer
+from bench import feeds, latency, memory, ray_bare, throughput, viewer
 from bench.jobs import DEFAULT_POLL_INTERVAL
 from bench.procs import CLK_TCK, REPO
 from bench.report import Json, finite, log, percentile, target_summary
@@ -51,6 +51,7 @@ class Sizes:
     viewer_checkpoints: int
     viewer_queries: int
     viewer_rewrites: int
+    ray_jobs: int
 
 
 FULL = Sizes(
@@ -76,6 +77,7 @@ FULL = Sizes(
     viewer_checkpoints=20_000,
     viewer_queries=300,
     viewer_rewrites=60,
+    ray_jobs=30,
 )
 QUICK = Sizes(
     submit_jobs=25,
@@ -100,6 +102,7 @@ QUICK = Sizes(
     viewer_checkpoints=300,
     viewer_queries=40,
     viewer_rewrites=8,
+    ray_jobs=10,
 )
 
 Runner = Callable[[Sizes, float], Json]
@@ -125,6 +128,8 @@ SECTIONS: dict[str, Runner] = {
     "viewer": lambda s, poll: viewer.viewer(
         s.viewer_runs, s.viewer_checkpoints, s.viewer_queries, s.viewer_rewrites
     ),
+    # HTTP polls, not GetJob: its own 5 ms interval rather than the gRPC poll interval.
+    "ray_bare_ms": lambda s, poll: ray_bare.ray_bare(s.ray_jobs),
 }
 
 

@@ -11,6 +11,9 @@ import structlog
 from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups
 from tests.viewer_harness import InProcessViewer
 
+# Engine fixtures live in their own modules (tests/ray_engine.py: the `ray_head` fixture).
+pytest_plugins = ["tests.ray_engine"]
+
 # In-process services log to the real stderr (pytest still shows it on a
 # failure), never into the output that a test of the CLI captures.
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__))

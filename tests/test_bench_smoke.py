@@ -31,6 +31,7 @@ SECTIONS = (
     "watch_snapshot",
     "log_fanout_ms",
     "viewer",
+    "ray_bare_ms",
 )
 
 

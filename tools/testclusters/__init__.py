@@ -1,0 +1,1 @@
+"""Real clusters (Ray head, ...) that tests and the benchmark start and stop themselves."""
