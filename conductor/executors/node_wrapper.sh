@@ -27,6 +27,9 @@ shell=/bin/sh
 
 printf '%s %s\n' "$(hostname 2>/dev/null || echo unknown)" "$(date +%s)" >"$dir/started.tmp" &&
     mv -f "$dir/started.tmp" "$dir/started"
+# Ended before it started (cancelled while the engine still queued it): the
+# conductor wrote the exit record, and nothing may run now.
+[ -s "$dir/exit" ] && exit 0
 
 setsid /bin/sh -c 'echo $$ >"$1/job.pid"
 . "$1/env" && cd "$baton_workdir" && exec "$2" -c "$baton_command"' baton-job "$dir" "$shell" \
@@ -41,16 +44,30 @@ group_alive() {
                          END { exit !found }'
 }
 
-# The request poller: a file on shared storage is the one channel every
-# engine gives from the conductor to the node. 50 ms keeps a request's delay
-# below a Slurm or Ray round trip, for a few forks a second.
+# The request poller, and the job's guardian: a file on shared storage is the
+# one channel every engine gives from the conductor to the node, and 50 ms
+# keeps a request's delay below an engine's round trip, for a few forks a
+# second. Requests wait until the job leads its group, so one made before the
+# job started is delivered, not lost. The guardian ignores the engine's stop
+# (Ray's SIGTERM to this process group): if that ends the wrapper, the job's
+# own session would outlive it, so the guardian kills the job and records it.
+wrapper=$$
 (
+    trap '' HUP INT TERM
     last=
     while :; do
-        if [ -s "$dir/control" ] && read -r seq sig <"$dir/control" && [ "$seq" != "$last" ]; then
+        if [ -s "$dir/job.pid" ] && [ -s "$dir/control" ] && read -r seq sig <"$dir/control" &&
+            [ "$seq" != "$last" ]; then
             last=$seq
             kill -s "$sig" -- "-$job" 2>/dev/null
             echo "$seq" >"$dir/control.ack"
+        fi
+        if ! kill -0 "$wrapper" 2>/dev/null; then
+            kill -KILL -- "-$job" 2>/dev/null
+            if [ ! -s "$dir/exit" ]; then
+                echo 137 >"$dir/exit.tmp" && mv -f "$dir/exit.tmp" "$dir/exit"
+            fi
+            exit 0
         fi
         sleep 0.05
     done

@@ -47,6 +47,8 @@ LAUNCHES = ".baton-launches"
 # to ask the engine about a launch whose wrapper has not reported.
 RECORD_POLL_SECONDS = 1.0
 ENGINE_POLL_SECONDS = 2.0
+# How long a kill waits for the wrapper's record before the engine's cancel.
+KILL_RECORD_SECONDS = 2.0
 
 
 class EngineState(enum.Enum):
@@ -90,6 +92,30 @@ def read_exit(launch_dir: Path) -> ExitStatus | None:
 
 def has_started(launch_dir: Path) -> bool:
     return (launch_dir / "started").exists()
+
+
+def read_pid_and_start(launch_dir: Path) -> tuple[int, float | None]:
+    """The job's pid on its node (0 if not known) and when the wrapper started (blocking)."""
+    try:
+        pid = int((launch_dir / "job.pid").read_text().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    try:
+        started = float((launch_dir / "started").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        started = None
+    return pid, started
+
+
+def end_unstarted(launch_dir: Path) -> bool:
+    """Record a launch that never started as killed, so a wrapper that starts
+    late runs nothing; False when it had started after all (blocking)."""
+    if has_started(launch_dir) or read_exit(launch_dir) is not None:
+        return False
+    tmp = launch_dir / "exit.tmp"
+    tmp.write_text(f"{128 + _signal.SIGKILL}\n")
+    os.replace(tmp, launch_dir / "exit")
+    return not has_started(launch_dir)
 
 
 class NodeExecutor(Executor):
@@ -226,6 +252,11 @@ class NodeExecutor(Executor):
         launch_dir = Path(handle.data["dir"])
         if await asyncio.to_thread(read_exit, launch_dir) is not None:
             return False
+        if await asyncio.to_thread(end_unstarted, launch_dir):
+            # Still in the engine's queue: nothing to signal, so it ends here,
+            # killed before it ran, and leaves the queue.
+            await self.cancel(handle)
+            return True
         await asyncio.to_thread(write_control, launch_dir, signal_name)
         return True
 
@@ -236,10 +267,20 @@ class NodeExecutor(Executor):
         return await self._request(handle, signal_name)
 
     async def kill(self, handle: Handle) -> bool:
+        launch_dir = Path(handle.data["dir"])
         delivered = await self._request(handle, "KILL")
+        if delivered:
+            # A moment for the wrapper to record the end: the engine's cancel
+            # would end the wrapper too, and the record with it.
+            recorded = self._until(handle, lambda: read_exit(launch_dir) is not None, [launch_dir / "exit"])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recorded, KILL_RECORD_SECONDS)
         # The engine's own cancel is the final word: it also ends a wrapper
         # that is stuck, and a launch still waiting in the engine's queue.
         await self.cancel(handle)
+        # Some engines cannot drop a queued launch (Ray keeps a PENDING job):
+        # record its end here, and the wrapper, if it ever starts, runs nothing.
+        await asyncio.to_thread(end_unstarted, launch_dir)
         return delivered
 
     async def close(self) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import structlog
 
 from baton.conductor.executors.base import ExitStatus, Handle, LaunchError, LaunchSpec, ProcessHealth
-from baton.conductor.executors.nodes import EngineState, EngineView, NodeExecutor
+from baton.conductor.executors.nodes import EngineState, EngineView, NodeExecutor, read_pid_and_start
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -155,21 +155,8 @@ class SlurmExecutor(NodeExecutor):
 
     async def health(self, handle: Handle) -> ProcessHealth:
         view = await self.view(handle)
-        launch_dir = Path(handle.data["dir"])
-
-        def read() -> tuple[int, float]:
-            try:
-                pid = int((launch_dir / "job.pid").read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            try:
-                started = float((launch_dir / "started").read_text().split()[1])
-            except (OSError, ValueError, IndexError):
-                started = time.time()
-            return pid, started
-
-        pid, started = await asyncio.to_thread(read)
-        alive = view.state in (EngineState.RUNNING, EngineState.SUSPENDED)
+        pid, started = await asyncio.to_thread(read_pid_and_start, Path(handle.data["dir"]))
+        alive = view.state in (EngineState.RUNNING, EngineState.SUSPENDED) and started is not None
         return ProcessHealth(
             pid=pid,
             alive=alive,
@@ -177,7 +164,7 @@ class SlurmExecutor(NodeExecutor):
             process_count=0,
             cpu_percent=0.0,
             rss_bytes=0,
-            uptime_seconds=max(0.0, time.time() - started) if alive else 0.0,
+            uptime_seconds=max(0.0, time.time() - started) if alive and started else 0.0,
             stopped=view.state is EngineState.SUSPENDED,
         )
 
