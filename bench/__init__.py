@@ -17,6 +17,9 @@ Sections (names for ``--only``):
 - ``getjob_ratio``: GetJob calls per second against the conductor, beside a
   bare grpc.aio server measured in the same run with the same client.
 - ``pause_resume_ms``: pause and resume latency in both pause modes.
+- ``slurm_bare`` (only with ``--only``: it needs Slurm, see tools/engines.sh):
+  bare Slurm's sbatch-to-RUNNING and scancel-to-gone, no Baton involved
+  (bench/slurm_bare.py; also ``python -m bench.slurm_bare``).
 
 Every section starts its own conductor on 127.0.0.1:0 with a fresh temporary
 home, and leaves no job, process or directory behind. Each section also says

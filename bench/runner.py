@@ -21,7 +21,7 @@ import grpc
 from google import protobuf
 
 from baton.common.version import VERSION
-from bench import feeds, latency, memory, throughput, viewer
+from bench import feeds, latency, memory, slurm_bare, throughput, viewer
 from bench.jobs import DEFAULT_POLL_INTERVAL
 from bench.procs import CLK_TCK, REPO
 from bench.report import Json, finite, log, percentile, target_summary
@@ -51,6 +51,7 @@ class Sizes:
     viewer_checkpoints: int
     viewer_queries: int
     viewer_rewrites: int
+    slurm_jobs: int
 
 
 FULL = Sizes(
@@ -76,6 +77,7 @@ FULL = Sizes(
     viewer_checkpoints=20_000,
     viewer_queries=300,
     viewer_rewrites=60,
+    slurm_jobs=20,
 )
 QUICK = Sizes(
     submit_jobs=25,
@@ -100,6 +102,7 @@ QUICK = Sizes(
     viewer_checkpoints=300,
     viewer_queries=40,
     viewer_rewrites=8,
+    slurm_jobs=10,
 )
 
 Runner = Callable[[Sizes, float], Json]
@@ -125,7 +128,11 @@ SECTIONS: dict[str, Runner] = {
     "viewer": lambda s, poll: viewer.viewer(
         s.viewer_runs, s.viewer_checkpoints, s.viewer_queries, s.viewer_rewrites
     ),
+    # squeue is a process per poll: its own 5 ms interval, not --poll-interval-ms.
+    "slurm_bare": lambda s, poll: slurm_bare.slurm_bare(s.slurm_jobs),
 }
+# Run only when named in --only: they need an engine installed (tools/engines.sh).
+OPT_IN = {"slurm_bare"}
 
 
 def _parse_only(value: str) -> list[str]:
@@ -148,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         type=_parse_only,
         metavar="NAME[,NAME]",
-        help=f"run only these sections: {', '.join(SECTIONS)}",
+        help=f"run only these sections: {', '.join(SECTIONS)} ({', '.join(sorted(OPT_IN))} only when named)",
     )
     p.add_argument(
         "--poll-interval-ms",
@@ -255,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     sizes = QUICK if args.quick else FULL
-    names = args.only or list(SECTIONS)
+    names = args.only or [n for n in SECTIONS if n not in OPT_IN]
     poll = max(0.0, args.poll_interval_ms / 1000)
     started = time.monotonic()
     doc: Json = {

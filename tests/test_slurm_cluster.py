@@ -371,3 +371,20 @@ def _marked_by(pid: int, directory: str) -> bool:
             return f"BATON_SLURM_DIR={directory}".encode() in f.read().split(b"\0")
     except OSError:
         return False
+
+
+def test_bare_benchmark_measures_on_the_cluster(slurm: SlurmCluster) -> None:
+    from bench.slurm_bare import measure
+
+    result = measure(slurm, jobs=2)
+    figures = result["figures"]
+    for name in (
+        "sbatch_to_running_p50",
+        "sbatch_to_running_p95",
+        "scancel_to_gone_p50",
+        "scancel_to_gone_p95",
+    ):
+        assert figures[name]["unit"] == "ms"
+        assert figures[name]["samples"] == 2
+        assert 0 < figures[name]["value"] < 30_000
+    assert result["details"]["poll_interval_ms"] == 5.0
