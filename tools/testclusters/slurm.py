@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import shutil
 import signal
@@ -302,8 +303,8 @@ class SlurmCluster:
         self._started = True
         try:
             (self.dir / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
-            # ClusterName: lower case, unique among the clusters running at once.
-            self.cluster_name = "b" + self.dir.name.removeprefix(DIR_PREFIX).lower().replace("_", "")
+            # ClusterName: lower case letters and digits, one per live directory.
+            self.cluster_name = "baton" + hashlib.sha1(str(self.dir).encode()).hexdigest()[:10]
             for sub in ("munge", "log", "state", "spool"):
                 (self.dir / sub).mkdir(mode=0o700)
             self._start_munged(binaries["munged"])
