@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint protos proto-baseline bench demo clean
+.PHONY: test lint protos proto-baseline bench demo clean engines
 
 # Installing says nothing on stdout, so `make bench` prints only its JSON.
 $(STAMP): pyproject.toml
@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q -e '.[dev]' >&2
 	@touch $(STAMP)
 
-test: $(STAMP)
+# The batch engines the engine tests start (`pytest -m slurm`): Debian's Slurm and
+# MUNGE, installed with apt-get when missing (as root); a no-op when present.
+engines:
+	@bash tools/engines.sh
+
+test: $(STAMP) engines
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q

@@ -19,6 +19,9 @@ Sections (names for ``--only``):
 - ``pause_resume_ms``: pause and resume latency in both pause modes.
 - ``ray_bare_ms``: the bare Ray Jobs REST API (no Baton), on a Ray head of its
   own: submit to RUNNING and stop to STOPPED (``python -m bench.ray_bare``).
+- ``slurm_bare`` (only with ``--only``: it needs Slurm, see tools/engines.sh):
+  bare Slurm's sbatch-to-RUNNING and scancel-to-gone, no Baton involved
+  (bench/slurm_bare.py; also ``python -m bench.slurm_bare``).
 
 Every section starts its own conductor on 127.0.0.1:0 with a fresh temporary
 home, and leaves no job, process or directory behind. Each section also says

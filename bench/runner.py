@@ -21,7 +21,7 @@ import grpc
 from google import protobuf
 
 from baton.common.version import VERSION
-from bench import feeds, latency, memory, ray_bare, throughput, viewer
+from bench import feeds, latency, memory, ray_bare, slurm_bare, throughput, viewer
 from bench.jobs import DEFAULT_POLL_INTERVAL
 from bench.procs import CLK_TCK, REPO
 from bench.report import Json, finite, log, percentile, target_summary
@@ -52,6 +52,7 @@ class Sizes:
     viewer_queries: int
     viewer_rewrites: int
     ray_jobs: int
+    slurm_jobs: int
 
 
 FULL = Sizes(
@@ -78,6 +79,7 @@ FULL = Sizes(
     viewer_queries=300,
     viewer_rewrites=60,
     ray_jobs=30,
+    slurm_jobs=20,
 )
 QUICK = Sizes(
     submit_jobs=25,
@@ -103,6 +105,7 @@ QUICK = Sizes(
     viewer_queries=40,
     viewer_rewrites=8,
     ray_jobs=10,
+    slurm_jobs=10,
 )
 
 Runner = Callable[[Sizes, float], Json]
@@ -130,7 +133,11 @@ SECTIONS: dict[str, Runner] = {
     ),
     # HTTP polls, not GetJob: its own 5 ms interval rather than the gRPC poll interval.
     "ray_bare_ms": lambda s, poll: ray_bare.ray_bare(s.ray_jobs),
+    # squeue is a process per poll: its own 5 ms interval, not --poll-interval-ms.
+    "slurm_bare": lambda s, poll: slurm_bare.slurm_bare(s.slurm_jobs),
 }
+# Run only when named in --only: they need an engine installed (tools/engines.sh).
+OPT_IN = {"slurm_bare"}
 
 
 def _parse_only(value: str) -> list[str]:
@@ -153,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         type=_parse_only,
         metavar="NAME[,NAME]",
-        help=f"run only these sections: {', '.join(SECTIONS)}",
+        help=f"run only these sections: {', '.join(SECTIONS)} ({', '.join(sorted(OPT_IN))} only when named)",
     )
     p.add_argument(
         "--poll-interval-ms",
@@ -260,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     sizes = QUICK if args.quick else FULL
-    names = args.only or list(SECTIONS)
+    names = args.only or [n for n in SECTIONS if n not in OPT_IN]
     poll = max(0.0, args.poll_interval_ms / 1000)
     started = time.monotonic()
     doc: Json = {

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import structlog
 
+from tests.engines import slurm, slurm_cluster  # noqa: F401  (fixtures)
 from tests.harness import InProcessConductor, SubprocessConductor, kill_job_groups
 from tests.viewer_harness import InProcessViewer
 
