@@ -919,7 +919,8 @@ class Lifecycle:
                 j.step, j.attempt, j.step_name = step, attempt, current.name
                 j.resume_dir = resume_from
                 j.external_id = ""
-                j.reason = ""
+                # An engine may keep the launch in its own queue a while.
+                j.reason = _queued_reason(executor) if executor.queues else ""
                 if first:
                     j.start_time.CopyFrom(now)
                     j.heartbeat_time.CopyFrom(now)
@@ -968,23 +969,18 @@ class Lifecycle:
             self._arm_deadline(job_id)
 
     async def _until_started(self, job_id: str, handle: Handle, executor: Executor) -> None:
-        """While the engine queues the launch, the job's reason says so."""
-        waiting = f"waiting in the {executor.name} queue ({executor.name} id {handle.external_id})"
-
-        def note(j: job_pb2.Job, reason: str) -> None:
-            if j.state == S.JOB_STATE_RUNNING and j.reason in ("", waiting):
-                j.reason = reason
-
-        started = asyncio.ensure_future(executor.wait_started(handle))
-        done, _ = await asyncio.wait({started}, timeout=0.05)
-        if done:
-            started.result()
-            return
-        self._commit(job_id, lambda j: note(j, waiting))
-        await started
+        """The job's reason says the engine queues it (set at launch) until it runs."""
+        await executor.wait_started(handle)
         run = self._runs.get(job_id)
-        if run is not None and run.handle is handle:
-            self._commit(job_id, lambda j: note(j, ""))
+        if run is None or run.handle is not handle:
+            return
+        waiting = _queued_reason(executor)
+
+        def started(j: job_pb2.Job) -> None:
+            if j.state == S.JOB_STATE_RUNNING and j.reason == waiting:
+                j.reason = ""
+
+        self._commit(job_id, started)
 
     async def _defer_launch(self, job_id: str, launch: tuple[int, int, bool], why: str) -> None:
         """Storage has no room to start the job: it waits, queued, and is tried again."""
@@ -1297,6 +1293,10 @@ class Lifecycle:
                 await self._launch(
                     job_id, step=job.step or job.start_step or 1, attempt=job.attempt or 1, resume=False
                 )
+
+
+def _queued_reason(executor: Executor) -> str:
+    return f"waiting in the {executor.name} queue"
 
 
 def _newest_checkpoint(directory: str) -> tuple[str, float] | None:

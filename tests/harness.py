@@ -126,15 +126,17 @@ class InProcessConductor(_Client):
 class SubprocessConductor(_Client):
     """``baton conductor`` as a child process, for crash and restart tests."""
 
-    def __init__(self, home: Path, *args: str) -> None:
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.args = args
+        # Added to the conductor's environment (SLURM_CONF for a test cluster).
+        self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> SubprocessConductor:
         info = self.home / "state" / "conductor.json"
         info.unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")} | self.extra_env
         self.log = open(self.home.parent / f"{self.home.name}-conductor.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [

@@ -49,6 +49,8 @@ RECORD_POLL_SECONDS = 1.0
 ENGINE_POLL_SECONDS = 2.0
 # How long a kill waits for the wrapper's record before the engine's cancel.
 KILL_RECORD_SECONDS = 2.0
+# How long a suspend waits for the wrapper to have stopped the job.
+ACK_SECONDS = 5.0
 
 
 class EngineState(enum.Enum):
@@ -258,6 +260,24 @@ class NodeExecutor(Executor):
             await self.cancel(handle)
             return True
         await asyncio.to_thread(write_control, launch_dir, signal_name)
+        return True
+
+    async def _acked(self, handle: Handle) -> bool:
+        """Wait until the wrapper has delivered the latest request; False if it did not in time."""
+        launch_dir = Path(handle.data["dir"])
+
+        def delivered() -> bool:
+            try:
+                want = (launch_dir / "control").read_text().split()[0]
+                return (launch_dir / "control.ack").read_text().strip() == want
+            except (OSError, IndexError):
+                return False
+
+        wait = self._until(handle, delivered, [launch_dir / "control.ack"])
+        try:
+            await asyncio.wait_for(wait, ACK_SECONDS)
+        except TimeoutError:
+            return False
         return True
 
     async def terminate(self, handle: Handle) -> bool:

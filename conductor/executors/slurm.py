@@ -12,8 +12,8 @@ on storage the nodes share with the conductor.
 - Requests: terminate and request-checkpoint go to the wrapper, which signals
   only the job's process group (``scancel --signal --full`` would signal the
   wrapper too); kill, at the end of Baton's grace, is the wrapper's SIGKILL
-  and then Slurm's own ``scancel``. Suspend and resume are ``scontrol
-  suspend`` / ``resume``.
+  and then Slurm's own ``scancel``. Suspend is the wrapper's SIGSTOP to the
+  job, then ``scontrol suspend``; resume the reverse.
 - A launch is submitted under a name known before it is submitted
   (``--job-name=baton-JOB-SEQ``), so a restarted conductor finds a submission
   whose id it never learned, and never submits it twice.
@@ -144,14 +144,22 @@ class SlurmExecutor(NodeExecutor):
 
 
     async def suspend(self, handle: Handle) -> None:
+        # The job leads a session of its own, which Slurm's process tracking
+        # may not follow (proctrack/linuxproc did not stop it here): the
+        # wrapper stops the job's group first, then Slurm suspends the
+        # allocation and gives its CPUs to others.
+        await self._request(handle, "STOP")
+        await self._acked(handle)
         done = await self._run("scontrol", "suspend", handle.external_id)
         if done.returncode != 0:
             raise LaunchError(f"scontrol suspend {handle.external_id}: {done.stderr.strip()}")
 
     async def resume(self, handle: Handle) -> None:
+        # Slurm first: the wrapper's poller is stopped with the allocation.
         done = await self._run("scontrol", "resume", handle.external_id)
         if done.returncode != 0 and "not suspended" not in done.stderr.lower():
             raise LaunchError(f"scontrol resume {handle.external_id}: {done.stderr.strip()}")
+        await self._request(handle, "CONT")
 
     async def health(self, handle: Handle) -> ProcessHealth:
         view = await self.view(handle)
