@@ -10,6 +10,8 @@ a conductor killed with ``kill -9`` while jobs run or end. Each engine is real
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from baton.v1 import job_pb2
 from tests.harness import SubprocessConductor, kill_job_groups
 from tests.procs import log_text, proc_stat, spec_yaml, train_command
 from tools.testclusters.ray import RayHead
+from tools.testclusters.ray import call as ray_call
 from tools.testclusters.slurm import SlurmCluster
 
 S = job_pb2
@@ -248,3 +251,80 @@ def test_kill_9_of_the_conductor_loses_no_job_and_runs_none_twice(
     done = conductor.wait_ended(waiting.id, timeout=60)
     assert done.state == S.JOB_STATE_FAILED and done.exit_code == 4, done
     assert runs.read_text() == "run\n", "the job ran twice"
+
+
+def test_conductor_info_lists_what_the_executor_offers(
+    conductor: SubprocessConductor, engine: Engine
+) -> None:
+    info = conductor.stub.GetConductorInfo(pb.GetConductorInfoRequest(), timeout=10)
+    offered = {e.name: e for e in info.executors}
+    assert set(offered) == {"local", engine.name}
+    modes = set(offered[engine.name].pause_modes)
+    health = set(offered[engine.name].health_fields)
+    assert S.PAUSE_MODE_CHECKPOINT in modes and {"pid", "alive"} <= health
+    if engine.name == "ray":
+        assert modes == {S.PAUSE_MODE_CHECKPOINT} and "cpu_percent" not in health
+    else:
+        assert S.PAUSE_MODE_SUSPEND in modes
+
+
+def test_a_job_ended_behind_batons_back_is_reported_as_the_engine_saw_it(
+    conductor: SubprocessConductor, engine: Engine
+) -> None:
+    if engine.name == "local":
+        pytest.skip("the local executor's own supervisor has its tests (test_lost_supervisor.py)")
+    job = submit(conductor, engine, name="victim", command="echo up; exec sleep 300")
+    job = started(conductor, job.id, says="up")
+    if engine.name == "slurm":
+        # An administrator's kill of the whole allocation, wrapper included.
+        cluster_env = engine.env
+        subprocess.run(["scancel", "--batch", "--full", "--signal=KILL", job.external_id],
+                       env=cluster_env, check=True, timeout=30)  # fmt: skip
+    else:
+        status, _ = ray_call(engine.args[1], "POST", f"/api/jobs/{job.external_id}/stop")
+        assert status == 200
+    done = conductor.wait_ended(job.id, timeout=60)
+    assert done.state == S.JOB_STATE_FAILED, done
+    assert done.signal == 9, done
+
+
+@pytest.mark.slurm
+def test_a_submission_whose_id_was_never_learned_is_found_not_repeated(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """kill -9 between sbatch submitting and the conductor hearing the id."""
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    submitted = tmp_path / "submitted"
+    real = shutil.which("sbatch", path=slurm_cluster.env["PATH"])
+    (slow / "sbatch").write_text(
+        f"#!/bin/sh\nout=$({real} \"$@\") || exit $?\necho \"$out\" > {submitted}\nsleep 60\necho \"$out\"\n"
+    )
+    (slow / "sbatch").chmod(0o755)
+    env = dict(slurm_cluster.env)
+    slow_env = {**env, "PATH": f"{slow}:{env['PATH']}"}
+    c = SubprocessConductor(tmp_path / "home", "--slurm", env=slow_env).start()
+    try:
+        gate, runs = tmp_path / "gate", tmp_path / "runs"
+        waits = f"echo run >> {runs}; while [ ! -e {gate} ]; do sleep 0.05; done"
+        job = c.submit(spec_yaml(executor="slurm", name="once", command=waits))
+        deadline = time.monotonic() + 30
+        while not submitted.exists():
+            assert time.monotonic() < deadline, "sbatch was never called"
+            time.sleep(0.05)
+        c.kill9()
+        c.extra_env = env  # the restarted conductor's sbatch answers at once
+        c.start()
+        running = c.wait_for(job.id, lambda j: j.state == S.JOB_STATE_RUNNING and j.external_id != "", 60)
+        assert running.external_id == submitted.read_text().strip()
+        assert running.attempt == 1
+        gate.touch()
+        done = c.wait_ended(job.id, timeout=60)
+        assert done.state == S.JOB_STATE_SUCCEEDED, done
+        assert runs.read_text() == "run\n", "the step was submitted twice"
+        named = slurm_cluster.run("squeue", "-h", "-t", "all", f"--name=baton-{job.id}-1", "-o", "%i").stdout
+        assert named.split() == [running.external_id]
+    finally:
+        c.stop()
+        subprocess.run(["pkill", "-f", str(slow / "sbatch")], check=False)
+        slurm_cluster.cancel_all(wait=15)
