@@ -874,6 +874,8 @@ class Lifecycle:
         # Per executor, the first job that has waited past the window: nothing later passes it.
         held_for: dict[str, str] = {}
         blocked: list[str] = []
+        # Jobs that would fit but wait behind such a one, and which one.
+        kept_for: dict[str, str] = {}
         while self._queue and self._slots < self.max_running:
             job_id = self._queue.popleft()
             job = self._jobs.get(job_id)
@@ -902,15 +904,21 @@ class Lifecycle:
                     run.waiting_since = now
                 if first is None and now - run.waiting_since >= self.backfill_window:
                     held_for[job.executor] = job_id
+            elif first is not None:
+                kept_for[job_id] = first
+        # Blocked jobs keep their places, ahead of the rest.
+        self._queue.extendleft(reversed(blocked))
+        # Said once the pass is over, so the figures count what later jobs took in it.
+        for job_id in blocked:
+            short = self._shortfall(self._jobs[job_id])
+            if short or job_id not in kept_for:
                 self._wait_reason(job_id, WAITING_FOR_RESOURCES + short)
             else:
                 self._wait_reason(
                     job_id,
-                    f"{WAITING_FOR_RESOURCES}they are kept for job {first}, queued earlier and "
-                    f"waiting longer than {format_duration(self.backfill_window)}",
+                    f"{WAITING_FOR_RESOURCES}they are kept for job {kept_for[job_id]}, queued earlier "
+                    f"and waiting longer than {format_duration(self.backfill_window)}",
                 )
-        # Blocked jobs keep their places, ahead of the rest.
-        self._queue.extendleft(reversed(blocked))
         self._refresh_waiting(set(blocked))
 
     def _start(self, job_id: str) -> None:
