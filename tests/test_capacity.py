@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from baton.client import exitcodes
+from baton.client.cli import main
 from baton.conductor.capacity import (
     Capacity,
     CapacityOverride,
@@ -159,6 +160,19 @@ def test_a_job_asking_for_no_gpu_sees_none(conductor_factory: Factory) -> None:
     # Set and empty, over the spec's own value: it may not wander onto another job's GPU.
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["BATON_GPUS"] == ""
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    stop(job)
+    c.wait_ended(job.id)
+
+
+def test_baton_info_shows_what_is_free(
+    conductor_factory: Factory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = conductor_factory(capacity="cpus=2,memory=4G,gpus=0,1", max_running=10)
+    job = running(c, c.submit(job_spec("holder", cpus=0.5, memory="1G", gpus=1)).id)
+    capsys.readouterr()
+    assert main(["--conductor", c.address, "info"]) == exitcodes.OK
+    out = capsys.readouterr().out
+    assert "1.5 of 2 CPUs, 2.8 GiB of 3.7 GiB memory, GPU 1 of 0,1" in out, out
     stop(job)
     c.wait_ended(job.id)
 
