@@ -318,6 +318,27 @@ def test_a_conductor_killed_and_restarted_gives_running_jobs_their_gpus_back(
     c.wait_ended(late.id)
 
 
+def test_a_queued_job_too_large_for_a_smaller_capacity_after_a_restart_fails_saying_so(
+    conductor_factory: Factory, tmp_path: Path
+) -> None:
+    home = tmp_path / "shrinking"
+    c = conductor_factory(home=home, capacity="cpus=4,gpus=0,1", max_running=10)
+    holder = running(c, c.submit(job_spec("holder", gpus=1)).id)
+    pair = c.submit(job_spec("pair", gpus=2))
+    c.wait_for(pair.id, lambda j: j.reason.startswith("waiting for resources"))
+    c.stop()
+    c = conductor_factory(home=home, capacity="cpus=4,gpus=0", max_running=10)
+    failed = c.wait_ended(pair.id)
+    assert failed.state == S.JOB_STATE_FAILED
+    assert failed.reason == (
+        "could not start: the local executor has less than it asks (2 GPUs asked, 1 GPU in all)"
+    ), failed.reason
+    # The running one was re-attached, still on its GPU.
+    assert c.get(holder.id).state == S.JOB_STATE_RUNNING
+    stop(holder)
+    assert c.wait_ended(holder.id).state == S.JOB_STATE_SUCCEEDED
+
+
 # ---------------------------------------------------------------- settings and accounting
 
 
