@@ -421,6 +421,16 @@ def steps_table(job: job_pb2.Job) -> Table:
     return table
 
 
+def resources_text(e: Any) -> str:
+    """What of an executor's capacity is free: "1.5 of 2 CPUs, 6.0 GiB of 7.8 GiB, GPU 1 of 0,1"."""
+    cap, free = e.capacity, e.free
+    gpus = f"GPU {','.join(e.free_gpu_ids) or 'none'} of {','.join(e.gpu_ids)}" if e.gpu_ids else "no GPUs"
+    return (
+        f"{free.cpus:g} of {cap.cpus:g} CPUs, {format_size(free.memory_bytes)} of "
+        f"{format_size(cap.memory_bytes)} memory, {gpus}"
+    )
+
+
 def info_view(info: Any) -> Table:
     """The conductor: version, pid, uptime, memory, running jobs, counts, executors, dirs."""
     grid = _grid()
@@ -441,6 +451,9 @@ def info_view(info: Any) -> Table:
         )
         executors.append(f"{e.name} ({modes})")
     grid.add_row("executors", "; ".join(executors))
+    for e in info.executors:
+        if e.HasField("capacity"):
+            grid.add_row(f"{e.name} free", resources_text(e))
     grid.add_row("revision", str(info.revision))
     grid.add_row("status dir", info.status_dir)
     grid.add_row("checkpoints", info.checkpoints_dir)

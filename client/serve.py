@@ -48,6 +48,14 @@ _CONDUCTOR = [
         "--capacity",
         {"help": "the local executor's resources, e.g. cpus=8,memory=32G,gpus=0,1 (default: detected)"},
     ),
+    (
+        "--backfill-window",
+        {
+            "type": float,
+            "help": "seconds a job waiting for resources may be overtaken by later jobs that fit "
+            "(default 300; 0: never)",
+        },
+    ),
     ("--slurm", {"action": "store_true", "help": "offer `executor: slurm` (Slurm tools from PATH)"}),
     ("--slurm-partition", {"help": "the Slurm partition jobs go to (default: the cluster's)"}),
     ("--slurm-account", {"help": "the Slurm account jobs are charged to"}),
@@ -100,8 +108,9 @@ def _fields(args: argparse.Namespace, names: list[str], **extra: Any) -> dict[st
 def _conductor_config(args: argparse.Namespace) -> Any:
     from baton.conductor.config import ConductorConfig
 
-    names = ["home", "status_dir", "checkpoints_dir", "max_running", "heartbeat", "capacity", "slurm",
-             "slurm_partition", "slurm_account", "ray_address", *_AUTH]  # fmt: skip
+    names = ["home", "status_dir", "checkpoints_dir", "max_running", "heartbeat", "capacity",
+             "backfill_window", "slurm", "slurm_partition", "slurm_account", "ray_address",
+             *_AUTH]  # fmt: skip
     return ConductorConfig(**_fields(args, names, listen=args.listen, log_level=args.log_level))
 
 
@@ -154,6 +163,21 @@ def _announce(addresses: dict[str, str], home: Path) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+def _config_problem(exc: ValueError) -> str:
+    """A settings error as one line naming the flag, not pydantic's report."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = []
+    for err in exc.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["loc"] and not msg.startswith("--"):
+            msg = f"--{str(err['loc'][0]).replace('_', '-')}: {msg}"
+        problems.append(msg)
+    return "; ".join(problems)
+
+
 def run(args: argparse.Namespace) -> int:
     """``baton conductor``, ``baton viewer`` or ``baton up``."""
     from baton.common.logs import configure
@@ -175,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             home = vconf.home
             starters["viewer"] = lambda: start_viewer(vconf)
     except ValueError as exc:
-        print(f"baton {args.verb}: {exc}", file=sys.stderr)
+        print(f"baton {args.verb}: {_config_problem(exc)}", file=sys.stderr)
         return exitcodes.USAGE
     try:
         asyncio.run(_serve(starters, args, home))

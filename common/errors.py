@@ -162,7 +162,9 @@ def to_status(err: BatonError) -> status_pb2.Status:
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata))
     details.append(info)
-    if isinstance(err, InvalidArgument) and err.field_violations:
+    # Any error naming fields gets them: a request too large for the machine
+    # (FAILED_PRECONDITION) names its field as a malformed one does.
+    if err.field_violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)

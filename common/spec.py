@@ -39,6 +39,18 @@ _SIZE_UNITS = {
 }
 
 
+def parse_size(value: Any) -> int:
+    """Bytes for a size such as ``512M``, ``4G`` (10**9) or ``4Gi`` (2**30); ValueError if not one.
+
+    One reading of sizes for the spec's ``resources.memory`` and the
+    conductor's ``--capacity memory=``, so both mean the same bytes.
+    """
+    m = _SIZE.fullmatch(str(value).strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a size such as 512M or 4Gi")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
 def _check_name(value: str) -> str:
     problem = name_problem(value)
     if problem:
@@ -104,10 +116,7 @@ class ResourcesModel(_Strict):
     def _memory(cls, v: Any) -> int:
         if isinstance(v, int) and not isinstance(v, bool):
             return v
-        m = _SIZE.fullmatch(str(v).strip())
-        if not m:
-            raise ValueError(f"{v!r} is not a size such as 512M or 4Gi")
-        return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+        return parse_size(v)
 
 
 class SpecModel(_Strict):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from baton.common.config import ServiceConfig, default_home
+from baton.conductor.capacity import CapacityOverride, parse_capacity
 
 __all__ = ["ConductorConfig", "default_home"]
 
@@ -18,14 +20,28 @@ class ConductorConfig(ServiceConfig):
     max_running: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     # Seconds between refreshes of a running job's heartbeat_time.
     heartbeat: float = Field(default=30.0, gt=0)
-    # The local executor's capacity, "cpus=N,memory=SIZE,gpus=0,1"; empty: detected.
-    capacity: str = ""
+    # The local executor's capacity, "cpus=N,memory=SIZE,gpus=0,1" (parsed at
+    # startup, so a bad value stops it there); each part not given is detected.
+    capacity: CapacityOverride = Field(default_factory=CapacityOverride)
+    # Seconds a job waiting for resources may be overtaken by later jobs that
+    # fit; past it, no later job of its executor starts before it (0: none ever).
+    backfill_window: float = Field(default=300.0, ge=0)
     # Offer the Slurm executor (sbatch, squeue, scontrol, scancel, sacct from PATH).
     slurm: bool = False
     slurm_partition: str = ""
     slurm_account: str = ""
     # Offer the Ray executor, through the Ray Jobs API of the head at this URL.
     ray_address: str = ""
+
+    @field_validator("capacity", mode="before")
+    @classmethod
+    def _capacity(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_capacity(value)
+            except ValueError as exc:
+                raise ValueError(f"--capacity {value[:200]!r}: {exc}") from None
+        return value
 
     @property
     def state_dir(self) -> Path:

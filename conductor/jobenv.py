@@ -6,14 +6,22 @@ Only the job's own processes get these; the executor's supervisor keeps its own.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from baton.conductor.results import RESULT_FILE
 from baton.v1 import job_pb2
 
 
 def job_environment(
-    job: job_pb2.Job, step: int, step_name: str, attempt: int, resume_from: str
+    job: job_pb2.Job,
+    step: int,
+    step_name: str,
+    attempt: int,
+    resume_from: str,
+    gpus: Sequence[str] | None = None,
 ) -> dict[str, str]:
+    """The step's environment. ``gpus``: the GPU ids Baton gave the job, or None
+    where the engine assigns GPUs itself (nothing is set then)."""
     env = dict(job.spec.env)
     env.update(
         BATON_JOB_ID=job.id,
@@ -26,4 +34,11 @@ def job_environment(
     )
     if resume_from:
         env["BATON_RESUME_FROM"] = resume_from
+    if gpus is not None:
+        # Its own GPUs only, and set (empty) when it has none, so a job that
+        # asked for none cannot wander onto another job's. Over the spec's env.
+        env["CUDA_VISIBLE_DEVICES"] = env["BATON_GPUS"] = ",".join(gpus)
+        # The ids are nvidia-smi's, which counts in PCI bus order; CUDA by
+        # default counts fastest first, and would read "0" as another GPU.
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     return env

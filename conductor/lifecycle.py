@@ -1,8 +1,9 @@
 """The lifecycle: the one state machine of the conductor.
 
-It holds the rules about running jobs: the queue and its limit, launching a
-step, what an exit means (next step, retry, pause, end), pause in both modes,
-cancel and its grace, time limits, heartbeats, and recovery after a restart.
+It holds the rules about running jobs: the queue, its limit and admission by
+resources (see ``_schedule``), launching a step, what an exit means (next
+step, retry, pause, end), pause in both modes, cancel and its grace, time
+limits, heartbeats, and recovery after a restart.
 Every change of state passes the table in ``transitions``. Everything else is
 around it: the registry remembers, executors run processes, the publisher
 writes status.json, the job book answers reads, the servicer translates.
@@ -41,6 +42,7 @@ from baton.common.errors import (
     AlreadyExists,
     BatonError,
     FailedPrecondition,
+    FieldViolation,
     Internal,
     NotFound,
     ResourceExhausted,
@@ -58,6 +60,7 @@ from baton.common.layout import (
 )
 from baton.conductor import steps as steps_mod
 from baton.conductor import transitions
+from baton.conductor.capacity import Capacity, Free, Ledger, Request
 from baton.conductor.executors.base import (
     Executor,
     ExitStatus,
@@ -85,6 +88,8 @@ RETRY_BACKOFF_MAX = 60.0
 # How long a launch put off for want of storage waits before it is tried again.
 STORAGE_RETRY_SECONDS = 2.0
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# The start of the reason of a job QUEUED for want of resources.
+WAITING_FOR_RESOURCES = "waiting for resources: "
 # States in which a run may still read checkpoints of its name (QUEUED: the one
 # it was given to start from).
 _ACTIVE = frozenset(
@@ -171,6 +176,7 @@ class Lifecycle:
         *,
         max_running: int,
         heartbeat_interval: float = 30.0,
+        backfill_window: float = 300.0,
     ) -> None:
         self._registry = registry
         self._executors = executors
@@ -178,6 +184,14 @@ class Lifecycle:
         self._publisher = publisher
         self.max_running = max_running
         self._heartbeat_interval = heartbeat_interval
+        self.backfill_window = backfill_window
+        # What each executor with a capacity has free; a job holds its share
+        # exactly while it holds a slot (``_take_slot``, ``_release``).
+        self._ledgers = {
+            name: Ledger(ex.capacity) for name, ex in executors.items() if ex.capacity is not None
+        }
+        # Queued jobs whose reason says they wait for resources (kept true by ``_schedule``).
+        self._waiting: set[str] = set()
         # What reads see: each job as the registry durably holds it.
         self.book = JobBook()
         # The lifecycle's working copies: ahead of the book by the writes in flight.
@@ -193,6 +207,10 @@ class Lifecycle:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._name_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._closed = False
+        # Until every job found running has taken back its slot and GPUs, none
+        # is given out: a job that ended while the conductor was down must not
+        # hand a queued job the GPUs of one still being re-attached.
+        self._recovering = True
 
     # ------------------------------------------------------------------ start/stop
 
@@ -243,6 +261,7 @@ class Lifecycle:
                 recoveries.append(self._recover_guarded(job.id))
         # Each job on its own, all at once: one that fails cannot hold up the rest.
         await asyncio.gather(*recoveries)
+        self._recovering = False
         self._schedule()
         self._spawn_task(self._heartbeats())
         self._spawn_task(self._mark_orphans(time.time()))
@@ -319,6 +338,11 @@ class Lifecycle:
         """Jobs holding a slot: a process, or about to have one."""
         return self._slots
 
+    def resources(self, executor: str) -> tuple[Capacity, Free] | None:
+        """An executor's capacity and what is free of it now; None when Baton does not account for it."""
+        ledger = self._ledgers.get(executor)
+        return None if ledger is None else (ledger.capacity, ledger.free())
+
     # ------------------------------------------------------------------ commands
 
     async def submit(
@@ -348,6 +372,10 @@ class Lifecycle:
             existing = await self._submitted(request_id)
             if existing is not None:
                 return _same_request(existing, spec, start_step)
+        ledger = self._ledgers.get(model.executor)
+        if ledger is not None:
+            # Refused now rather than queued for ever: no amount of waiting makes it fit.
+            _refuse_beyond(model.executor, ledger.capacity, Request.of(spec.resources))
         if resume_from:
             resume_from = await self._resolve_resume_from(model, resume_from)
         job = job_pb2.Job(
@@ -592,15 +620,22 @@ class Lifecycle:
                 self._arm_deadline(job_id)
                 return self._jobs[job_id]
             run.resuming = True
-            if self._slots < self.max_running:
+            # First in line, as it was admitted once already; but it starts
+            # only when its resources are free again (a checkpoint pause gave them up).
+            short = self._shortfall(job)
+            if self._slots < self.max_running and not short:
                 self._take_slot(job_id)
                 await self._continue_paused(job_id)
             else:
+                reason = WAITING_FOR_RESOURCES + short if short else "resumed; waiting for a free slot"
+                if short:
+                    run.waiting_since = time.time()
+                    self._waiting.add(job_id)
                 await self._commit(
-                    job_id,
-                    lambda j: _set(j, state=S.JOB_STATE_QUEUED, reason="resumed; waiting for a free slot"),
+                    job_id, lambda j: _set(j, state=S.JOB_STATE_QUEUED, reason=reason)
                 )[1]
                 self._queue.appendleft(job_id)
+                self._schedule()
             return self._jobs[job_id]
 
     async def delete(self, job_id: str) -> int:
@@ -784,26 +819,153 @@ class Lifecycle:
             self._release(job_id)
             self._schedule()
 
-    def _take_slot(self, job_id: str) -> None:
+    def _take_slot(self, job_id: str, *, restore: bool = False) -> None:
+        """Hold a slot and, on an executor with a capacity, the job's resources.
+
+        The caller has checked that they fit; with ``restore`` (a job found
+        running, or between retries, after a restart) the GPUs it was given
+        before are taken again as they are, fitting or not.
+        """
         run = self._runs[job_id]
-        if not run.holds_slot:
-            run.holds_slot = True
-            self._slots += 1
+        if run.holds_slot:
+            return
+        run.holds_slot = True
+        self._slots += 1
+        run.waiting_since = None
+        self._waiting.discard(job_id)
+        job = self._jobs[job_id]
+        ledger = self._ledgers.get(job.executor)
+        if ledger is not None:
+            request = Request.of(job.spec.resources)
+            run.gpus = ledger.take(job_id, request, run.gpus if restore else None)
 
     def _release(self, job_id: str) -> None:
+        """Give back the job's slot and resources (its process has exited, or never started)."""
         run = self._runs.get(job_id)
         if run is not None and run.holds_slot:
             run.holds_slot = False
             self._slots -= 1
+            run.gpus = ()
+            for ledger in self._ledgers.values():
+                ledger.release(job_id)
+
+    def _shortfall(self, job: job_pb2.Job) -> str:
+        """What of its request the job's executor lacks now ("1 GPU (0 of 2 free)"); empty if none."""
+        ledger = self._ledgers.get(job.executor)
+        return "" if ledger is None else ledger.shortfall(Request.of(job.spec.resources))
 
     def _schedule(self) -> None:
-        """Start queued jobs, in submission order, while slots are free."""
-        while not self._closed and self._queue and self._slots < self.max_running:
+        """Start queued jobs while slots are free: in queue order, each once its resources fit.
+
+        The queue is submission order, with resumed jobs and launches put off
+        for storage in front. A job with no resource request (or on an
+        executor without a capacity) needs only a slot. A job whose request
+        does not fit what is free stays QUEUED, its reason saying what it
+        waits for, and later jobs that do fit start ahead of it (backfill),
+        but only until it has waited ``backfill_window`` seconds: from then
+        on no later job asking for resources on its executor starts before it,
+        so the running ones drain until it fits. Later jobs asking for no
+        resources still go: they hold only a slot, and a slot is freed
+        whenever resources are, and goes to the first job in line.
+        """
+        if self._closed or self._recovering:
+            return
+        now = time.time()
+        # Per executor, the first job that has waited past the window: nothing later passes it.
+        held_for: dict[str, str] = {}
+        blocked: list[str] = []
+        # Jobs that would fit but wait behind such a one, and which one.
+        kept_for: dict[str, str] = {}
+        while self._queue and self._slots < self.max_running:
             job_id = self._queue.popleft()
-            if self._jobs.get(job_id, job_pb2.Job()).state != S.JOB_STATE_QUEUED:
+            job = self._jobs.get(job_id)
+            if job is None or job.state != S.JOB_STATE_QUEUED:
+                self._waiting.discard(job_id)
                 continue
-            self._take_slot(job_id)
-            self._spawn_task(self._start_queued(job_id), job_id)
+            ledger = self._ledgers.get(job.executor)
+            request = Request.of(job.spec.resources)
+            if ledger is None or request.empty:
+                self._start(job_id)
+                continue
+            if ledger.capacity.excess(request):
+                # The capacity shrank across a restart: it would wait for ever.
+                self._waiting.discard(job_id)
+                self._spawn_task(self._never_fits(job_id), job_id)
+                continue
+            first = held_for.get(job.executor)
+            short = ledger.shortfall(request)
+            if not short and first is None:
+                self._start(job_id)
+                continue
+            blocked.append(job_id)
+            run = self._runs[job_id]
+            if short:
+                if run.waiting_since is None:
+                    run.waiting_since = now
+                if first is None and now - run.waiting_since >= self.backfill_window:
+                    held_for[job.executor] = job_id
+            elif first is not None:
+                kept_for[job_id] = first
+        # Blocked jobs keep their places, ahead of the rest.
+        self._queue.extendleft(reversed(blocked))
+        # Said once the pass is over, so the figures count what later jobs took in it.
+        for job_id in blocked:
+            short = self._shortfall(self._jobs[job_id])
+            if short or job_id not in kept_for:
+                self._wait_reason(job_id, WAITING_FOR_RESOURCES + short)
+            else:
+                self._wait_reason(
+                    job_id,
+                    f"{WAITING_FOR_RESOURCES}they are kept for job {kept_for[job_id]}, queued earlier "
+                    f"and waiting longer than {format_duration(self.backfill_window)}",
+                )
+        self._refresh_waiting(set(blocked))
+
+    def _start(self, job_id: str) -> None:
+        self._take_slot(job_id)
+        self._spawn_task(self._start_queued(job_id), job_id)
+
+    def _wait_reason(self, job_id: str, reason: str) -> None:
+        """Say why a queued job waits; written only when it changes, so passes of the
+        scheduler that change nothing write nothing."""
+        self._waiting.add(job_id)
+        if self._jobs[job_id].reason != reason:
+            self._commit(job_id, lambda j: _set(j, reason=reason))
+
+    def _refresh_waiting(self, seen: set[str]) -> None:
+        """Keep true the reasons of jobs waiting for resources that the last pass did not reach
+        (it stops when the slots run out): freed resources leave them waiting for a slot only."""
+        rest = self._waiting - seen
+        if not rest:
+            return
+        queued = set(self._queue)
+        for job_id in rest:
+            job = self._jobs.get(job_id)
+            if job is None or job.state != S.JOB_STATE_QUEUED or job_id not in queued:
+                self._waiting.discard(job_id)
+                continue
+            short = self._shortfall(job)
+            if short:
+                self._wait_reason(job_id, WAITING_FOR_RESOURCES + short)
+            else:
+                self._waiting.discard(job_id)
+                self._commit(job_id, functools.partial(_set, reason=self._slot_reason()))
+
+    def _slot_reason(self) -> str:
+        return f"waiting for a free slot ({self.max_running} run at once)"
+
+    async def _never_fits(self, job_id: str) -> None:
+        """End a queued job that asks for more than its executor has in all."""
+        run = self._runs[job_id]
+        async with run.lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state != S.JOB_STATE_QUEUED:
+                return
+            ledger = self._ledgers[job.executor]
+            excess = ledger.capacity.excess(Request.of(job.spec.resources))
+            asked = "; ".join(f"{e.asked} asked, {e.has} in all" for e in excess)
+            why = f"could not start: the {job.executor} executor has less than it asks ({asked})"
+            await self._finish(job_id, S.JOB_STATE_FAILED, None, why)
 
     async def _start_queued(self, job_id: str) -> None:
         run = self._runs[job_id]
@@ -933,7 +1095,14 @@ class Lifecycle:
         launch = LaunchSpec(
             job_id=job_id,
             command=current.command,
-            env=job_environment(self._jobs[job_id], step, current.name, attempt, resume_from),
+            env=job_environment(
+                self._jobs[job_id],
+                step,
+                current.name,
+                attempt,
+                resume_from,
+                run.gpus if job.executor in self._ledgers else None,
+            ),
             workdir=job.spec.workdir or job.run_dir,
             log_path=os.path.join(job.run_dir, LOG_FILE),
             resources=job.spec.resources,
@@ -1250,7 +1419,8 @@ class Lifecycle:
         state = job.state
         if run.handle is None:
             if state == S.JOB_STATE_RUNNING and run.retry_at is not None:
-                self._take_slot(job_id)
+                # Between retries it keeps what it held, its GPUs included.
+                self._take_slot(job_id, restore=True)
                 self._arm_retry(job_id, run.retry_at - time.time())
             elif state == S.JOB_STATE_CANCELLING:
                 await self._finish(job_id, S.JOB_STATE_CANCELLED, None, run.cancel_reason)
@@ -1271,7 +1441,8 @@ class Lifecycle:
             await self._finish(job_id, end, None, f"executor {run.handle.executor!r} is not offered any more")
             return
         attachment = await executor.reattach(run.handle)
-        self._take_slot(job_id)
+        # A job that runs on holds the GPUs it was started with; none goes to another job.
+        self._take_slot(job_id, restore=True)
         handle = run.handle
         if attachment.presence is Presence.RUNNING:
             log.info("reattached", job_id=job_id, external_id=handle.external_id)
@@ -1333,6 +1504,36 @@ def _pause_outcome(
             f"{job.resume_from}, the one it was given"
         )
     return f"no checkpoint written; resume starts step {job.step} from the beginning"
+
+
+def _refuse_beyond(executor: str, capacity: Capacity, request: Request) -> None:
+    """FAILED_PRECONDITION when ``request`` is larger than all of ``capacity``: it could never start."""
+    excess = capacity.excess(request)
+    if not excess:
+        return
+    violations = [
+        FieldViolation(
+            f"spec.resources.{e.field}", f"asks for {e.asked}; the {executor} executor has {e.has} in all"
+        )
+        for e in excess
+    ]
+    raise FailedPrecondition(
+        f"the {executor} executor cannot run this job: "
+        + "; ".join(f"{v.field}: {v.description}" for v in violations),
+        reason="RESOURCES_UNAVAILABLE",
+        metadata={
+            "executor": executor,
+            "requested": request.describe(),
+            "capacity": capacity.describe(),
+            "requested_cpus": f"{request.cpus:g}",
+            "requested_memory_bytes": str(request.memory),
+            "requested_gpus": str(request.gpus),
+            "capacity_cpus": f"{capacity.cpus:g}",
+            "capacity_memory_bytes": str(capacity.memory),
+            "capacity_gpus": str(len(capacity.gpus)),
+        },
+        field_violations=violations,
+    )
 
 
 def _same_request(existing: job_pb2.Job, spec: job_pb2.JobSpec, start_step: int) -> job_pb2.Job:

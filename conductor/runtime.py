@@ -38,6 +38,13 @@ class Run:
     paused_seconds: float = 0.0
     # A launch put off for want of storage: (step, attempt, resume) to start again.
     deferred: tuple[int, int, bool] | None = None
+    # The GPU ids it holds (with its slot): recorded before its process starts,
+    # so a restarted conductor gives a re-attached job the same ones and no
+    # other job gets them.
+    gpus: tuple[str, ...] = ()
+    # Since when (epoch seconds) it has waited QUEUED for resources that were
+    # not free: past the backfill window, no later job overtakes it.
+    waiting_since: float | None = None
 
     def to_json(self) -> str:
         h = self.handle
@@ -60,6 +67,8 @@ class Run:
                 "paused_at": self.paused_at,
                 "paused_seconds": self.paused_seconds,
                 "deferred": self.deferred,
+                "gpus": list(self.gpus),
+                "waiting_since": self.waiting_since,
             }
         )
 
@@ -85,4 +94,7 @@ class Run:
         if deferred:
             step, attempt, resume = deferred
             run.deferred = (int(step), int(attempt), bool(resume))
+        run.gpus = tuple(str(g) for g in d.get("gpus") or ())
+        waiting = d.get("waiting_since")
+        run.waiting_since = None if waiting is None else float(waiting)
         return run

@@ -22,6 +22,7 @@ from grpc_health.v1 import health
 from baton.common.jobfile import write_atomic
 from baton.common.layout import Layout
 from baton.common.rpc import build_server, stop_serving, stop_signals, until_signalled
+from baton.conductor.capacity import detect_capacity
 from baton.conductor.config import ConductorConfig
 from baton.conductor.executors import ExecutorSettings, make_executors
 from baton.conductor.feeds import Feeds
@@ -93,12 +94,15 @@ async def start(config: ConductorConfig) -> RunningConductor:
         await asyncio.to_thread(layout.checkpoints_dir.mkdir, parents=True, exist_ok=True)
         registry = SqliteRegistry(config.state_dir / "registry.db")
         publisher = Publisher()
+        # Detection reads /proc and may run nvidia-smi: not on the event loop.
+        capacity = await asyncio.to_thread(detect_capacity, config.capacity)
+        log.info("local_capacity", capacity=capacity.describe())
         lifecycle = Lifecycle(
             registry,
             make_executors(
                 ExecutorSettings(
                     state_dir=config.state_dir,
-                    capacity=config.capacity,
+                    capacity=capacity,
                     slurm=config.slurm,
                     slurm_partition=config.slurm_partition,
                     slurm_account=config.slurm_account,
@@ -109,6 +113,7 @@ async def start(config: ConductorConfig) -> RunningConductor:
             publisher,
             max_running=config.max_running,
             heartbeat_interval=config.heartbeat,
+            backfill_window=config.backfill_window,
         )
         await lifecycle.start()
         started = timestamp_pb2.Timestamp()

@@ -20,6 +20,7 @@ from baton.common.jobs import JobFilter
 from baton.common.rpc import required, translate_errors
 from baton.common.version import VERSION
 from baton.conductor.admin import Admin
+from baton.conductor.executors.base import Executor
 from baton.conductor.executors.procfs import self_rss
 from baton.conductor.feeds import Feeds
 from baton.conductor.inspection import Inspector
@@ -113,14 +114,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
                 job_pb2.JobStateCount(state=s, count=n)  # type: ignore[arg-type]
                 for s, n in sorted(counts.items())
             ],
-            executors=[
-                pb.ExecutorInfo(
-                    name=name,
-                    pause_modes=sorted(ex.pause_modes),  # type: ignore[arg-type]
-                    health_fields=sorted(ex.health_fields),
-                )
-                for name, ex in sorted(self._lc.executors().items())
-            ],
+            executors=[self._executor_info(name, ex) for name, ex in sorted(self._lc.executors().items())],
             revision=self._lc.revision,
             status_dir=self._status_dir,
             checkpoints_dir=self._checkpoints_dir,
@@ -129,6 +123,21 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
             uptime=_duration(time.time() - self._start_time.ToDatetime().timestamp()),
             running_jobs=self._lc.running_count,
         )
+
+    def _executor_info(self, name: str, executor: Executor) -> pb.ExecutorInfo:
+        info = pb.ExecutorInfo(
+            name=name,
+            pause_modes=sorted(executor.pause_modes),  # type: ignore[arg-type]
+            health_fields=sorted(executor.health_fields),
+        )
+        resources = self._lc.resources(name)
+        if resources is not None:
+            capacity, free = resources
+            info.capacity.CopyFrom(_resources(capacity.cpus, capacity.memory, len(capacity.gpus)))
+            info.free.CopyFrom(_resources(free.cpus, free.memory, len(free.gpus)))
+            info.gpu_ids.extend(capacity.gpus)
+            info.free_gpu_ids.extend(free.gpus)
+        return info
 
     @translate_errors
     async def GetJobHealth(
@@ -198,6 +207,10 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
         flt = JobFilter(request.project, request.group, request.name)
         async for response in self._feeds.watch(request.since_revision, flt):
             yield response
+
+
+def _resources(cpus: float, memory: int, gpus: int) -> job_pb2.Resources:
+    return job_pb2.Resources(cpus=cpus, memory_bytes=memory, gpus=gpus)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

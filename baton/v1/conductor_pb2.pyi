@@ -130,14 +130,22 @@ class GetConductorInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ExecutorInfo(_message.Message):
-    __slots__ = ("name", "pause_modes", "health_fields")
+    __slots__ = ("name", "pause_modes", "health_fields", "capacity", "free", "gpu_ids", "free_gpu_ids")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PAUSE_MODES_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    GPU_IDS_FIELD_NUMBER: _ClassVar[int]
+    FREE_GPU_IDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     pause_modes: _containers.RepeatedScalarFieldContainer[_job_pb2.PauseMode]
     health_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., pause_modes: _Optional[_Iterable[_Union[_job_pb2.PauseMode, str]]] = ..., health_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    capacity: _job_pb2.Resources
+    free: _job_pb2.Resources
+    gpu_ids: _containers.RepeatedScalarFieldContainer[str]
+    free_gpu_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., pause_modes: _Optional[_Iterable[_Union[_job_pb2.PauseMode, str]]] = ..., health_fields: _Optional[_Iterable[str]] = ..., capacity: _Optional[_Union[_job_pb2.Resources, _Mapping]] = ..., free: _Optional[_Union[_job_pb2.Resources, _Mapping]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., free_gpu_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetConductorInfoResponse(_message.Message):
     __slots__ = ("version", "pid", "start_time", "job_counts", "executors", "revision", "status_dir", "checkpoints_dir", "max_running", "rss_bytes", "uptime", "running_jobs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from baton.conductor.capacity import Capacity, detect_capacity
 from baton.conductor.executors.base import Executor
 
 
@@ -18,8 +19,9 @@ class ExecutorSettings:
     """What the conductor's flags say about its executors."""
 
     state_dir: Path
-    # --capacity: the local executor's resources; empty means detected.
-    capacity: str = ""
+    # The local executor's resources: --capacity over what was detected (the
+    # server detects them off its event loop); None: detected here, blocking.
+    capacity: Capacity | None = None
     # --slurm, --slurm-partition, --slurm-account.
     slurm: bool = False
     slurm_partition: str = ""
@@ -32,7 +34,8 @@ def make_executors(settings: ExecutorSettings) -> dict[str, Executor]:
     """The executors this conductor offers, by name."""
     from baton.conductor.executors.local import LocalExecutor
 
-    executors: list[Executor] = [LocalExecutor(settings.state_dir / "launches")]
+    capacity = settings.capacity if settings.capacity is not None else detect_capacity()
+    executors: list[Executor] = [LocalExecutor(settings.state_dir / "launches", capacity)]
     if settings.slurm:
         from baton.conductor.executors.slurm import SlurmExecutor
 

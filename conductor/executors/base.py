@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from baton.conductor.capacity import Capacity
 from baton.v1 import job_pb2
 
 
@@ -118,6 +119,10 @@ class Executor(abc.ABC):
     # The engine queues launches itself (Slurm, Ray): a launch may wait there
     # before it runs, and ``wait_started`` says when it does.
     queues: bool = False
+    # The resources Baton accounts for on its machine: the lifecycle starts a
+    # job only when its request fits what is free. None for an engine that
+    # queues jobs against its own resources (Slurm, Ray): Baton holds none back.
+    capacity: Capacity | None = None
 
     @abc.abstractmethod
     def prepare(self, job_id: str, launch_seq: int, run_dir: str) -> Handle:

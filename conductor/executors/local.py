@@ -35,6 +35,7 @@ from pathlib import Path
 
 import structlog
 
+from baton.conductor.capacity import Capacity
 from baton.conductor.executors import procfs
 from baton.conductor.executors.base import (
     ALL_HEALTH_FIELDS,
@@ -79,8 +80,9 @@ class LocalExecutor(Executor):
     pause_modes = frozenset({job_pb2.PAUSE_MODE_SUSPEND, job_pb2.PAUSE_MODE_CHECKPOINT})
     health_fields = ALL_HEALTH_FIELDS
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, capacity: Capacity | None = None) -> None:
         self._root = root
+        self.capacity = capacity
         # Launches whose adopted group is being drained by this executor.
         self._draining: set[str] = set()
         # The shim's own environment: never the BATON_* variables, which belong
