@@ -48,6 +48,7 @@ from baton.conductor.executors.base import (
     Presence,
     ProcessHealth,
 )
+from baton.conductor.executors.launchfiles import decode_exit, write_env_file
 from baton.v1 import job_pb2
 
 SHIM = Path(__file__).with_name("local_shim.sh")
@@ -64,15 +65,6 @@ def _is_same_process(pid: int, start: int | None) -> bool:
     return start is not None and _start_time(pid) == start
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "'\\''") + "'"
-
-
-def _decode(code: int, when: float | None = None) -> ExitStatus:
-    """The shell reports death by signal N as 128+N."""
-    if code > 128 and code - 128 in _signal.valid_signals():
-        return ExitStatus(exit_code=code, signal=code - 128, time=when)
-    return ExitStatus(exit_code=code, time=when)
 
 
 class LocalExecutor(Executor):
@@ -102,10 +94,7 @@ class LocalExecutor(Executor):
     def _spawn(self, launch_dir: Path, spec: LaunchSpec) -> dict[str, int | None]:
         launch_dir.mkdir(parents=True, exist_ok=True)
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
-        lines = [f"export {k}={_quote(v)}" for k, v in spec.env.items()]
-        lines.append(f"baton_workdir={_quote(spec.workdir)}")
-        lines.append(f"baton_command={_quote(spec.command)}")
-        (launch_dir / "env").write_text("\n".join(lines) + "\n")
+        write_env_file(launch_dir, spec)
         # The exit records are made now, empty: a disk that runs out of inodes
         # later still takes the few bytes of a status into them.
         for record in ("job.exit", "exit.tmp"):
@@ -210,7 +199,7 @@ class LocalExecutor(Executor):
             code = codes[name]
             if code is not None:
                 when = _mtime(launch_dir / ("job.exit" if codes["job.exit"] is not None else name))
-                return _decode(code, when)
+                return decode_exit(code, when)
         return ExitStatus(None, detail="its supervisor and its exit recorder were lost: exit status unknown")
 
     async def wait(self, handle: Handle) -> ExitStatus:
@@ -231,7 +220,7 @@ class LocalExecutor(Executor):
             return status
         if own is not None and own >= 0 and not await asyncio.to_thread(self._leader_alive, handle):
             # It ended as it should but found no room to write: its exit status says it.
-            return _decode(own, time.time()) if own != 255 else status
+            return decode_exit(own, time.time()) if own != 255 else status
         if await asyncio.to_thread(_has_exit, launch_dir):
             return status
         return await self._adopt(handle)

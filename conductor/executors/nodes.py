@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import enum
 import os
-import shlex
 import shutil
 import signal as _signal
 import time
@@ -38,7 +37,9 @@ from baton.conductor.executors.base import (
     Handle,
     LaunchSpec,
     Presence,
+    ProcessHealth,
 )
+from baton.conductor.executors.launchfiles import decode_exit, write_env_file
 
 WRAPPER = Path(__file__).with_name("node_wrapper.sh")
 # Where a run's launches keep their records, inside the run directory.
@@ -72,12 +73,6 @@ class EngineView:
     # Why it waits or how it ended, in the engine's words ("Resources").
     detail: str = ""
 
-
-def decode_exit(code: int, when: float | None = None, detail: str = "") -> ExitStatus:
-    """The wrapper reports death by signal N as 128+N."""
-    if code > 128 and code - 128 in _signal.valid_signals():
-        return ExitStatus(exit_code=code, signal=code - 128, time=when, detail=detail)
-    return ExitStatus(exit_code=code, time=when, detail=detail)
 
 
 def read_exit(launch_dir: Path) -> ExitStatus | None:
@@ -247,6 +242,22 @@ class NodeExecutor(Executor):
             return Attachment(Presence.ENDED, status)
         return Attachment(Presence.RUNNING)
 
+    async def health(self, handle: Handle) -> ProcessHealth:
+        """What the engine and the wrapper's records tell; no process table on a remote node."""
+        view = await self.view(handle)
+        pid, started = await asyncio.to_thread(read_pid_and_start, Path(handle.data["dir"]))
+        alive = view.state in (EngineState.RUNNING, EngineState.SUSPENDED) and started is not None
+        return ProcessHealth(
+            pid=pid,
+            alive=alive,
+            zombie=False,
+            process_count=0,
+            cpu_percent=0.0,
+            rss_bytes=0,
+            uptime_seconds=max(0.0, time.time() - started) if alive and started else 0.0,
+            stopped=view.state is EngineState.SUSPENDED,
+        )
+
     # ------------------------------------------------------------ requests
 
     async def _request(self, handle: Handle, signal_name: str) -> bool:
@@ -310,10 +321,7 @@ class NodeExecutor(Executor):
 def _write_launch(launch_dir: Path, spec: LaunchSpec) -> None:
     launch_dir.mkdir(parents=True, exist_ok=True)
     Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()]
-    lines.append(f"baton_workdir={shlex.quote(spec.workdir)}")
-    lines.append(f"baton_command={shlex.quote(spec.command)}")
-    (launch_dir / "env").write_text("\n".join(lines) + "\n")
+    write_env_file(launch_dir, spec)
     shutil.copyfile(WRAPPER, launch_dir / WRAPPER.name)
 
 

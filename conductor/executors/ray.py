@@ -22,14 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-from baton.conductor.executors.base import ExitStatus, Handle, LaunchError, LaunchSpec, ProcessHealth
-from baton.conductor.executors.nodes import EngineState, EngineView, NodeExecutor, read_pid_and_start
+from baton.conductor.executors.base import ExitStatus, Handle, LaunchError, LaunchSpec
+from baton.conductor.executors.nodes import EngineState, EngineView, NodeExecutor
 from baton.v1 import job_pb2
 
 HTTP_TIMEOUT = 30.0
@@ -150,21 +148,6 @@ class RayExecutor(NodeExecutor):
         with contextlib.suppress(RayApiError, LaunchError):
             await self._call("POST", f"/api/jobs/{handle.external_id}/stop")
 
-    async def health(self, handle: Handle) -> ProcessHealth:
-        view = await self.view(handle)
-        launch_dir = Path(handle.data["dir"])
-        pid, started = await asyncio.to_thread(read_pid_and_start, launch_dir)
-        alive = view.state is EngineState.RUNNING and started is not None
-        return ProcessHealth(
-            pid=pid,
-            alive=alive,
-            zombie=False,
-            process_count=0,
-            cpu_percent=0.0,
-            rss_bytes=0,
-            uptime_seconds=max(0.0, time.time() - started) if alive and started else 0.0,
-            stopped=False,
-        )
 
     async def kill_all(self, job_id: str) -> None:
         try:

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from baton.conductor.executors.base import ExitStatus, Handle, LaunchError, LaunchSpec, ProcessHealth
-from baton.conductor.executors.nodes import EngineState, EngineView, NodeExecutor, read_pid_and_start
+from baton.conductor.executors.base import ExitStatus, Handle, LaunchError, LaunchSpec
+from baton.conductor.executors.nodes import EngineState, EngineView, NodeExecutor
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -161,20 +160,6 @@ class SlurmExecutor(NodeExecutor):
             raise LaunchError(f"scontrol resume {handle.external_id}: {done.stderr.strip()}")
         await self._request(handle, "CONT")
 
-    async def health(self, handle: Handle) -> ProcessHealth:
-        view = await self.view(handle)
-        pid, started = await asyncio.to_thread(read_pid_and_start, Path(handle.data["dir"]))
-        alive = view.state in (EngineState.RUNNING, EngineState.SUSPENDED) and started is not None
-        return ProcessHealth(
-            pid=pid,
-            alive=alive,
-            zombie=False,
-            process_count=0,
-            cpu_percent=0.0,
-            rss_bytes=0,
-            uptime_seconds=max(0.0, time.time() - started) if alive and started else 0.0,
-            stopped=view.state is EngineState.SUSPENDED,
-        )
 
     async def kill_all(self, job_id: str) -> None:
         prefix = f"baton-{job_id}-"
