@@ -626,8 +626,23 @@ def _figures(engine: Engine, s: Samples, jobs: int) -> tuple[dict[str, Json], Js
             "Baton's CancelJob -> CANCELLED minus the bare cancel",
         ),
     }
+
+    def median_gap(later: list[float], earlier: list[float]) -> float:
+        return round(percentile([a - b for a, b in zip(later, earlier, strict=True)], 50), 1)
+
     details: Json = {
         "pairs": jobs,
+        # Per-job gaps between the moments above (medians of per-job differences):
+        # where Baton's time goes, and which part the engine's own wait hides.
+        "where_the_time_goes_p50_ms": {
+            "baton_submit_to_first_running_event": round(percentile(s.baton_first_running, 50), 1),
+            "baton_first_running_to_handed_event": median_gap(s.baton_handed, s.baton_first_running),
+            "baton_handed_to_engine_running": median_gap(s.baton_engine_running, s.baton_handed),
+            "baton_engine_running_to_command_started": median_gap(s.baton_started, s.baton_engine_running),
+            "baton_engine_running_to_running_event": median_gap(s.baton_running, s.baton_engine_running),
+            "bare_submit_call": round(percentile(s.bare_submit_call, 50), 1),
+            "bare_running_to_command_started": median_gap(s.bare_started, s.bare_running),
+        },
         "warmup_pairs": WARMUP_PAIRS,
         "overheads": overheads,
         "paired_differences_ms": {
