@@ -69,6 +69,7 @@ import grpc
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
+from baton.conductor.executors.nodes import LAUNCHES
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
 from bench import ray_bare, slurm_bare
@@ -377,6 +378,9 @@ class Samples:
     baton_running: list[float] = field(default_factory=list)
     baton_cancel_ack: list[float] = field(default_factory=list)
     baton_cancel: list[float] = field(default_factory=list)
+    # Baton's path, dated by the launch directory's records (their mtimes), in ms:
+    # see ``_path_gaps``.
+    path: dict[str, list[float]] = field(default_factory=dict)
     signals: dict[str, int] = field(default_factory=dict)
 
 
@@ -437,6 +441,10 @@ def _baton(
     cancel_acked = time.perf_counter()
     done, ended = events.first(job.id, lambda j: j.state == S.JOB_STATE_CANCELLED, "CANCELLED")
     if keep is not None:
+        wall = time.time() - time.perf_counter()  # perf_counter -> wall clock, as the mtimes are
+        gaps = _path_gaps(Path(ended.run_dir) / LAUNCHES / "1", wall, on_engine, ran, t1, done)
+        for key, value in gaps.items():
+            keep.path.setdefault(key, []).append(value)
         keep.baton_ack.append(_ms(t0, acked))
         keep.baton_first_running.append(_ms(t0, first))
         keep.baton_handed.append(_ms(t0, handed))
@@ -480,6 +488,34 @@ def _paired(baton: list[float], bare: list[float]) -> Json:
         "min": round(min(diffs), 1),
         "max": round(max(diffs), 1),
         "samples_ms": [round(d, 1) for d in diffs],
+    }
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime_ns / 1e9
+
+
+def _path_gaps(
+    launch_dir: Path, wall: float, on_engine: float, ran: float, cancel_sent: float, cancelled: float
+) -> dict[str, float]:
+    """Where one Baton job's time went, from the wrapper's and conductor's records
+    (file mtimes: the wall clock of the writer, on this one machine)."""
+    started = _mtime(launch_dir / "started")
+    control = _mtime(launch_dir / "control")
+    exited = _mtime(launch_dir / "exit")
+    return {
+        # The engine shows it RUNNING (squeue/GET poll) -> the wrapper's `started` written.
+        "engine_running_to_started_record": (started - (on_engine + wall)) * 1000,
+        # `started` written -> the RUNNING-with-no-reason event here (inotify, the
+        # conductor's check and commit, the event's delivery).
+        "started_record_to_running_event": ((ran + wall) - started) * 1000,
+        # CancelJob sent -> the conductor wrote the control file.
+        "cancel_sent_to_control_record": (control - (cancel_sent + wall)) * 1000,
+        # control written -> the wrapper's exit record: its poll (every 50 ms), the
+        # SIGTERM, the job's death and the wrapper's own end.
+        "control_record_to_exit_record": (exited - control) * 1000,
+        # exit written -> the CANCELLED event here.
+        "exit_record_to_cancelled_event": ((cancelled + wall) - exited) * 1000,
     }
 
 
@@ -640,6 +676,7 @@ def _figures(engine: Engine, s: Samples, jobs: int) -> tuple[dict[str, Json], Js
             "baton_handed_to_engine_running": median_gap(s.baton_engine_running, s.baton_handed),
             "baton_engine_running_to_command_started": median_gap(s.baton_started, s.baton_engine_running),
             "baton_engine_running_to_running_event": median_gap(s.baton_running, s.baton_engine_running),
+            **{f"baton_{k}": round(percentile(v, 50), 1) for k, v in s.path.items()},
             "bare_submit_call": round(percentile(s.bare_submit_call, 50), 1),
             "bare_running_to_command_started": median_gap(s.bare_started, s.bare_running),
         },
@@ -742,4 +779,6 @@ NOTES = [
     "Baton cancels through its wrapper (a control file polled every 50 ms on the node, then SIGTERM to "
     "the job's group, the exit recorded and seen by inotify); the bare cancel is the engine's own "
     "(scancel, or Ray's stop).",
+    "where_the_time_goes_p50_ms dates Baton's path by the launch directory's records (the mtimes of "
+    "`started`, `control` and `exit`, written on this same machine) beside the client's own moments.",
 ]
