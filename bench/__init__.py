@@ -19,9 +19,24 @@ Sections (names for ``--only``):
 - ``pause_resume_ms``: pause and resume latency in both pause modes.
 - ``ray_bare_ms``: the bare Ray Jobs REST API (no Baton), on a Ray head of its
   own: submit to RUNNING and stop to STOPPED (``python -m bench.ray_bare``).
+- ``executors_ms``: Baton's engine executors beside the bare engines, per engine
+  (Slurm and Ray, each on a cluster / head of its own, in the same run): submit
+  to RUNNING (SubmitJob to the WatchJobs event RUNNING with an empty reason,
+  i.e. the wrapper started on a node; also to the first RUNNING event and to
+  the engine's id) and cancel to CANCELLED, beside sbatch-to-RUNNING (squeue)
+  and scancel-to-gone, or the Ray Jobs API's submit-to-RUNNING and
+  stop-to-STOPPED, and beside each bare job's own command started; bare and
+  Baton jobs alternate, Slurm's at matched phases of its once-a-second
+  scheduling tick. Overheads (Baton p50 minus bare p50) carry issue 14's
+  target, at most max(10% of the bare p50, 20 ms). At least 10 jobs per engine
+  even with ``--quick``; an engine that is not installed is reported as such
+  (bench/executors.py).
 - ``slurm_bare`` (only with ``--only``: it needs Slurm, see tools/engines.sh):
   bare Slurm's sbatch-to-RUNNING and scancel-to-gone, no Baton involved
   (bench/slurm_bare.py; also ``python -m bench.slurm_bare``).
+
+``--skip NAME[,NAME]`` leaves sections out (the smoke test skips
+``executors_ms``, which takes minutes).
 
 Every section starts its own conductor on 127.0.0.1:0 with a fresh temporary
 home, and leaves no job, process or directory behind. Each section also says

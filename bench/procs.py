@@ -163,10 +163,19 @@ class Conductor:
     conductor, kills whatever of its jobs is left and deletes the home.
     """
 
-    def __init__(self, label: str, *, max_running: int, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        label: str,
+        *,
+        max_running: int,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.label = label
         self.max_running = max_running
         self.extra_args = extra_args
+        # Added to the conductor's environment (SLURM_CONF for a test cluster).
+        self.extra_env = {k: v for k, v in (env or {}).items() if not k.startswith("BATON_")}
         self.root = Path(tempfile.mkdtemp(prefix=f"baton-bench-{label}-"))
         self.home = self.root / "home"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -190,7 +199,7 @@ class Conductor:
                     *self.extra_args,
                 ],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                env=_clean_env(), cwd=REPO,
+                env=_clean_env() | self.extra_env, cwd=REPO,
                 # Out of our process group: a Ctrl-C meant for the benchmark must not
                 # stop the conductor before the cleanup has cancelled its jobs.
                 start_new_session=True,

@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bench.report import Json, distribution, figure, finite, log, section
@@ -66,6 +67,52 @@ class _Poller:
             time.sleep(self.interval)
 
 
+@dataclass
+class Sample:
+    """One bare job: submit -> RUNNING and stop -> STOPPED, with the POSTs' round trips."""
+
+    submission_id: str
+    submit_ack_ms: float
+    to_running_ms: float
+    stop_ack_ms: float
+    to_stopped_ms: float
+    polls_running: int
+    polls_stopped: int
+
+
+def one_job(
+    address: str,
+    poller: _Poller,
+    entrypoint: str = ENTRYPOINT,
+    before_stop: Callable[[str], None] | None = None,
+) -> Sample:
+    """Submit ``entrypoint``, poll until RUNNING, ``before_stop(submission_id)`` if given
+    (e.g. wait until the entrypoint has started), stop it, poll until STOPPED."""
+    sid = f"bench-{uuid.uuid4().hex[:12]}"
+    t0 = time.perf_counter()
+    request = {"entrypoint": entrypoint, "submission_id": sid}
+    status, body = call(address, "POST", "/api/jobs/", request)
+    ack = _ms(t0)
+    if status != 200:
+        raise RuntimeError(f"POST /api/jobs/: {status} {body}")
+    state, n_run = poller.until(sid, lambda s: s != "PENDING")
+    running = _ms(t0)
+    if state != "RUNNING":
+        raise RuntimeError(f"job {sid} went {state} instead of RUNNING")
+    if before_stop is not None:
+        before_stop(sid)
+    t1 = time.perf_counter()
+    status, body = call(address, "POST", f"/api/jobs/{sid}/stop")
+    sack = _ms(t1)
+    if (status, body) != (200, {"stopped": True}):
+        raise RuntimeError(f"POST /api/jobs/{sid}/stop: {status} {body}")
+    state, n_stop = poller.until(sid, lambda s: s in ("STOPPED", "FAILED", "SUCCEEDED"))
+    stopped = _ms(t1)
+    if state != "STOPPED":
+        raise RuntimeError(f"job {sid} went {state} instead of STOPPED")
+    return Sample(sid, ack, running, sack, stopped, n_run, n_stop)
+
+
 def measure(
     head: RayHead,
     jobs: int = DEFAULT_JOBS,
@@ -84,33 +131,15 @@ def measure(
     polls_stopped: list[int] = []
     warmup = 1
     for i in range(warmup + jobs):
-        sid = f"bench-{uuid.uuid4().hex[:12]}"
-        t0 = time.perf_counter()
-        request = {"entrypoint": entrypoint, "submission_id": sid}
-        status, body = call(head.address, "POST", "/api/jobs/", request)
-        ack = _ms(t0)
-        if status != 200:
-            raise RuntimeError(f"POST /api/jobs/: {status} {body}")
-        state, n_run = poller.until(sid, lambda s: s != "PENDING")
-        running = _ms(t0)
-        if state != "RUNNING":
-            raise RuntimeError(f"job {sid} went {state} instead of RUNNING")
-        t1 = time.perf_counter()
-        status, body = call(head.address, "POST", f"/api/jobs/{sid}/stop")
-        sack = _ms(t1)
-        if (status, body) != (200, {"stopped": True}):
-            raise RuntimeError(f"POST /api/jobs/{sid}/stop: {status} {body}")
-        state, n_stop = poller.until(sid, lambda s: s in ("STOPPED", "FAILED", "SUCCEEDED"))
-        stopped = _ms(t1)
-        if state != "STOPPED":
-            raise RuntimeError(f"job {sid} went {state} instead of STOPPED")
+        sample = one_job(head.address, poller, entrypoint)
+        running, stopped = sample.to_running_ms, sample.to_stopped_ms
         if i >= warmup:
-            submit_ack.append(ack)
+            submit_ack.append(sample.submit_ack_ms)
             to_running.append(running)
-            stop_ack.append(sack)
+            stop_ack.append(sample.stop_ack_ms)
             to_stopped.append(stopped)
-            polls_running.append(n_run)
-            polls_stopped.append(n_stop)
+            polls_running.append(sample.polls_running)
+            polls_stopped.append(sample.polls_stopped)
         log(f"ray_bare: job {i + 1 - warmup}/{jobs}: RUNNING {running:.0f} ms, STOPPED {stopped:.0f} ms")
     figures: dict[str, Json] = {}
     figures.update(distribution("submit_to_running_", to_running, "POST /api/jobs/ -> GET shows RUNNING"))

@@ -30,7 +30,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass(frozen=True)
 class Target:
-    """A goal from the issues: ``value op limit`` must hold (op is "<" or ">=")."""
+    """A goal from the issues: ``value op limit`` must hold (op is "<", "<=" or ">=")."""
 
     op: str
     limit: float
@@ -42,6 +42,8 @@ class Target:
             return False
         if self.op == "<":
             return value < self.limit
+        if self.op == "<=":
+            return value <= self.limit
         if self.op == ">=":
             return value >= self.limit
         raise ValueError(f"unknown target operator {self.op!r}")

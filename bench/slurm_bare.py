@@ -27,12 +27,16 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from bench.report import Json, distribution, figure, log, section
 from tools.testclusters.slurm import SlurmCluster
 
 POLL_INTERVAL = 0.005
 WARMUP = 2
+# A job that obeys SIGTERM: the shell becomes sleep.
+COMMAND = "exec sleep 300"
 
 
 def _squeue_state(job: int, env: dict[str, str]) -> str:
@@ -59,6 +63,61 @@ def _wait(
         time.sleep(interval)
 
 
+@dataclass
+class Sample:
+    """One bare job: sbatch -> RUNNING and scancel -> gone, with what the commands cost."""
+
+    job: int
+    to_running_ms: float
+    to_gone_ms: float
+    sbatch_ms: float
+    scancel_ms: float
+    squeue_ms: list[float]
+    polls_running: int
+    polls_gone: int
+
+
+def one_job(
+    env: dict[str, str],
+    name: str,
+    poll_interval: float = POLL_INTERVAL,
+    command: str = COMMAND,
+    before_cancel: Callable[[int], None] | None = None,
+) -> Sample:
+    """sbatch ``command``, poll squeue until RUNNING, ``before_cancel(job)`` if given
+    (e.g. wait until the script has started), scancel, poll until gone."""
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        ["sbatch", "--parsable", "--output=/dev/null", f"--job-name={name}", f"--wrap={command}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    acked = time.perf_counter()
+    job = int(out.stdout.strip().split(";")[0])
+    polls, calls = _wait(job, env, {"RUNNING"}, poll_interval)
+    running = time.perf_counter()
+    if before_cancel is not None:
+        before_cancel(job)
+    t1 = time.perf_counter()
+    subprocess.run(["scancel", str(job)], env=env, check=True, capture_output=True, timeout=30)
+    cancelled = time.perf_counter()
+    polls2, calls2 = _wait(job, env, {"", "CANCELLED"}, poll_interval)
+    gone = time.perf_counter()
+    return Sample(
+        job=job,
+        to_running_ms=(running - t0) * 1000,
+        to_gone_ms=(gone - t1) * 1000,
+        sbatch_ms=(acked - t0) * 1000,
+        scancel_ms=(cancelled - t1) * 1000,
+        squeue_ms=calls + calls2,
+        polls_running=polls,
+        polls_gone=polls2,
+    )
+
+
 def measure(cluster: SlurmCluster, jobs: int = 10, poll_interval: float = POLL_INTERVAL) -> Json:
     """sbatch -> RUNNING and scancel -> gone, over ``jobs`` jobs (after 2 unmeasured),
     one at a time, on a started cluster. Returns a bench section (p50/p95 in ms)."""
@@ -72,34 +131,17 @@ def measure(cluster: SlurmCluster, jobs: int = 10, poll_interval: float = POLL_I
     polls_gone: list[int] = []
     exit_codes: dict[str, int] = {}
     for i in range(WARMUP + jobs):
-        t0 = time.perf_counter()
-        out = subprocess.run(
-            ["sbatch", "--parsable", "--output=/dev/null", f"--job-name=bench-{i}", "--wrap=exec sleep 300"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
-        acked = time.perf_counter()
-        job = int(out.stdout.strip().split(";")[0])
-        polls, calls = _wait(job, env, {"RUNNING"}, poll_interval)
-        running = time.perf_counter()
-        t1 = time.perf_counter()
-        subprocess.run(["scancel", str(job)], env=env, check=True, capture_output=True, timeout=30)
-        cancelled = time.perf_counter()
-        polls2, calls2 = _wait(job, env, {"", "CANCELLED"}, poll_interval)
-        gone = time.perf_counter()
+        sample = one_job(env, f"bench-{i}", poll_interval)
         if i >= WARMUP:
-            to_running.append((running - t0) * 1000)
-            to_gone.append((gone - t1) * 1000)
-            sbatch_ms.append((acked - t0) * 1000)
-            scancel_ms.append((cancelled - t1) * 1000)
-            squeue_ms.extend(calls + calls2)
-            polls_running.append(polls)
-            polls_gone.append(polls2)
+            to_running.append(sample.to_running_ms)
+            to_gone.append(sample.to_gone_ms)
+            sbatch_ms.append(sample.sbatch_ms)
+            scancel_ms.append(sample.scancel_ms)
+            squeue_ms.extend(sample.squeue_ms)
+            polls_running.append(sample.polls_running)
+            polls_gone.append(sample.polls_gone)
             # 0:15 when SIGTERM ended the job; 0:9 when only the SIGKILL KillWait later did.
-            code = cluster.job(job).get("ExitCode", "?")
+            code = cluster.job(sample.job).get("ExitCode", "?")
             exit_codes[code] = exit_codes.get(code, 0) + 1
     log(f"slurm_bare: {jobs} jobs measured")
     figures = distribution("sbatch_to_running_", to_running, "sbatch started to squeue showing RUNNING")

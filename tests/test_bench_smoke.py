@@ -33,6 +33,11 @@ SECTIONS = (
     "viewer",
     "ray_bare_ms",
 )
+# Left out of the smoke run, on purpose: it starts a Slurm cluster and a Ray head
+# and runs at least 10 pairs of jobs on each (issue 14's must-show: 10 jobs even
+# with --quick), about two minutes, more than this test's whole budget. Its code
+# is exercised on the engines by tests/test_bench_executors.py (-m slurm, -m ray).
+SKIPPED = ("executors_ms",)
 
 
 def _is_number(value: Any) -> bool:
@@ -44,7 +49,7 @@ def test_bench_quick_prints_every_section_with_numeric_figures(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     env["TMPDIR"] = str(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick"],
+        [sys.executable, "-m", "bench", "--quick", "--skip", ",".join(SKIPPED)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -67,7 +72,7 @@ def test_bench_quick_prints_every_section_with_numeric_figures(tmp_path: Path) -
             assert isinstance(fig["unit"], str) and fig["unit"], where
             assert isinstance(fig["samples"], int) and fig["samples"] >= 1, (where, fig)
             if "target" in fig:
-                assert fig["target"]["op"] in ("<", ">="), where
+                assert fig["target"]["op"] in ("<", "<=", ">="), where
                 assert _is_number(fig["target"]["value"]), where
                 assert isinstance(fig["pass"], bool), where
 
