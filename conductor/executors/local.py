@@ -35,6 +35,7 @@ from pathlib import Path
 
 import structlog
 
+from baton.common.modes import write_private
 from baton.conductor.capacity import Capacity
 from baton.conductor.executors import procfs
 from baton.conductor.executors.base import (
@@ -105,7 +106,9 @@ class LocalExecutor(Executor):
         lines = [f"export {k}={_quote(v)}" for k, v in spec.env.items()]
         lines.append(f"baton_workdir={_quote(spec.workdir)}")
         lines.append(f"baton_command={_quote(spec.command)}")
-        (launch_dir / "env").write_text("\n".join(lines) + "\n")
+        # Owner-only: it holds the job's secrets until the job has read it (the
+        # shim empties it then). Values may carry any byte a secret file held.
+        write_private(launch_dir / "env", ("\n".join(lines) + "\n").encode(errors="surrogateescape"))
         # The exit records are made now, empty: a disk that runs out of inodes
         # later still takes the few bytes of a status into them.
         for record in ("job.exit", "exit.tmp"):
@@ -124,7 +127,7 @@ class LocalExecutor(Executor):
                         2,
                         str(launch_dir / "shim.err"),
                         os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                        0o644,
+                        0o600,
                     ),
                 ],
                 setsid=True,

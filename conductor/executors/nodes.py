@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baton.common.filewatch import FileWatcher
+from baton.common.modes import write_private
 from baton.conductor.executors.base import (
     Attachment,
     Executor,
@@ -309,11 +310,15 @@ class NodeExecutor(Executor):
 
 def _write_launch(launch_dir: Path, spec: LaunchSpec) -> None:
     launch_dir.mkdir(parents=True, exist_ok=True)
+    # The launches' records are the conductor's and the engine job's (same user) alone.
+    os.chmod(launch_dir.parent, 0o700)
     Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
     lines = [f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()]
     lines.append(f"baton_workdir={shlex.quote(spec.workdir)}")
     lines.append(f"baton_command={shlex.quote(spec.command)}")
-    (launch_dir / "env").write_text("\n".join(lines) + "\n")
+    # On the shared filesystem: owner-only (the engine runs the job as the
+    # same user), and emptied by the wrapper once the job has read it.
+    write_private(launch_dir / "env", ("\n".join(lines) + "\n").encode(errors="surrogateescape"))
     shutil.copyfile(WRAPPER, launch_dir / WRAPPER.name)
 
 
