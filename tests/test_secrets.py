@@ -155,7 +155,9 @@ def _modes(root: Path) -> dict[str, int]:
 def test_files_baton_writes_are_not_world_readable(conductor_factory: Any, tmp_path: Path) -> None:
     group = grp.getgrgid(1).gr_name  # any group: root may give files to it
     c: InProcessConductor = conductor_factory(home=tmp_path / "home", group=group)
-    checkpoint = 'mkdir -p "$BATON_CHECKPOINT_DIR/.c1" && mv "$BATON_CHECKPOINT_DIR/.c1" "$BATON_CHECKPOINT_DIR/c1"'
+    checkpoint = (
+        'mkdir -p "$BATON_CHECKPOINT_DIR/.c1" && mv "$BATON_CHECKPOINT_DIR/.c1" "$BATON_CHECKPOINT_DIR/c1"'
+    )
     job = c.submit(spec("modes", f"echo hi; {checkpoint}"))
     assert c.wait_ended(job.id).state == job_pb2.JOB_STATE_SUCCEEDED
     assert c.running is not None
