@@ -27,6 +27,7 @@ import shtab
 from baton.client import commands, exitcodes, serve
 from baton.client.errors import BatonError
 from baton.client.output import Output
+from baton.common.auth import hash_token
 from baton.common.durations import parse_duration
 from baton.common.version import VERSION
 
@@ -290,7 +291,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("shell", choices=("bash", "zsh"))
     p.set_defaults(func=lambda args, out: _completion(parser, args.shell))
+
+    p = sub.add_parser("token", help="token file helpers", description="Token file helpers.")
+    tokens = p.add_subparsers(dest="token_verb", required=True, metavar="ACTION")
+    text = "read a bearer token on stdin, print the token file's sha256 line for it"
+    h = tokens.add_parser(
+        "hash",
+        help=text,
+        description=f"{text[0].upper()}{text[1:]}.\n\nexample:\n  head -c 32 /dev/urandom | base64 | "
+        "tee my.token | baton token hash",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    h.set_defaults(func=lambda args, out: _token_hash())
     return parser
+
+
+def _token_hash() -> int:
+    # The token is the first line, without its line ending (as a client sends it).
+    token = sys.stdin.readline().rstrip("\r\n")
+    if not token:
+        print("baton token hash: no token on stdin", file=sys.stderr)
+        return exitcodes.USAGE
+    print(f"sha256: {hash_token(token)}")
+    return exitcodes.OK
 
 
 def _completion(parser: argparse.ArgumentParser, shell: str) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from baton.client import exitcodes
+from baton.common.auth import reload_on_sighup
 from baton.common.jobfile import write_atomic
 from baton.common.rpc import stop_signals, until_signalled
 
@@ -29,7 +30,10 @@ _COMMON = [
     ("--home", {"type": Path, "help": "state, status and checkpoints under DIR (default: XDG state dir)"}),
     ("--status-dir", {"type": Path, "help": "runs' status.json and output.log (default HOME/status)"}),
     ("--checkpoints-dir", {"type": Path, "help": "checkpoints (default HOME/checkpoints)"}),
-    ("--token-file", {"type": Path, "help": "require this bearer token on every call"}),
+    (
+        "--token-file",
+        {"type": Path, "help": "callers and roles: named tokens, certificates (YAML; SIGHUP reloads)"},
+    ),
     ("--tls-cert-file", {"type": Path, "help": "serve TLS with this certificate chain (PEM)"}),
     ("--tls-key-file", {"type": Path, "help": "the private key of --tls-cert-file (PEM)"}),
     (
@@ -60,6 +64,11 @@ _CONDUCTOR = [
     ("--slurm-partition", {"help": "the Slurm partition jobs go to (default: the cluster's)"}),
     ("--slurm-account", {"help": "the Slurm account jobs are charged to"}),
     ("--ray-address", {"help": "offer `executor: ray` via the Ray Jobs API at URL (http://HOST:8265)"}),
+    (
+        "--secrets-dir",
+        {"type": Path, "help": "secrets for specs' secret_env: one file per secret, mode 600, in a 700 DIR"},
+    ),
+    ("--group", {"metavar": "NAME", "help": "a group that may read the status and checkpoint trees"}),
 ]
 _VIEWER = [
     ("--watch", {"choices": ["inotify", "poll"], "help": "how to notice changes (default inotify)"}),
@@ -110,7 +119,7 @@ def _conductor_config(args: argparse.Namespace) -> Any:
 
     names = ["home", "status_dir", "checkpoints_dir", "max_running", "heartbeat", "capacity",
              "backfill_window", "slurm", "slurm_partition", "slurm_account", "ray_address",
-             *_AUTH]  # fmt: skip
+             "secrets_dir", "group", *_AUTH]  # fmt: skip
     return ConductorConfig(**_fields(args, names, listen=args.listen, log_level=args.log_level))
 
 
@@ -149,7 +158,8 @@ async def _serve(starters: dict[str, Starter], args: argparse.Namespace, home: P
             print(document, flush=True)
         else:
             _announce(addresses, home)
-        await until_signalled(stopping, stop_all)
+        with reload_on_sighup([r.reload_credentials for r in running]):
+            await until_signalled(stopping, stop_all)
     if not args.json:
         print("baton: stopped", file=sys.stderr, flush=True)
 
@@ -180,7 +190,9 @@ def _config_problem(exc: ValueError) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``baton conductor``, ``baton viewer`` or ``baton up``."""
+    from baton.common.auth import CredentialsError
     from baton.common.logs import configure
+    from baton.conductor.secrets import SecretsRefused
     from baton.conductor.server import HomeLocked
 
     configure(args.log_level, json=args.verb != "up")
@@ -203,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.USAGE
     try:
         asyncio.run(_serve(starters, args, home))
-    except (HomeLocked, OSError) as exc:
+    except (HomeLocked, OSError, CredentialsError, SecretsRefused) as exc:
         print(f"baton {args.verb}: {exc}", file=sys.stderr)
         return exitcodes.FAILED
     return exitcodes.OK

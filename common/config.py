@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 from pydantic import BaseModel, Field, model_validator
 
+from baton.common.auth import Authenticator
 from baton.common.rpc import is_loopback
 
 
@@ -27,10 +28,11 @@ class ServiceConfig(BaseModel):
     checkpoints_dir: Path | None = None
     # Seconds of quiet after which a log or watch stream sends a heartbeat.
     feed_heartbeat: float = Field(default=5.0, gt=0)
+    # Named tokens and certificate identities with their roles (common.auth).
     token_file: Path | None = None
     # TLS: the server's certificate chain and key (PEM), and with
-    # tls_client_ca_file, mutual TLS: only clients with a certificate that
-    # this CA signed get through.
+    # tls_client_ca_file, mutual TLS: clients need a certificate this CA
+    # signed, whose identity the token file maps to a role.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
@@ -46,6 +48,11 @@ class ServiceConfig(BaseModel):
             raise ValueError("TLS needs both --tls-cert-file and --tls-key-file")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+        if self.tls_client_ca_file is not None and self.token_file is None:
+            # A CA's signature says who a caller is, not what it may do.
+            raise ValueError(
+                "--tls-client-ca-file needs --token-file mapping certificate subjects or SANs to roles"
+            )
         # Client certificates checked against a CA authenticate callers as a token does.
         authenticated = self.token_file is not None or self.tls_client_ca_file is not None
         if not is_loopback(self.listen) and not authenticated and not self.insecure:
@@ -66,11 +73,21 @@ class ServiceConfig(BaseModel):
             require_client_auth=client_ca is not None,
         )
 
-    def token(self) -> str | None:
-        """The bearer token clients must send, or None for no auth."""
+    def authenticator(self) -> Authenticator | None:
+        """The token file's checker (reads the file: call it off the event loop), or None for no auth."""
         if self.token_file is None:
             return None
-        token = self.token_file.read_text().strip()
-        if not token:
-            raise ValueError(f"{self.token_file} is empty")
-        return token
+        return Authenticator.from_file(self.token_file)
+
+    def exposure_warnings(self) -> list[tuple[str, str]]:
+        """(event, detail) for settings that expose the service: logged at start."""
+        if is_loopback(self.listen):
+            return []
+        warnings = []
+        if self.insecure:
+            warnings.append(("insecure_listen", f"{self.listen} accepts calls from the network with no auth"))
+        if self.token_file is not None and self.tls_cert_file is None:
+            warnings.append(
+                ("plaintext_token", f"{self.listen} takes bearer tokens without TLS: the wire shows them")
+            )
+        return warnings

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from google.protobuf import json_format
 
+from baton.common.modes import RUN_FILE_MODE
 from baton.common.protojson import parse_dict
 from baton.v1 import job_pb2
 
@@ -58,8 +59,8 @@ def read_job(path: Path) -> job_pb2.Job:
         return job_from_json(f.read())
 
 
-def write_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
-    """Replace ``path`` with ``data`` via a temp file and rename (blocking)."""
+def write_atomic(path: Path, data: bytes, *, fsync: bool = False, mode: int = RUN_FILE_MODE) -> None:
+    """Replace ``path`` with ``data`` via a temp file and rename (blocking); ``mode``: 0640, a run's file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
@@ -68,7 +69,7 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from baton.common.modes import RUN_FILE_MODE
 from baton.common.names import is_valid_name, name_problem
 
 STATUS_FILE = "status.json"
@@ -280,7 +281,7 @@ def make_run_checkpoint_dir(
 
 def _write_synced(path: Path, data: bytes, *, atomic: bool = False, sync: bool = True) -> None:
     target = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp") if atomic else path
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, RUN_FILE_MODE)
     try:
         os.write(fd, data)
         if sync:

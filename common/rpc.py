@@ -1,4 +1,4 @@
-"""gRPC plumbing both servers share: error translation, auth, request logging,
+"""gRPC plumbing both servers share: error translation, request logging,
 health and reflection, and a server that stops cleanly.
 
 Servicers raise domain errors (``common.errors``); ``translate_errors`` turns
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import inspect
 import ipaddress
 import signal
@@ -86,39 +85,6 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-_OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-class TokenAuth(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every call but health and reflection."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if details.method.startswith(_OPEN_METHODS):
-            return await continuation(details)
-        sent = dict(details.invocation_metadata or ()).get("authorization")
-        if sent is None:
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer' metadata")
-        sent_bytes = sent.encode() if isinstance(sent, str) else sent
-        if not hmac.compare_digest(sent_bytes, self._expected):
-            return _deny(grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not valid")
-        return await continuation(details)
-
-
-def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
-
-    # Same shape for every RPC kind: the request is rejected before it is read.
-    return grpc.unary_unary_rpc_method_handler(handler)
-
-
 class RequestLog(grpc.aio.ServerInterceptor):
     """Binds each call's method to structlog's context, so every log line names it."""
 
@@ -136,13 +102,16 @@ async def build_server(
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
     listen: str,
-    token: str | None,
+    auth: grpc.aio.ServerInterceptor | None,
     credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A started grpc.aio server with our services, health and reflection (TLS with ``credentials``)."""
+    """A started grpc.aio server with our services, health and reflection (TLS with ``credentials``).
+
+    ``auth`` (``common.auth.Authenticator``) names and checks every caller; None serves everybody.
+    """
     interceptors: list[grpc.aio.ServerInterceptor] = [RequestLog()]
-    if token:
-        interceptors.append(TokenAuth(token))
+    if auth is not None:
+        interceptors.append(auth)
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],

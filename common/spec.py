@@ -129,6 +129,8 @@ class SpecModel(_Strict):
     steps: list[StepModel] | None = None
     workdir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    # Variable name -> the name of a secret the conductor holds (never a value).
+    secret_env: dict[str, str] = Field(default_factory=dict)
     max_duration: float | None = None
     retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
     pause: PauseModel = Field(default_factory=PauseModel)
@@ -165,6 +167,25 @@ class SpecModel(_Strict):
             out[key] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
 
+    @field_validator("secret_env", mode="before")
+    @classmethod
+    def _secret_env(cls, v: Any) -> dict[str, str]:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError("must be a mapping of variable names to secret names")
+        out: dict[str, str] = {}
+        for key, name in v.items():
+            if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if key.startswith("BATON_"):
+                raise ValueError(f"{key!r}: BATON_* variables are set by Baton")
+            problem = name_problem(name) if isinstance(name, str) else "must be a secret's name"
+            if problem:
+                raise ValueError(f"{key}: {problem}")
+            out[key] = name
+        return out
+
     @field_validator("command", mode="before")
     @classmethod
     def _command(cls, v: Any) -> Any:
@@ -182,6 +203,9 @@ class SpecModel(_Strict):
     def _command_or_steps(self) -> SpecModel:
         if (self.command is None) == (not self.steps):
             raise ValueError("give exactly one of 'command' and 'steps'")
+        both = sorted(set(self.env) & set(self.secret_env))
+        if both:
+            raise ValueError(f"{both[0]} is in both env and secret_env: give it in one")
         if self.steps:
             seen: set[str] = set()
             for step in self.steps:
@@ -290,6 +314,7 @@ def to_proto(model: SpecModel) -> job_pb2.JobSpec:
         steps=[job_pb2.Step(name=s.name, command=s.command) for s in model.steps or []],
         workdir=model.workdir or "",
         env=model.env,
+        secret_env=model.secret_env,
         retries=model.retries,
         pause=job_pb2.PausePolicy(signal=model.pause.signal, grace=_to_duration(model.pause.grace)),
         executor=model.executor,

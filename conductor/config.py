@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from baton.common.config import ServiceConfig, default_home
+from baton.common.modes import group_id
 from baton.conductor.capacity import CapacityOverride, parse_capacity
 
 __all__ = ["ConductorConfig", "default_home"]
@@ -32,6 +33,17 @@ class ConductorConfig(ServiceConfig):
     slurm_account: str = ""
     # Offer the Ray executor, through the Ray Jobs API of the head at this URL.
     ray_address: str = ""
+    # Secrets for jobs' secret_env: one file per secret, private to this user.
+    secrets_dir: Path | None = None
+    # A group that shares reading the status and checkpoint trees (a name or gid).
+    group: str | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        if value is not None:
+            group_id(value)  # unknown: refused now, with the flag's name
+        return value
 
     @field_validator("capacity", mode="before")
     @classmethod

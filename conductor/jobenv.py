@@ -6,7 +6,7 @@ Only the job's own processes get these; the executor's supervisor keeps its own.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from baton.conductor.results import RESULT_FILE
 from baton.v1 import job_pb2
@@ -19,10 +19,13 @@ def job_environment(
     attempt: int,
     resume_from: str,
     gpus: Sequence[str] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The step's environment. ``gpus``: the GPU ids Baton gave the job, or None
-    where the engine assigns GPUs itself (nothing is set then)."""
+    where the engine assigns GPUs itself (nothing is set then). ``secrets``:
+    the values of the spec's ``secret_env``, read for this launch only."""
     env = dict(job.spec.env)
+    env.update(secrets or {})
     env.update(
         BATON_JOB_ID=job.id,
         BATON_RUN_DIR=job.run_dir,

@@ -77,6 +77,7 @@ from baton.conductor.publisher import Publisher
 from baton.conductor.registry import Registry, StorageError
 from baton.conductor.results import RESULT_FILE, read_result
 from baton.conductor.runtime import Run
+from baton.conductor.secrets import SecretStore
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -177,8 +178,10 @@ class Lifecycle:
         max_running: int,
         heartbeat_interval: float = 30.0,
         backfill_window: float = 300.0,
+        secrets: SecretStore | None = None,
     ) -> None:
         self._registry = registry
+        self._secrets = secrets or SecretStore(None)
         self._executors = executors
         self.layout = layout
         self._publisher = publisher
@@ -353,6 +356,7 @@ class Lifecycle:
         request_id: str = "",
         dry_run: bool = False,
         resume_from: str = "",
+        submitted_by: str = "",
     ) -> job_pb2.Job:
         """Queue a job; answers once it is durable. Same ``request_id``, same job."""
         if len(request_id) > 128:
@@ -367,6 +371,8 @@ class Lifecycle:
             raise invalid_field("start_step", f"must be between 1 and {len(steps)} (the step count)")
         if model.workdir is not None and not os.path.isabs(model.workdir):
             raise invalid_field("spec.workdir", "must be an absolute path")
+        if model.secret_env:
+            await self._secrets.check(model.secret_env)
         spec = specs.to_proto(model)
         if request_id and not dry_run:
             existing = await self._submitted(request_id)
@@ -390,6 +396,7 @@ class Lifecycle:
             start_step=max(start_step, 1),
             create_time=_now(),
             resume_from=resume_from,
+            submitted_by=submitted_by,
         )
         steps_mod.init_steps(job, [s.name for s in steps], max(start_step, 1))
         if dry_run:
@@ -1092,6 +1099,14 @@ class Lifecycle:
         # Durable before the process exists: a restart then asks the executor
         # about this launch instead of starting it a second time.
         await durable
+        try:
+            secret_values = await self._secrets.values(job.spec.secret_env)
+        except LaunchError as exc:
+            run.handle = None
+            await self._finish(
+                job_id, S.JOB_STATE_FAILED, None, f"could not start: {exc}", S.STEP_STATE_FAILED
+            )
+            return
         launch = LaunchSpec(
             job_id=job_id,
             command=current.command,
@@ -1102,6 +1117,7 @@ class Lifecycle:
                 attempt,
                 resume_from,
                 run.gpus if job.executor in self._ledgers else None,
+                secret_values,
             ),
             workdir=job.spec.workdir or job.run_dir,
             log_path=os.path.join(job.run_dir, LOG_FILE),

@@ -22,6 +22,7 @@ import abc
 import asyncio
 import contextlib
 import errno
+import os
 import queue
 import sqlite3
 import threading
@@ -206,6 +207,13 @@ class SqliteRegistry(Registry):
 
     def _open_blocking(self) -> list[StoredJob]:
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only, made so before SQLite opens it: its -wal and -shm files
+        # take the database's mode. A registry from before is tightened too.
+        os.close(os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for path in (self._path, self._path.with_name(self._path.name + "-wal"),
+                     self._path.with_name(self._path.name + "-shm")):  # fmt: skip
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path, 0o600)
         conn = self._connect()
         conn.executescript(_SCHEMA)
         rows = conn.execute("SELECT id, seq, job, runtime, request_id FROM jobs ORDER BY seq").fetchall()

@@ -19,8 +19,10 @@ import structlog
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health
 
+from baton.common.auth import Authenticator, reload_on_sighup
 from baton.common.jobfile import write_atomic
 from baton.common.layout import Layout
+from baton.common.modes import STATE_FILE_MODE, group_id, prepare_root, prepare_state_dir, restrict_umask
 from baton.common.rpc import build_server, stop_serving, stop_signals, until_signalled
 from baton.conductor.capacity import detect_capacity
 from baton.conductor.config import ConductorConfig
@@ -29,6 +31,7 @@ from baton.conductor.feeds import Feeds
 from baton.conductor.lifecycle import Lifecycle
 from baton.conductor.publisher import Publisher
 from baton.conductor.registry import SqliteRegistry
+from baton.conductor.secrets import SecretStore
 from baton.conductor.servicer import ConductorServicer
 from baton.v1 import conductor_pb2, conductor_pb2_grpc
 
@@ -37,12 +40,12 @@ SERVICE = conductor_pb2.DESCRIPTOR.services_by_name["Conductor"].full_name
 
 
 class HomeLocked(RuntimeError):
-    """Another conductor already runs on this home."""
+    """Another conductor already runs on this home, or on its status or checkpoint directory."""
 
 
 def _lock_home(state_dir: Path) -> int:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "conductor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    prepare_state_dir(state_dir)
+    fd = os.open(state_dir / "conductor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -52,6 +55,44 @@ def _lock_home(state_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+def _lock_trees(trees: dict[str, Path]) -> list[int]:
+    """Hold the status and checkpoint directories as the home is held (blocking).
+
+    Two conductors with different homes writing one tree would publish over
+    each other's runs. The lock is a flock on the directory itself, so it
+    leaves nothing in the tree for the viewer to index; it goes with the
+    process, as the home's does. A filesystem that cannot lock a directory
+    (some NFS) is served unlocked, with a warning.
+    """
+    fds: list[int] = []
+    seen: set[Path] = set()
+    try:
+        for what, path in trees.items():
+            path = path.resolve()
+            if path in seen:  # one directory for both trees: one lock (flock is per open file)
+                continue
+            seen.add(path)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise HomeLocked(
+                    f"another conductor (with another home) already uses {path} as its {what} directory; "
+                    "each conductor needs its own"
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                log.warning("tree_lock_unavailable", directory=str(path), error=exc.strerror)
+                continue
+            fds.append(fd)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
 
 
 @dataclass
@@ -65,6 +106,8 @@ class RunningConductor:
     publisher: Publisher
     registry: SqliteRegistry
     lock_fd: int
+    tree_fds: list[int]
+    auth: Authenticator | None = None
 
     @property
     def address(self) -> str:
@@ -80,18 +123,35 @@ class RunningConductor:
             await self.lifecycle.stop()
             await self.registry.close()
             await asyncio.to_thread(self.publisher.close)
+            for fd in self.tree_fds:
+                os.close(fd)
             os.close(self.lock_fd)
+
+    async def reload_credentials(self) -> None:
+        """Read the token file again (SIGHUP); calls in flight keep going."""
+        if self.auth is not None:
+            await asyncio.to_thread(self.auth.reload)
 
 
 async def start(config: ConductorConfig) -> RunningConductor:
     assert config.status_dir is not None and config.checkpoints_dir is not None
+    # Before anything is made: nothing the conductor or its jobs write is world-readable.
+    restrict_umask()
     lock_fd = await asyncio.to_thread(_lock_home, config.state_dir)
+    tree_fds: list[int] = []
     try:
-        token = config.token()
+        for event, detail in config.exposure_warnings():
+            log.warning(event, detail=detail)
+        auth = await asyncio.to_thread(config.authenticator)
+        secrets = await asyncio.to_thread(SecretStore.open, config.secrets_dir)
         credentials = await asyncio.to_thread(config.server_credentials)
         layout = Layout.under(config.status_dir, config.checkpoints_dir)
-        await asyncio.to_thread(layout.status_dir.mkdir, parents=True, exist_ok=True)
-        await asyncio.to_thread(layout.checkpoints_dir.mkdir, parents=True, exist_ok=True)
+        gid = group_id(config.group) if config.group is not None else None
+        await asyncio.to_thread(prepare_root, layout.status_dir, gid)
+        await asyncio.to_thread(prepare_root, layout.checkpoints_dir, gid)
+        tree_fds = await asyncio.to_thread(
+            _lock_trees, {"status": layout.status_dir, "checkpoints": layout.checkpoints_dir}
+        )
         registry = SqliteRegistry(config.state_dir / "registry.db")
         publisher = Publisher()
         # Detection reads /proc and may run nvidia-smi: not on the event loop.
@@ -114,6 +174,7 @@ async def start(config: ConductorConfig) -> RunningConductor:
             max_running=config.max_running,
             heartbeat_interval=config.heartbeat,
             backfill_window=config.backfill_window,
+            secrets=secrets,
         )
         await lifecycle.start()
         started = timestamp_pb2.Timestamp()
@@ -126,17 +187,21 @@ async def start(config: ConductorConfig) -> RunningConductor:
             lambda s: conductor_pb2_grpc.add_ConductorServicer_to_server(servicer, s),
             [SERVICE],
             config.listen,
-            token,
+            auth,
             credentials,
         )
     except BaseException:
+        for fd in tree_fds:
+            os.close(fd)
         os.close(lock_fd)
         raise
     running = RunningConductor(
-        config, server, port, health_servicer, lifecycle, feeds, publisher, registry, lock_fd
+        config, server, port, health_servicer, lifecycle, feeds, publisher, registry, lock_fd, tree_fds, auth
     )
     info = {"address": running.address, "pid": os.getpid()}
-    await asyncio.to_thread(write_atomic, config.state_dir / "conductor.json", json.dumps(info).encode())
+    await asyncio.to_thread(
+        write_atomic, config.state_dir / "conductor.json", json.dumps(info).encode(), mode=STATE_FILE_MODE
+    )
     log.info(
         "conductor_serving",
         address=running.address,
@@ -151,4 +216,5 @@ async def serve(config: ConductorConfig) -> None:
     """Run a conductor until SIGTERM or SIGINT; its jobs keep running."""
     async with stop_signals() as stopping:
         running = await start(config)
-        await until_signalled(stopping, running.stop)
+        with reload_on_sighup([running.reload_credentials]):
+            await until_signalled(stopping, running.stop)

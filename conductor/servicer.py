@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from baton.common import auth
 from baton.common import spec as specs
 from baton.common.errors import invalid_field
 from baton.common.jobs import JobFilter
@@ -56,12 +57,14 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
             model = specs.from_proto(request.spec)
         else:
             raise invalid_field("spec", "give the job spec as spec_yaml or spec")
+        auth.check_project(model.project)
         return await self._lc.submit(
             model,
             start_step=request.start_step,
             request_id=request.request_id,
             dry_run=request.dry_run,
             resume_from=request.resume_from,
+            submitted_by=auth.caller_name(),
         )
 
     @translate_errors
@@ -78,11 +81,11 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
 
     @translate_errors
     async def PauseJob(self, request: pb.PauseJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
-        return await self._lc.pause(required("job_id", request.job_id), request.mode)
+        return await self._lc.pause(self._may_act_on(request.job_id), request.mode)
 
     @translate_errors
     async def ResumeJob(self, request: pb.ResumeJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
-        return await self._lc.resume(required("job_id", request.job_id))
+        return await self._lc.resume(self._may_act_on(request.job_id))
 
     @translate_errors
     async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
@@ -91,7 +94,20 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
             grace = request.grace_period.ToTimedelta().total_seconds()
             if grace < 0:
                 raise invalid_field("grace_period", "must not be negative")
-        return await self._lc.cancel(required("job_id", request.job_id), grace, request.reason)
+        return await self._lc.cancel(self._may_act_on(request.job_id), grace, request.reason)
+
+    def _may_act_on(self, job_id: str) -> str:
+        """``job_id`` if the caller may act on that job's project; else PermissionDenied.
+
+        A job that does not exist is left to the lifecycle's NOT_FOUND: every
+        reader may learn that from GetJob, so saying it here leaks nothing.
+        """
+        required("job_id", job_id)
+        if auth.limited_to_projects():
+            job = self._lc.jobs_by_id(job_id)
+            if job is not None:
+                auth.check_project(job.project)
+        return job_id
 
     @translate_errors
     async def DeleteJob(

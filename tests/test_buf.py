@@ -47,7 +47,7 @@ def test_a_breaking_edit_fails(buf: Path, tmp_path: Path) -> None:
     job_proto = tmp_path / "protos" / "baton" / "v1" / "job.proto"
     text = job_proto.read_text()
     assert text.count("  string id = 1;\n") == 1
-    job_proto.write_text(text.replace("  string id = 1;\n", "  string id = 33;\n"))  # renumbered
+    job_proto.write_text(text.replace("  string id = 1;\n", "  string id = 999;\n"))  # renumbered (free)
 
     done = run_buf(buf, "breaking", "--against", str(bufcli.BASELINE), cwd=tmp_path)
     assert done.returncode != 0

@@ -449,7 +449,15 @@ def test_services_serve_mutual_tls(tmp_path: Path) -> None:
         tmp_path, "localhost", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
     )
     client = _issue(tmp_path, "alice", ca, "extendedKeyUsage=clientAuth\n")
-    tls = {"tls_cert_file": server[0], "tls_key_file": server[1], "tls_client_ca_file": ca[0]}
+    # A signed certificate gets in only as the identity the token file gives it.
+    roles = tmp_path / "tokens.yaml"
+    roles.write_text("tokens:\n  - name: alice\n    role: operator\n    subject: CN=alice\n")
+    tls = {
+        "tls_cert_file": server[0],
+        "tls_key_file": server[1],
+        "tls_client_ca_file": ca[0],
+        "token_file": roles,
+    }
     trusted = TlsSettings.from_files(ca_file=ca[0], cert_file=client[0], key_file=client[1])
     with stack(tmp_path / "home", viewer_settings=tls, **tls) as s:
         with (

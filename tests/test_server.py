@@ -112,11 +112,12 @@ def test_token_is_required_when_a_token_file_is_set(token_conductor: InProcessCo
 
     with pytest.raises(grpc.RpcError) as wrong:
         stub.GetConductorInfo(info, metadata=[("authorization", "Bearer not-it")], timeout=10)
-    assert wrong.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # An unknown token names nobody: UNAUTHENTICATED (PERMISSION_DENIED is for a known caller).
+    assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
     with pytest.raises(grpc.RpcError) as bare:
         stub.GetConductorInfo(info, metadata=[("authorization", "s3cret-token")], timeout=10)
-    assert bare.value.code() == grpc.StatusCode.PERMISSION_DENIED, "the token goes after 'Bearer '"
+    assert bare.value.code() == grpc.StatusCode.UNAUTHENTICATED, "the token goes after 'Bearer '"
 
     ok = stub.GetConductorInfo(info, metadata=[("authorization", "Bearer s3cret-token")], timeout=10)
     assert ok.pid == os.getpid()

@@ -9,6 +9,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health
 
+from baton.common.auth import Authenticator, reload_on_sighup
 from baton.common.rpc import build_server, stop_serving, stop_signals, until_signalled
 from baton.v1 import viewer_pb2, viewer_pb2_grpc
 from baton.viewer_api.config import ViewerConfig
@@ -29,6 +30,7 @@ class RunningViewer:
     health: health.aio.HealthServicer
     service: ViewerService
     indexer: Indexer
+    auth: Authenticator | None = None
 
     @property
     def address(self) -> str:
@@ -42,10 +44,17 @@ class RunningViewer:
             await self.indexer.stop()
             self.service.close()
 
+    async def reload_credentials(self) -> None:
+        """Read the token file again (SIGHUP); calls in flight keep going."""
+        if self.auth is not None:
+            await asyncio.to_thread(self.auth.reload)
+
 
 async def start(config: ViewerConfig) -> RunningViewer:
     assert config.status_dir is not None and config.checkpoints_dir is not None
-    token = config.token()
+    for event, detail in config.exposure_warnings():
+        log.warning(event, detail=detail)
+    auth = await asyncio.to_thread(config.authenticator)
     index = Index()
     indexer = Indexer(
         index,
@@ -67,14 +76,14 @@ async def start(config: ViewerConfig) -> RunningViewer:
             lambda s: viewer_pb2_grpc.add_ViewerServicer_to_server(servicer, s),
             [SERVICE],
             config.listen,
-            token,
+            auth,
             await asyncio.to_thread(config.server_credentials),
         )
     except BaseException:
         await indexer.stop()
         service.close()
         raise
-    running = RunningViewer(config, server, port, health_servicer, service, indexer)
+    running = RunningViewer(config, server, port, health_servicer, service, indexer, auth)
     log.info(
         "viewer_serving",
         address=running.address,
@@ -89,4 +98,5 @@ async def serve(config: ViewerConfig) -> None:
     """Run a viewer until SIGTERM or SIGINT."""
     async with stop_signals() as stopping:
         running = await start(config)
-        await until_signalled(stopping, running.stop)
+        with reload_on_sighup([running.reload_credentials]):
+            await until_signalled(stopping, running.stop)

@@ -103,8 +103,15 @@ class Resources(_message.Message):
     def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "project", "group", "command", "steps", "workdir", "env", "max_duration", "retries", "pause", "executor", "resources")
+    __slots__ = ("name", "project", "group", "command", "steps", "workdir", "env", "max_duration", "retries", "pause", "executor", "resources", "secret_env")
     class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SecretEnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +130,7 @@ class JobSpec(_message.Message):
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
     name: str
     project: str
     group: str
@@ -135,10 +143,11 @@ class JobSpec(_message.Message):
     pause: PausePolicy
     executor: str
     resources: Resources
-    def __init__(self, name: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., command: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., workdir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retries: _Optional[int] = ..., pause: _Optional[_Union[PausePolicy, _Mapping]] = ..., executor: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    secret_env: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., command: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., workdir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retries: _Optional[int] = ..., pause: _Optional[_Union[PausePolicy, _Mapping]] = ..., executor: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., secret_env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "project", "group", "name", "run_id", "state", "spec", "step", "attempt", "create_time", "start_time", "end_time", "heartbeat_time", "exit_code", "signal", "reason", "revision", "executor", "pause_mode", "external_id", "request_id", "step_count", "step_name", "run_dir", "checkpoint_dir", "resume_dir", "update_time", "start_step", "steps", "result", "resume_from", "last_checkpoint")
+    __slots__ = ("id", "project", "group", "name", "run_id", "state", "spec", "step", "attempt", "create_time", "start_time", "end_time", "heartbeat_time", "exit_code", "signal", "reason", "revision", "executor", "pause_mode", "external_id", "request_id", "step_count", "step_name", "run_dir", "checkpoint_dir", "resume_dir", "update_time", "start_step", "steps", "result", "resume_from", "last_checkpoint", "submitted_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +180,7 @@ class Job(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
     LAST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     project: str
     group: str
@@ -203,7 +213,8 @@ class Job(_message.Message):
     result: _struct_pb2.Struct
     resume_from: str
     last_checkpoint: str
-    def __init__(self, id: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., step: _Optional[int] = ..., attempt: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., revision: _Optional[int] = ..., executor: _Optional[str] = ..., pause_mode: _Optional[_Union[PauseMode, str]] = ..., external_id: _Optional[str] = ..., request_id: _Optional[str] = ..., step_count: _Optional[int] = ..., step_name: _Optional[str] = ..., run_dir: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., resume_dir: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_step: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepStatus, _Mapping]]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_from: _Optional[str] = ..., last_checkpoint: _Optional[str] = ...) -> None: ...
+    submitted_by: str
+    def __init__(self, id: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., name: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., step: _Optional[int] = ..., attempt: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., revision: _Optional[int] = ..., executor: _Optional[str] = ..., pause_mode: _Optional[_Union[PauseMode, str]] = ..., external_id: _Optional[str] = ..., request_id: _Optional[str] = ..., step_count: _Optional[int] = ..., step_name: _Optional[str] = ..., run_dir: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., resume_dir: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_step: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepStatus, _Mapping]]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_from: _Optional[str] = ..., last_checkpoint: _Optional[str] = ..., submitted_by: _Optional[str] = ...) -> None: ...
 
 class StepStatus(_message.Message):
     __slots__ = ("index", "name", "state", "start_time", "end_time", "attempts", "exit_code", "signal", "reason", "log_start", "log_end")

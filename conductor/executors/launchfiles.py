@@ -11,15 +11,20 @@ import shlex
 import signal as _signal
 from pathlib import Path
 
+from baton.common.modes import write_private
 from baton.conductor.executors.base import ExitStatus, LaunchSpec
 
 
 def write_env_file(launch_dir: Path, spec: LaunchSpec) -> None:
-    """The job's variables, exported, and its workdir and command, not (blocking)."""
+    """The job's variables, exported, and its workdir and command, not (blocking).
+
+    Owner-only: it holds the job's secrets until the job has read it (the
+    supervisor empties it then). Values may carry any byte a secret file held.
+    """
     lines = [f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()]
     lines.append(f"baton_workdir={shlex.quote(spec.workdir)}")
     lines.append(f"baton_command={shlex.quote(spec.command)}")
-    (launch_dir / "env").write_text("\n".join(lines) + "\n")
+    write_private(launch_dir / "env", ("\n".join(lines) + "\n").encode(errors="surrogateescape"))
 
 
 def decode_exit(code: int, when: float | None = None, detail: str = "") -> ExitStatus:

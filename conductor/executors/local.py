@@ -113,7 +113,7 @@ class LocalExecutor(Executor):
                         2,
                         str(launch_dir / "shim.err"),
                         os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                        0o644,
+                        0o600,
                     ),
                 ],
                 setsid=True,

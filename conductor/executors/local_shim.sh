@@ -5,7 +5,8 @@
 #   local_shim.sh LAUNCH_DIR LOG_FILE DRAIN_SECONDS
 #
 # LAUNCH_DIR/env defines the job's variables (exported, so only the job's own
-# processes carry them) and baton_workdir / baton_command (not exported).
+# processes carry them) and baton_workdir / baton_command (not exported). The
+# job empties it once read: it may hold secrets, which live on in no file.
 #
 # Three processes:
 # - this supervisor: drains and kills what is left of the job, then writes
@@ -29,7 +30,7 @@ shell=/bin/sh
 # ("Terminated") stays out of the job's log; the job takes the log back.
 /bin/sh -c 'exec 3>&2 2>/dev/null
 setsid /bin/sh -c '"'"'exec 2>&3 3>&-; echo $$ >"$1/job.pid"
-. "$1/env" && cd "$baton_workdir" && exec "$2" -c "$baton_command"'"'"' baton-job "$1" "$2"
+. "$1/env" && : >"$1/env" && cd "$baton_workdir" && exec "$2" -c "$baton_command"'"'"' baton-job "$1" "$2"
 code=$?
 echo "$code" >"$1/job.exit"
 exit "$code"' baton-recorder "$dir" "$shell" </dev/null >>"$log" 2>&1 &

@@ -6,7 +6,8 @@
 #
 # LAUNCH_DIR (in the run directory, on storage the nodes share with the
 # conductor) holds `env`: the job's variables, exported, and baton_workdir /
-# baton_command, not exported. The wrapper
+# baton_command, not exported; it may hold secrets, so it is the owner's
+# only (0600) and the job empties it once read. The wrapper
 # - writes LAUNCH_DIR/started (the node and the time) once the job starts;
 # - runs the job in a session of its own, its output appended straight to
 #   LOG_FILE (the run's output.log), so no engine line is mixed in;
@@ -32,7 +33,7 @@ printf '%s %s\n' "$(hostname 2>/dev/null || echo unknown)" "$(date +%s)" >"$dir/
 [ -s "$dir/exit" ] && exit 0
 
 setsid /bin/sh -c 'echo $$ >"$1/job.pid"
-. "$1/env" && cd "$baton_workdir" && exec "$2" -c "$baton_command"' baton-job "$dir" "$shell" \
+. "$1/env" && : >"$1/env" && cd "$baton_workdir" && exec "$2" -c "$baton_command"' baton-job "$dir" "$shell" \
     </dev/null >>"$log" 2>&1 &
 job=$!
 

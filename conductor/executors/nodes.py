@@ -320,6 +320,8 @@ class NodeExecutor(Executor):
 
 def _write_launch(launch_dir: Path, spec: LaunchSpec) -> None:
     launch_dir.mkdir(parents=True, exist_ok=True)
+    # The launches' records are the conductor's and the engine job's (same user) alone.
+    os.chmod(launch_dir.parent, 0o700)
     Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
     write_env_file(launch_dir, spec)
     shutil.copyfile(WRAPPER, launch_dir / WRAPPER.name)
