@@ -105,6 +105,9 @@ class _GivenCheckpointGone(Exception):
 
 
 def state_name(state: int) -> str:
+    """A state's name without its prefix (RUNNING); a number no JobState has (clients send any) as such."""
+    if state not in S.JobState.values():
+        return f"unknown state {state}"
     return S.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
@@ -502,6 +505,8 @@ class Lifecycle:
         self._arm_kill(job_id, grace)
 
     async def pause(self, job_id: str, mode: int) -> job_pb2.Job:
+        if mode not in S.PauseMode.values():
+            raise invalid_field("mode", f"{mode} is not a PauseMode (UNSPECIFIED, SUSPEND or CHECKPOINT)")
         return await self._owned(self._pause(job_id, mode))
 
     async def _pause(self, job_id: str, mode: int) -> job_pb2.Job:
