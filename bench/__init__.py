@@ -14,6 +14,8 @@ Sections (names for ``--only``):
   from many concurrent grpc.aio submitters (the jobs stay QUEUED).
 - ``memory_per_running_job_mb``: PSS that Baton adds per running job (conductor
   growth plus the job's supervisor shell).
+- ``memory_maximal_jobs_mb``: conductor RSS growth with eight running jobs at
+  every size limit (1 MiB specs, env at its caps), listed, fetched and watched.
 - ``getjob_ratio``: GetJob calls per second against the conductor, beside a
   bare grpc.aio server measured in the same run with the same client.
 - ``pause_resume_ms``: pause and resume latency in both pause modes.

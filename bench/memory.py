@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import time
 
+from baton.common import limits
+from baton.v1 import conductor_pb2 as pb
+from baton.v1 import job_pb2
 from bench.jobs import running_with_process, submit_request, wait_for
 from bench.procs import Conductor, Proc, all_processes, descendants, smaps_kb
 from bench.report import Json, Target, figure, log, section
@@ -145,5 +148,79 @@ def memory_per_running_job(n: int, poll_interval: float) -> Json:
             "job_process_groups": len(per_job_group),
             "job_processes_per_group": sorted({len(v) for v in per_job_group.values()}),
             "job_group_shapes": shapes,
+        },
+    )
+
+
+MAXIMAL_JOBS = 8
+
+
+def maximal_spec(name: str) -> str:
+    """A spec of about 1 MiB encoded at every limit: env at its caps, thirteen steps of almost 64 KiB."""
+    pad = "#" + "x" * (limits.MAX_COMMAND_BYTES - 100)
+    value = "v" * (limits.MAX_ENV_BYTES // limits.MAX_ENV_VARS - 8)
+    steps = "".join(f"  - {{name: s{k}, command: 'sleep 600 {pad}'}}\n" for k in range(13))
+    env = "".join(f"  V{k:04d}: '{value}'\n" for k in range(limits.MAX_ENV_VARS))
+    return f"name: {name}\nsteps:\n{steps}env:\n{env}"
+
+
+def memory_with_maximal_jobs(poll_interval: float) -> Json:
+    """Conductor RSS with eight jobs at every size limit, running, listed, fetched and watched (issue 15)."""
+    with Conductor("maximal", max_running=MAXIMAL_JOBS + WARMUP_JOBS) as c:
+        stub = c.stub
+        warm = [
+            stub.SubmitJob(submit_request(f"warm-{i}", "sleep 600"), timeout=30) for i in range(WARMUP_JOBS)
+        ]
+        for job in warm:
+            wait_for(stub, job.id, running_with_process, time.perf_counter(), interval=poll_interval)
+        c.cancel_all()
+        time.sleep(1.0)
+        idle = smaps_kb(c.pid)
+
+        jobs = []
+        for i in range(MAXIMAL_JOBS):
+            spec = maximal_spec(f"max-{i}")
+            jobs.append(stub.SubmitJob(pb.SubmitJobRequest(spec_yaml=spec), timeout=30))
+        spec_bytes = max(j.spec.ByteSize() for j in jobs)
+        for job in jobs:
+            wait_for(stub, job.id, running_with_process, time.perf_counter(), interval=poll_interval)
+        # What broke clients before the limits: every reply and page carries the specs.
+        pages = 0
+        token = ""
+        while True:
+            page = stub.ListJobs(pb.ListJobsRequest(page_size=1000, page_token=token), timeout=30)
+            pages, token = pages + 1, page.next_page_token
+            if not token:
+                break
+        for job in jobs:
+            stub.GetJob(pb.GetJobRequest(job_id=job.id), timeout=30)
+        watch = stub.WatchJobs(pb.WatchJobsRequest(), timeout=30)
+        for response in watch:
+            if any(e.type == job_pb2.JOB_EVENT_TYPE_SNAPSHOT_END for e in response.events):
+                break
+        watch.cancel()
+        time.sleep(1.0)
+        after = smaps_kb(c.pid)
+        log(f"maximal jobs: conductor RSS {idle.get('Rss', 0)} kB idle, {after.get('Rss', 0)} kB with eight")
+
+    growth_mb = (after.get("Rss", 0) - idle.get("Rss", 0)) / 1024
+    return section(
+        f"Conductor RSS with {MAXIMAL_JOBS} running jobs at every size limit (about 1 MiB spec each, env "
+        "at 256 variables and 128 KiB), after ListJobs, GetJob and a WatchJobs snapshot of them.",
+        {
+            "rss_growth": figure(
+                growth_mb,
+                "MB",
+                MAXIMAL_JOBS,
+                "conductor RSS with the eight jobs minus its RSS idle (after warm-up)",
+                Target("<", 100, "MB", "issue 15"),
+            ),
+        },
+        {
+            "jobs": MAXIMAL_JOBS,
+            "spec_bytes_encoded": spec_bytes,
+            "list_pages": pages,
+            "conductor_rss_kb_idle": idle.get("Rss", 0),
+            "conductor_rss_kb_after": after.get("Rss", 0),
         },
     )

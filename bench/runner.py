@@ -123,6 +123,7 @@ SECTIONS: dict[str, Runner] = {
         s.submit_rate_seconds, s.submit_rate_concurrency, poll
     ),
     "memory_per_running_job_mb": lambda s, poll: memory.memory_per_running_job(s.memory_jobs, poll),
+    "memory_maximal_jobs_mb": lambda s, poll: memory.memory_with_maximal_jobs(poll),
     "getjob_ratio": lambda s, poll: throughput.getjob_ratio(
         s.getjob_seconds, s.getjob_rounds, s.getjob_concurrency, poll
     ),

@@ -15,7 +15,31 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from baton.common.limits import MAX_ERROR_MESSAGE_BYTES, MAX_ERROR_STATUS_BYTES, MAX_QUOTED_CHARS
+
 ERROR_DOMAIN = "baton.dev"
+# What one ErrorInfo metadata value or one field violation may take of the trailers.
+_MAX_DETAIL_CHARS = 2 * MAX_QUOTED_CHARS
+
+
+def quote(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``repr`` of at most ``limit`` characters of ``value``: how every error quotes its input.
+
+    An error never carries more than this of what a client sent (or a file held),
+    so a huge or hostile value cannot swell a reply or a log line.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def clip(text: str, limit_bytes: int) -> str:
+    """``text`` cut to at most ``limit_bytes`` UTF-8 bytes, marked when cut."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit_bytes:
+        return text
+    return raw[: limit_bytes - 5].decode("utf-8", "ignore") + " [..]"
 
 
 @dataclass(frozen=True)
@@ -157,24 +181,39 @@ def invalid_field(field_path: str, description: str, reason: str = "INVALID_ARGU
 
 
 def to_status(err: BatonError) -> status_pb2.Status:
-    """The google.rpc.Status for ``err``, with ErrorInfo and BadRequest details."""
-    details: list[any_pb2.Any] = []
+    """The google.rpc.Status for ``err``, with ErrorInfo and BadRequest details.
+
+    Bounded whatever the error holds: the message to MAX_ERROR_MESSAGE_BYTES, the
+    whole Status to MAX_ERROR_STATUS_BYTES (field violations past that are
+    dropped, the first always kept), so an error always fits the trailers.
+    """
+    message = clip(err.message, MAX_ERROR_MESSAGE_BYTES)
+    error_info = error_details_pb2.ErrorInfo(reason=clip(err.reason, 64), domain=ERROR_DOMAIN)
+    budget = MAX_ERROR_STATUS_BYTES // 2 - len(message.encode())
+    for key, value in err.metadata.items():
+        key, value = clip(key, 64), clip(value, MAX_QUOTED_CHARS)
+        budget -= len(key.encode()) + len(value.encode()) + 8
+        if budget < 0:
+            break
+        error_info.metadata[key] = value
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata))
-    details.append(info)
+    info.Pack(error_info)
+    status = status_pb2.Status(code=getattr(code_pb2, err.code.name), message=message, details=[info])
     # Any error naming fields gets them: a request too large for the machine
     # (FAILED_PRECONDITION) names its field as a malformed one does.
     if err.field_violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in err.field_violations
-            ]
-        )
-        packed = any_pb2.Any()
-        packed.Pack(bad)
-        details.append(packed)
-    return status_pb2.Status(code=getattr(code_pb2, err.code.name), message=err.message, details=details)
+        bad = error_details_pb2.BadRequest()
+        budget = MAX_ERROR_STATUS_BYTES - status.ByteSize() - 64
+        for v in err.field_violations:
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=clip(v.field, _MAX_DETAIL_CHARS), description=clip(v.description, _MAX_DETAIL_CHARS)
+            )
+            if bad.field_violations and violation.ByteSize() + 4 > budget:
+                break
+            bad.field_violations.append(violation)
+            budget -= violation.ByteSize() + 4
+        status.details.add().Pack(bad)
+    return status
 
 
 def grpc_status(err: BatonError) -> grpc.Status:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from baton.common.errors import quote
 from baton.common.modes import RUN_FILE_MODE
 from baton.common.names import is_valid_name, name_problem
 
@@ -52,7 +53,7 @@ MAX_REF_LENGTH = 127
 def _inside(root: Path, parts: tuple[str, ...]) -> Path:
     for part in parts:
         if not is_valid_name(part):
-            raise ValueError(f"{part!r} is not a valid name")
+            raise ValueError(f"{quote(part)} is not a valid name")
     path = root.joinpath(*parts)
     if os.path.commonpath([root, path]) != str(root):
         raise ValueError(f"{path} leaves {root}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from baton.common.errors import quote
+
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -19,4 +21,4 @@ def name_problem(value: str) -> str | None:
         return "must not be empty"
     if is_valid_name(value):
         return None
-    return f"{value!r} does not match {NAME_PATTERN} (lowercase letters, digits, '.', '_', '-')"
+    return f"{quote(value)} does not match {NAME_PATTERN} (lowercase letters, digits, '.', '_', '-')"

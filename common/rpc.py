@@ -13,15 +13,24 @@ import functools
 import inspect
 import ipaddress
 import signal
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf import descriptor, message, message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from baton.common.errors import BatonError, Internal, grpc_status, invalid_field
+from baton.common.errors import (
+    BatonError,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    grpc_status,
+    invalid_field,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -61,10 +70,97 @@ def translate_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return unary
 
 
-def _internal(exc: Exception) -> Internal:
-    """A failure no rule foresaw: logged whole here, answered INTERNAL without its text."""
-    log.error("rpc_failed", error=repr(exc)[:200], exc_info=exc)
-    return Internal("internal error in the service; its log says more")
+def _internal(exc: BaseException) -> Internal:
+    """A failure no rule foresaw: logged whole here, answered INTERNAL without its text.
+
+    The answer carries an error id and the log line carries the same id with
+    the traceback, so an operator finds the one from the other; the client
+    learns nothing of the failure's text (it may hold anything the service read).
+    """
+    error_id = uuid.uuid4().hex[:16]
+    log.error("rpc_failed", error_id=error_id, error_type=type(exc).__name__, exc_info=exc)
+    return Internal(
+        f"internal error in the service (error id {error_id}); its log has the details",
+        reason="INTERNAL_ERROR",
+        metadata={"error_id": error_id},
+    )
+
+
+class _Undecodable:
+    """What a request deserializer returns for bytes that are not the request message.
+
+    grpc.aio answers UNKNOWN by itself when a deserializer raises, so the
+    deserializer never raises: it hands this to the method, which answers
+    INVALID_ARGUMENT naming the request type.
+    """
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> InvalidArgument:
+        what = f"the request bytes do not decode as a {self.type_name}"
+        return InvalidArgument(
+            what, reason="REQUEST_UNDECODABLE", field_violations=[FieldViolation("request", what)]
+        )
+
+
+def _safe_deserializer(cls: type[message.Message]) -> Callable[[bytes], Any]:
+    type_name = cls.DESCRIPTOR.full_name
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return cls.FromString(raw)
+        except Exception:  # DecodeError, and whatever else the parser may raise on hostile bytes
+            return _Undecodable(type_name)
+
+    return deserialize
+
+
+def _guard(behavior: Callable[..., Any], server_streaming: bool) -> Callable[..., Any]:
+    """``behavior`` that answers INVALID_ARGUMENT for a request that did not decode."""
+    if server_streaming:
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, _Undecodable):
+                await _abort(context, request.error())
+                return
+            async for item in behavior(request, context):
+                yield item
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            await _abort(context, request.error())
+        return await behavior(request, context)
+
+    return unary
+
+
+def add_service(server: grpc.aio.Server, servicer: object, service: descriptor.ServiceDescriptor) -> None:
+    """Serve ``servicer``'s methods for ``service``, as the generated ``add_*_to_server`` does.
+
+    Built from the service descriptor rather than the generated function so that
+    every request deserializer is wrapped (``_safe_deserializer``): bytes that
+    do not parse are INVALID_ARGUMENT naming the request, never grpc's UNKNOWN.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        assert not method.client_streaming, "Baton has no client-streaming RPC"
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            _guard(getattr(servicer, method.name), method.server_streaming),
+            request_deserializer=_safe_deserializer(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def required(field: str, value: str) -> str:

@@ -16,14 +16,20 @@ import yaml
 from google.protobuf import duration_pb2, json_format
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from baton.common.durations import parse_duration
-from baton.common.errors import FieldViolation, InvalidArgument, invalid_field
+from baton.common.durations import parse_duration, seconds_of
+from baton.common.errors import FieldViolation, InvalidArgument, clip, invalid_field, quote
+from baton.common.limits import MAX_COMMAND_BYTES, MAX_ENV_BYTES, MAX_ENV_VARS, MAX_SPEC_BYTES
 from baton.common.names import name_problem
 from baton.v1 import job_pb2
 
 DEFAULT_PAUSE_GRACE = 30.0
 DEFAULT_EXECUTOR = "local"
 MAX_RETRIES = 100
+# What the JobSpec message's fields hold: a spec that validates must also encode.
+MAX_INT64 = 2**63 - 1
+MAX_INT32 = 2**31 - 1
+# Far past any machine, and a value every double and every engine takes.
+MAX_CPUS = 1_000_000.0
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -37,18 +43,6 @@ _SIZE_UNITS = {
     "gi": 2**30,
     "ti": 2**40,
 }
-
-
-def parse_size(value: Any) -> int:
-    """Bytes for a size such as ``512M``, ``4G`` (10**9) or ``4Gi`` (2**30); ValueError if not one.
-
-    One reading of sizes for the spec's ``resources.memory`` and the
-    conductor's ``--capacity memory=``, so both mean the same bytes.
-    """
-    m = _SIZE.fullmatch(str(value).strip())
-    if not m:
-        raise ValueError(f"{value!r} is not a size such as 512M or 4Gi")
-    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
 
 
 def _check_name(value: str) -> str:
@@ -73,7 +67,7 @@ def signal_name(value: str | int) -> str:
         text = str(value).upper()
         return _signal.Signals[text if text.startswith("SIG") else "SIG" + text].name
     except (KeyError, ValueError):
-        raise ValueError(f"{value!r} is not a signal name such as SIGTERM or SIGUSR1") from None
+        raise ValueError(f"{quote(value)} is not a signal name such as SIGTERM or SIGUSR1") from None
 
 
 class _Strict(BaseModel):
@@ -106,17 +100,33 @@ class PauseModel(_Strict):
     _grace = field_validator("grace", mode="before")(lambda v: _duration(v))
 
 
-class ResourcesModel(_Strict):
-    cpus: float = Field(default=0, ge=0)
-    memory: int = Field(default=0, ge=0, description="bytes")
-    gpus: int = Field(default=0, ge=0)
+def parse_size(v: Any) -> int:
+    """Bytes in ``v``: an int, or a size such as 512M, 4G (10**9) or 4Gi (2**30).
+    Raises ValueError.
 
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _memory(cls, v: Any) -> int:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-        return parse_size(v)
+    One reading of sizes for the spec's ``resources.memory`` and
+    ``max_log_bytes`` and the conductor's ``--capacity memory=``, so all mean
+    the same bytes.
+    """
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if not isinstance(v, str | float) or isinstance(v, bool):
+        raise ValueError("expected a size such as 512M or 4Gi")
+    m = _SIZE.fullmatch(str(v).strip()[:64])
+    if not m:
+        raise ValueError(f"{quote(v)} is not a size such as 512M or 4Gi")
+    size = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+    if not size <= MAX_INT64:  # also false for inf: a size past int64 fits no message
+        raise ValueError(f"must be at most {MAX_INT64} bytes")
+    return int(size)
+
+
+class ResourcesModel(_Strict):
+    cpus: float = Field(default=0, ge=0, le=MAX_CPUS, allow_inf_nan=False)
+    memory: int = Field(default=0, ge=0, le=MAX_INT64, description="bytes")
+    gpus: int = Field(default=0, ge=0, le=MAX_INT32)
+
+    _memory = field_validator("memory", mode="before")(lambda v: parse_size(v))
 
 
 class SpecModel(_Strict):
@@ -136,6 +146,13 @@ class SpecModel(_Strict):
     pause: PauseModel = Field(default_factory=PauseModel)
     executor: str = DEFAULT_EXECUTOR
     resources: ResourcesModel = Field(default_factory=ResourcesModel)
+    # output.log is kept to about this many bytes, from the end (None: unbounded).
+    max_log_bytes: int | None = Field(default=None, gt=0, le=MAX_INT64)
+
+    @field_validator("max_log_bytes", mode="before")
+    @classmethod
+    def _max_log_bytes(cls, v: Any) -> int | None:
+        return None if v is None else parse_size(v)
 
     _names = field_validator("name", "project", "group")(_check_name)
 
@@ -159,9 +176,9 @@ class SpecModel(_Strict):
         out: dict[str, str] = {}
         for key, value in v.items():
             if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
+                raise ValueError(f"{quote(key)} is not a valid environment variable name")
             if key.startswith("BATON_"):
-                raise ValueError(f"{key!r}: BATON_* variables are set by Baton")
+                raise ValueError(f"{quote(key)}: BATON_* variables are set by Baton")
             if isinstance(value, dict | list) or value is None:
                 raise ValueError(f"{key}: value must be a string or number")
             out[key] = str(value).lower() if isinstance(value, bool) else str(value)
@@ -241,16 +258,21 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+# Violations reported for one spec: enough to fix it, never a reply the size of the input.
+_MAX_VIOLATIONS = 20
+
+
 def _violations(exc: ValidationError, prefix: str) -> InvalidArgument:
     out: list[FieldViolation] = []
-    for err in exc.errors():
+    for err in exc.errors(include_url=False, include_input=False)[:_MAX_VIOLATIONS]:
         path = prefix
         for part in err["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
-        msg = err["msg"].removeprefix("Value error, ")
+            # A key is input: a path quotes at most a few dozen characters of it.
+            path += f"[{part}]" if isinstance(part, int) else f".{clip(str(part), 64)}"
+        msg = clip(err["msg"].removeprefix("Value error, "), 300)
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-            near = difflib.get_close_matches(str(err["loc"][-1]), _fields_at(tuple(err["loc"])), n=1)
+            near = difflib.get_close_matches(str(err["loc"][-1])[:64], _fields_at(tuple(err["loc"])), n=1)
             if near:
                 msg += f"; did you mean {near[0]!r}?"
         out.append(FieldViolation(path, msg))
@@ -258,18 +280,52 @@ def _violations(exc: ValidationError, prefix: str) -> InvalidArgument:
     return InvalidArgument(message=f"invalid job spec: {summary}", field_violations=out)
 
 
+def too_large(field: str, what: str, limit: int, reason: str) -> InvalidArgument:
+    """A refusal naming the limit: the field (BadRequest), the reason (ErrorInfo) and the number."""
+    err = invalid_field(field, f"{what}; the limit is {limit}", reason=reason)
+    err.metadata["limit"] = str(limit)
+    return err
+
+
+def check_limits(model: SpecModel, prefix: str = "spec") -> None:
+    """Refuse a valid spec past Baton's size limits (``common.limits``); InvalidArgument naming each."""
+    if len(model.env) > MAX_ENV_VARS:
+        raise too_large(
+            f"{prefix}.env", f"has {len(model.env)} variables", MAX_ENV_VARS, "ENV_TOO_MANY_VARIABLES"
+        )
+    env_bytes = sum(len(k.encode()) + len(v.encode("utf-8", "surrogatepass")) for k, v in model.env.items())
+    if env_bytes > MAX_ENV_BYTES:
+        raise too_large(f"{prefix}.env", f"holds {env_bytes} bytes", MAX_ENV_BYTES, "ENV_TOO_LARGE")
+    commands = [("command", model.command)] if model.command is not None else []
+    commands += [(f"steps[{i}].command", step.command) for i, step in enumerate(model.steps or [])]
+    for field, command in commands:
+        size = len(command.encode("utf-8", "surrogatepass"))
+        if size > MAX_COMMAND_BYTES:
+            raise too_large(f"{prefix}.{field}", f"is {size} bytes", MAX_COMMAND_BYTES, "COMMAND_TOO_LARGE")
+    size = to_proto(model).ByteSize()
+    if size > MAX_SPEC_BYTES:
+        raise too_large(prefix, f"is {size} bytes encoded", MAX_SPEC_BYTES, "SPEC_TOO_LARGE")
+
+
 def from_mapping(data: Any, prefix: str = "spec") -> SpecModel:
-    """Validate a mapping (from YAML or JSON). Raises InvalidArgument."""
+    """Validate a mapping (from YAML or JSON), limits included. Raises InvalidArgument."""
     if not isinstance(data, dict):
         raise invalid_field(prefix, "must be a mapping with at least 'name' and 'command'")
     try:
-        return SpecModel.model_validate(data)
+        model = SpecModel.model_validate(data)
     except ValidationError as exc:
         raise _violations(exc, prefix) from None
+    except RecursionError:
+        raise invalid_field(prefix, "is nested too deeply") from None
+    check_limits(model, prefix)
+    return model
 
 
 def from_yaml(text: str) -> SpecModel:
     """Parse and validate a YAML spec. Raises InvalidArgument naming the field."""
+    # Before parsing: the YAML of a spec past the limit is never read at all.
+    if len(text) > MAX_SPEC_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
+        raise too_large("spec_yaml", "is too large", MAX_SPEC_BYTES, "SPEC_TOO_LARGE")
     try:
         # libyaml when present: ten times faster on every submission.
         data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -277,13 +333,26 @@ def from_yaml(text: str) -> SpecModel:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise invalid_field("spec_yaml", f"not valid YAML{where}: {problem}") from None
+        raise invalid_field("spec_yaml", f"not valid YAML{where}: {clip(str(problem), 200)}") from None
+    except RecursionError:
+        raise invalid_field("spec_yaml", "is nested too deeply") from None
     return from_mapping(data)
 
 
 def from_proto(spec: job_pb2.JobSpec) -> SpecModel:
     """Validate a JobSpec message. Raises InvalidArgument naming the field."""
-    data = json_format.MessageToDict(spec, preserving_proto_field_name=True)
+    size = spec.ByteSize()
+    if size > MAX_SPEC_BYTES:
+        raise too_large("spec", f"is {size} bytes encoded", MAX_SPEC_BYTES, "SPEC_TOO_LARGE")
+    # Durations the wire allows but the Duration rules do not would fail the JSON mapping below.
+    if spec.HasField("max_duration"):
+        seconds_of(spec.max_duration, "spec.max_duration")
+    if spec.pause.HasField("grace"):
+        seconds_of(spec.pause.grace, "spec.pause.grace")
+    try:
+        data = json_format.MessageToDict(spec, preserving_proto_field_name=True)
+    except (ValueError, json_format.Error):
+        raise invalid_field("spec", "cannot be read as a job spec") from None
     resources = data.get("resources")
     if isinstance(resources, dict) and "memory_bytes" in resources:
         resources["memory"] = int(resources.pop("memory_bytes"))
@@ -326,4 +395,6 @@ def to_proto(model: SpecModel) -> job_pb2.JobSpec:
     )
     if model.max_duration is not None:
         spec.max_duration.CopyFrom(_to_duration(model.max_duration))
+    if model.max_log_bytes is not None:
+        spec.max_log_bytes = model.max_log_bytes
     return spec

@@ -11,9 +11,9 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable
 
-from baton.common.errors import NotFound, invalid_field
+from baton.common.errors import NotFound, invalid_field, quote
 from baton.common.jobs import JobFilter
-from baton.common.paging import decode_token, encode_token, page_size
+from baton.common.paging import PageBytes, decode_token, encode_token, page_size
 from baton.v1 import job_pb2
 
 
@@ -32,7 +32,7 @@ class JobBook:
     def get(self, job_id: str) -> job_pb2.Job:
         job = self._jobs.get(job_id)
         if job is None:
-            raise NotFound(f"no job {job_id!r}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
+            raise NotFound(f"no job {quote(job_id)}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
         return job
 
     def find(self, job_id: str) -> job_pb2.Job | None:
@@ -66,11 +66,12 @@ class JobBook:
         # Newest first: walk the seqs downwards from just below the last one sent.
         idx = len(self._order) if after is None else bisect_left(self._order, after)
         out: list[job_pb2.Job] = []
+        page_bytes = PageBytes()
         while idx > 0:
             idx -= 1
             job = self._jobs[self._by_seq[self._order[idx]]]
             if flt.matches(job):
-                if len(out) == limit:
+                if len(out) == limit or not page_bytes.take(job):
                     return out, encode_token("conductor.jobs", key, self._seq[out[-1].id])
                 out.append(job)
         return out, ""

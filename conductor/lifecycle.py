@@ -58,8 +58,8 @@ from baton.common.layout import (
     latest_checkpoint_in,
     make_run_checkpoint_dir,
 )
+from baton.conductor import logtrim, transitions
 from baton.conductor import steps as steps_mod
-from baton.conductor import transitions
 from baton.conductor.capacity import Capacity, Free, Ledger, Request
 from baton.conductor.executors.base import (
     Executor,
@@ -111,6 +111,9 @@ class _GivenCheckpointGone(Exception):
 
 
 def state_name(state: int) -> str:
+    """A state's name without its prefix (RUNNING); a number no JobState has (clients send any) as such."""
+    if state not in S.JobState.values():
+        return f"unknown state {state}"
     return S.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
@@ -267,6 +270,7 @@ class Lifecycle:
         self._recovering = False
         self._schedule()
         self._spawn_task(self._heartbeats())
+        self._spawn_task(self._log_bounds())
         self._spawn_task(self._mark_orphans(time.time()))
         log.info(
             "lifecycle_started",
@@ -537,6 +541,8 @@ class Lifecycle:
         self._arm_kill(job_id, grace)
 
     async def pause(self, job_id: str, mode: int) -> job_pb2.Job:
+        if mode not in S.PauseMode.values():
+            raise invalid_field("mode", f"{mode} is not a PauseMode (UNSPECIFIED, SUSPEND or CHECKPOINT)")
         return await self._owned(self._pause(job_id, mode))
 
     async def _pause(self, job_id: str, mode: int) -> job_pb2.Job:
@@ -1415,6 +1421,22 @@ class Lifecycle:
 
                 self._commit(job.id, beat, event=False)
 
+    async def _log_bounds(self) -> None:
+        """Keep each live job's output.log to its spec's max_log_bytes (``conductor.logtrim``).
+
+        A check a second, not the 30 s heartbeat: between two checks a log grows
+        by what its job writes in a second, past twice its bound at most.
+        """
+        while True:
+            await asyncio.sleep(LOG_TRIM_INTERVAL)
+            bounded = [
+                (j.id, os.path.join(j.run_dir, LOG_FILE), j.spec.max_log_bytes)
+                for j in self._jobs.values()
+                if j.spec.HasField("max_log_bytes") and j.state in _WRITING_STATES and j.run_dir
+            ]
+            if bounded:
+                await asyncio.to_thread(_trim_logs, bounded)
+
     # ------------------------------------------------------------------ recovery
 
     async def _mark_orphans(self, started: float) -> None:
@@ -1480,6 +1502,27 @@ class Lifecycle:
                 await self._launch(
                     job_id, step=job.step or job.start_step or 1, attempt=job.attempt or 1, resume=False
                 )
+
+
+# States in which a job's processes may still write its log.
+_WRITING_STATES = frozenset(
+    {S.JOB_STATE_RUNNING, S.JOB_STATE_PAUSING, S.JOB_STATE_CANCELLING, S.JOB_STATE_PAUSED}
+)
+LOG_TRIM_INTERVAL = 1.0
+
+
+def _trim_logs(bounded: list[tuple[str, str, int]]) -> None:
+    """Cut each log past twice its bound back to the bound; blocking."""
+    for job_id, path, keep in bounded:
+        try:
+            if not logtrim.over_bound(os.stat(path).st_size, keep):
+                continue
+            removed, lossless = logtrim.trim_log(path, keep)
+        except OSError as exc:
+            log.warning("log_trim_failed", job_id=job_id, error=exc.strerror or type(exc).__name__)
+            continue
+        if removed:
+            log.info("log_trimmed", job_id=job_id, removed_bytes=removed, kept_bytes=keep, lossless=lossless)
 
 
 def _queued_reason(executor: Executor) -> str:

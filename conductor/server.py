@@ -23,7 +23,7 @@ from baton.common.auth import Authenticator, reload_on_sighup
 from baton.common.jobfile import write_atomic
 from baton.common.layout import Layout
 from baton.common.modes import STATE_FILE_MODE, group_id, prepare_root, prepare_state_dir, restrict_umask
-from baton.common.rpc import build_server, stop_serving, stop_signals, until_signalled
+from baton.common.rpc import add_service, build_server, stop_serving, stop_signals, until_signalled
 from baton.conductor.capacity import detect_capacity
 from baton.conductor.config import ConductorConfig
 from baton.conductor.executors import ExecutorSettings, make_executors
@@ -33,7 +33,7 @@ from baton.conductor.publisher import Publisher
 from baton.conductor.registry import SqliteRegistry
 from baton.conductor.secrets import SecretStore
 from baton.conductor.servicer import ConductorServicer
-from baton.v1 import conductor_pb2, conductor_pb2_grpc
+from baton.v1 import conductor_pb2
 
 log = structlog.get_logger(__name__)
 SERVICE = conductor_pb2.DESCRIPTOR.services_by_name["Conductor"].full_name
@@ -184,7 +184,7 @@ async def start(config: ConductorConfig) -> RunningConductor:
             lifecycle, feeds, started, str(layout.status_dir), str(layout.checkpoints_dir)
         )
         server, port, health_servicer = await build_server(
-            lambda s: conductor_pb2_grpc.add_ConductorServicer_to_server(servicer, s),
+            lambda s: add_service(s, servicer, conductor_pb2.DESCRIPTOR.services_by_name["Conductor"]),
             [SERVICE],
             config.listen,
             auth,

@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from baton.common import auth
 from baton.common import spec as specs
+from baton.common.durations import seconds_of
 from baton.common.errors import invalid_field
 from baton.common.jobs import JobFilter
 from baton.common.rpc import required, translate_errors
@@ -89,11 +90,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
 
     @translate_errors
     async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
-        grace = None
-        if request.HasField("grace_period"):
-            grace = request.grace_period.ToTimedelta().total_seconds()
-            if grace < 0:
-                raise invalid_field("grace_period", "must not be negative")
+        grace = seconds_of(request.grace_period, "grace_period") if request.HasField("grace_period") else None
         return await self._lc.cancel(self._may_act_on(request.job_id), grace, request.reason)
 
     def _may_act_on(self, job_id: str) -> str:
@@ -201,7 +198,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
         self, request: pb.ClearJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClearJobsResponse:
         r = request
-        older = r.older_than.ToTimedelta().total_seconds() if r.HasField("older_than") else 0.0
+        older = seconds_of(r.older_than, "older_than") if r.HasField("older_than") else 0.0
         ids = await self._admin.clear_jobs(
             list(r.states), r.project, r.group, r.name, older, clear_all=r.all, dry_run=r.dry_run
         )

@@ -24,7 +24,7 @@ from typing import Any
 from baton.common.errors import invalid_field
 from baton.common.jobfile import job_from_json
 from baton.common.jobs import JobFilter
-from baton.common.paging import decode_token, encode_token, page_size
+from baton.common.paging import PageBytes, decode_token, encode_token, page_size
 from baton.v1 import job_pb2
 from baton.viewer_api.scan import CheckpointFile, JobKey, RunFile, RunKey, Signature
 
@@ -229,15 +229,16 @@ class Index:
         after = sort_key(decode_token(scope, flt.token_key(), token))
         it, total = self._iter_sorted(flt, after)
         page: list[RunEntry] = []
+        jobs: list[job_pb2.Job] = []
+        page_bytes = PageBytes()
         for sk in it:
-            if len(page) == limit:
-                return (
-                    [e.job() for e in page],
-                    encode_token(scope, flt.token_key(), list(page[-1].sort)),
-                    total,
-                )
-            page.append(self.runs[sk[1:]])  # type: ignore[index]
-        return [e.job() for e in page], "", total
+            entry = self.runs[sk[1:]]  # type: ignore[index]
+            job = entry.job() if len(page) < limit else None
+            if job is None or not page_bytes.take(job):
+                return jobs, encode_token(scope, flt.token_key(), list(page[-1].sort)), total
+            page.append(entry)
+            jobs.append(job)
+        return jobs, "", total
 
     def running(self, project: str) -> list[RunEntry]:
         flt = JobFilter(project=project, states=(S.JOB_STATE_RUNNING,))

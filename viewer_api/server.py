@@ -10,8 +10,8 @@ import structlog
 from grpc_health.v1 import health
 
 from baton.common.auth import Authenticator, reload_on_sighup
-from baton.common.rpc import build_server, stop_serving, stop_signals, until_signalled
-from baton.v1 import viewer_pb2, viewer_pb2_grpc
+from baton.common.rpc import add_service, build_server, stop_serving, stop_signals, until_signalled
+from baton.v1 import viewer_pb2
 from baton.viewer_api.config import ViewerConfig
 from baton.viewer_api.index import Index
 from baton.viewer_api.indexer import Indexer
@@ -73,7 +73,7 @@ async def start(config: ViewerConfig) -> RunningViewer:
     servicer = ViewerServicer(service)
     try:
         server, port, health_servicer = await build_server(
-            lambda s: viewer_pb2_grpc.add_ViewerServicer_to_server(servicer, s),
+            lambda s: add_service(s, servicer, viewer_pb2.DESCRIPTOR.services_by_name["Viewer"]),
             [SERVICE],
             config.listen,
             auth,

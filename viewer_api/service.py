@@ -8,6 +8,7 @@ Everything here reads; files are opened read-only. Errors are domain errors
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
@@ -19,7 +20,7 @@ import yaml
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from baton.common.checkpoint_refs import one_checkpoint
-from baton.common.errors import FailedPrecondition, NotFound, invalid_field
+from baton.common.errors import FailedPrecondition, NotFound, invalid_field, quote
 from baton.common.filewatch import FileWatcher
 from baton.common.jobfile import job_from_json
 from baton.common.jobs import JobFilter
@@ -33,7 +34,7 @@ from baton.common.layout import (
 )
 from baton.common.logfollow import log_chunks
 from baton.common.names import name_problem
-from baton.common.paging import decode_token, encode_token, page_size
+from baton.common.paging import PageBytes, decode_token, encode_token, page_size
 from baton.common.tailer import CHUNK, offset_of_last_lines
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as pb
@@ -120,7 +121,7 @@ class ViewerService:
             key = self.index.by_id.get(job_id)
             if key is None:
                 raise NotFound(
-                    f"no run with job id {job_id!r}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id}
+                    f"no run with job id {quote(job_id)}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id}
                 )
             return key
         if not (project or group or name or run_id):
@@ -161,6 +162,7 @@ class ViewerService:
         key_filter = [project, include_stale, threshold]
         after = sort_key(decode_token("viewer.running", key_filter, token))
         now = time.time()
+        page_bytes = PageBytes()
         out: list[pb.RunningJob] = []
         last_sort: list[Any] = []
         for entry in self.index.running(project):
@@ -174,7 +176,10 @@ class ViewerService:
                 return out, encode_token("viewer.running", key_filter, last_sort)
             heartbeat_age = duration_pb2.Duration()
             heartbeat_age.FromNanoseconds(int(max(age, 0.0) * 1e9))
-            out.append(pb.RunningJob(job=entry.job(), stale=stale, heartbeat_age=heartbeat_age))
+            item = pb.RunningJob(job=entry.job(), stale=stale, heartbeat_age=heartbeat_age)
+            if not page_bytes.take(item):
+                return out, encode_token("viewer.running", key_filter, last_sort)
+            out.append(item)
             last_sort = list(entry.sort)
         return out, ""
 
@@ -184,7 +189,10 @@ class ViewerService:
         if limit < 0:
             raise invalid_field("limit", "must not be negative")
         since = time.time() - (hours or DEFAULT_RECENT_HOURS) * 3600
-        return self.index.recent(project, since, min(limit or DEFAULT_RECENT_LIMIT, 1000))
+        jobs = self.index.recent(project, since, min(limit or DEFAULT_RECENT_LIMIT, 1000))
+        # No page token here: the newest that fit in one page are the answer.
+        page_bytes = PageBytes()
+        return list(itertools.takewhile(page_bytes.take, jobs))
 
     def list_projects(self, size: int, token: str) -> tuple[list[pb.ProjectSummary], str]:
         limit = page_size(size)

@@ -7,6 +7,7 @@ from typing import TypeAlias
 
 import grpc
 
+from baton.common.durations import seconds_of
 from baton.common.jobs import JobFilter
 from baton.common.rpc import translate_errors
 from baton.v1 import job_pb2, viewer_pb2_grpc
@@ -47,7 +48,7 @@ class ViewerServicer(viewer_pb2_grpc.ViewerServicer):
         self, request: pb.ListRunningJobsRequest, context: Ctx
     ) -> pb.ListRunningJobsResponse:
         r = request
-        stale_after = r.stale_after.ToTimedelta().total_seconds() if r.HasField("stale_after") else None
+        stale_after = seconds_of(r.stale_after, "stale_after") if r.HasField("stale_after") else None
         jobs, token = self._svc.list_running(
             r.project, r.include_stale, stale_after, r.page_size, r.page_token
         )

@@ -103,7 +103,7 @@ class Resources(_message.Message):
     def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "project", "group", "command", "steps", "workdir", "env", "max_duration", "retries", "pause", "executor", "resources", "secret_env")
+    __slots__ = ("name", "project", "group", "command", "steps", "workdir", "env", "max_duration", "retries", "pause", "executor", "resources", "secret_env", "max_log_bytes")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class JobSpec(_message.Message):
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
+    MAX_LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     project: str
     group: str
@@ -144,7 +145,8 @@ class JobSpec(_message.Message):
     executor: str
     resources: Resources
     secret_env: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., command: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., workdir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retries: _Optional[int] = ..., pause: _Optional[_Union[PausePolicy, _Mapping]] = ..., executor: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., secret_env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    max_log_bytes: int
+    def __init__(self, name: _Optional[str] = ..., project: _Optional[str] = ..., group: _Optional[str] = ..., command: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., workdir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retries: _Optional[int] = ..., pause: _Optional[_Union[PausePolicy, _Mapping]] = ..., executor: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., secret_env: _Optional[_Mapping[str, str]] = ..., max_log_bytes: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "project", "group", "name", "run_id", "state", "spec", "step", "attempt", "create_time", "start_time", "end_time", "heartbeat_time", "exit_code", "signal", "reason", "revision", "executor", "pause_mode", "external_id", "request_id", "step_count", "step_name", "run_dir", "checkpoint_dir", "resume_dir", "update_time", "start_step", "steps", "result", "resume_from", "last_checkpoint", "submitted_by")
