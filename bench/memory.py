@@ -42,19 +42,22 @@ def _sum_kb(pids: list[int], field: str) -> int:
     return sum(smaps_kb(pid).get(field, 0) for pid in pids)
 
 
+def _warmed(c: Conductor, poll_interval: float) -> dict[str, int]:
+    """The conductor's smaps once its launch and cancel paths are warm (imports,
+    worker threads, caches), so one-time costs are not charged to the jobs."""
+    stub = c.stub
+    warm = [stub.SubmitJob(submit_request(f"warm-{i}", "sleep 600"), timeout=30) for i in range(WARMUP_JOBS)]
+    for job in warm:
+        wait_for(stub, job.id, running_with_process, time.perf_counter(), interval=poll_interval)
+    c.cancel_all()
+    time.sleep(1.0)
+    return smaps_kb(c.pid)
+
+
 def memory_per_running_job(n: int, poll_interval: float) -> Json:
     with Conductor("memory", max_running=n + WARMUP_JOBS + 10) as c:
         stub = c.stub
-        # Warm the conductor's launch and cancel paths (imports, worker threads,
-        # caches) so one-time costs are not charged to the jobs.
-        warm = [
-            stub.SubmitJob(submit_request(f"warm-{i}", "sleep 600"), timeout=30) for i in range(WARMUP_JOBS)
-        ]
-        for job in warm:
-            wait_for(stub, job.id, running_with_process, time.perf_counter(), interval=poll_interval)
-        c.cancel_all()
-        time.sleep(1.0)
-        before = smaps_kb(c.pid)
+        before = _warmed(c, poll_interval)
 
         jobs = [stub.SubmitJob(submit_request(f"mem-{i}", "sleep 600"), timeout=30) for i in range(n)]
         for job in jobs:
@@ -168,14 +171,7 @@ def memory_with_maximal_jobs(poll_interval: float) -> Json:
     """Conductor RSS with eight jobs at every size limit, running, listed, fetched and watched (issue 15)."""
     with Conductor("maximal", max_running=MAXIMAL_JOBS + WARMUP_JOBS) as c:
         stub = c.stub
-        warm = [
-            stub.SubmitJob(submit_request(f"warm-{i}", "sleep 600"), timeout=30) for i in range(WARMUP_JOBS)
-        ]
-        for job in warm:
-            wait_for(stub, job.id, running_with_process, time.perf_counter(), interval=poll_interval)
-        c.cancel_all()
-        time.sleep(1.0)
-        idle = smaps_kb(c.pid)
+        idle = _warmed(c, poll_interval)
 
         jobs = []
         for i in range(MAXIMAL_JOBS):
