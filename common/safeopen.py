@@ -33,27 +33,37 @@ from pathlib import Path
 from baton.common.boundedjson import read_fd
 from baton.common.errors import FailedPrecondition
 
-# The reason on every refusal (google.rpc.ErrorInfo).
+# The reasons of a refusal (google.rpc.ErrorInfo): a path that leads out of its
+# tree; a file that is no regular file; a link met where none is followed (deletion).
 PATH_OUTSIDE_TREE = "PATH_OUTSIDE_TREE"
+PATH_NOT_REGULAR = "PATH_NOT_REGULAR"
+PATH_IS_LINK = "PATH_IS_LINK"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class UnsafePath(Exception):
-    """A path that leads outside its root (``outside``), or is not a regular file; never opened."""
+    """A path refused: it leads outside its root, is not a regular file, or is a link
+    where none is followed. ``reason`` says which."""
 
-    def __init__(self, rel: str, why: str, *, outside: bool = True) -> None:
+    def __init__(self, rel: str, why: str, reason: str = PATH_OUTSIDE_TREE) -> None:
         super().__init__(f"{rel} {why}")
         self.rel = rel
         self.why = why
-        self.outside = outside
+        self.reason = reason
+
+    @property
+    def outside(self) -> bool:
+        return self.reason != PATH_NOT_REGULAR
 
 
 def refusal(exc: UnsafePath) -> FailedPrecondition:
-    """The domain error a client gets for ``exc``: FAILED_PRECONDITION, reason PATH_OUTSIDE_TREE."""
-    return FailedPrecondition(
-        f"{exc.rel} {exc.why}; it is not read", reason=PATH_OUTSIDE_TREE, metadata={"path": exc.rel}
-    )
+    """The domain error a client gets for ``exc``: FAILED_PRECONDITION with its reason.
+
+    FAILED_PRECONDITION, not NOT_FOUND: the path is there, and an operator
+    must learn that the tree holds something Baton will not touch.
+    """
+    return FailedPrecondition(str(exc), reason=exc.reason, metadata={"path": exc.rel})
 
 
 def _relative(root: str, path: str) -> str:
@@ -76,8 +86,11 @@ def resolve_beneath(root: str | Path, path: str | Path) -> list[str]:
     return real[len(root_s.rstrip(os.sep)) + 1 :].split(os.sep)
 
 
+_CHANGED = "changed into a link while it was opened"
+
+
 @contextlib.contextmanager
-def _dir_fd(root: str, parts: list[str], rel: str) -> Iterator[int]:
+def _dir_fd(root: str, parts: list[str], rel: str, on_link: str = _CHANGED) -> Iterator[int]:
     """An open descriptor of root/parts..., every component opened with O_NOFOLLOW."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -86,8 +99,10 @@ def _dir_fd(root: str, parts: list[str], rel: str) -> Iterator[int]:
                 nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    # Resolved a moment ago, a link or a file now: changed under the read.
-                    raise UnsafePath(rel, "changed into a link while it was opened") from None
+                    # A link (or a file) where a directory should be.
+                    raise UnsafePath(
+                        rel, on_link, PATH_IS_LINK if on_link != _CHANGED else PATH_OUTSIDE_TREE
+                    ) from None
                 raise
             os.close(fd)
             fd = nxt
@@ -107,17 +122,17 @@ def open_beneath(root: str | Path, path: str | Path) -> int:
     rel = _relative(root_s, os.fspath(path))
     parts = resolve_beneath(root_s, path)
     if not parts:
-        raise UnsafePath(rel, "is a directory, not a file", outside=False)
+        raise UnsafePath(rel, "is a directory, not a file", PATH_NOT_REGULAR)
     with _dir_fd(root_s, parts[:-1], rel) as dfd:
         try:
             fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise UnsafePath(rel, "changed into a link while it was opened") from None
+                raise UnsafePath(rel, _CHANGED) from None
             raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafePath(rel, "is not a regular file", outside=False)
+            raise UnsafePath(rel, "is not a regular file", PATH_NOT_REGULAR)
         # Regular files never block; reads are ordinary again.
         os.set_blocking(fd, True)
     except BaseException:
@@ -133,3 +148,25 @@ def read_beneath(root: str | Path, path: str | Path, limit: int) -> bytes:
         return read_fd(fd, max_bytes=limit)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def dir_without_links(root: str | Path, path: str | Path) -> Iterator[int]:
+    """An open descriptor of the directory ``path`` under ``root``, reached through no link at all.
+
+    For deletion, which never descends a link, not even one that stays
+    inside: ``path`` is taken as written (it is built from validated names),
+    each component opened with O_NOFOLLOW. UnsafePath (PATH_IS_LINK) when one
+    is a link, or when ``path`` is not under ``root``; FileNotFoundError when
+    it is missing.
+    """
+    root_s = os.fspath(root)
+    rel = os.path.relpath(os.fspath(path), root_s)
+    if rel == os.curdir:
+        parts: list[str] = []
+    elif rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+        raise UnsafePath(os.path.basename(os.fspath(path)), "is not inside its directory", PATH_OUTSIDE_TREE)
+    else:
+        parts = rel.split(os.sep)
+    with _dir_fd(root_s, parts, rel, "is reached through a link; nothing is deleted through a link") as fd:
+        yield fd
