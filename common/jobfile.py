@@ -7,18 +7,25 @@ Readers ignore unknown fields: a newer conductor may add some.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import orjson
 from google.protobuf import json_format
 
+from baton.common import boundedjson
 from baton.common.modes import RUN_FILE_MODE
 from baton.common.protojson import parse_dict
 from baton.v1 import job_pb2
+
+STATUS_FILE_NAME = "status.json"
+# The largest status.json read. A status file is one Job, and a Job must fit
+# one gRPC reply (4 MiB is every standard client's default limit), so nothing
+# larger could be served anyway; the conductor's own (specs of at most 1 MiB,
+# results of 64 KiB) stay well under it. It also bounds what one hostile file
+# costs the viewer, which keeps each run's bytes in memory.
+MAX_STATUS_BYTES = 4 << 20
 
 
 def job_to_json(job: job_pb2.Job) -> str:
@@ -26,20 +33,9 @@ def job_to_json(job: job_pb2.Job) -> str:
 
 
 def load_json(raw: str | bytes) -> Any:
-    """Decoded JSON; ValueError when it is not JSON.
-
-    orjson reads status files about twice as fast as the json module. What
-    it refuses as strict RFC 8259 (NaN, integers past 64 bits) goes to the
-    json module, so what is accepted is the same as with json alone.
-    """
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:
-            # UTF-8 only, as orjson and json_format take it (json would guess UTF-16 or -32).
-            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"not JSON: {exc}") from None
+    """Decoded status.json; ValueError (``JsonRefused``) when it is not JSON, is larger
+    than MAX_STATUS_BYTES or nests deeper than ``boundedjson.MAX_DEPTH``."""
+    return boundedjson.loads(raw, max_bytes=MAX_STATUS_BYTES, what=STATUS_FILE_NAME)
 
 
 def job_from_json(text: str | bytes) -> job_pb2.Job:
@@ -54,9 +50,9 @@ def job_from_json(text: str | bytes) -> job_pb2.Job:
 
 
 def read_job(path: Path) -> job_pb2.Job:
-    """Read one status.json (blocking; call from a worker thread)."""
+    """Read one status.json, at most MAX_STATUS_BYTES of it (blocking; call from a worker thread)."""
     with open(path, "rb") as f:
-        return job_from_json(f.read())
+        return job_from_json(f.read(MAX_STATUS_BYTES + 1))
 
 
 def write_atomic(path: Path, data: bytes, *, fsync: bool = False, mode: int = RUN_FILE_MODE) -> None:

@@ -10,7 +10,9 @@ outcome, or, when the job is deleted while it is read, with NOT_FOUND and the
 reason JOB_DELETED; never with a bare OK, which a client cannot tell from a
 cut connection. That holds however far behind the reader is: the file may
 vanish under a reader still sending older bytes, so the job's presence is
-asked again before every batch and once more at the end. An unfollowed read
+asked again before every batch and once more at the end. A log that leads
+out of its tree (``root``) through a link is refused with FAILED_PRECONDITION
+(reason PATH_OUTSIDE_TREE), even when the link appears mid-stream. An unfollowed read
 promises no end: it sends the bytes there are and ends OK (after the
 ``complete`` chunk when the job has ended).
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 from baton.common.errors import NotFound, invalid_field
 from baton.common.filewatch import FileWatcher
 from baton.common.jobs import FINAL_STATES, complete_chunk
+from baton.common.safeopen import UnsafePath, refusal
 from baton.common.tailer import offset_of_last_lines, tail
 from baton.v1 import job_pb2
 
@@ -33,6 +36,7 @@ JOB_DELETED = "JOB_DELETED"
 async def log_chunks(
     path: Path,
     *,
+    root: Path,
     offset: int,
     tail_lines: int,
     follow: bool,
@@ -43,7 +47,7 @@ async def log_chunks(
     subject: str,
     metadata: Mapping[str, str],
 ) -> AsyncIterator[job_pb2.LogChunk]:
-    """The log at ``path`` from ``offset`` (or its last ``tail_lines`` lines).
+    """The log at ``path`` (inside ``root``) from ``offset`` (or its last ``tail_lines`` lines).
 
     ``current`` reports the job as it stands now, None once it is gone; ``wake``
     is set by the caller whenever the job changes. ``subject`` ("job X", "run
@@ -54,7 +58,10 @@ async def log_chunks(
     if tail_lines < 0:
         raise invalid_field("tail_lines", "must not be negative")
     if tail_lines > 0:
-        offset = await asyncio.to_thread(offset_of_last_lines, path, tail_lines)
+        try:
+            offset = await asyncio.to_thread(offset_of_last_lines, path, root, tail_lines)
+        except UnsafePath as exc:
+            raise refusal(exc) from None
 
     def deleted() -> NotFound:
         return NotFound(
@@ -69,14 +76,18 @@ async def log_chunks(
         gone = job is None
         return job is None or job.state in FINAL_STATES
 
-    async for piece in tail(
-        path, offset, follow=follow, watcher=watcher, ended=ended, wake=wake, heartbeat=heartbeat
-    ):
-        # The tailer may still hold the unlinked file open: stop rather than send a deleted job's bytes.
-        if gone:
-            raise deleted()
-        yield job_pb2.LogChunk(offset=piece.offset, data=piece.data, truncated=piece.truncated)
-        offset = piece.offset + len(piece.data)
+    pieces = tail(
+        path, offset, root=root, follow=follow, watcher=watcher, ended=ended, wake=wake, heartbeat=heartbeat
+    )
+    try:
+        async for piece in pieces:
+            # The tailer may still hold the unlinked file open: stop rather than send a deleted job's bytes.
+            if gone:
+                raise deleted()
+            yield job_pb2.LogChunk(offset=piece.offset, data=piece.data, truncated=piece.truncated)
+            offset = piece.offset + len(piece.data)
+    except UnsafePath as exc:
+        raise refusal(exc) from None
     # A followed tail returns only once the job has ended or gone; ended jobs never run again.
     job = current()
     if job is None:

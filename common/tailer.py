@@ -8,6 +8,11 @@ When following, it sleeps until inotify says the file changed (or the caller
 says the writer ended), never on a timer, and it sends a payload-free
 heartbeat when the log is quiet. A log that shrinks or is replaced under the
 reader is reported, never skipped over or repeated silently.
+
+Every open goes through ``common.safeopen`` with the root the log must stay
+under: a log (or a directory above it) that is a link out of the tree is
+refused with ``UnsafePath``, never read, even when it is swapped in while a
+reader follows it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baton.common.filewatch import FileWatcher
+from baton.common.safeopen import open_beneath
 
 CHUNK = 64 * 1024
 # Bytes read per trip to a worker thread; split into CHUNK-sized pieces.
@@ -48,8 +54,9 @@ class _Reader:
     it: whichever of the two comes last releases the descriptor.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, root: Path) -> None:
         self.path = path
+        self.root = root
         self._fd: int | None = None
         self._ino: int | None = None
         self._lock = threading.Lock()
@@ -73,7 +80,7 @@ class _Reader:
             replaced = self._fd is not None
             self._release()
             try:
-                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                self._fd = open_beneath(self.root, self.path)
             except FileNotFoundError:
                 return b"", False
             self._ino = os.fstat(self._fd).st_ino
@@ -113,14 +120,14 @@ class _Reader:
             self._ino = None
 
 
-def offset_of_last_lines(path: Path, lines: int, start: int = 0, end: int | None = None) -> int:
-    """The offset where the last ``lines`` lines of ``path`` begin (blocking).
+def offset_of_last_lines(path: Path, root: Path, lines: int, start: int = 0, end: int | None = None) -> int:
+    """The offset where the last ``lines`` lines of ``path`` (inside ``root``) begin (blocking).
 
     Only the byte range [start, end) counts (end: the file's size when None).
     A final line without a newline counts as a line.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_beneath(root, path)
     except FileNotFoundError:
         return 0
     try:
@@ -150,10 +157,10 @@ def offset_of_last_lines(path: Path, lines: int, start: int = 0, end: int | None
         os.close(fd)
 
 
-def read_range(path: Path, start: int, end: int) -> bytes:
-    """Bytes [start, end) of ``path`` (blocking); fewer when the file is shorter."""
+def read_range(path: Path, root: Path, start: int, end: int) -> bytes:
+    """Bytes [start, end) of ``path`` inside ``root`` (blocking); fewer when the file is shorter."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_beneath(root, path)
     except FileNotFoundError:
         return b""
     try:
@@ -166,6 +173,7 @@ async def tail(
     path: Path,
     offset: int,
     *,
+    root: Path,
     follow: bool,
     watcher: FileWatcher,
     ended: Callable[[], Awaitable[bool]],
@@ -175,11 +183,12 @@ async def tail(
     """Yield the log from ``offset``; with ``follow``, until ``ended()`` and every byte is out.
 
     ``wake`` is set by the caller when the writer's state changes (so the end
-    is noticed at once); file changes set it through inotify.
+    is noticed at once); file changes set it through inotify. ``path`` must
+    resolve inside ``root``: UnsafePath otherwise.
     """
     wake = wake or asyncio.Event()
     loop = asyncio.get_running_loop()
-    reader = _Reader(path)
+    reader = _Reader(path, root)
     sub = watcher.subscribe(path, wake)
     last_sent = loop.time()
     try:

@@ -15,6 +15,7 @@ from baton.common.errors import FailedPrecondition, NotFound, invalid_field
 from baton.common.jobs import FINAL_STATES, JobFilter
 from baton.common.layout import checkpoint_ref_problem
 from baton.common.names import name_problem
+from baton.common.safeopen import UnsafePath, refusal
 from baton.conductor import checkpoints as ckpt
 from baton.conductor.lifecycle import Lifecycle, state_name
 
@@ -46,15 +47,22 @@ class Admin:
                     metadata={"job_id": active[0].id},
                 )
             layout = self._lc.layout
-            if not refs:
-                base = layout.checkpoint_dir(project, group, name)
-                return await asyncio.to_thread(ckpt.delete_all, base)
-            targets = []
-            for i, ref in enumerate(refs):
-                found = await asyncio.to_thread(layout.find_checkpoints, project, group, name, ref)
-                job = f"{project}/{group}/{name}"
-                targets.append(one_checkpoint(found, ref, job, f"suffixes[{i}]", lambda f: f.ref).path)
-            return await asyncio.to_thread(ckpt.delete, targets)
+            root = layout.checkpoints_dir
+            base = layout.checkpoint_dir(project, group, name)
+            try:
+                # Refused before anything is looked up when the job's directory is
+                # reached through a link: deletion never goes through one.
+                await asyncio.to_thread(ckpt.existing, root, base)
+                if not refs:
+                    return await asyncio.to_thread(ckpt.delete_all, root, base)
+                targets = []
+                for i, ref in enumerate(refs):
+                    found = await asyncio.to_thread(layout.find_checkpoints, project, group, name, ref)
+                    job = f"{project}/{group}/{name}"
+                    targets.append(one_checkpoint(found, ref, job, f"suffixes[{i}]", lambda f: f.ref).path)
+                return await asyncio.to_thread(ckpt.delete, root, targets)
+            except UnsafePath as exc:
+                raise refusal(exc) from None
 
     async def clear_jobs(
         self,

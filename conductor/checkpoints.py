@@ -2,8 +2,13 @@
 
 Each checkpoint is first renamed to a hidden name inside the same directory,
 so it disappears at once and as a whole (a reader or a starting job never sees
-half of one), then removed. Links are removed, never followed: nothing outside
-the job's own checkpoint directory is touched.
+half of one), then removed. Deletion never goes through a link, not even one
+that stays inside the tree: every directory on the way down is opened with
+O_NOFOLLOW from the checkpoints root, and each rename and removal is made
+relative to the descriptor of the directory that holds it, so a link swapped
+in after a check is never followed either. A checkpoint that is itself a link
+is unlinked, never followed; a directory reached through a link is refused
+(UnsafePath, PATH_IS_LINK), with nothing deleted.
 """
 
 from __future__ import annotations
@@ -12,63 +17,103 @@ import contextlib
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 
-from baton.common.layout import is_complete_checkpoint, is_run_checkpoint_dir
+from baton.common.layout import RUN_MARKER, is_complete_checkpoint
+from baton.common.safeopen import dir_without_links
 
 
-def _usage(path: Path) -> int:
-    if path.is_symlink() or not path.is_dir():
-        return path.lstat().st_size
+def _usage(dir_fd: int, name: str) -> int:
+    """Bytes of ``name`` in ``dir_fd`` (a checkpoint), links counted as themselves, never followed."""
+    st = os.lstat(name, dir_fd=dir_fd)
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size
     total = 0
-    for root, dirs, files in os.walk(path, followlinks=False):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+    for _, dirs, files, fd in os.fwalk(name, dir_fd=dir_fd, follow_symlinks=False):
+        for entry in files + dirs:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
+                est = os.lstat(entry, dir_fd=fd)
+                if not stat.S_ISDIR(est.st_mode):
+                    total += est.st_size
     return total
 
 
-def existing(base: Path) -> tuple[list[Path], list[Path]]:
-    """The complete checkpoints of a job (plain layout and every run's), and its runs' directories."""
+def _complete(dir_fd: int) -> list[str]:
+    """The complete checkpoint names in an open directory, sorted."""
+    with os.scandir(dir_fd) as it:
+        return sorted(e.name for e in it if is_complete_checkpoint(e.name))
+
+
+def _is_run_dir(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` is a real directory (not a link) holding the run marker."""
+    try:
+        if not stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
+            return False
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        return not stat.S_ISDIR(os.lstat(RUN_MARKER, dir_fd=fd).st_mode)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def existing(root: Path, base: Path) -> tuple[list[Path], list[Path]]:
+    """The complete checkpoints of a job (plain layout and every run's), and its runs' directories.
+
+    UnsafePath when ``base`` is reached through a link.
+    """
     checkpoints: list[Path] = []
     runs: list[Path] = []
-    for path in _complete(base):
-        if is_run_checkpoint_dir(path):
-            runs.append(path)
-            checkpoints.extend(_complete(path))
-        else:
-            checkpoints.append(path)
+    try:
+        with dir_without_links(root, base) as bfd:
+            for name in _complete(bfd):
+                if not _is_run_dir(bfd, name):
+                    checkpoints.append(base / name)
+                    continue
+                runs.append(base / name)
+                with dir_without_links(root, base / name) as rfd:
+                    checkpoints.extend(base / name / sub for sub in _complete(rfd))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     return checkpoints, runs
 
 
-def delete_all(base: Path) -> tuple[int, int]:
+def delete_all(root: Path, base: Path) -> tuple[int, int]:
     """Remove every checkpoint of a job, then its runs' directories; returns (count, bytes)."""
-    checkpoints, runs = existing(base)
-    counted = delete(checkpoints)
+    checkpoints, runs = existing(root, base)
+    counted = delete(root, checkpoints)
     # What is left of a run's directory is its marker and any half-written checkpoint.
-    delete(runs)
+    delete(root, runs)
     return counted
 
 
-def _complete(directory: Path) -> list[Path]:
-    try:
-        return sorted(directory / e.name for e in os.scandir(directory) if is_complete_checkpoint(e.name))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+def delete(root: Path, targets: list[Path]) -> tuple[int, int]:
+    """Remove each target (a checkpoint or a run's directory) under ``root``; returns (count, bytes).
 
-
-def delete(targets: list[Path]) -> tuple[int, int]:
-    """Remove each target (a checkpoint or a run's directory); returns (count, bytes)."""
+    Each target's directory must be reached through no link (UnsafePath
+    otherwise, before anything of that target is touched).
+    """
     count = size = 0
     for target in targets:
-        if not (target.exists() or target.is_symlink()):
+        try:
+            with dir_without_links(root, target.parent) as pfd:
+                try:
+                    size += _usage(pfd, target.name)
+                except FileNotFoundError:
+                    continue
+                doomed = f".deleting-{target.name}-{secrets.token_hex(4)}"
+                os.rename(target.name, doomed, src_dir_fd=pfd, dst_dir_fd=pfd)
+                if stat.S_ISDIR(os.lstat(doomed, dir_fd=pfd).st_mode):
+                    # rmtree with dir_fd is the descriptor-based walk: it refuses a
+                    # link at the top and never follows one below.
+                    shutil.rmtree(doomed, dir_fd=pfd)
+                else:
+                    os.unlink(doomed, dir_fd=pfd)  # a link (or file) is removed, never followed
+        except FileNotFoundError:
             continue
-        size += _usage(target)
-        doomed = target.parent / f".deleting-{target.name}-{secrets.token_hex(4)}"
-        os.rename(target, doomed)
-        if doomed.is_dir() and not doomed.is_symlink():
-            shutil.rmtree(doomed)
-        else:
-            doomed.unlink()
         count += 1
     return count, size

@@ -129,7 +129,8 @@ class Feeds:
             )
         stored = await self._registry.events_after(cursor, CATCH_UP_BATCH)
         return [
-            job_pb2.JobEvent(revision=e.revision, job=e.job, type=e.type)  # type: ignore[arg-type]
+            # A damaged row comes back as an empty Job: its revision goes out without one.
+            job_pb2.JobEvent(revision=e.revision, job=e.job if e.job.id else None, type=e.type)  # type: ignore[arg-type]
             for e in stored
             if e.revision <= self._durable
         ]
@@ -221,6 +222,7 @@ class Feeds:
         try:
             async for chunk in log_chunks(
                 Path(job.run_dir) / LOG_FILE,
+                root=self._lc.layout.status_dir,
                 offset=offset,
                 tail_lines=tail_lines,
                 follow=follow,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from baton.common.errors import invalid_field
 from baton.common.layout import LOG_FILE
+from baton.common.safeopen import UnsafePath, refusal
 from baton.common.tailer import offset_of_last_lines, read_range
 from baton.conductor.executors.base import ProcessHealth, Unsupported
 from baton.conductor.lifecycle import Lifecycle, log_size, state_name
@@ -69,6 +70,13 @@ class Inspector:
             path = Path(job.run_dir) / LOG_FILE
             end = entry.log_end if entry.log_end else None
             size = await asyncio.to_thread(log_size, job.run_dir)
-            start = await asyncio.to_thread(offset_of_last_lines, path, tail_lines, entry.log_start, end)
-            tail = await asyncio.to_thread(read_range, path, start, end if end is not None else size)
+            root = self._lc.layout.status_dir
+            try:
+                start = await asyncio.to_thread(
+                    offset_of_last_lines, path, root, tail_lines, entry.log_start, end
+                )
+                stop = end if end is not None else size
+                tail = await asyncio.to_thread(read_range, path, root, start, stop)
+            except UnsafePath as exc:
+                raise refusal(exc) from None
         return entry, tail

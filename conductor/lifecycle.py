@@ -320,6 +320,11 @@ class Lifecycle:
         """The job, or None when there is no such job (any more)."""
         return self.book.find(job_id)
 
+    @property
+    def damaged_rows(self) -> int:
+        """Registry rows set aside at start because they could not be read."""
+        return len(self._registry.damaged)
+
     def executors(self) -> dict[str, Executor]:
         """The executors this conductor offers, by name."""
         return dict(self._executors)
@@ -1321,7 +1326,7 @@ class Lifecycle:
         run.deferred = None
         job = self._jobs[job_id]
         result, problem = (
-            await asyncio.to_thread(read_result, Path(job.run_dir) / RESULT_FILE)
+            await asyncio.to_thread(read_result, Path(job.run_dir) / RESULT_FILE, self.layout.status_dir)
             if with_result
             else (None, "")
         )

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import structlog
 
-from baton.common.jobfile import job_from_json, write_job
+from baton.common.jobfile import MAX_STATUS_BYTES, job_from_json, write_job
 from baton.common.jobs import FINAL_STATES
 from baton.common.layout import STATUS_FILE
+from baton.common.safeopen import UnsafePath, read_beneath
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -32,8 +33,6 @@ ORPHAN_REASON = (
     "orphaned: the conductor has no record of this run (it was never durably accepted, "
     "or its record was lost); nothing runs it"
 )
-# A status.json larger than this is not one the conductor wrote.
-MAX_STATUS_BYTES = 4 << 20
 
 
 def _dirs(path: Path) -> list[Path]:
@@ -56,20 +55,18 @@ def mark_orphans(status_dir: Path, known: Container[str], before: float) -> list
                 for run in _dirs(name):
                     if run.name in known:
                         continue  # the common case: no file read
-                    if _mark(run, known, before):
+                    if _mark(status_dir, run, known, before):
                         marked.append(run)
     return marked
 
 
-def _mark(run: Path, known: Container[str], before: float) -> bool:
+def _mark(status_dir: Path, run: Path, known: Container[str], before: float) -> bool:
     path = run / STATUS_FILE
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_STATUS_BYTES + 1)
-        if len(raw) > MAX_STATUS_BYTES:
-            return False
-        job = job_from_json(raw)
-    except (OSError, ValueError):
+        # Bounded, and never through a link out of the tree or into a FIFO
+        # (which would hold this thread for good): any program may write here.
+        job = job_from_json(read_beneath(status_dir, path, MAX_STATUS_BYTES))
+    except (OSError, ValueError, UnsafePath):
         return False
     ours = job.id == job.run_id == run.name and job.revision > 0
     live = job.state not in FINAL_STATES and job.state != job_pb2.JOB_STATE_UNSPECIFIED

@@ -403,7 +403,7 @@ class SqliteRegistry(Registry):
                 (revision, limit),
             ).fetchall()
         )
-        return [StoredEvent(r, t, job_pb2.Job.FromString(b)) for r, t, b in rows]
+        return [StoredEvent(r, t, _event_job(r, b)) for r, t, b in rows]
 
     async def oldest_revision(self) -> int:
         row = await self._read(
@@ -417,6 +417,19 @@ class SqliteRegistry(Registry):
         self._ops.put(None)
         await asyncio.to_thread(self._writer.join)
         self._writer = None
+
+
+def _event_job(revision: int, blob: bytes) -> job_pb2.Job:
+    """The job an event carries; an empty Job when its row cannot be read.
+
+    Decoded one by one, so a damaged event costs its own job only: the
+    revision is still delivered, in order, and a watcher is never cut off.
+    """
+    try:
+        return job_pb2.Job.FromString(blob)
+    except Exception as exc:  # DecodeError, or whatever a damaged blob brings
+        log.error("registry_event_damaged", revision=revision, error=type(exc).__name__)
+        return job_pb2.Job()
 
 
 def _touch_probe(conn: sqlite3.Connection) -> None:

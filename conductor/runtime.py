@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
+from baton.common import boundedjson
 from baton.conductor.executors.base import Handle
+
+# Notes are a few hundred bytes; a launch handle's data keeps them far below this.
+MAX_NOTES_BYTES = 1 << 20
 
 
 @dataclass
@@ -78,7 +81,11 @@ class Run:
         run = cls(seq=seq)
         if not text:
             return run
-        d: dict[str, Any] = json.loads(text)
+        # Bounded: a damaged row (or one written by hand) must fail this job's
+        # recovery alone, never the conductor's start with a RecursionError.
+        d = boundedjson.loads(text, max_bytes=MAX_NOTES_BYTES, what="runtime notes")
+        if not isinstance(d, dict):
+            raise ValueError("runtime notes are not a JSON object")
         h = d.get("handle")
         if h:
             run.handle = Handle(h["executor"], h["launch_id"], h.get("external_id", ""), dict(h["data"]))

@@ -135,6 +135,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
             rss_bytes=await asyncio.to_thread(self_rss),
             uptime=_duration(time.time() - self._start_time.ToDatetime().timestamp()),
             running_jobs=self._lc.running_count,
+            damaged_registry_rows=self._lc.damaged_rows,
         )
 
     def _executor_info(self, name: str, executor: Executor) -> pb.ExecutorInfo:

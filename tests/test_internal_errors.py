@@ -101,14 +101,14 @@ def fail_result_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int | None]:
     broken: dict[str, int | None] = {}
     real = lifecycle.read_result
 
-    def read_result(path: Path) -> Any:
+    def read_result(path: Path, root: Path) -> Any:
         key = str(path.parent)
         if key in broken:
             left = broken[key]
             if left is None or left > 0:
                 broken[key] = None if left is None else left - 1
                 raise RuntimeError("injected: the result reader failed")
-        return real(path)
+        return real(path, root)
 
     monkeypatch.setattr(lifecycle, "read_result", read_result)
     return broken

@@ -17,13 +17,13 @@ import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
-from baton.common.jobfile import load_json
+from baton.common.jobfile import MAX_STATUS_BYTES, load_json
 from baton.common.layout import CONFIG_FILES, JOB_SPEC_FILE, RUN_MARKER, STATUS_FILE, is_complete_checkpoint
 from baton.common.names import is_valid_name
 from baton.common.protojson import check_shape
+from baton.common.safeopen import UnsafePath, open_beneath
 from baton.v1 import job_pb2
 
 RunKey = tuple[str, str, str, str]
@@ -212,29 +212,33 @@ def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = Non
             if stat.S_ISREG(st.st_mode) and _signature(st) == known:
                 return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO named status.json must not hold the scan for good.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return "missing"
     except OSError:
-        if os.path.islink(path) and not inside(root, path):
-            return OUTSIDE_LINK
-        if os.path.islink(path):
-            try:
-                fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return INVALID_STATUS
-        else:
+        if not os.path.islink(path):
+            return INVALID_STATUS
+        # A link: read only if it resolves inside the tree (checked race-free).
+        try:
+            fd = open_beneath(root, path)
+        except UnsafePath as exc:
+            return OUTSIDE_LINK if exc.outside else INVALID_STATUS
+        except OSError:
             return INVALID_STATUS
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            return INVALID_STATUS  # a directory or a device is no status file
+            return INVALID_STATUS  # a directory, FIFO or device is no status file
+        if st.st_size > MAX_STATUS_BYTES:
+            return INVALID_STATUS  # never read whole: refused by its size alone
         sig = _signature(st)
         if known is not None and sig == known:
             return None
-        # One read nearly always does: status files are a few kilobytes.
-        raw = os.read(fd, max(st.st_size + 1, 4096))
-        while len(raw) < st.st_size:
+        # One read nearly always does: status files are a few kilobytes. Never
+        # more than the cap, should the file grow while it is read.
+        raw = os.read(fd, min(max(st.st_size + 1, 4096), MAX_STATUS_BYTES + 1))
+        while len(raw) < st.st_size and len(raw) <= MAX_STATUS_BYTES:
             more = os.read(fd, 1 << 16)
             if not more:
                 break
@@ -430,12 +434,3 @@ def scan_checkpoints_under(root: str, prefix: tuple[str, ...], path: str, result
         return
     for name, sub in subdirs(path, root, result.problems):
         scan_checkpoints_under(root, (*prefix, name), sub, result)
-
-
-def read_text(path: Path, limit: int = 8 << 20) -> str:
-    """A small file's text, opened read-only; ValueError when too large."""
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"{path.name} is larger than {limit} bytes")
-    return data.decode()

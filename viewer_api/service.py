@@ -1,8 +1,13 @@
 """What the viewer answers, in domain terms: queries on the index, fresh reads
 of single runs and checkpoints, and logs through the shared tailer.
 
-Everything here reads; files are opened read-only. Errors are domain errors
-(``common.errors``); the servicer maps them to status codes.
+Everything here reads; files are opened read-only, and only through
+``common.safeopen``: a file a client asks for must resolve inside its tree
+(links that stay inside are followed, links that leave are refused with
+FAILED_PRECONDITION, reason PATH_OUTSIDE_TREE). JSON and YAML read for a
+client are bounded in size and depth (``common.boundedjson``), and no error
+quotes a file's content. Errors are domain errors (``common.errors``); the
+servicer maps them to status codes.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from typing import Any
 import yaml
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
+from baton.common import boundedjson
 from baton.common.checkpoint_refs import one_checkpoint
 from baton.common.errors import FailedPrecondition, NotFound, invalid_field, quote
 from baton.common.filewatch import FileWatcher
-from baton.common.jobfile import job_from_json
+from baton.common.jobfile import MAX_STATUS_BYTES, job_from_json
 from baton.common.jobs import JobFilter
 from baton.common.layout import (
+    CONFIG_FILES,
     JOB_SPEC_FILE,
     LOG_FILE,
     STATUS_FILE,
@@ -35,6 +42,7 @@ from baton.common.layout import (
 from baton.common.logfollow import log_chunks
 from baton.common.names import name_problem
 from baton.common.paging import PageBytes, decode_token, encode_token, page_size
+from baton.common.safeopen import UnsafePath, open_beneath, read_beneath, refusal
 from baton.common.tailer import CHUNK, offset_of_last_lines
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as pb
@@ -46,11 +54,14 @@ from baton.viewer_api.scan import (
     OUTSIDE_LINK,
     CheckpointFile,
     RunKey,
-    read_text,
 )
 
 S = job_pb2
 MAX_READ = 4 << 20
+# The largest checkpoint config.yaml / config.json / job.json served: what is
+# served goes back whole in one reply, which must fit a client's 4 MiB default.
+MAX_CHECKPOINT_FILE_BYTES = 4 << 20
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_TAIL_LINES = 100
 DEFAULT_RECENT_HOURS = 24
 DEFAULT_RECENT_LIMIT = 50
@@ -69,6 +80,38 @@ def _names(**parts: str) -> None:
         problem = name_problem(value)
         if problem:
             raise invalid_field(field_name, problem)
+
+
+def _parse_config(file_name: str, raw: bytes) -> Any:
+    """A checkpoint's config.yaml, config.json or job.json, decoded and bounded (blocking).
+
+    FAILED_PRECONDITION (CHECKPOINT_FILE_INVALID) when it is not valid, too
+    deep, or (YAML aliases) too many values; the message says where, never
+    quoting the file, which may be anything a job wrote.
+    """
+    Refused = boundedjson.JsonRefused
+    try:
+        if not file_name.endswith(".yaml"):
+            return boundedjson.loads(raw, max_bytes=MAX_CHECKPOINT_FILE_BYTES, what=file_name)
+        if len(raw) > MAX_CHECKPOINT_FILE_BYTES:
+            raise Refused(f"{file_name} is larger than {MAX_CHECKPOINT_FILE_BYTES >> 20} MiB")
+        try:
+            data = yaml.load(raw, Loader=_YAML_LOADER)  # a safe loader (C when built)
+        except RecursionError:
+            raise Refused(f"{file_name} nests deeper than {boundedjson.MAX_DEPTH} levels") from None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "malformed"
+            raise Refused(f"{file_name} is not valid YAML ({where})") from None
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raise Refused(f"{file_name} is not valid YAML") from None
+        # YAML aliases can make a small file a huge tree: values are counted too.
+        problem = boundedjson.too_deep(data, max_nodes=boundedjson.MAX_NODES)
+        if problem:
+            raise Refused(f"{file_name} {problem}")
+        return data
+    except Refused as exc:
+        raise FailedPrecondition(str(exc), reason="CHECKPOINT_FILE_INVALID") from None
 
 
 def _to_struct(data: Any, what: str) -> struct_pb2.Struct:
@@ -136,11 +179,13 @@ class ViewerService:
         key = self._resolve(job_id, project, group, name, run_id)
         path = self._run_dir(key) / STATUS_FILE
         try:
-            raw = await asyncio.to_thread(read_text, path, 16 << 20)
+            raw = await asyncio.to_thread(read_beneath, self._status_root, path, MAX_STATUS_BYTES)
             job = job_from_json(raw)
             p, g, n, r = key
             job.project, job.group, job.name, job.run_id = p, g, n, r
             return job
+        except UnsafePath as exc:
+            raise refusal(exc) from None
         except (OSError, ValueError):
             entry = self.index.runs.get(key)
             if entry is None:
@@ -302,22 +347,12 @@ class ViewerService:
         cf = self._checkpoint(project, group, name, suffix)
 
         def load() -> tuple[Any, str]:
-            for file_name, parse in (("config.yaml", yaml.safe_load), ("config.json", json.loads)):
-                path = Path(cf.path) / file_name
+            for file_name in CONFIG_FILES:
                 try:
-                    text = read_text(path)
+                    raw = self._checkpoint_file(cf, file_name)
                 except FileNotFoundError:
                     continue
-                except (OSError, ValueError) as exc:
-                    raise FailedPrecondition(
-                        f"{file_name} cannot be read: {exc}", reason="CHECKPOINT_FILE_INVALID"
-                    ) from None
-                try:
-                    return parse(text), file_name
-                except (yaml.YAMLError, ValueError) as exc:
-                    raise FailedPrecondition(
-                        f"{file_name} is not valid: {exc}", reason="CHECKPOINT_FILE_INVALID"
-                    ) from None
+                return _parse_config(file_name, raw), file_name
             raise NotFound(
                 f"checkpoint {checkpoint_ref(cf.run_id, cf.suffix)!r} has no config.yaml or config.json",
                 reason="CHECKPOINT_CONFIG_NOT_FOUND",
@@ -335,21 +370,33 @@ class ViewerService:
 
         def load() -> Any:
             try:
-                return json.loads(read_text(Path(cf.path) / JOB_SPEC_FILE))
+                raw = self._checkpoint_file(cf, JOB_SPEC_FILE)
             except FileNotFoundError:
                 raise NotFound(
                     f"checkpoint {checkpoint_ref(cf.run_id, cf.suffix)!r} has no {JOB_SPEC_FILE}",
                     reason="CHECKPOINT_JOB_SPEC_NOT_FOUND",
                 ) from None
-            except (OSError, ValueError) as exc:
-                raise FailedPrecondition(
-                    f"{JOB_SPEC_FILE} is not valid: {exc}", reason="CHECKPOINT_FILE_INVALID"
-                ) from None
+            return _parse_config(JOB_SPEC_FILE, raw)
 
         data = await asyncio.to_thread(load)
         return pb.GetCheckpointJobSpecResponse(
             job_spec=_to_struct(data, JOB_SPEC_FILE), suffix=cf.suffix, run_id=cf.run_id
         )
+
+    def _checkpoint_file(self, cf: CheckpointFile, file_name: str) -> bytes:
+        """A checkpoint file's bytes (one more than MAX_CHECKPOINT_FILE_BYTES at most), inside the
+        checkpoints tree (blocking). FileNotFoundError when absent; FAILED_PRECONDITION otherwise."""
+        try:
+            raw = read_beneath(self._ckpt_root, Path(cf.path) / file_name, MAX_CHECKPOINT_FILE_BYTES)
+        except UnsafePath as exc:
+            raise refusal(exc) from None
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"{file_name} cannot be read ({exc.strerror})", reason="CHECKPOINT_FILE_INVALID"
+            ) from None
+        return raw
 
     def checkpoint_stats(self, project: str, group: str, name: str) -> pb.GetCheckpointStatsResponse:
         count, total = self.index.checkpoint_totals(project, group, name)
@@ -378,7 +425,7 @@ class ViewerService:
 
         def read() -> tuple[bytes, int]:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = open_beneath(self._status_root, path)
             except FileNotFoundError:
                 return b"", 0
             try:
@@ -387,7 +434,10 @@ class ViewerService:
             finally:
                 os.close(fd)
 
-        data, size = await asyncio.to_thread(read)
+        try:
+            data, size = await asyncio.to_thread(read)
+        except UnsafePath as exc:
+            raise refusal(exc) from None
         if offset > size:
             raise invalid_field("offset", f"is past the end of the log ({size} bytes)")
         return pb.ReadLogResponse(data=data, offset=offset, next_offset=offset + len(data), size_bytes=size)
@@ -401,16 +451,21 @@ class ViewerService:
         wanted = tail_lines or DEFAULT_TAIL_LINES
 
         def read() -> tuple[bytes, int, int]:
-            start = offset_of_last_lines(path, wanted)
+            start = offset_of_last_lines(path, self._status_root, wanted)
             try:
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    data = f.read(MAX_READ)
-                    return data, start, start + len(data)
+                fd = open_beneath(self._status_root, path)
             except FileNotFoundError:
                 return b"", 0, 0
+            try:
+                data = os.pread(fd, MAX_READ, start)
+                return data, start, start + len(data)
+            finally:
+                os.close(fd)
 
-        data, start, end = await asyncio.to_thread(read)
+        try:
+            data, start, end = await asyncio.to_thread(read)
+        except UnsafePath as exc:
+            raise refusal(exc) from None
         return pb.TailLogResponse(data=data, offset=start, next_offset=end)
 
     async def stream_logs(
@@ -429,6 +484,7 @@ class ViewerService:
         try:
             async for chunk in log_chunks(
                 self._log_path(key),
+                root=self._status_root,
                 offset=offset,
                 tail_lines=tail_lines,
                 follow=follow,
