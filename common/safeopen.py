@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +172,20 @@ def dir_without_links(root: str | Path, path: str | Path) -> Iterator[int]:
         parts = rel.split(os.sep)
     with _dir_fd(root_s, parts, rel, "is reached through a link; nothing is deleted through a link") as fd:
         yield fd
+
+
+def remove_beneath(dir_fd: int, name: str) -> None:
+    """Remove ``name`` (a directory tree, a file or a link) in the directory
+    ``dir_fd``, following no link: a link is removed, never its target.
+
+    Renamed aside first, so a reader never sees half a tree; FileNotFoundError
+    when it is not there.
+    """
+    doomed = f".deleting-{name}-{secrets.token_hex(4)}"
+    os.rename(name, doomed, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    if stat.S_ISDIR(os.lstat(doomed, dir_fd=dir_fd).st_mode):
+        # rmtree with dir_fd is the descriptor-based walk: it refuses a link at
+        # the top and never follows one below.
+        shutil.rmtree(doomed, dir_fd=dir_fd)
+    else:
+        os.unlink(doomed, dir_fd=dir_fd)

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import shutil
 import stat
 from pathlib import Path
 
 from baton.common.layout import RUN_MARKER, is_complete_checkpoint
-from baton.common.safeopen import dir_without_links
+from baton.common.safeopen import dir_without_links, remove_beneath
 
 
 def _usage(dir_fd: int, name: str) -> int:
@@ -105,14 +103,7 @@ def delete(root: Path, targets: list[Path]) -> tuple[int, int]:
                     size += _usage(pfd, target.name)
                 except FileNotFoundError:
                     continue
-                doomed = f".deleting-{target.name}-{secrets.token_hex(4)}"
-                os.rename(target.name, doomed, src_dir_fd=pfd, dst_dir_fd=pfd)
-                if stat.S_ISDIR(os.lstat(doomed, dir_fd=pfd).st_mode):
-                    # rmtree with dir_fd is the descriptor-based walk: it refuses a
-                    # link at the top and never follows one below.
-                    shutil.rmtree(doomed, dir_fd=pfd)
-                else:
-                    os.unlink(doomed, dir_fd=pfd)  # a link (or file) is removed, never followed
+                remove_beneath(pfd, target.name)
         except FileNotFoundError:
             continue
         count += 1

@@ -9,7 +9,6 @@ fails (a full disk) is tried again, with the newest version, until it succeeds.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import structlog
 
 from baton.common.jobfile import write_job
 from baton.common.layout import STATUS_FILE
+from baton.common.safeopen import UnsafePath, dir_without_links, remove_beneath
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -24,7 +24,9 @@ RETRY_MAX_SECONDS = 2.0
 
 
 class Publisher:
-    def __init__(self) -> None:
+    def __init__(self, status_root: Path) -> None:
+        # Run directories are removed only beneath this, through no link.
+        self._status_root = status_root
         # job id -> (run dir, newest Job to write, or None to remove the run dir)
         self._pending: dict[str, tuple[Path, job_pb2.Job | None]] = {}
         self._cond = threading.Condition()
@@ -37,6 +39,17 @@ class Publisher:
     def publish(self, job: job_pb2.Job) -> None:
         """Queue ``job`` to be written to <run_dir>/status.json."""
         self._put(job.id, Path(job.run_dir), job)
+
+    def _remove(self, run_dir: Path) -> None:
+        """Delete a run directory, never through a link: a project, group or
+        name directory that is a link out of the tree deletes nothing."""
+        try:
+            with dir_without_links(self._status_root, run_dir.parent) as pfd:
+                remove_beneath(pfd, run_dir.name)
+        except FileNotFoundError:
+            pass
+        except UnsafePath as exc:
+            log.warning("run_dir_not_removed", run_dir=str(run_dir), why=str(exc))
 
     def remove(self, job_id: str, run_dir: str) -> None:
         """Queue the removal of a deleted job's run directory."""
@@ -66,7 +79,7 @@ class Publisher:
             for job_id, (run_dir, job) in batch.items():
                 try:
                     if job is None:
-                        shutil.rmtree(run_dir, ignore_errors=True)
+                        self._remove(run_dir)
                     else:
                         write_job(run_dir / STATUS_FILE, job)
                 except OSError as exc:

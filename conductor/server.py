@@ -153,7 +153,7 @@ async def start(config: ConductorConfig) -> RunningConductor:
             _lock_trees, {"status": layout.status_dir, "checkpoints": layout.checkpoints_dir}
         )
         registry = SqliteRegistry(config.state_dir / "registry.db")
-        publisher = Publisher()
+        publisher = Publisher(layout.status_dir)
         # Detection reads /proc and may run nvidia-smi: not on the event loop.
         capacity = await asyncio.to_thread(detect_capacity, config.capacity)
         log.info("local_capacity", capacity=capacity.describe())

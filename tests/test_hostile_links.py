@@ -299,3 +299,29 @@ def test_a_link_that_stays_inside_its_tree_is_followed(
     assert v.stub.GetJob(vpb.ViewerGetJobRequest(**ref), timeout=10).run_id == "alias"
     assert v.stub.ReadLog(vpb.ReadLogRequest(**ref), timeout=10).data == b"one\ntwo\n"
     assert v.stub.TailLog(vpb.TailLogRequest(**ref, tail_lines=1), timeout=10).data == b"two\n"
+
+
+def test_delete_job_never_deletes_through_a_linked_name_directory(
+    conductor: InProcessConductor, tmp_path: Path
+) -> None:
+    job = conductor.wait_ended(conductor.submit(spec_yaml(name="kept", project="p", command="echo hi")).id)
+    run_dir = Path(job.run_dir)
+    name_dir = run_dir.parent
+    # Someone with write access to the tree swaps the name directory for a link
+    # to a directory outside it that holds a run directory of the same id.
+    outside = tmp_path / "outside-name"
+    name_dir.rename(outside)
+    name_dir.symlink_to(outside)
+    precious = outside / run_dir.name / "output.log"
+    assert precious.read_text() == "hi\n"
+    conductor.stub.DeleteJob(pb.DeleteJobRequest(job_id=job.id), timeout=10)
+    # The publisher removes run directories in the background, in order: once a
+    # later job's status.json is written, the removal has been tried.
+    later = conductor.wait_ended(conductor.submit(spec_yaml(name="later", project="p", command="true")).id)
+    status = Path(later.run_dir) / "status.json"
+    deadline = time.monotonic() + 10
+    while '"JOB_STATE_SUCCEEDED"' not in (status.read_text() if status.exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert precious.read_text() == "hi\n", "DeleteJob deleted through a link out of the tree"
+    assert name_dir.is_symlink()
