@@ -269,7 +269,7 @@ def pause_resume(n: int, poll_interval: float) -> Json:
             "job": CHECKPOINT_JOB,
             "distinct_processes": len(pids),
             "resume_to_new_pid_reported_p50_ms": round(percentile(started, 50), 3),
-            "resumed_from_checkpoint": bool(last.resume_from),
+            "resumed_from_checkpoint": bool(last.resume_dir),
             **_polling(pauses + resumes, poll_interval),
         }
         log(f"pause_resume: checkpoint, {n} cycles measured")

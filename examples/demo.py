@@ -221,7 +221,7 @@ def run_job(
         "…the one the pause wrote",
         f"paused at step {paused_at.group(1)}, resumed at step {resumed.group(2)}",
     )
-    checks.check(final.resume_from == checkpoint, "the job records where it resumed from", checkpoint)
+    checks.check(final.resume_dir == checkpoint, "the job records where it resumed from", checkpoint)
     checks.check(Path(checkpoint, "state.json").is_file(), "that checkpoint is on disk")
     expected = unpaused_result(spec_text, scratch)
     got = (Path(final.run_dir) / "result.txt").read_text().strip()
