@@ -328,3 +328,20 @@ def test_a_submission_whose_id_was_never_learned_is_found_not_repeated(
         c.stop()
         subprocess.run(["pkill", "-f", str(slow / "sbatch")], check=False)
         slurm_cluster.cancel_all(wait=15)
+
+
+@pytest.mark.slurm
+def test_a_request_slurm_cannot_meet_fails_the_job_with_slurms_reason(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    c = SubprocessConductor(tmp_path / "home", "--slurm", env=dict(slurm_cluster.env)).start()
+    try:
+        job = c.submit(spec_yaml(executor="slurm", name="huge", command="true", resources={"cpus": 512}))
+        done = c.wait_ended(job.id, timeout=60)
+        assert done.state == S.JOB_STATE_FAILED
+        assert done.reason.startswith("could not start: sbatch refused the job:"), done.reason
+        assert "More processors requested than permitted" in done.reason
+        assert len(done.reason) < 700
+    finally:
+        c.stop()
+        slurm_cluster.cancel_all(wait=15)

@@ -42,6 +42,7 @@ _QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", 
 _RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 _SUSPENDED = {"SUSPENDED", "STOPPED"}
 COMMAND_TIMEOUT = 30.0
+MAX_STDERR_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,10 @@ class SlurmExecutor(NodeExecutor):
             proc.kill()
             await proc.wait()
             return CommandResult(124, "", f"{argv[0]} did not answer in {COMMAND_TIMEOUT:.0f} s")
-        return CommandResult(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
+        # stderr ends up in a job's reason or an error: its end says why, and a
+        # chatty tool must not fill either.
+        stderr = err.decode(errors="replace").strip()[-MAX_STDERR_CHARS:]
+        return CommandResult(proc.returncode or 0, out.decode(errors="replace"), stderr)
 
     # ------------------------------------------------------------ engine side
 
