@@ -102,6 +102,22 @@ EventListener = Callable[[job_pb2.JobEvent], None]
 T = TypeVar("T")
 
 
+class Observer:
+    """What the lifecycle tells of durable changes, for metrics (``conductor.metrics``).
+
+    Called on the event loop, after the registry holds the change; this one does nothing.
+    """
+
+    def loaded(self, jobs: list[job_pb2.Job]) -> None:
+        """The jobs found in the registry at start, before any is recovered."""
+
+    def transition(self, job: job_pb2.Job, before: int) -> None:
+        """``job`` went from state ``before`` to ``job.state`` (a new job: from UNSPECIFIED)."""
+
+    def deleted(self, job: job_pb2.Job) -> None:
+        """``job`` was deleted."""
+
+
 class ForbiddenTransition(Exception):
     """A change of state that the table does not allow: a bug in the conductor."""
 
@@ -182,8 +198,10 @@ class Lifecycle:
         heartbeat_interval: float = 30.0,
         backfill_window: float = 300.0,
         secrets: SecretStore | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._registry = registry
+        self._observer = observer or Observer()
         self._secrets = secrets or SecretStore(None)
         self._executors = executors
         self.layout = layout
@@ -249,6 +267,7 @@ class Lifecycle:
             if row.request_id:
                 self._by_request[row.request_id] = row.job_id
         self._revision = self.book.revision = max_rev
+        self._observer.loaded(list(self._jobs.values()))
         recoveries: list[Coroutine[Any, Any, None]] = []
         for job in list(self.book.jobs(JobFilter())):
             if job.state in FINAL_STATES:
@@ -746,6 +765,7 @@ class Lifecycle:
         if not event:
             return
         if before != job.state:
+            self._observer.transition(job, before)
             log.info(
                 "job_transition",
                 job_id=job.id,
@@ -762,6 +782,7 @@ class Lifecycle:
             self._emit(job_pb2.JobEvent(revision=gone.revision))
             return
         self.book.remove(gone.id, gone.revision)
+        self._observer.deleted(gone)
         self._publisher.remove(gone.id, gone.run_dir)
         log.info("job_deleted", job_id=gone.id, revision=gone.revision)
         self._emit(job_pb2.JobEvent(revision=gone.revision, job=gone, type=S.JOB_EVENT_TYPE_DELETED))

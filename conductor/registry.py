@@ -26,6 +26,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,9 @@ class SqliteRegistry(Registry):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writes = 0
         self._max_revision = 0
+        # Told the seconds each transaction took (BEGIN to COMMIT with its
+        # fsync), in the writer thread: for the commit latency metric.
+        self.on_commit: Callable[[float], None] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -345,6 +349,7 @@ class SqliteRegistry(Registry):
         another reason (a bug, a damaged file) is answered alone: the batch is
         written again one write at a time, so it cannot take the others with it.
         """
+        began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for w in batch:
@@ -374,6 +379,8 @@ class SqliteRegistry(Registry):
                 if w.new_job:
                     self._settle(w, fault)
             return [w for w in batch if not w.new_job]
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - began)
         if self._degraded is not None:
             log.info("registry_recovered")
         self._degraded = None
