@@ -1,10 +1,11 @@
 """The ``baton`` verbs that run services in this process: ``conductor``,
-``viewer``, and ``up`` (both together on one home, the embedded defaults).
+``viewer``, ``gateway`` (HTTP, SSE and the dashboard in front of both), and
+``up`` (all three together on one home, the embedded defaults).
 
 A service runs until SIGINT (Ctrl-C) or SIGTERM, then stops serving and
 exits 0; jobs keep running and the next conductor re-attaches to them. Once
 every service serves, ``--address-file`` receives their addresses as JSON
-(``{"conductor": ..., "viewer": ...}``, written atomically) and ``--json``
+(``{"conductor": ..., "viewer": ..., "gateway": ...}``, written atomically) and ``--json``
 prints the same document on stdout, so a caller that asked for port 0 learns
 the ports.
 """
@@ -82,6 +83,20 @@ _VIEWER = [
         {"type": float, "help": "seconds without heartbeat before a run is stale (default 300)"},
     ),
 ]
+_GATEWAY = [
+    ("--conductor", {"metavar": "ADDR", "help": "the conductor to call (default 127.0.0.1:50051)"}),
+    ("--viewer", {"metavar": "ADDR", "help": "the viewer to call (default 127.0.0.1:50052)"}),
+    ("--ca-file", {"type": Path, "help": "call the services over TLS, trusting these roots (PEM)"}),
+    ("--cert-file", {"type": Path, "help": "client certificate for the services' mutual TLS (PEM)"}),
+    ("--key-file", {"type": Path, "help": "the private key of --cert-file (PEM)"}),
+    ("--tls-server-name", {"metavar": "NAME", "help": "name expected in the services' certificates"}),
+    ("--tls-cert-file", {"type": Path, "help": "serve HTTPS with this certificate chain (PEM)"}),
+    ("--tls-key-file", {"type": Path, "help": "the private key of --tls-cert-file (PEM)"}),
+    (
+        "--insecure",
+        {"action": "store_true", "help": "allow a non-loopback address before services needing no token"},
+    ),
+]
 _OUTPUT = [
     ("--address-file", {"type": Path, "help": "write the addresses served, as JSON, once serving"}),
     ("--json", {"action": "store_true", "help": "print the addresses served as one JSON line"}),
@@ -89,13 +104,22 @@ _OUTPUT = [
 
 
 def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
-    """The flags of ``baton conductor``, ``baton viewer`` or ``baton up``."""
+    """The flags of ``baton conductor``, ``baton viewer``, ``baton gateway`` or ``baton up``."""
+    if service == "gateway":
+        parser.add_argument("--listen", help="HTTP address (default 127.0.0.1:8080)")
+        for flag, kwargs in [*_GATEWAY, *_OUTPUT]:
+            parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+        parser.add_argument("--log-level", default="info", help="default info")
+        return
     if service in ("conductor", "up"):
         parser.add_argument("--listen", help="conductor address (default 127.0.0.1:50051)")
     if service == "viewer":
         parser.add_argument("--listen", help="viewer address (default 127.0.0.1:50052)")
     if service == "up":
         parser.add_argument("--viewer-listen", help="viewer address (default 127.0.0.1:50052)")
+        parser.add_argument(
+            "--gateway-listen", help="HTTP, SSE and dashboard address (default 127.0.0.1:8080; 'off': none)"
+        )
     flags = (
         _COMMON + (_CONDUCTOR if service != "viewer" else []) + (_VIEWER if service != "conductor" else [])
     )
@@ -129,6 +153,18 @@ def _viewer_config(args: argparse.Namespace, listen: str | None) -> Any:
     names = ["home", "status_dir", "checkpoints_dir", "watch", "poll_interval", "reconcile_interval",
              "stale_after", *_AUTH]  # fmt: skip
     return ViewerConfig(**_fields(args, names, listen=listen, log_level=args.log_level))
+
+
+def _gateway_config(args: argparse.Namespace, listen: str | None, **services: str) -> Any:
+    from baton.client.connection import TlsSettings
+    from baton.gateway.server import GatewayConfig
+
+    tls = None
+    if getattr(args, "ca_file", None) or getattr(args, "cert_file", None):
+        tls = TlsSettings.from_files(args.ca_file, args.cert_file, args.key_file, args.tls_server_name)
+    names = ["conductor", "viewer", "tls_cert_file", "tls_key_file", "insecure"]
+    found = _fields(args, names, listen=listen) | {k: v for k, v in services.items() if v}
+    return GatewayConfig(backend_tls=tls, **found)
 
 
 Starter = Callable[[], Awaitable[Any]]
@@ -168,7 +204,8 @@ def _announce(addresses: dict[str, str], home: Path) -> None:
     env = {"conductor": "BATON_CONDUCTOR", "viewer": "BATON_VIEWER"}
     lines = ["baton: serving"]
     for name, address in addresses.items():
-        lines.append(f"  {name:<10} {address}   (export {env[name]}={address})")
+        hint = f"(export {env[name]}={address})" if name in env else f"(dashboard: http://{address}/)"
+        lines.append(f"  {name:<10} {address}   {hint}")
     lines += [f"  {'home':<10} {home}", "Press Ctrl-C to stop."]
     print("\n".join(lines), file=sys.stderr, flush=True)
 
@@ -189,13 +226,16 @@ def _config_problem(exc: ValueError) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``baton conductor``, ``baton viewer`` or ``baton up``."""
+    """``baton conductor``, ``baton viewer``, ``baton gateway`` or ``baton up``."""
     from baton.common.auth import CredentialsError
     from baton.common.logs import configure
     from baton.conductor.secrets import SecretsRefused
     from baton.conductor.server import HomeLocked
+    from baton.gateway.server import GatewayRefused
+    from baton.gateway.server import start as start_gateway
 
     configure(args.log_level, json=args.verb != "up")
+    home = Path.cwd()
     try:
         starters: dict[str, Starter] = {}
         if args.verb in ("conductor", "up"):
@@ -210,12 +250,43 @@ def run(args: argparse.Namespace) -> int:
             vconf = _viewer_config(args, args.viewer_listen if args.verb == "up" else args.listen)
             home = vconf.home
             starters["viewer"] = lambda: start_viewer(vconf)
+        if args.verb == "gateway":
+            gconf = _gateway_config(args, args.listen)
+            starters["gateway"] = lambda: start_gateway(gconf)
     except ValueError as exc:
         print(f"baton {args.verb}: {_config_problem(exc)}", file=sys.stderr)
         return exitcodes.USAGE
     try:
+        if args.verb == "up" and args.gateway_listen != "off":
+            _gateway_after(starters, args)
         asyncio.run(_serve(starters, args, home))
-    except (HomeLocked, OSError, CredentialsError, SecretsRefused) as exc:
+    except (HomeLocked, OSError, CredentialsError, SecretsRefused, GatewayRefused) as exc:
         print(f"baton {args.verb}: {exc}", file=sys.stderr)
         return exitcodes.FAILED
     return exitcodes.OK
+
+
+def _gateway_after(starters: dict[str, Starter], args: argparse.Namespace) -> None:
+    """``baton up``'s gateway, started once the conductor and viewer serve, pointed at them."""
+    from baton.gateway.server import start as start_gateway
+
+    start_conductor, start_viewer = starters["conductor"], starters["viewer"]
+    addresses: dict[str, str] = {}
+
+    async def conductor() -> Any:
+        started = await start_conductor()
+        addresses["conductor"] = started.address
+        return started
+
+    async def viewer() -> Any:
+        started = await start_viewer()
+        addresses["viewer"] = started.address
+        return started
+
+    async def gateway() -> Any:
+        # `up` serves its own services over plaintext loopback or with its own TLS;
+        # the gateway calls them at the addresses they got.
+        config = _gateway_config(args, args.gateway_listen, **addresses)
+        return await start_gateway(config)
+
+    starters.update(conductor=conductor, viewer=viewer, gateway=gateway)
