@@ -110,6 +110,21 @@ class Gateway:
             )
         return self._calls[key]
 
+    async def conductor_info(
+        self, token: str | None, **kwargs: Any
+    ) -> conductor_pb2.GetConductorInfoResponse:
+        """GetConductorInfo as ``token``'s holder (who they are: ``caller``)."""
+        call = self.channel("conductor").unary_unary(
+            "/baton.v1.Conductor/GetConductorInfo",
+            request_serializer=_serialize,
+            response_deserializer=conductor_pb2.GetConductorInfoResponse.FromString,
+        )
+        kwargs.setdefault("timeout", self.config.timeout)
+        answer: conductor_pb2.GetConductorInfoResponse = await call(
+            conductor_pb2.GetConductorInfoRequest(), metadata=session.metadata(token), **kwargs
+        )
+        return answer
+
     # -- the app -----------------------------------------------------------
 
     def app(self) -> web.Application:
@@ -167,13 +182,7 @@ class Gateway:
             token = str(form.get("token", "")).strip()
             if not token:
                 raise invalid_field("token", "required")
-            call = self.channel("conductor").unary_unary(
-                "/baton.v1.Conductor/GetConductorInfo",
-                request_serializer=_serialize,
-                response_deserializer=conductor_pb2.GetConductorInfoResponse.FromString,
-            )
-            info = await call(conductor_pb2.GetConductorInfoRequest(), metadata=session.metadata(token),
-                              timeout=self.config.timeout)  # fmt: skip
+            info = await self.conductor_info(token)
         except BatonError as err:
             return _error(*transcode.status_of_error(err))
         except grpc.aio.AioRpcError as err:
@@ -341,16 +350,11 @@ def _ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
 
 async def _check_backends_authenticate(gateway: Gateway, wait: float = 60.0) -> None:
     """Refuse to publish, off loopback, a conductor that answers callers with no token."""
-    call = gateway.channel("conductor").unary_unary(
-        "/baton.v1.Conductor/GetConductorInfo",
-        request_serializer=_serialize,
-        response_deserializer=conductor_pb2.GetConductorInfoResponse.FromString,
-    )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         try:
-            await call(conductor_pb2.GetConductorInfoRequest(), timeout=5.0, wait_for_ready=True)
+            await gateway.conductor_info(None, timeout=5.0, wait_for_ready=True)
         except grpc.aio.AioRpcError as err:
             if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 return
