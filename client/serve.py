@@ -1,12 +1,13 @@
 """The ``baton`` verbs that run services in this process: ``conductor``,
-``viewer``, and ``up`` (both together on one home, the embedded defaults).
+``viewer``, ``gateway`` (HTTP, SSE and the dashboard in front of both), and
+``up`` (all three together on one home, the embedded defaults).
 
 A service runs until SIGINT (Ctrl-C) or SIGTERM, then stops gracefully
 (``common.serving``: NOT_SERVING, new calls refused, open streams ended with
 UNAVAILABLE, exit within ``--shutdown-grace``) and exits 0; jobs keep running
 and the next conductor re-attaches to them. Once every service serves,
 ``--address-file`` receives their addresses as JSON (``{"conductor": ...,
-"viewer": ..., "home": ...}``, with ``"health"`` and ``"metrics"`` when
+"viewer": ..., "gateway": ..., "home": ...}``, with ``"health"`` and ``"metrics"`` when
 ``--health-listen`` and ``--metrics-listen`` are given; under ``baton up``
 the viewer's are ``"viewer_health"`` and ``"viewer_metrics"``), written
 atomically, and ``--json`` prints the same document on stdout, so a caller
@@ -120,6 +121,20 @@ _UP_OPS = [
     ("--viewer-health-listen", {"metavar": "ADDR", "help": "the viewer's --health-listen (default off)"}),
     ("--viewer-metrics-listen", {"metavar": "ADDR", "help": "the viewer's --metrics-listen (default off)"}),
 ]
+_GATEWAY = [
+    ("--conductor", {"metavar": "ADDR", "help": "the conductor to call (default 127.0.0.1:50051)"}),
+    ("--viewer", {"metavar": "ADDR", "help": "the viewer to call (default 127.0.0.1:50052)"}),
+    ("--ca-file", {"type": Path, "help": "call the services over TLS, trusting these roots (PEM)"}),
+    ("--cert-file", {"type": Path, "help": "client certificate for the services' mutual TLS (PEM)"}),
+    ("--key-file", {"type": Path, "help": "the private key of --cert-file (PEM)"}),
+    ("--tls-server-name", {"metavar": "NAME", "help": "name expected in the services' certificates"}),
+    ("--tls-cert-file", {"type": Path, "help": "serve HTTPS with this certificate chain (PEM)"}),
+    ("--tls-key-file", {"type": Path, "help": "the private key of --tls-cert-file (PEM)"}),
+    (
+        "--insecure",
+        {"action": "store_true", "help": "allow a non-loopback address before services needing no token"},
+    ),
+]
 _OUTPUT = [
     ("--address-file", {"type": Path, "help": "write the addresses served, as JSON, once serving"}),
     ("--json", {"action": "store_true", "help": "print the addresses served as one JSON line"}),
@@ -127,13 +142,22 @@ _OUTPUT = [
 
 
 def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
-    """The flags of ``baton conductor``, ``baton viewer`` or ``baton up``."""
+    """The flags of ``baton conductor``, ``baton viewer``, ``baton gateway`` or ``baton up``."""
+    if service == "gateway":
+        parser.add_argument("--listen", help="HTTP address (default 127.0.0.1:8080)")
+        for flag, kwargs in [*_GATEWAY, *_OUTPUT]:
+            parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+        add_log_flags(parser, *_LOG_DEFAULTS[service])
+        return
     if service in ("conductor", "up"):
         parser.add_argument("--listen", help="conductor address (default 127.0.0.1:50051)")
     if service == "viewer":
         parser.add_argument("--listen", help="viewer address (default 127.0.0.1:50052)")
     if service == "up":
         parser.add_argument("--viewer-listen", help="viewer address (default 127.0.0.1:50052)")
+        parser.add_argument(
+            "--gateway-listen", help="HTTP, SSE and dashboard address (default 127.0.0.1:8080; 'off': none)"
+        )
     flags = (
         _COMMON + (_CONDUCTOR if service != "viewer" else []) + (_VIEWER if service != "conductor" else [])
     )
@@ -145,7 +169,12 @@ def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
 
 # (level, format) by verb: `baton up` is run at a terminal and keeps it quiet
 # (one line per RPC is at info); a lone service writes JSON lines for a collector.
-_LOG_DEFAULTS = {"up": ("warning", "console"), "conductor": ("info", "json"), "viewer": ("info", "json")}
+_LOG_DEFAULTS = {
+    "up": ("warning", "console"),
+    "conductor": ("info", "json"),
+    "viewer": ("info", "json"),
+    "gateway": ("info", "json"),
+}
 
 
 def add_log_flags(parser: argparse.ArgumentParser, level: str, fmt: str) -> None:
@@ -209,6 +238,18 @@ def _viewer_config(args: argparse.Namespace) -> Any:
         raise ValueError(text) from None
 
 
+def _gateway_config(args: argparse.Namespace, listen: str | None, **services: str) -> Any:
+    from baton.client.connection import TlsSettings
+    from baton.gateway.server import GatewayConfig
+
+    tls = None
+    if getattr(args, "ca_file", None) or getattr(args, "cert_file", None):
+        tls = TlsSettings.from_files(args.ca_file, args.cert_file, args.key_file, args.tls_server_name)
+    names = ["conductor", "viewer", "tls_cert_file", "tls_key_file", "insecure"]
+    found = _fields(args, names, listen=listen) | {k: v for k, v in services.items() if v}
+    return GatewayConfig(backend_tls=tls, **found)
+
+
 Starter = Callable[[], Awaitable[Any]]
 
 
@@ -231,7 +272,9 @@ async def _serve(starters: dict[str, Starter], args: argparse.Namespace, home: P
         side: dict[str, str] = {}
         for name, r in zip(starters, running, strict=True):
             prefix = "viewer_" if args.verb == "up" and name == "viewer" else ""
-            side.update({prefix + k: v for k, v in r.addresses().items() if k != "address"})
+            # The gateway has no side listeners (no addresses()).
+            listed = r.addresses() if hasattr(r, "addresses") else {}
+            side.update({prefix + k: v for k, v in listed.items() if k != "address"})
         document = json.dumps(addresses | side | {"home": str(home)})
         if args.address_file is not None:
             await asyncio.to_thread(write_atomic, args.address_file, document.encode())
@@ -254,7 +297,8 @@ def _announce(addresses: dict[str, str], side: dict[str, str], home: Path) -> No
     env = {"conductor": "BATON_CONDUCTOR", "viewer": "BATON_VIEWER"}
     lines = ["baton: serving"]
     for name, address in addresses.items():
-        lines.append(f"  {name:<10} {address}   (export {env[name]}={address})")
+        hint = f"(export {env[name]}={address})" if name in env else f"(dashboard: http://{address}/)"
+        lines.append(f"  {name:<10} {address}   {hint}")
     for name, address in side.items():
         what = "http://" + address + "/metrics" if name.endswith("metrics") else address + " (plaintext)"
         lines.append(f"  {name:<10} {what}")
@@ -278,13 +322,16 @@ def _config_problem(exc: ValueError) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``baton conductor``, ``baton viewer`` or ``baton up``."""
+    """``baton conductor``, ``baton viewer``, ``baton gateway`` or ``baton up``."""
     from baton.common.auth import CredentialsError
     from baton.common.logs import configure
     from baton.conductor.secrets import SecretsRefused
     from baton.conductor.server import HomeLocked
+    from baton.gateway.server import GatewayRefused
+    from baton.gateway.server import start as start_gateway
 
     configure(args.log_level, json=args.log_format == "json")
+    home = Path.cwd()
     try:
         starters: dict[str, Starter] = {}
         if args.verb in ("conductor", "up"):
@@ -299,12 +346,43 @@ def run(args: argparse.Namespace) -> int:
             vconf = _viewer_config(args)
             home = vconf.home
             starters["viewer"] = lambda: start_viewer(vconf)
+        if args.verb == "gateway":
+            gconf = _gateway_config(args, args.listen)
+            starters["gateway"] = lambda: start_gateway(gconf)
     except ValueError as exc:
         print(f"baton {args.verb}: {_config_problem(exc)}", file=sys.stderr)
         return exitcodes.USAGE
     try:
+        if args.verb == "up" and args.gateway_listen != "off":
+            _gateway_after(starters, args)
         asyncio.run(_serve(starters, args, home))
-    except (HomeLocked, OSError, CredentialsError, SecretsRefused) as exc:
+    except (HomeLocked, OSError, CredentialsError, SecretsRefused, GatewayRefused) as exc:
         print(f"baton {args.verb}: {exc}", file=sys.stderr)
         return exitcodes.FAILED
     return exitcodes.OK
+
+
+def _gateway_after(starters: dict[str, Starter], args: argparse.Namespace) -> None:
+    """``baton up``'s gateway, started once the conductor and viewer serve, pointed at them."""
+    from baton.gateway.server import start as start_gateway
+
+    start_conductor, start_viewer = starters["conductor"], starters["viewer"]
+    addresses: dict[str, str] = {}
+
+    async def conductor() -> Any:
+        started = await start_conductor()
+        addresses["conductor"] = started.address
+        return started
+
+    async def viewer() -> Any:
+        started = await start_viewer()
+        addresses["viewer"] = started.address
+        return started
+
+    async def gateway() -> Any:
+        # `up` serves its own services over plaintext loopback or with its own TLS;
+        # the gateway calls them at the addresses they got.
+        config = _gateway_config(args, args.gateway_listen, **addresses)
+        return await start_gateway(config)
+
+    starters.update(conductor=conductor, viewer=viewer, gateway=gateway)
