@@ -184,19 +184,25 @@ def test_policy(kustomization: str) -> None:
             probe = c.get(kind)
             assert probe, f"{where}: no {kind}"
             if comp == "gateway":
-                assert probe["httpGet"]["path"] == "/healthz", f"{where}: {kind}"
+                # Alive when it answers; ready when the services behind it do.
+                path = "/healthz" if kind == "livenessProbe" else "/readyz"
+                assert probe["httpGet"]["path"] == path, f"{where}: {kind}"
                 assert ports[probe["httpGet"]["port"]] == port_of(flag(args, "--listen") or "")
             else:
                 health = flag(args, "--health-listen")
                 assert health, f"{where}: no --health-listen"
                 assert probe["grpc"]["port"] == port_of(health) == ports["health"], f"{where}: {kind}"
 
-        # Scrape annotations name the real metrics listener.
+        # Scrape annotations name the real metrics listener; the gateway has
+        # none yet (`baton gateway` takes no --metrics-listen), and says so.
         metrics = flag(args, "--metrics-listen")
-        assert metrics, f"{where}: no --metrics-listen"
-        assert annotations.get("prometheus.io/scrape") == "true", f"{where}: scrape annotation"
-        assert annotations.get("prometheus.io/port") == str(port_of(metrics)) == str(ports["metrics"])
-        assert annotations.get("prometheus.io/path") == "/metrics"
+        if comp == "gateway" and metrics is None:
+            assert annotations.get("prometheus.io/scrape") == "false", f"{where}: scrape annotation"
+        else:
+            assert metrics, f"{where}: no --metrics-listen"
+            assert annotations.get("prometheus.io/scrape") == "true", f"{where}: scrape annotation"
+            assert annotations.get("prometheus.io/port") == str(port_of(metrics)) == str(ports["metrics"])
+            assert annotations.get("prometheus.io/path") == "/metrics"
 
         # Everything the service is told to read or write is on a volume: the
         # root filesystem is read-only.
@@ -208,14 +214,13 @@ def test_policy(kustomization: str) -> None:
                 )
         assert "/tmp" in mounts, f"{where}: no writable /tmp"
 
-        # Non-loopback, so authenticated (conductor, viewer) or plainly said insecure (gateway).
+        # Non-loopback, so authenticated (the gateway passes callers' tokens on).
+        assert "--insecure" not in args, f"{where}: --insecure"
         if comp != "gateway":
             assert flag(args, "--token-file"), f"{where}: no --token-file"
-            assert "--insecure" not in args
 
         if kustomization == "overlays/production":
             assert "cpu" in c["resources"]["limits"], f"{where}: production sets CPU limits"
-            assert "--insecure" not in args, f"{where}: production is TLS only"
             assert flag(args, "--tls-cert-file") and flag(args, "--tls-key-file"), f"{where}: no TLS"
 
     # Exactly one conductor, and it is the StatefulSet with a claim of its own.
@@ -350,6 +355,24 @@ def test_containerfile() -> None:
     env = image_env()
     assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
     assert env["PATH"].split(":")[0] == "/opt/baton/bin"
+
+
+def test_containerfile_commands_parse() -> None:
+    """The CMD and every documented `podman run` line parse with baton's own parser."""
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    (cmd,) = [rest for word, rest in final_stage() if word == "CMD"]
+    _parses(yaml.safe_load(cmd))
+    examples = [
+        line.lstrip("#").strip()
+        for line in (DEPLOY / "Containerfile").read_text().splitlines()
+        if line.lstrip("#").strip().startswith("podman run")
+    ]
+    assert len(examples) >= 2, "the Containerfile documents how to run the conductor and the viewer"
+    for example in examples:
+        argv = shlex.split(example)
+        image = next(a for a in argv if a.startswith("localhost/baton:"))
+        assert image == f"localhost/baton:{version}"
+        _parses(argv[argv.index(image) + 1 :])
 
 
 def test_parsing_fails_on_a_wrong_flag() -> None:
