@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import grpc
 from google import protobuf
 
 from baton.common.version import VERSION
-from bench import executors, feeds, latency, memory, ray_bare, slurm_bare, throughput, viewer
+from bench import executors, feeds, latency, memory, procs, ray_bare, slurm_bare, throughput, viewer
 from bench.jobs import DEFAULT_POLL_INTERVAL
 from bench.procs import CLK_TCK, REPO
 from bench.report import Json, finite, log, percentile, target_summary
@@ -182,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_POLL_INTERVAL * 1000,
         help="sleep between GetJob polls while waiting for a state (default %(default)s; 0: back to back)",
     )
+    p.add_argument(
+        "--conductor-flags",
+        type=shlex.split,
+        default=[],
+        metavar="FLAGS",
+        help="more flags for every `baton conductor` started, e.g. '--metrics-listen 127.0.0.1:0' "
+        "(to measure what an option costs)",
+    )
     return p
 
 
@@ -233,7 +242,7 @@ def _fsync_probe(samples: int = 20) -> Json:
     }
 
 
-def environment() -> Json:
+def environment(conductor_flags: list[str]) -> Json:
     tmp = tempfile.gettempdir()
     return {
         "cpus": os.cpu_count(),
@@ -249,6 +258,7 @@ def environment() -> Json:
         "fsync_4k_ms": _fsync_probe(),
         "conductor": "`python -m baton.client.cli conductor --listen 127.0.0.1:0` subprocess, "
         "a fresh temporary home for each section",
+        "conductor_flags": shlex.join(conductor_flags),
         "client": "this process: sync grpc client for latencies, grpc.aio client for throughput",
     }
 
@@ -280,6 +290,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    procs.CONDUCTOR_FLAGS[:] = args.conductor_flags
     sizes = QUICK if args.quick else FULL
     names = [n for n in args.only or [n for n in SECTIONS if n not in OPT_IN] if n not in args.skip]
     poll = max(0.0, args.poll_interval_ms / 1000)
@@ -288,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "baton",
         "mode": "quick" if args.quick else "full",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "environment": environment(),
+        "environment": environment(args.conductor_flags),
         "sizes": sizes.__dict__,
         "results": {},
     }

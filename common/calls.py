@@ -55,10 +55,11 @@ class _Method(NamedTuple):
 class _Open:
     """A stream being served: its task, and whether it waits inside the servicer now."""
 
-    __slots__ = ("inside", "stopping", "task")
+    __slots__ = ("health", "inside", "stopping", "task")
 
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+    def __init__(self, task: asyncio.Task[Any] | None, health: bool) -> None:
         self.task = task
+        self.health = health
         self.inside = False
         self.stopping = False
 
@@ -75,6 +76,9 @@ class CallTracker(grpc.aio.ServerInterceptor):
         self.metrics = metrics
         self.draining = False
         self._methods: dict[str, _Method] = {}
+        # Labelled series by (method, kind[, code]): labels() takes a lock and builds a key each time.
+        self._starts: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._ends: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._open: set[_Open] = set()
         self._none_open = asyncio.Event()
         self._none_open.set()
@@ -84,6 +88,11 @@ class CallTracker(grpc.aio.ServerInterceptor):
     @property
     def open_streams(self) -> int:
         return len(self._open)
+
+    @property
+    def health_watches(self) -> int:
+        """Open health Watch streams: they should hear NOT_SERVING before they are ended."""
+        return sum(1 for stream in self._open if stream.health)
 
     async def drain(self, within: float) -> None:
         """Refuse new calls; end open streams with UNAVAILABLE, waiting up to ``within`` seconds for them."""
@@ -142,7 +151,7 @@ class CallTracker(grpc.aio.ServerInterceptor):
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             began = time.perf_counter()
             peer = self._started(method, kind, context)
-            stream = self._opened() if streams else None
+            stream = self._opened(method) if streams else None
             code: grpc.StatusCode | None = None
             try:
                 if self.draining and not method.health:
@@ -179,7 +188,7 @@ class CallTracker(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             began = time.perf_counter()
             peer = self._started(method, kind, context)
-            this = self._opened()
+            this = self._opened(method)
             code: grpc.StatusCode | None = None
             messages = behavior(request, context)
             try:
@@ -224,8 +233,8 @@ class CallTracker(grpc.aio.ServerInterceptor):
 
     # ------------------------------------------------------------ accounting
 
-    def _opened(self) -> _Open:
-        stream = _Open(asyncio.current_task())
+    def _opened(self, method: _Method) -> _Open:
+        stream = _Open(asyncio.current_task(), method.health)
         self._open.add(stream)
         self._none_open.clear()
         return stream
@@ -243,9 +252,17 @@ class CallTracker(grpc.aio.ServerInterceptor):
         """
         m = self.metrics
         if m is not None:
-            m.started.labels(method.service, method.name, kind).inc()
-            if kind in ("server_stream", "bidi_stream"):
-                m.open_streams.labels(method.service, method.name).inc()
+            series = self._starts.get((method.full, kind))
+            if series is None:
+                series = self._starts[(method.full, kind)] = (
+                    m.started.labels(method.service, method.name, kind),
+                    m.open_streams.labels(method.service, method.name)
+                    if kind in ("server_stream", "bidi_stream")
+                    else None,
+                )
+            series[0].inc()
+            if series[1] is not None:
+                series[1].inc()
         return context.peer() if _enabled(logging.DEBUG if method.health else logging.INFO) else None
 
     def _ended(
@@ -260,10 +277,17 @@ class CallTracker(grpc.aio.ServerInterceptor):
         code_name = code.name if code is not None else "OK"
         m = self.metrics
         if m is not None:
-            m.handled.labels(method.service, method.name, kind, code_name).inc()
-            m.handling.labels(method.service, method.name, kind, code_name).observe(seconds)
-            if kind in ("server_stream", "bidi_stream"):
-                m.open_streams.labels(method.service, method.name).dec()
+            series = self._ends.get((method.full, kind, code_name))
+            if series is None:
+                series = self._ends[(method.full, kind, code_name)] = (
+                    m.handled.labels(method.service, method.name, kind, code_name),
+                    m.handling.labels(method.service, method.name, kind, code_name),
+                )
+            series[0].inc()
+            series[1].observe(seconds)
+            opened = self._starts[(method.full, kind)][1]
+            if opened is not None:
+                opened.dec()
         if peer is None:
             return
         fields: dict[str, Any] = {

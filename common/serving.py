@@ -72,7 +72,8 @@ class Listeners:
         try:
             # set() is ignored from now on: nothing says SERVING again.
             await self.health.enter_graceful_shutdown()
-            await asyncio.sleep(min(HEALTH_NOTICE_SECONDS, grace))
+            if self.tracker.health_watches:
+                await asyncio.sleep(min(HEALTH_NOTICE_SECONDS, grace))
             await self.tracker.drain(deadline - loop.time())
             await self.server.stop(max(deadline - loop.time(), 0.0))
         finally:
