@@ -189,7 +189,7 @@ def add_log_flags(parser: argparse.ArgumentParser, level: str, fmt: str) -> None
 
 
 # Config fields both services take from the flags of the same names.
-_AUTH = ["token_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "insecure", "shutdown_grace"]
+_SHARED = ["token_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "insecure", "shutdown_grace"]
 
 
 def _fields(args: argparse.Namespace, names: list[str], **extra: Any) -> dict[str, Any]:
@@ -202,7 +202,7 @@ def _conductor_config(args: argparse.Namespace) -> Any:
 
     names = ["home", "status_dir", "checkpoints_dir", "max_running", "heartbeat", "capacity",
              "backfill_window", "slurm", "slurm_partition", "slurm_account", "ray_address",
-             "secrets_dir", "group", *_AUTH]  # fmt: skip
+             "secrets_dir", "group", *_SHARED]  # fmt: skip
     return ConductorConfig(
         **_fields(
             args,
@@ -219,7 +219,7 @@ def _viewer_config(args: argparse.Namespace) -> Any:
     from baton.viewer_api.config import ViewerConfig
 
     names = ["home", "status_dir", "checkpoints_dir", "watch", "poll_interval", "reconcile_interval",
-             "stale_after", *_AUTH]  # fmt: skip
+             "stale_after", *_SHARED]  # fmt: skip
     if args.verb == "up":
         side = {"listen": args.viewer_listen, "metrics_listen": args.viewer_metrics_listen,
                 "health_listen": args.viewer_health_listen}  # fmt: skip
