@@ -76,6 +76,9 @@ class CallTracker(grpc.aio.ServerInterceptor):
         self.metrics = metrics
         self.draining = False
         self._methods: dict[str, _Method] = {}
+        # Per method, the last handler wrapped and its wrapping: a server's own
+        # handlers are the same objects call after call (the Authenticator's are not).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         # Labelled series by (method, kind[, code]): labels() takes a lock and builds a key each time.
         self._starts: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._ends: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -117,7 +120,12 @@ class CallTracker(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler  # an unknown method: grpc answers UNIMPLEMENTED, and no label is made for it
-        return self._wrap(handler, self._method(details.method))
+        known = self._wrapped.get(details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, self._method(details.method))
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
     def _method(self, full: str) -> _Method:
         known = self._methods.get(full)
