@@ -9,7 +9,8 @@ and the next conductor re-attaches to them. Once every service serves,
 ``--address-file`` receives their addresses as JSON (``{"conductor": ...,
 "viewer": ..., "gateway": ..., "home": ...}``, with ``"health"`` and ``"metrics"`` when
 ``--health-listen`` and ``--metrics-listen`` are given; under ``baton up``
-the viewer's are ``"viewer_health"`` and ``"viewer_metrics"``), written
+the viewer's are ``"viewer_health"`` and ``"viewer_metrics"``, the gateway's
+``"gateway_metrics"``), written
 atomically, and ``--json`` prints the same document on stdout, so a caller
 that asked for port 0 learns the ports.
 
@@ -120,6 +121,7 @@ _OPS = [
 _UP_OPS = [
     ("--viewer-health-listen", {"metavar": "ADDR", "help": "the viewer's --health-listen (default off)"}),
     ("--viewer-metrics-listen", {"metavar": "ADDR", "help": "the viewer's --metrics-listen (default off)"}),
+    ("--gateway-metrics-listen", {"metavar": "ADDR", "help": "the gateway's --metrics-listen (default off)"}),
 ]
 _GATEWAY = [
     ("--conductor", {"metavar": "ADDR", "help": "the conductor to call (default 127.0.0.1:50051)"}),
@@ -145,7 +147,8 @@ def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
     """The flags of ``baton conductor``, ``baton viewer``, ``baton gateway`` or ``baton up``."""
     if service == "gateway":
         parser.add_argument("--listen", help="HTTP address (default 127.0.0.1:8080)")
-        for flag, kwargs in [*_GATEWAY, *_OUTPUT]:
+        gateway_ops = [op for op in _OPS if op[0] != "--health-listen"]  # HTTP: /healthz serves probes
+        for flag, kwargs in [*_GATEWAY, *gateway_ops, *_OUTPUT]:
             parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
         add_log_flags(parser, *_LOG_DEFAULTS[service])
         return
@@ -245,8 +248,11 @@ def _gateway_config(args: argparse.Namespace, listen: str | None, **services: st
     tls = None
     if getattr(args, "ca_file", None) or getattr(args, "cert_file", None):
         tls = TlsSettings.from_files(args.ca_file, args.cert_file, args.key_file, args.tls_server_name)
-    names = ["conductor", "viewer", "tls_cert_file", "tls_key_file", "insecure"]
-    found = _fields(args, names, listen=listen) | {k: v for k, v in services.items() if v}
+    names = ["conductor", "viewer", "tls_cert_file", "tls_key_file", "insecure", "shutdown_grace"]
+    # Under `baton up` --metrics-listen is the conductor's; the gateway's has a flag of its own.
+    metrics = args.gateway_metrics_listen if args.verb == "up" else args.metrics_listen
+    found = _fields(args, names, listen=listen, metrics_listen=metrics)
+    found |= {k: v for k, v in services.items() if v}
     return GatewayConfig(backend_tls=tls, **found)
 
 
@@ -271,8 +277,7 @@ async def _serve(starters: dict[str, Starter], args: argparse.Namespace, home: P
         addresses = {name: r.address for name, r in zip(starters, running, strict=True)}
         side: dict[str, str] = {}
         for name, r in zip(starters, running, strict=True):
-            prefix = "viewer_" if args.verb == "up" and name == "viewer" else ""
-            # The gateway has no side listeners (no addresses()).
+            prefix = f"{name}_" if args.verb == "up" and name != "conductor" else ""
             listed = r.addresses() if hasattr(r, "addresses") else {}
             side.update({prefix + k: v for k, v in listed.items() if k != "address"})
         document = json.dumps(addresses | side | {"home": str(home)})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,11 @@ from aiohttp import web
 from google.protobuf import message
 
 from baton.client.connection import TlsSettings, open_channel
-from baton.common.errors import BatonError, NotFound, Unimplemented, invalid_field
+from baton.common.errors import BatonError, NotFound, Unavailable, Unimplemented, invalid_field
+from baton.common.metrics import MetricsEndpoint, serve_metrics
 from baton.common.rpc import is_loopback
 from baton.gateway import events, session, transcode
+from baton.gateway.metrics import GatewayMetrics
 from baton.gateway.openapi import openapi
 from baton.gateway.routes import NoRoute, Route, Router, WrongMethod, routes_of
 from baton.v1 import conductor_pb2, viewer_pb2
@@ -72,6 +75,10 @@ class GatewayConfig:
     insecure: bool = False
     # Deadline of a unary call.
     timeout: float = 30.0
+    # Prometheus metrics at http://ADDR/metrics (None: off).
+    metrics_listen: str | None = None
+    # On SIGTERM: seconds open streams and calls get before the gateway exits.
+    shutdown_grace: float = 5.0
     static_dir: Path = field(default=STATIC_DIR)
 
 
@@ -87,6 +94,11 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self.address = ""
         self._openapi = openapi(self.router.routes)
+        self.metrics = GatewayMetrics()
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        # The handlers of open event streams, ended with a goodbye at stop.
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     @property
     def secure(self) -> bool:
@@ -128,7 +140,7 @@ class Gateway:
     # -- the app -----------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._headers])
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._observe, self._headers])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/openapi.json", self._openapi_json)
@@ -138,6 +150,29 @@ class Gateway:
         app.router.add_static("/static/", self.config.static_dir, append_version=False)
         app.router.add_route("*", "/v1/{tail:.*}", self._api)
         return app
+
+    @web.middleware
+    async def _observe(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """One log line and one count per request, labelled by route template, never by path."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            route = request.get("route", "static" if request.path.startswith("/static/") else request.path)
+            if route not in _KNOWN_PATHS and not route.startswith("/v1/"):
+                route = "other"
+            labels = (route, request.method, str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.duration.labels(*labels).observe(elapsed)
+            log.info("http", method=request.method, route=route, path=request.path[:200], status=status,
+                     duration_ms=round(elapsed * 1000, 2), peer=request.remote)  # fmt: skip
 
     @web.middleware
     async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -203,6 +238,7 @@ class Gateway:
     async def _api(self, request: web.Request) -> web.StreamResponse:
         try:
             route, bound = self.router.find(request.method, request.raw_path.split("?", 1)[0])
+            request["route"] = route.template.text
             token, from_cookie = session.token_of(request)
             if from_cookie:
                 session.check_origin(request)
@@ -245,6 +281,11 @@ class Gateway:
         first = asyncio.ensure_future(call.read())
         response: web.StreamResponse | None = None
         framer = events.Framer()
+        label = route.template.text
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        self.metrics.open_streams.labels(label).inc()
         try:
             await asyncio.wait({first}, timeout=FIRST_MESSAGE_WAIT)
             if first.done():
@@ -252,6 +293,7 @@ class Gateway:
             response = web.StreamResponse(headers=_stream_headers(fmt))
             await response.prepare(request)
             async for msg in _messages(call, first):
+                self.metrics.events.labels(label).inc()
                 if await _write(response, fmt, framer, msg):
                     break
         except grpc.aio.AioRpcError as err:
@@ -259,7 +301,17 @@ class Gateway:
                 raise
             with contextlib.suppress(ConnectionError):
                 await _write_error(response, fmt, transcode.status_of_rpc_error(err)[1])
+        except asyncio.CancelledError:
+            if not self._stopping or response is None:
+                raise
+            # Stopping: the reader hears why, and an EventSource reconnects to the next gateway.
+            goodbye = Unavailable("the gateway is shutting down", reason="SHUTTING_DOWN")
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                status = transcode.status_of_error(goodbye)[1]
+                await asyncio.wait_for(_write_error(response, fmt, status), 1.0)
         finally:
+            self._streams.discard(task)
+            self.metrics.open_streams.labels(label).dec()
             first.cancel()
             call.cancel()
         with contextlib.suppress(ConnectionError):
@@ -267,11 +319,20 @@ class Gateway:
         return response
 
     async def stop(self) -> None:
-        """Stop listening (open streams end) and close the channels to the services."""
+        """Stop listening; open streams end with an UNAVAILABLE goodbye; calls get the grace period."""
+        self._stopping = True
+        for task in list(self._streams):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         for channel in self._channels.values():
             await channel.close()
+        if self._metrics_endpoint is not None:
+            await self._metrics_endpoint.close()
+
+    def addresses(self) -> dict[str, str]:
+        """The side listeners' addresses (for the address file)."""
+        return {"metrics": self._metrics_endpoint.address} if self._metrics_endpoint else {}
 
     async def reload_credentials(self) -> None:
         """Re-read the listener's certificate and key (SIGHUP): new connections use them."""
@@ -280,6 +341,8 @@ class Gateway:
             await asyncio.to_thread(self._ssl.load_cert_chain, cert, key)
 
 
+# Paths of the gateway's own (not annotated) routes, labels as they are.
+_KNOWN_PATHS = ("/", "/healthz", "/readyz", "/openapi.json", "/login", "/logout", "static")
 # Query parameters the gateway reads itself rather than passing to the RPC.
 _GATEWAY_PARAMS = ("format",)
 
@@ -381,7 +444,11 @@ async def start(config: GatewayConfig) -> Gateway:
         await _check_backends_authenticate(gateway)
     host, _, port = config.listen.rpartition(":")
     host = host.strip("[]")
-    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
+    if config.metrics_listen:
+        gateway._metrics_endpoint = await serve_metrics(gateway.metrics.registry, config.metrics_listen)
+    runner = web.AppRunner(
+        gateway.app(), handler_cancellation=True, access_log=None, shutdown_timeout=config.shutdown_grace
+    )
     await runner.setup()
     site = web.TCPSite(runner, host or None, int(port), ssl_context=gateway._ssl)
     await site.start()

@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -552,3 +553,47 @@ def test_caller_in_conductor_info_over_grpc(served: tuple[Stack, GatewayProcess]
     info = served[0].conductor.stub.GetConductorInfo(pb.GetConductorInfoRequest(), timeout=10)
     assert info.caller.role == "admin" and info.caller.name == ""
     assert job_pb2.JOB_STATE_RUNNING  # the generated enums import beside the annotations
+
+
+def test_metrics_count_routes_by_template_and_sigterm_ends_open_streams_with_a_goodbye(
+    served: tuple[Stack, GatewayProcess], tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    s = served[0]
+    gateway = GatewayProcess(tmp_path, s.address, s.viewer_address, "--metrics-listen", "127.0.0.1:0",
+                             "--shutdown-grace", "3")  # fmt: skip
+    web = Http(gateway.address)
+    try:
+        job = submit(web, "counted", "sleep 60")
+        web.ok("GET", f"/v1/jobs/{job['id']}")
+        assert web.get("/v1/jobs/20000101-000000-abcdef").status == 404
+        metrics_address = json.loads(gateway.address_file.read_text())["metrics"]
+        with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as answer:
+            families = {f.name: f for f in text_string_to_metric_families(answer.read().decode())}
+        counts = {
+            (m.labels["route"], m.labels["http_method"], m.labels["http_status"]): m.value
+            for m in families["baton_http_requests"].samples
+            if m.name == "baton_http_requests_total"
+        }
+        assert counts[("/v1/jobs/{job_id}", "GET", "200")] == 1
+        assert counts[("/v1/jobs/{job_id}", "GET", "404")] == 1
+        assert counts[("/v1/jobs", "POST", "200")] == 1
+        assert not any(job["id"] in route for route, _, _ in counts), "a job id became a label"
+
+        streams = [web.events(f"/v1/jobs/{job['id']}/logs?follow=true") for _ in range(5)]
+        streams.append(web.events("/v1/jobs:watch?since_revision=0"))
+        assert all(st.status == 200 for st in streams)
+        stopped = time.monotonic()
+        gateway.proc.send_signal(signal.SIGTERM)
+        for stream in streams:
+            last = [e for e in stream][-1]
+            assert last.event == "rpc-error"
+            assert last.json()["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+            assert "shutting down" in last.json()["message"]
+        assert gateway.proc.wait(10) == 0 and time.monotonic() - stopped < 5
+        # The job behind the streams runs on: the gateway owns nothing.
+        assert s.conductor.get(job["id"]).state == job_pb2.JOB_STATE_RUNNING
+        s.conductor.stub.CancelJob(pb.CancelJobRequest(job_id=job["id"]), timeout=10)
+    finally:
+        gateway.stop()
