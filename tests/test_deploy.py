@@ -193,16 +193,12 @@ def test_policy(kustomization: str) -> None:
                 assert health, f"{where}: no --health-listen"
                 assert probe["grpc"]["port"] == port_of(health) == ports["health"], f"{where}: {kind}"
 
-        # Scrape annotations name the real metrics listener; the gateway has
-        # none yet (`baton gateway` takes no --metrics-listen), and says so.
+        # Scrape annotations name the real metrics listener.
         metrics = flag(args, "--metrics-listen")
-        if comp == "gateway" and metrics is None:
-            assert annotations.get("prometheus.io/scrape") == "false", f"{where}: scrape annotation"
-        else:
-            assert metrics, f"{where}: no --metrics-listen"
-            assert annotations.get("prometheus.io/scrape") == "true", f"{where}: scrape annotation"
-            assert annotations.get("prometheus.io/port") == str(port_of(metrics)) == str(ports["metrics"])
-            assert annotations.get("prometheus.io/path") == "/metrics"
+        assert metrics, f"{where}: no --metrics-listen"
+        assert annotations.get("prometheus.io/scrape") == "true", f"{where}: scrape annotation"
+        assert annotations.get("prometheus.io/port") == str(port_of(metrics)) == str(ports["metrics"])
+        assert annotations.get("prometheus.io/path") == "/metrics"
 
         # Everything the service is told to read or write is on a volume: the
         # root filesystem is read-only.
