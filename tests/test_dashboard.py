@@ -257,3 +257,29 @@ def test_a_protected_dashboard_asks_for_a_token_and_shows_each_role_its_controls
         _wait_state(page, "RUNNING")
         assert page.query_selector_all("#controls button") == []
         context.close()
+
+
+def test_a_long_log_keeps_its_last_256k_characters_whole(browser: Any, tmp_path: Path) -> None:
+    """600 kB of two-byte characters, written once the page follows: the page keeps the end,
+    cut at a line, and no character is broken where a chunk of bytes split it."""
+    go = tmp_path / "go"
+    writer = (
+        f"while [ ! -e {go} ]; do sleep 0.05; done\n"
+        "python3 -c \"import sys\n"
+        "for i in range(6000): sys.stdout.write(f'{i:06d} ' + 'é' * 46 + '\\n')\""
+    )
+    with BatonUp(tmp_path / "stack") as up:
+        job_id = _submit(up, "writer", writer)
+        page = browser.new_page()
+        page.goto(f"{up.url}/#/jobs/{job_id}")
+        page.wait_for_selector("#log-live[data-state='live']")
+        go.touch()
+        page.wait_for_selector("#log-live[data-state='complete']", timeout=30_000)
+        text = page.text_content("#log") or ""
+        assert "complete: SUCCEEDED, exit code 0" in (page.text_content("#log-live") or "")
+        assert len(text) <= 256 * 1024
+        assert len(text) > 200 * 1024  # kept most of what it may
+        assert text.endswith("005999 " + "é" * 46 + "\n")
+        assert re.fullmatch(r"(\d{6} é{46}\n)+", text), "a line cut, or a character broken"
+        assert page.is_visible(".clipped")
+        page.close()
