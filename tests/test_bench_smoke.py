@@ -57,7 +57,7 @@ def test_bench_quick_prints_every_section_with_numeric_figures(tmp_path: Path) -
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=270,  # the web section (a baton up and Chromium) adds about 15 s
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)  # one document, strict JSON, nothing else on stdout
