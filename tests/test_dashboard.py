@@ -234,6 +234,7 @@ def test_a_protected_dashboard_asks_for_a_token_and_shows_each_role_its_controls
         page.wait_for_selector("#login")
         _log_in(page, "not-a-token")
         _until(page, "document.getElementById('login-message').textContent.includes('not accepted')")
+        _shot(page, tmp_path / "login.png", "login form after a wrong token")
 
         _log_in(page, TOKENS["reader"])
         page.wait_for_selector(f"#runs-body tr[data-job-id='{ml}'] [data-state='RUNNING']", timeout=20_000)

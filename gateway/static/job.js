@@ -9,6 +9,7 @@ import {logPanel} from "./log.js";
 import {watchJobs} from "./watch.js";
 
 const HEALTH_REFRESH_MS = 10000;
+const TICK_MS = 5000;
 const ACTIVE = new Set(["QUEUED", "RUNNING", "PAUSING", "PAUSED"]);
 
 // What the caller may do to a job of `project` (GetConductorInfo's caller).
@@ -66,6 +67,13 @@ export function jobView(root, jobId, info) {
     titleEl.replaceChildren(h("span", {class: "muted"}, `${job.project} / ${job.group} / `), job.name);
     fill(stateEl, stateBadge(job.state));
     renderControls();
+    renderSummary();
+    renderSteps();
+    resultEl.textContent = job.result ? pretty(job.result) : "No result (a job writes one to $BATON_RUN_DIR/result.json).";
+    specEl.textContent = pretty(job.spec);
+  }
+
+  function renderSummary() {
     const exit = job.exitCode !== undefined ? String(job.exitCode) : "";
     const rows = [
       ["id", job.id], ["run", job.runId], ["executor", job.executor], ["external id", job.externalId],
@@ -73,15 +81,13 @@ export function jobView(root, jobId, info) {
       ["attempt", job.attempt], ["submitted by", job.submittedBy], ["created", fmtTime(job.createTime)],
       ["started", fmtTime(job.startTime)], ["ended", fmtTime(job.endTime)], ["run time", runTime(job)],
       ["exit code", exit], ["signal", job.signal], ["reason", job.reason],
-      ["pause mode", job.pauseMode ? job.pauseMode.replace("PAUSE_MODE_", "").toLowerCase() : ""],
+      ["pause mode", job.pauseMode && /PAUS/.test(stateName(job.state))
+        ? job.pauseMode.replace("PAUSE_MODE_", "").toLowerCase() : ""],
       ["resumed from", job.resumeFrom || job.resumeDir], ["last checkpoint", job.lastCheckpoint],
       ["run dir", job.runDir], ["checkpoint dir", job.checkpointDir],
     ];
     fill(summaryEl, rows.filter(([, v]) => v !== undefined && v !== "" && v !== 0)
       .map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
-    renderSteps();
-    resultEl.textContent = job.result ? pretty(job.result) : "No result (a job writes one to $BATON_RUN_DIR/result.json).";
-    specEl.textContent = pretty(job.spec);
   }
 
   function renderControls() {
@@ -261,10 +267,16 @@ export function jobView(root, jobId, info) {
     });
   })();
 
+  // The run time of an unfinished run moves on between events.
+  const tick = setInterval(() => {
+    if (job && job.startTime && !job.endTime) renderSummary();
+  }, TICK_MS);
+
   return () => {
     stopWatch();
     if (log) log.stop();
     clearTimeout(healthTimer);
+    clearInterval(tick);
     document.title = "Baton";
   };
 }

@@ -14,6 +14,7 @@ const MAX_ROWS = 500;
 // while jobs change, and now and then when nothing does.
 const REFRESH_MS = 2000;
 const IDLE_REFRESH_MS = 15000;
+const TICK_MS = 5000;
 
 // Render the runs view into `root`; `params` are the hash's query parameters.
 // Returns a function that stops its streams and timers.
@@ -68,6 +69,7 @@ export function runsView(root, params, setParams) {
     setParams(filters);
     if (key === "state") schedule();
     else openWatch();
+    if (key === "project") refresh();
   }
 
   function row(job) {
@@ -181,7 +183,6 @@ export function runsView(root, params, setParams) {
         const next = filters.project === p.project ? "" : p.project;
         projectSelect.value = next;
         setFilter("project", next);
-        refresh();
       }},
     },
     h("span", {class: "project-name"}, p.project),
@@ -194,9 +195,14 @@ export function runsView(root, params, setParams) {
   openWatch();
   refresh();
   const idle = setInterval(refresh, IDLE_REFRESH_MS);
+  // Run times of unfinished runs move on between events.
+  const tick = setInterval(() => {
+    if ([...jobs.values()].some((j) => j.startTime && !j.endTime)) schedule();
+  }, TICK_MS);
   return () => {
     stopWatch();
     clearInterval(idle);
+    clearInterval(tick);
     clearTimeout(refreshTimer);
     cancelAnimationFrame(frame);
   };
