@@ -11,11 +11,8 @@ Screenshots go under each test's tmp_path; their paths are printed (``-s``).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import pytest
 import yaml
 
 from bench.webstack import BatonUp, browser_missing, launch_chromium
+from tests.gateway_harness import Http
 
 pytestmark = pytest.mark.browser
 
@@ -61,19 +59,9 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def _call(up: BatonUp, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(up.url + path, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
 def _submit(up: BatonUp, name: str, command: str, project: str = "ml", token: str | None = None) -> str:
     spec = {"name": name, "project": project, "command": command, "pause": {"grace": "5s"}}
-    job = _call(up, "POST", "/v1/jobs", {"specYaml": yaml.safe_dump(spec)}, token)
+    job = Http(up.addresses["gateway"], token).ok("POST", "/v1/jobs", {"specYaml": yaml.safe_dump(spec)})
     return str(job["id"])
 
 
@@ -222,9 +210,7 @@ def test_a_protected_dashboard_asks_for_a_token_and_shows_each_role_its_controls
 ) -> None:
     tokens = _token_file(tmp_path / "tokens.yaml")
     with BatonUp(tmp_path / "stack", "--token-file", str(tokens), token=TOKENS["admin"]) as up:
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            _call(up, "GET", "/v1/conductor:info")
-        assert refused.value.code == 401
+        assert Http(up.addresses["gateway"]).get("/v1/conductor:info").status == 401
         ml = _submit(up, "sleeper", "exec sleep 600", "ml", TOKENS["admin"])
         other = _submit(up, "sleeper", "exec sleep 600", "other", TOKENS["admin"])
 
