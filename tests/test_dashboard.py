@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,7 +262,15 @@ def test_a_long_log_keeps_its_last_256k_characters_whole(browser: Any, tmp_path:
         page.goto(f"{up.url}/#/jobs/{job_id}")
         page.wait_for_selector("#log-live[data-state='live']")
         go.touch()
-        page.wait_for_selector("#log-live[data-state='complete']", timeout=30_000)
+        t0 = time.monotonic()
+        try:
+            page.wait_for_selector("#log-live[data-state='complete']", timeout=60_000)
+        except Exception:
+            job = Http(up.addresses["gateway"]).ok("GET", f"/v1/jobs/{job_id}")
+            shown = page.evaluate("() => [document.getElementById('log-live').textContent, "
+                                  "document.getElementById('log').textContent.length]")  # fmt: skip
+            raise AssertionError(f"the log never completed: page {shown}, job {job['state']}") from None
+        print(f"600 kB log followed to its end in {time.monotonic() - t0:.1f} s")
         text = page.text_content("#log") or ""
         assert "complete: SUCCEEDED, exit code 0" in (page.text_content("#log-live") or "")
         assert len(text) <= 256 * 1024

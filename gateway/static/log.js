@@ -28,13 +28,31 @@ export function logPanel(jobId) {
     h("div", {class: "panel-head"}, h("h2", {}, "Log"), statusEl), clippedEl, pre);
   const decoder = new TextDecoder("utf-8");
   let chars = 0;
+  // Text waiting for the next frame: a burst of chunks costs one layout, not one each.
+  let pending = "";
+  let overflowed = false;
+  let frame = 0;
 
-  const append = (text) => {
-    if (!text) return;
+  // Cut `text` to at most `max` characters from its end, at a line start when there is one.
+  const lastOf = (text, max) => {
+    const cut = text.indexOf("\n", text.length - max);
+    return cut >= 0 && cut + 1 < text.length ? text.slice(cut + 1) : text.slice(-max);
+  };
+
+  const flush = () => {
+    frame = 0;
+    if (!pending) return;
     // Follow the end only when the reader is already there.
     const atEnd = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
-    pre.append(document.createTextNode(text));
-    chars += text.length;
+    if (overflowed) {
+      pre.replaceChildren();
+      chars = 0;
+      overflowed = false;
+      clippedEl.hidden = false;
+    }
+    pre.append(document.createTextNode(pending));
+    chars += pending.length;
+    pending = "";
     while (chars > MAX_CHARS && pre.firstChild) {
       const first = pre.firstChild;
       const excess = chars - MAX_CHARS;
@@ -42,15 +60,29 @@ export function logPanel(jobId) {
         chars -= first.data.length;
         first.remove();
       } else {
-        // Cut at a line boundary when there is one.
-        const cut = first.data.indexOf("\n", excess);
-        const at = cut >= 0 ? cut + 1 : excess;
-        first.deleteData(0, at);
-        chars -= at;
+        const kept = lastOf(first.data, first.data.length - excess);
+        chars -= first.data.length - kept.length;
+        first.data = kept;
       }
       clippedEl.hidden = false;
     }
     if (atEnd) pre.scrollTop = pre.scrollHeight;
+  };
+
+  const append = (text) => {
+    if (!text) return;
+    pending += text;
+    if (pending.length > MAX_CHARS) {
+      // More than the page keeps arrived at once (or while the tab was hidden).
+      pending = lastOf(pending, MAX_CHARS);
+      overflowed = true;
+    }
+    if (!frame) frame = requestAnimationFrame(flush);
+  };
+
+  const flushNow = () => {
+    cancelAnimationFrame(frame);
+    flush();
   };
 
   const chunk = (c) => {
@@ -68,6 +100,7 @@ export function logPanel(jobId) {
     end(c) {
       chunk(c);
       append(decoder.decode());
+      flushNow();
       const exit = c.exitCode !== undefined ? `, exit code ${c.exitCode}` : c.signal ? `, signal ${c.signal}` : "";
       setStatus(`complete: ${stateName(c.state)}${exit}`, "complete");
     },
@@ -82,5 +115,8 @@ export function logPanel(jobId) {
       else if (text === "reconnecting") setStatus("reconnecting", "reconnecting");
     },
   });
-  return {el, stop};
+  return {el, stop: () => {
+    stop();
+    cancelAnimationFrame(frame);
+  }};
 }
