@@ -22,7 +22,7 @@ import grpc
 from google import protobuf
 
 from baton.common.version import VERSION
-from bench import executors, feeds, latency, memory, procs, ray_bare, slurm_bare, throughput, viewer
+from bench import executors, feeds, latency, memory, procs, ray_bare, slurm_bare, throughput, viewer, web
 from bench.jobs import DEFAULT_POLL_INTERVAL
 from bench.procs import CLK_TCK, REPO
 from bench.report import Json, finite, log, percentile, target_summary
@@ -55,6 +55,8 @@ class Sizes:
     ray_jobs: int
     slurm_jobs: int
     executor_jobs: int
+    web_lines: int
+    web_changes: int
 
 
 FULL = Sizes(
@@ -83,6 +85,8 @@ FULL = Sizes(
     ray_jobs=30,
     slurm_jobs=20,
     executor_jobs=20,
+    web_lines=300,
+    web_changes=20,
 )
 QUICK = Sizes(
     submit_jobs=25,
@@ -111,6 +115,8 @@ QUICK = Sizes(
     slurm_jobs=10,
     # Issue 14's must-show asks for at least 10 jobs per engine, quick or not.
     executor_jobs=10,
+    web_lines=100,
+    web_changes=6,
 )
 
 Runner = Callable[[Sizes, float], Json]
@@ -137,6 +143,8 @@ SECTIONS: dict[str, Runner] = {
     "viewer": lambda s, poll: viewer.viewer(
         s.viewer_runs, s.viewer_checkpoints, s.viewer_queries, s.viewer_rewrites
     ),
+    # Through the gateway: log lines as SSE, and state changes into the dashboard's DOM (Chromium).
+    "web": lambda s, poll: web.web(s.web_lines, s.web_changes),
     # HTTP polls, not GetJob: its own 5 ms interval rather than the gRPC poll interval.
     "ray_bare_ms": lambda s, poll: ray_bare.ray_bare(s.ray_jobs),
     # squeue is a process per poll: its own 5 ms interval, not --poll-interval-ms.

@@ -180,6 +180,11 @@ class Gateway:
         if not response.prepared:
             for name, value in _SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
+            if request.path.startswith("/static/"):
+                # The dashboard's modules import each other: after an upgrade a
+                # browser must not mix cached old modules with new ones. It
+                # revalidates each (a 304 from the ETag when unchanged).
+                response.headers.setdefault("Cache-Control", "no-cache")
         return response
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
