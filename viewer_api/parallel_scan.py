@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from baton.viewer_api.scan import JobKey, OnDir, RunFile, ScanResult, scan_jobs, subdirs
+from baton.viewer_api.scan import FINAL_STATES, JobKey, OnDir, OnRun, RunFile, ScanResult, scan_jobs, subdirs
 
 # The folder that holds the viewer_api package (and common/ and baton/ beside it).
 _CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +66,7 @@ def scan_status_parallel(
     workers: int,
     on_dir: OnDir | None = None,
     watch: WorkerWatch | None = None,
+    on_run: OnRun | None = None,
 ) -> ScanResult:
     """A full scan split by job directory across ``workers`` processes (the cold start).
 
@@ -73,12 +74,14 @@ def scan_status_parallel(
     core. Worker processes (``python -m viewer_api.scan_worker``: fresh interpreters,
     so nothing of a running server is forked and no caller's main module is
     re-imported) each take a share of about as many runs. With ``watch``, each
-    worker watches every directory of its share before listing it, and the
-    result's ``watched`` says which descriptor is which directory; the
-    directories above the job directories are scanned here and go to
-    ``on_dir``, as in a serial scan.
+    worker watches every job directory of its share before listing it, and
+    the directory of each run that may still change once it has read it (then
+    reads it again), and the result's ``watched`` says which descriptor is
+    which directory; the directories above the job directories are scanned
+    here and go to ``on_dir``, as in a serial scan. ``on_run`` is for a share
+    scanned here (small trees, or a worker that failed).
     """
-    result = ScanResult(on_dir=on_dir)
+    result = ScanResult(on_dir=on_dir, on_run=on_run)
     if not os.path.isdir(root):
         return result
     root = os.path.realpath(root)
@@ -161,12 +164,17 @@ def _receive(proc: subprocess.Popen[bytes]) -> ScanResult | None:
     return part if proc.wait() == 0 and complete else None
 
 
+_RAW = RunFile._fields.index("raw")
 Wire = tuple[list[tuple[Any, ...]], dict[str, str], list[tuple[int, tuple[str, ...]]], list[tuple[str, ...]]]
 
 
 def to_wire(result: ScanResult) -> Wire:
-    """A worker's result as plain data (plain tuples, not RunFiles), for pickling."""
-    return [tuple(r) for r in result.runs], result.problems, result.watched, result.unwatched
+    """A worker's result as plain data (plain tuples, not RunFiles), for pickling.
+
+    Ended runs travel without their bytes: the index keeps none for them.
+    """
+    rows = [tuple(r) if r.state not in FINAL_STATES else (*r[:_RAW], b"", r.signature) for r in result.runs]
+    return rows, result.problems, result.watched, result.unwatched
 
 
 def from_wire(wire: Wire) -> ScanResult:
