@@ -262,42 +262,14 @@ class Index:
 
     def load(self, runs: list[RunFile], checkpoints: list[CheckpointFile], problems: dict[str, str]) -> None:
         """Fill an empty index in one go (the cold start): sorting once beats a million inserts."""
-        assert not self.runs and not self.checkpoints, "load is for an empty index"
-        self._load_runs(runs)
-        for cf in checkpoints:
-            self.checkpoints.setdefault(cf.key, {}).setdefault(cf.run_id, {})[cf.suffix] = cf
-            self.checkpoint_bytes += cf.size_bytes
-        self.checkpoint_count = len(checkpoints)
-        self._ckpt_order = sorted(map(_ckpt_sort, checkpoints))
-        self.problems = problems
+        loader = self.loader()
+        loader.add(runs)
+        loader.finish(checkpoints, problems)
 
-    def _load_runs(self, runs: list[RunFile]) -> None:
-        buckets: dict[Bucket, list[SortKey]] = {}
-        activity = self._activity
-        failed: dict[str, list[FailedKey]] = {}
-        for rf in runs:
-            entry = RunEntry(rf, rf.state not in FINAL_STATES)
-            key = rf.key
-            self.runs[key] = entry
-            if entry.job_id:
-                self.by_id[entry.job_id] = key
-            bucket = (*key[:3], rf.state)
-            keys = buckets.get(bucket)
-            if keys is None:
-                keys = buckets[bucket] = []
-                self._project_buckets.setdefault(key[0], set()).add(bucket)
-                activity[bucket] = entry.activity
-            elif entry.activity > activity[bucket]:  # type: ignore[operator]
-                activity[bucket] = entry.activity
-            keys.append(entry.sort)
-            if rf.state == S.JOB_STATE_FAILED:
-                failed.setdefault(key[0], []).append(_failed_key(entry))
-            self.state_counts[rf.state] += 1
-        self._order = SortedList(e.sort for e in self.runs.values())
-        self._buckets = {bucket: SortedList(keys) for bucket, keys in buckets.items()}
-        self._failed = {project: SortedList(keys) for project, keys in failed.items()}
-        if failed:
-            self._failed[_ALL] = SortedList(itertools.chain.from_iterable(failed.values()))
+    def loader(self) -> Loader:
+        """What fills this empty index from a cold scan, part by part."""
+        assert not self.runs and not self.checkpoints, "load is for an empty index"
+        return Loader(self)
 
     def remove_run(self, key: RunKey) -> None:
         entry = self.runs.pop(key, None)
@@ -586,6 +558,83 @@ class Index:
                 count += 1
                 size += cf.size_bytes
         return count, size
+
+
+class Loader:
+    """Fills an empty index from a cold scan as its parts arrive, then sorts once.
+
+    ``add`` takes each part as it comes (from the scan's threads, one at a
+    time, while the workers go on reading): the records and the counts are
+    made then, and only the sorting waits for ``finish``. A run added twice
+    (the share of a worker that failed, scanned again) keeps its last read.
+    """
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self._buckets: dict[Bucket, list[SortKey]] = {}
+        self._failed: dict[str, list[FailedKey]] = {}
+        self._again = False
+
+    def add(self, runs: Iterable[RunFile]) -> None:
+        entries = self._index.runs
+        for rf in runs:
+            if rf.key in entries:
+                self._again = True
+            entry = entries[rf.key] = RunEntry(rf, rf.state not in FINAL_STATES)
+            self._count(entry)
+
+    def _count(self, entry: RunEntry) -> None:
+        index = self._index
+        key = entry.key
+        if entry.job_id:
+            index.by_id[entry.job_id] = key
+        bucket = (key[0], key[1], key[2], entry.state)
+        keys = self._buckets.get(bucket)
+        if keys is None:
+            keys = self._buckets[bucket] = []
+            index._project_buckets.setdefault(key[0], set()).add(bucket)
+            index._activity[bucket] = entry.activity
+        elif entry.activity > index._activity[bucket]:  # type: ignore[operator]
+            index._activity[bucket] = entry.activity
+        keys.append(entry.sort)
+        if entry.state == S.JOB_STATE_FAILED:
+            self._failed.setdefault(key[0], []).append(_failed_key(entry))
+        index.state_counts[entry.state] += 1
+
+    def finish(self, checkpoints: list[CheckpointFile], problems: dict[str, str]) -> None:
+        index = self._index
+        if self._again:
+            # Counted twice somewhere: count again from the records, each once.
+            index.by_id.clear()
+            index._activity.clear()
+            index._project_buckets.clear()
+            index.state_counts.clear()
+            self._buckets, self._failed, self._again = {}, {}, False
+            for entry in index.runs.values():
+                self._count(entry)
+        index._order = _sorted_list([e.sort for e in index.runs.values()])
+        index._buckets = {bucket: _sorted_list(keys) for bucket, keys in self._buckets.items()}
+        index._failed = {project: _sorted_list(keys) for project, keys in self._failed.items()}
+        if self._failed:
+            index._failed[_ALL] = _sorted_list(list(itertools.chain.from_iterable(self._failed.values())))
+        self._buckets, self._failed = {}, {}
+        for cf in checkpoints:
+            index.checkpoints.setdefault(cf.key, {}).setdefault(cf.run_id, {})[cf.suffix] = cf
+            index.checkpoint_bytes += cf.size_bytes
+        index.checkpoint_count = len(checkpoints)
+        index._ckpt_order = sorted(map(_ckpt_sort, checkpoints))
+        index.problems = problems
+
+
+def _sorted_list(keys: list[Any]) -> SortedList:
+    """A SortedList of ``keys``, which begin with a float: sorted by it first (several times
+    faster than comparing tuples), so the SortedList's own sort finds them nearly in order."""
+    keys.sort(key=_first)
+    return SortedList(keys)
+
+
+def _first(key: tuple[Any, ...]) -> Any:
+    return key[0]
 
 
 class _Signatures(Mapping[RunKey, Signature]):

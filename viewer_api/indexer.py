@@ -288,7 +288,11 @@ class Indexer:
         if cold:
             watch = None if self._watches is None else self._watches.for_workers()
             workers = self._scan_workers
-            scanning = asyncio.to_thread(scan_status_parallel, st.root, workers, on_st, watch, on_run)
+            # The index takes the runs as the workers send them (nothing reads it yet).
+            loader = self.index.loader()
+            scanning = asyncio.to_thread(
+                scan_status_parallel, st.root, workers, on_st, watch, on_run, loader.add
+            )
         else:
             scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st, on_run)
         status, ckpts = await asyncio.gather(
@@ -298,8 +302,8 @@ class Indexer:
             self._watches.take_over(st.kind, status.watched, status.unwatched)
         scanned = time.monotonic()
         if cold:
-            self.index.load(status.runs, ckpts.checkpoints, {**status.problems, **ckpts.problems})
-            del status, ckpts
+            loader.finish(ckpts.checkpoints, {**status.problems, **ckpts.problems})
+            del status, ckpts, loader
             _return_free_memory()
             loaded = time.monotonic()
             self.cold_phases = {"scan_s": round(scanned - began, 3), "load_s": round(loaded - scanned, 3)}
