@@ -346,9 +346,11 @@ def scan_status_under(
             result.problems[os.path.join(path, STATUS_FILE)] = got
         return
     result.enter(path, prefix)
+    runs = len(prefix) == 3
     for name, sub in subdirs(path, root, result.problems):
-        # Interned: the index and the watches then share one string per name.
-        scan_status_under(root, (*prefix, sys.intern(name)), sub, result, known)
+        # Names above the runs interned: the index and the watches then share one string
+        # per name. A run id is one run's own (interning a million would only cost).
+        scan_status_under(root, (*prefix, name if runs else sys.intern(name)), sub, result, known)
 
 
 # What _dir_usage finds in a run's checkpoint directory: no usage, since it is no checkpoint.
