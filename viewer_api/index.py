@@ -50,6 +50,9 @@ SortKey = tuple[float, str, str, str, str]
 # A FAILED run's place among its project's: -end time, then its sort key.
 FailedKey = tuple[float, float, str, str, str, str]
 Bucket = tuple[str, str, str, int]
+ProjectState = tuple[str, int]
+# Every state a run may be in, in the enum's order.
+_ALL_STATES = tuple(v.number for v in job_pb2.JobState.DESCRIPTOR.values)
 # A checkpoint's place in the list: -create time, project, group, name, run id, suffix.
 CheckpointSortKey = tuple[float, str, str, str, str, str]
 # Checkpoints of one job: run id -> suffix -> checkpoint.
@@ -200,11 +203,14 @@ class Index:
     def __init__(self, cache_bytes: int = JOB_CACHE_BYTES) -> None:
         self.runs: dict[RunKey, RunEntry] = {}
         self.by_id: dict[str, RunKey] = {}
+        # Sort keys, newest first: of all runs; by project and state; by bucket.
         self._order: SortedList = SortedList()
+        self._by_project: dict[ProjectState, SortedList] = {}
         self._buckets: dict[Bucket, SortedList] = {}
         self._project_buckets: dict[str, set[Bucket]] = {}
-        # The newest activity of each bucket's runs; None when its newest left (found again when asked).
-        self._activity: dict[Bucket, float | None] = {}
+        # The newest activity of each project's runs in each state; None when
+        # the newest left (found again when asked).
+        self._activity: dict[ProjectState, float | None] = {}
         # FAILED runs by end time, newest first: per project, and of all (``_ALL``).
         self._failed: dict[str, SortedList] = {}
         self.state_counts: Counter[int] = Counter()
@@ -238,27 +244,32 @@ class Index:
         self._notify(rf.key)
 
     def _link(self, entry: RunEntry) -> None:
-        key = entry.key
+        key, state = entry.key, entry.state
         self.runs[key] = entry
         if entry.job_id:
             self.by_id[entry.job_id] = key
         self._order.add(entry.sort)
-        bucket = (*key[:3], entry.state)
+        ps = (key[0], state)
+        keys = self._by_project.get(ps)
+        if keys is None:
+            keys = self._by_project[ps] = SortedList()
+            self._activity[ps] = entry.activity
+        else:
+            newest = self._activity[ps]
+            if newest is not None and entry.activity > newest:
+                self._activity[ps] = entry.activity
+        keys.add(entry.sort)
+        bucket = (key[0], key[1], key[2], state)
         keys = self._buckets.get(bucket)
         if keys is None:
             keys = self._buckets[bucket] = SortedList()
             self._project_buckets.setdefault(key[0], set()).add(bucket)
-            self._activity[bucket] = entry.activity
-        else:
-            newest = self._activity[bucket]
-            if newest is not None and entry.activity > newest:
-                self._activity[bucket] = entry.activity
         keys.add(entry.sort)
-        if entry.state == S.JOB_STATE_FAILED:
+        if state == S.JOB_STATE_FAILED:
             fk = _failed_key(entry)
             for project in (key[0], _ALL):
                 self._failed.setdefault(project, SortedList()).add(fk)
-        self.state_counts[entry.state] += 1
+        self.state_counts[state] += 1
 
     def load(self, runs: list[RunFile], checkpoints: list[CheckpointFile], problems: dict[str, str]) -> None:
         """Fill an empty index in one go (the cold start): sorting once beats a million inserts."""
@@ -298,25 +309,31 @@ class Index:
             self.remove_run(key)
 
     def _unlink(self, entry: RunEntry) -> None:
-        key = entry.key
+        key, state = entry.key, entry.state
         if entry.job_id and self.by_id.get(entry.job_id) == key:
             del self.by_id[entry.job_id]
         self._order.discard(entry.sort)
-        bucket = (*key[:3], entry.state)
+        ps = (key[0], state)
+        keys = self._by_project.get(ps)
+        if keys is not None:
+            keys.discard(entry.sort)
+            if not keys:
+                del self._by_project[ps]
+                del self._activity[ps]
+            else:
+                newest = self._activity[ps]
+                if newest is not None and entry.activity >= newest:
+                    self._activity[ps] = None
+        bucket = (key[0], key[1], key[2], state)
         keys = self._buckets.get(bucket)
         if keys is not None:
             keys.discard(entry.sort)
             if not keys:
                 del self._buckets[bucket]
-                del self._activity[bucket]
                 self._project_buckets[key[0]].discard(bucket)
                 if not self._project_buckets[key[0]]:
                     del self._project_buckets[key[0]]
-            else:
-                newest = self._activity[bucket]
-                if newest is not None and entry.activity >= newest:
-                    self._activity[bucket] = None
-        if entry.state == S.JOB_STATE_FAILED:
+        if state == S.JOB_STATE_FAILED:
             fk = _failed_key(entry)
             for project in (key[0], _ALL):
                 failed = self._failed.get(project)
@@ -324,9 +341,9 @@ class Index:
                     failed.discard(fk)
                     if not failed:
                         del self._failed[project]
-        self.state_counts[entry.state] -= 1
-        if self.state_counts[entry.state] <= 0:
-            del self.state_counts[entry.state]
+        self.state_counts[state] -= 1
+        if self.state_counts[state] <= 0:
+            del self.state_counts[state]
 
     def signatures(self) -> Mapping[RunKey, Signature]:
         """Each run's status.json signature, read live rather than copied (a million entries)."""
@@ -389,23 +406,31 @@ class Index:
 
     # ---------------------------------------------------------------- queries
 
+    def _lists(self, flt: JobFilter) -> list[SortedList]:
+        """The fewest sorted lists that hold exactly the runs ``flt`` matches."""
+        states = set(flt.states) if flt.states else _ALL_STATES  # a state given twice counts once
+        if not (flt.group or flt.name):
+            projects = [flt.project] if flt.project else sorted({p for p, _ in self._by_project})
+            return [self._by_project[(p, s)] for p in projects for s in states if (p, s) in self._by_project]
+        if flt.project:
+            candidates: Iterable[Bucket] = self._project_buckets.get(flt.project, ())
+        else:
+            candidates = self._buckets.keys()
+        return [self._buckets[b] for b in candidates if _bucket_matches(flt, b)]
+
     def _iter_sorted(self, flt: JobFilter, after: SortKey | None) -> tuple[Iterator[SortKey], int]:
         """Matching sort keys after ``after``, newest first, and the total count."""
         if not (flt.project or flt.group or flt.name or flt.states):
             start = 0 if after is None else self._order.bisect_right(after)
             return self._order.islice(start), len(self._order)
-        if flt.project:
-            candidates: Iterable[Bucket] = self._project_buckets.get(flt.project, ())
-        else:
-            candidates = self._buckets.keys()
-        lists = [self._buckets[b] for b in candidates if _bucket_matches(flt, b)]
-        total = sum(len(lst) for lst in lists)
+        lists = self._lists(flt)
+        total = sum(map(len, lists))
         iters = []
         for lst in lists:
             start = 0 if after is None else lst.bisect_right(after)
             if start < len(lst):
                 iters.append(lst.islice(start))
-        return heapq.merge(*iters), total
+        return (iters[0] if len(iters) == 1 else heapq.merge(*iters)), total
 
     def page(self, flt: JobFilter, size: int, token: str, scope: str) -> tuple[list[RunEntry], bool, int]:
         """The runs of one page (newest first), whether more follow, and how many match in all."""
@@ -430,22 +455,22 @@ class Index:
             out.append(self.runs[sk[1:]])  # type: ignore[index]
         return out
 
-    def _bucket_activity(self, bucket: Bucket) -> float:
-        newest = self._activity[bucket]
+    def _newest(self, ps: ProjectState) -> float:
+        newest = self._activity[ps]
         if newest is None:
-            newest = max(self.runs[sk[1:]].activity for sk in self._buckets[bucket])  # type: ignore[index]
-            self._activity[bucket] = newest
+            newest = max(self.runs[sk[1:]].activity for sk in self._by_project[ps])  # type: ignore[index]
+            self._activity[ps] = newest
         return newest
 
     def projects(self) -> list[tuple[str, int, Counter[int], float]]:
+        by_project: dict[str, list[ProjectState]] = {}
+        for ps in self._by_project:
+            by_project.setdefault(ps[0], []).append(ps)
         out: list[tuple[str, int, Counter[int], float]] = []
-        for project in sorted(self._project_buckets):
-            counts: Counter[int] = Counter()
-            last = 0.0
-            for bucket in self._project_buckets[project]:
-                counts[bucket[3]] += len(self._buckets[bucket])
-                last = max(last, self._bucket_activity(bucket))
-            out.append((project, sum(counts.values()), counts, last))
+        for project in sorted(by_project):
+            counts: Counter[int] = Counter({ps[1]: len(self._by_project[ps]) for ps in by_project[project]})
+            last = max(self._newest(ps) for ps in by_project[project])
+            out.append((project, sum(counts.values()), counts, max(last, 0.0)))
         return out
 
     def failures_since(self, project: str, since_ts: float, limit: int) -> tuple[list[RunEntry], int]:
@@ -460,10 +485,7 @@ class Index:
     def project_state_counts(self, project: str) -> Counter[int]:
         if not project:
             return Counter(self.state_counts)
-        counts: Counter[int] = Counter()
-        for bucket in self._project_buckets.get(project, ()):
-            counts[bucket[3]] += len(self._buckets[bucket])
-        return counts
+        return Counter({s: len(keys) for (p, s), keys in self._by_project.items() if p == project})
 
     # ------------------------------------------------------------ checkpoints
 
@@ -565,13 +587,13 @@ class Loader:
 
     ``add`` takes each part as it comes (from the scan's threads, one at a
     time, while the workers go on reading): the records and the counts are
-    made then, and only the sorting waits for ``finish``. A run added twice
-    (the share of a worker that failed, scanned again) keeps its last read.
+    made then. ``finish`` sorts all runs once and deals the sorted keys out
+    to the smaller lists, which so come out sorted. A run added twice (the
+    share of a worker that failed, scanned again) keeps its last read.
     """
 
     def __init__(self, index: Index) -> None:
         self._index = index
-        self._buckets: dict[Bucket, list[SortKey]] = {}
         self._failed: dict[str, list[FailedKey]] = {}
         self._again = False
 
@@ -585,21 +607,16 @@ class Loader:
 
     def _count(self, entry: RunEntry) -> None:
         index = self._index
-        key = entry.key
+        key, state = entry.key, entry.state
         if entry.job_id:
             index.by_id[entry.job_id] = key
-        bucket = (key[0], key[1], key[2], entry.state)
-        keys = self._buckets.get(bucket)
-        if keys is None:
-            keys = self._buckets[bucket] = []
-            index._project_buckets.setdefault(key[0], set()).add(bucket)
-            index._activity[bucket] = entry.activity
-        elif entry.activity > index._activity[bucket]:  # type: ignore[operator]
-            index._activity[bucket] = entry.activity
-        keys.append(entry.sort)
-        if entry.state == S.JOB_STATE_FAILED:
+        ps = (key[0], state)
+        newest = index._activity.get(ps)
+        if newest is None or entry.activity > newest:
+            index._activity[ps] = entry.activity
+        if state == S.JOB_STATE_FAILED:
             self._failed.setdefault(key[0], []).append(_failed_key(entry))
-        index.state_counts[entry.state] += 1
+        index.state_counts[state] += 1
 
     def finish(self, checkpoints: list[CheckpointFile], problems: dict[str, str]) -> None:
         index = self._index
@@ -607,17 +624,36 @@ class Loader:
             # Counted twice somewhere: count again from the records, each once.
             index.by_id.clear()
             index._activity.clear()
-            index._project_buckets.clear()
             index.state_counts.clear()
-            self._buckets, self._failed, self._again = {}, {}, False
+            self._failed, self._again = {}, False
             for entry in index.runs.values():
                 self._count(entry)
-        index._order = _sorted_list([e.sort for e in index.runs.values()])
-        index._buckets = {bucket: _sorted_list(keys) for bucket, keys in self._buckets.items()}
+        order = [e.sort for e in index.runs.values()]
+        order.sort(key=_first)
+        order.sort()  # nearly in order already: ties of time only
+        by_project: dict[ProjectState, list[SortKey]] = {}
+        buckets: dict[Bucket, list[SortKey]] = {}
+        runs = index.runs
+        for sk in order:
+            state = runs[sk[1:]].state  # type: ignore[index]
+            ps = (sk[1], state)
+            keys = by_project.get(ps)
+            if keys is None:
+                keys = by_project[ps] = []
+            keys.append(sk)
+            bucket = (sk[1], sk[2], sk[3], state)
+            keys = buckets.get(bucket)
+            if keys is None:
+                keys = buckets[bucket] = []
+                index._project_buckets.setdefault(sk[1], set()).add(bucket)
+            keys.append(sk)
+        index._order = SortedList(order)
+        index._by_project = {ps: SortedList(keys) for ps, keys in by_project.items()}
+        index._buckets = {bucket: SortedList(keys) for bucket, keys in buckets.items()}
         index._failed = {project: _sorted_list(keys) for project, keys in self._failed.items()}
         if self._failed:
             index._failed[_ALL] = _sorted_list(list(itertools.chain.from_iterable(self._failed.values())))
-        self._buckets, self._failed = {}, {}
+        self._failed = {}
         for cf in checkpoints:
             index.checkpoints.setdefault(cf.key, {}).setdefault(cf.run_id, {})[cf.suffix] = cf
             index.checkpoint_bytes += cf.size_bytes
