@@ -1,10 +1,11 @@
 """The viewer's in-memory index of runs and checkpoints, and the queries on it.
 
 Runs are kept in sorted lists of keys, newest submission first: one list for
-all runs, and one per (project, group, name, state) bucket, so a filtered page
-merges only the buckets that can match and never walks the whole index. The
-lists are ``SortedList``s: a run added at the front of a million costs no more
-than one added anywhere (a plain list moves every key behind it).
+all runs, one per (project, state), and one per (project, group, name, state)
+bucket, so a filtered page merges the fewest lists that hold exactly what can
+match and never walks the whole index. The lists are ``SortedList``s: a run
+added at the front of a million costs no more than one added anywhere (a
+plain list moves every key behind it).
 
 Each run is a compact record (``RunEntry``): its names, id, state, the times
 the queries need and its status.json signature; no status bytes. Only runs
@@ -15,8 +16,8 @@ read, in a cache bounded in bytes (``JobCache``); at a million ended runs
 that is the difference between a few hundred bytes a run and a few kilobytes.
 
 Counts are kept as runs come and go: by state, the newest activity of each
-bucket, and each project's FAILED runs by end time, so the dashboard and the
-project list never walk every run.
+project's runs in each state, and each project's FAILED runs by end time, so
+the dashboard and the project list never walk every run.
 
 Checkpoints are kept by job, then run id (empty for the plain layout), then
 suffix, as they lie on disk: two runs may have a checkpoint of the same
