@@ -112,6 +112,14 @@ def viewer(runs: int, checkpoints: int, queries: int, rewrites: int) -> Json:
                     rss, "MB", 1, "viewer RSS once serving", Target("<", 300.0, "MB", "issue 5")
                 ),
             }
+            stats = v.stub.GetDashboardStats(vpb.GetDashboardStatsRequest(), timeout=60)
+            figures["inotify_watches"] = figure(
+                stats.watched_directories,
+                "watches",
+                1,
+                "directories the viewer watches once serving: down to the job directories, and live runs'",
+                Target("<=", 50_000.0, "watches", "issue 18 (at a million runs)"),
+            )
             figures.update(_list_latency(v, queries))
             figures.update(_freshness(v, manifest.status_dir, rewrites))
         finally:
