@@ -277,9 +277,12 @@ def test_fixing_and_breaking_files_updates_index_and_counts(
         "the repaired run to show and the count to drop",
         DEADLINE,
     )
-    # A good file turns to garbage (written in place): the index keeps what it had, and
-    # GetJob, finding the file unreadable, answers from the index.
-    victim = next(r for r in t.oracle().jobs() if r.job_id and r.key[3].startswith("2"))
+    # A good file of a live run (its directory watched) turns to garbage (written in place):
+    # the index keeps what it had, and GetJob, finding the file unreadable, answers from the index.
+    final = (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED)
+    victim = next(
+        r for r in t.oracle().jobs() if r.job_id and r.key[3].startswith("2") and r.state not in final
+    )
     (victim.path / "status.json").write_bytes(b'{"state": ')
     v.wait_for(
         lambda: stats(v).invalid_status_files == t.invalid_status, "the broken file to be counted", DEADLINE

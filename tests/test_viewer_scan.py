@@ -16,12 +16,24 @@ from tests.treegen import generate
 from tests.viewer_oracle import scan_checkpoints as scan_oracle_checkpoints
 
 
+def _live_runs(path: str, key: scan.RunKey, got: scan.RunFile | str | None, into: list[scan.RunKey]) -> bool:
+    """An ``on_run`` hook that notes the runs a viewer would watch (and watches none)."""
+    if not scan.ended(got):
+        into.append(key)
+    return False
+
+
 def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m = generate(tmp_path / "home", runs=300, checkpoints=0, seed=3)
     (m.status_dir / "Bad_Project" / "g" / "n" / "r").mkdir(parents=True)
     monkeypatch.setattr(parallel_scan, "PARALLEL_SCAN_MIN_RUNS", 0)
     serial_dirs: list[tuple[str, ...]] = []
-    serial = scan.scan_status(str(m.status_dir), on_dir=lambda path, rel: serial_dirs.append(rel))
+    serial_live: list[scan.RunKey] = []
+    serial = scan.scan_status(
+        str(m.status_dir),
+        on_dir=lambda path, rel: serial_dirs.append(rel),
+        on_run=lambda path, key, got: _live_runs(path, key, got, serial_live),
+    )
     inotify = INotify()
     parent_dirs: list[tuple[str, ...]] = []
     parallel = parallel_scan.scan_status_parallel(
@@ -33,23 +45,33 @@ def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, monkeypatch: pytes
 
     def runs(result: scan.ScanResult) -> dict[scan.RunKey, tuple[object, ...]]:
         return {
-            r.key: (r.job_id, r.state, r.create_ts, r.start_ts, r.end_ts, r.heartbeat_ts, r.raw, r.signature)
+            r.key: (r.job_id, r.state, r.create_ts, r.start_ts, r.end_ts, r.heartbeat_ts, r.signature)
             for r in result.runs
         }
 
     assert len(serial.runs) == 300
     assert runs(parallel) == runs(serial)
     assert parallel.problems == serial.problems and parallel.problems
-    # Every directory is entered once: by this process, or watched by a worker.
+    # Only live runs' bytes travel from the workers: the index keeps no others.
+    live = {r.key for r in serial.runs if r.state not in scan.FINAL_STATES}
+    assert 0 < len(live) < 300
+    sent = {r.key: r.raw for r in parallel.runs if r.raw}
+    assert sent == {r.key: r.raw for r in serial.runs if r.key in live}
+    # Every directory down to the jobs' is entered once, by this process or watched by a
+    # worker; below them, only the directories of runs that have not ended are watched.
     workers = dict(parallel.watched)
     assert parallel.unwatched == [] and len(workers) == len(parallel.watched)
-    assert sorted(parent_dirs + list(workers.values())) == sorted(serial_dirs)
+    assert sorted(parent_dirs + list(workers.values())) == sorted(serial_dirs + serial_live)
+    assert {rel for rel in workers.values() if len(rel) == 4} == live
+    assert all(len(rel) < 4 for rel in serial_dirs)
     # The workers' watches live in this process's inotify instance.
-    run = next(iter(sorted(serial.runs, key=lambda r: r.key)))
-    (m.status_dir.joinpath(*run.key) / "note.txt").write_text("x")
+    run = min(live)
+    (m.status_dir.joinpath(*run) / "note.txt").write_text("x")
+    ended_run = min(r.key for r in serial.runs if r.key not in live)
+    (m.status_dir.joinpath(*ended_run) / "note.txt").write_text("x")
     events = inotify.read(timeout=5000)
     inotify.close()
-    assert [(workers[e.wd], e.name) for e in events] == [(run.key, "note.txt")]
+    assert [(workers[e.wd], e.name) for e in events] == [(run, "note.txt")]
 
 
 def test_a_failed_workers_share_is_scanned_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,17 +90,25 @@ def test_unwatchable_directories_are_reported(tmp_path: Path, monkeypatch: pytes
     m = generate(tmp_path / "home", runs=100, checkpoints=0, seed=6)
     monkeypatch.setattr(parallel_scan, "PARALLEL_SCAN_MIN_RUNS", 0)
     entered: list[tuple[str, ...]] = []
-    serial = scan.scan_status(str(m.status_dir), on_dir=lambda path, rel: entered.append(rel))
+    live: list[scan.RunKey] = []
+    serial = scan.scan_status(
+        str(m.status_dir),
+        on_dir=lambda path, rel: entered.append(rel),
+        on_run=lambda path, key, got: _live_runs(path, key, got, live),
+    )
     # Not an inotify descriptor: inotify_add_watch fails on every directory, as when out of watches.
     with open(tmp_path / "not-inotify", "w") as f:
         watch = parallel_scan.WorkerWatch(f.fileno(), 2)
         parallel = parallel_scan.scan_status_parallel(
             str(m.status_dir), workers=2, on_dir=lambda path, rel: None, watch=watch
         )
-    assert sorted(parallel.runs) == sorted(serial.runs)
+    assert sorted(parallel.runs) == sorted(
+        r if r.state not in scan.FINAL_STATES else r._replace(raw=b"") for r in serial.runs
+    )
     assert parallel.watched == []
-    # Each directory below the groups (job and run directories) is named once.
-    assert sorted(parallel.unwatched) == sorted(rel for rel in entered if len(rel) >= 3)
+    # Each job directory, and each live run's, is named once.
+    assert sorted(parallel.unwatched) == sorted([rel for rel in entered if len(rel) == 3] + live)
+    assert live
 
 
 # --------------------------------------------------------------- checkpoints

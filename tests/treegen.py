@@ -55,6 +55,10 @@ FRESH_HEARTBEAT_MAX = 60.0
 STALE_BANDS = ((420.0, 1500.0), (2500.0, 30000.0))
 # A stale_after between the two bands splits the stale runs in two, with margins.
 STALE_SPLIT = 2000.0
+# The states split by whether a run may still change, with their weights (for ``live_share``).
+_WEIGHTED = list(zip(STATES, STATE_WEIGHTS, strict=True))
+_LIVE = [s for s, _ in _WEIGHTED if s not in FINAL_STATES], [w for s, w in _WEIGHTED if s not in FINAL_STATES]
+_ENDED = [s for s, _ in _WEIGHTED if s in FINAL_STATES], [w for s, w in _WEIGHTED if s in FINAL_STATES]
 # Share of runs placed in the last 24 hours (the rest over the two weeks before).
 RECENT_SHARE = 0.45
 
@@ -431,8 +435,14 @@ def generate(
     seed: int = 0,
     now: float | None = None,
     log_scale: float = 1.0,
+    live_share: float | None = None,
 ) -> Manifest:
-    """Write ``runs`` runs and ``checkpoints`` checkpoints under ``root``; see the module doc."""
+    """Write ``runs`` runs and ``checkpoints`` checkpoints under ``root``; see the module doc.
+
+    ``live_share``: the share of runs in a state that is not final (a long
+    history is nearly all ended runs); by default, about a third are, as in
+    a busy day's tree. The first eight runs take one state each either way.
+    """
     now = time.time() if now is None else now
     root = Path(root)
     status_dir = root / "status"
@@ -463,7 +473,12 @@ def generate(
             # Launched together with the previous run: the very same times (a tie to break by name).
             state, t = prev
         else:
-            state = STATES[i] if i < len(STATES) else rng.choices(STATES, STATE_WEIGHTS)[0]
+            if i < len(STATES):
+                state = STATES[i]
+            elif live_share is None:
+                state = rng.choices(STATES, STATE_WEIGHTS)[0]
+            else:
+                state = rng.choices(*(_LIVE if rng.random() < live_share else _ENDED))[0]
             t = _pick_times(rng, state, now_us)
             grain = rng.choice((1_000_000, 1000, 1, 1, 1))
             t = _Times(
@@ -600,13 +615,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--now", type=float, help="seconds since the epoch the times are relative to")
     p.add_argument("--log-scale", type=float, default=1.0, help="multiply log lengths by this")
+    p.add_argument("--live-share", type=float, help="share of runs not ended (default: about a third)")
     args = p.parse_args(argv)
     if args.dir.exists() and any(args.dir.iterdir()):
         print(f"{args.dir} is not empty", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     m = generate(
-        args.dir, args.runs, args.checkpoints, seed=args.seed, now=args.now, log_scale=args.log_scale
+        args.dir,
+        args.runs,
+        args.checkpoints,
+        seed=args.seed,
+        now=args.now,
+        log_scale=args.log_scale,
+        live_share=args.live_share,
     )
     print(json.dumps({**m.summary(), "seconds": round(time.perf_counter() - t0, 2)}, indent=1))
     return 0

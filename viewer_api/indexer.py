@@ -1,14 +1,17 @@
 """Keeps the index fresh: a full scan at start, inotify (or polling) after it,
 and a periodic reconciliation scan as the safety net.
 
-With inotify (``watches.py``), every directory of both trees down to the run
-directories (and to the job directories of the checkpoint tree, with the runs'
-checkpoint directories below them) is watched.
-An event marks a path dirty; a worker reads dirty paths in a thread and
-applies what it read to the index on the event loop, so a rewritten
-status.json shows in ListJobs a few milliseconds later. If the kernel runs out
-of watches or drops events, the reconciliation scan repairs whatever was
-missed. Nothing here writes.
+With inotify (``watches.py``), every directory of both trees down to the job
+directories is watched, and below them the directories of runs that may
+still change (not of ended ones) and the runs' checkpoint directories.
+An event marks a path dirty; a worker reads dirty paths in a thread, in
+batches of at most ``BATCH`` paths, and applies what it read to the index on
+the event loop, giving the loop a turn every few milliseconds: a rewritten
+status.json shows in ListJobs a few milliseconds later, and a tree growing by
+thousands of runs a second makes no call wait for the backlog. If the kernel
+runs out of watches or drops events, the reconciliation scan repairs
+whatever was missed; so it does for an ended run rewritten in place by
+another program, whose directory is not watched. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import itertools
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -35,6 +39,11 @@ from baton.viewer_api.watches import Changed, Tree, Watches
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+# Changed paths read and applied at a time: a backlog is worked off in
+# steps, so the index moves on visibly and no read holds up the next events.
+BATCH = 1000
+# The longest the index is changed on the loop before calls get a turn.
+TURN_SECONDS = 0.005
 
 
 @dataclass
@@ -113,11 +122,23 @@ def _admissible(root: str, path: str, result: scan.ScanResult) -> bool:
     return True
 
 
-async def _paced(items: list[T], every: int = 2000) -> AsyncIterator[T]:
-    """``items``, giving the event loop a turn after every ``every`` of them."""
-    for i, item in enumerate(items):
-        if i and i % every == 0:
+class _Turns:
+    """Gives the event loop a turn once ``TURN_SECONDS`` of work have passed since the last."""
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+
+    async def take(self) -> None:
+        if time.perf_counter() - self._since >= TURN_SECONDS:
             await asyncio.sleep(0)
+            self._since = time.perf_counter()
+
+
+async def _paced(items: Iterable[T], turns: _Turns | None = None) -> AsyncIterator[T]:
+    """``items``, giving the event loop a turn every few milliseconds."""
+    turns = turns or _Turns()
+    for item in items:
+        await turns.take()
         yield item
 
 
@@ -157,7 +178,8 @@ class Indexer:
         self.index = index
         self.mode = mode
         self._trees = {
-            "status": Tree("status", os.path.realpath(status_dir), 4),
+            # Job directories (3); the runs' directories below them while their runs are live.
+            "status": Tree("status", os.path.realpath(status_dir), 3),
             # Job directories (3), and below them the runs' checkpoint directories (4).
             "checkpoints": Tree("checkpoints", os.path.realpath(checkpoints_dir), 4),
         }
@@ -173,10 +195,17 @@ class Indexer:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reconcile_lock = asyncio.Lock()
-        # When inotify last changed each path (tree kind, names): a reconcile
-        # scan that began earlier must not undo it.
+        # Events were lost and a reconciliation scan is wanted that has not begun yet.
+        self._lost = False
+        # When the reconciliation scan under way began (None: none is).
+        self._reconcile_began: float | None = None
+        # While one is under way: when inotify last changed each path (tree
+        # kind, names), since the scan that began earlier must not undo it.
         self._touched: dict[tuple[str, tuple[str, ...]], float] = {}
         self._last_touch = -1.0
+        # Batches of changes applied since start, and the paths in them (for tests and the log).
+        self.batches = 0
+        self.changes_applied = 0
         # How long the cold start's scan and load took (seconds), for the log.
         self.cold_phases: dict[str, float] = {}
 
@@ -188,7 +217,7 @@ class Indexer:
             self._watches = Watches(
                 self._trees.values(),
                 on_changed=self._changed,
-                on_lost=lambda: self._spawn(self.reconcile()),
+                on_lost=self._events_lost,
                 on_roots=lambda: self._spawn(self._roots_changed()),
             )
             self._watches.start()
@@ -207,6 +236,7 @@ class Indexer:
             checkpoints=self.index.checkpoint_count,
             seconds=round(time.perf_counter() - t0, 3),
             mode=self.mode,
+            watched=self.watched,
             unwatched=self.unwatched,
             **self.cold_phases,
         )
@@ -215,7 +245,7 @@ class Indexer:
                 "inotify_watches_exhausted",
                 unwatched=self.unwatched,
                 why="changes in these directories show only at reconciliation scans",
-                fix="raise the sysctl fs.inotify.max_user_watches (one watch per run directory)",
+                fix="raise the sysctl fs.inotify.max_user_watches (a watch per job directory and live run)",
             )
         self._tasks.append(asyncio.create_task(self._apply_dirty()))
         if self._watches is not None:
@@ -241,42 +271,66 @@ class Indexer:
 
     # ------------------------------------------------------------ reconcile
 
-    async def reconcile(self, *, full: bool = False) -> None:
-        """Scan both trees and make the index match them exactly."""
+    def _events_lost(self) -> None:
+        """The kernel dropped events: one reconciliation scan, however many times it says so."""
+        if not self._lost:
+            self._lost = True
+            self._spawn(self.reconcile(if_lost=True))
+
+    async def reconcile(self, *, full: bool = False, if_lost: bool = False) -> None:
+        """Scan both trees and make the index match them exactly.
+
+        ``if_lost``: only if no scan has begun since events were lost.
+        """
         async with self._reconcile_lock:
-            st = self._trees["status"]
-            ck = self._trees["checkpoints"]
-            began = time.monotonic()
-            cold = full and not self.index.runs
-            known = {} if full else self.index.signatures()
-            # Every directory is watched before it is listed, so whatever
-            # changes while the scan runs raises an event.
-            on_st, on_ck = self._on_dir(st), self._on_dir(ck)
-            if cold:
-                watch = None if self._watches is None else self._watches.for_workers()
-                workers = self._scan_workers
-                scanning = asyncio.to_thread(scan_status_parallel, st.root, workers, on_st, watch)
-            else:
-                scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st)
-            status, ckpts = await asyncio.gather(
-                scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck)
+            if if_lost and not self._lost:
+                return
+            self._lost = False
+            try:
+                await self._reconcile(full)
+            finally:
+                self._reconcile_began = None
+                self._touched = {}
+
+    async def _reconcile(self, full: bool) -> None:
+        st = self._trees["status"]
+        ck = self._trees["checkpoints"]
+        began = self._reconcile_began = time.monotonic()
+        cold = full and not self.index.runs
+        known = {} if full else self.index.signatures()
+        # Every directory is watched before it is listed, and a live
+        # run's as soon as it is read (then read again), so whatever
+        # changes while the scan runs raises an event.
+        on_st, on_ck, on_run = self._on_dir(st), self._on_dir(ck), self._on_run()
+        if cold:
+            watch = None if self._watches is None else self._watches.for_workers()
+            workers = self._scan_workers
+            # The index takes the runs as the workers send them (nothing reads it yet).
+            loader = self.index.loader()
+            scanning = asyncio.to_thread(
+                scan_status_parallel, st.root, workers, on_st, watch, on_run, loader.add
             )
-            if self._watches is not None:
-                self._watches.take_over(st.kind, status.watched, status.unwatched)
-            scanned = time.monotonic()
-            if cold:
-                self.index.load(status.runs, ckpts.checkpoints, {**status.problems, **ckpts.problems})
-                del status, ckpts
-                _return_free_memory()
-                loaded = time.monotonic()
-                self.cold_phases = {"scan_s": round(scanned - began, 3), "load_s": round(loaded - scanned, 3)}
-            else:
-                await self._merge_scan(status, ckpts, began)
-            self.index.last_full_scan = time.time()
-            if self._watches is not None:
-                self._watches.forget_unwatched_before(began)
-            self._observer.scanned(scanned - began)
-            self._observer.reconciled(time.monotonic() - began)
+        else:
+            scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st, on_run)
+        status, ckpts = await asyncio.gather(
+            scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck)
+        )
+        if self._watches is not None:
+            self._watches.take_over(st.kind, status.watched, status.unwatched)
+        scanned = time.monotonic()
+        if cold:
+            loader.finish(ckpts.checkpoints, {**status.problems, **ckpts.problems})
+            del status, ckpts, loader
+            _return_free_memory()
+            loaded = time.monotonic()
+            self.cold_phases = {"scan_s": round(scanned - began, 3), "load_s": round(loaded - scanned, 3)}
+        else:
+            await self._merge_scan(status, ckpts, began)
+        self.index.last_full_scan = time.time()
+        if self._watches is not None:
+            self._watches.forget_unwatched_before(began)
+        self._observer.scanned(scanned - began)
+        self._observer.reconciled(time.monotonic() - began)
 
     async def _merge_scan(self, status: scan.ScanResult, ckpts: scan.ScanResult, began: float) -> None:
         """Make the index match a scan that began at ``began``, keeping what inotify changed since.
@@ -301,17 +355,18 @@ class Indexer:
 
         # The set work in a thread; the index is changed only here, on the loop.
         gone = await asyncio.to_thread(missing, list(index.runs))
-        async for rf in _paced(status.runs):
+        turns = _Turns()
+        async for rf in _paced(status.runs, turns):
             if not touched("status", rf.key):
                 index.upsert_run(rf)
-        async for key in _paced(gone):
+        async for key in _paced(gone, turns):
             if not touched("status", key):
                 index.remove_run(key)
         want = await asyncio.to_thread(lambda: {(c.key, c.run_id, c.suffix): c for c in ckpts.checkpoints})
-        async for cf in _paced(list(index.all_checkpoints())):
+        async for cf in _paced(list(index.all_checkpoints()), turns):
             if (cf.key, cf.run_id, cf.suffix) not in want and not touched("checkpoints", _ckpt_rel(cf)):
                 index.remove_checkpoint(cf.key, cf.run_id, cf.suffix)
-        async for (job_key, run_id, suffix), cf in _paced(list(want.items())):
+        async for (job_key, run_id, suffix), cf in _paced(list(want.items()), turns):
             if touched("checkpoints", _ckpt_rel(cf)):
                 continue
             old = index.checkpoints.get(job_key, {}).get(run_id, {}).get(suffix)
@@ -323,7 +378,6 @@ class Indexer:
             **{p: why for p, why in found.items() if not path_touched(p)},
             **{p: why for p, why in index.problems.items() if path_touched(p)},
         }
-        self._touched = {k: t for k, t in self._touched.items() if t >= began}
 
     # ------------------------------------------------------------- inotify
 
@@ -331,11 +385,20 @@ class Indexer:
         """The ``on_dir`` hook of a scan of ``tree``: watch each directory (None when polling)."""
         return None if self._watches is None else self._watches.on_dir(tree.kind)
 
+    def _on_run(self) -> scan.OnRun | None:
+        """The ``on_run`` hook of a status scan: watch live runs' directories (None when polling)."""
+        return None if self._watches is None else self._watches.on_run("status", self.index.is_live)
+
     def _changed(self, paths: set[Changed]) -> None:
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
         self._dirty |= paths
         self._wake.set()
+
+    def reread(self, keys: Iterable[scan.RunKey]) -> None:
+        """Read these runs' status.json again soon, as if inotify had said they changed
+        (a reader found one newer than the index)."""
+        self._changed({("status", (*key, scan.STATUS_FILE)) for key in keys})
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -351,15 +414,21 @@ class Indexer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._dirty = self._dirty, set()
             noticed, self._dirty_since = self._dirty_since, None
-            try:
-                await self._apply(batch)
-            except Exception:
-                log.exception("index_update_failed")
-            else:
-                if noticed is not None:
-                    self._observer.applied(time.monotonic() - noticed)
+            while self._dirty:
+                if len(self._dirty) <= BATCH:
+                    batch, self._dirty = self._dirty, set()
+                else:
+                    batch = set(itertools.islice(self._dirty, BATCH))
+                    self._dirty -= batch
+                try:
+                    await self._apply(batch)
+                except Exception:
+                    log.exception("index_update_failed")
+                self.batches += 1
+                self.changes_applied += len(batch)
+            if noticed is not None:
+                self._observer.applied(time.monotonic() - noticed)
 
     def _path_touched_since(self, path: str, since: float) -> bool:
         for tree in self._trees.values():
@@ -375,9 +444,12 @@ class Indexer:
 
     async def _apply(self, batch: set[tuple[str, tuple[str, ...]]]) -> None:
         now = time.monotonic()
-        for kind, rel in batch:
-            self._touched[(kind, rel if kind == "checkpoints" or len(rel) < 5 else rel[:4])] = now
-        self._last_touch = now
+        # Only a reconciliation under way needs to know (it began before ``now``).
+        reconciling = self._reconcile_began is not None
+        if reconciling:
+            for kind, rel in batch:
+                self._touched[(kind, rel if kind == "checkpoints" or len(rel) < 5 else rel[:4])] = now
+            self._last_touch = now
         dirty = _Dirty()
         for kind, rel in batch:
             if kind == "status":
@@ -399,7 +471,9 @@ class Indexer:
         st, ck = self._trees["status"], self._trees["checkpoints"]
         read = await asyncio.to_thread(self._read_changes, st, ck, dirty)
         index = self.index
+        turns = _Turns()
         for rel, outcome in read.runs:
+            await turns.take()
             path = os.path.join(st.root, *rel, scan.STATUS_FILE)
             if isinstance(outcome, scan.RunFile):
                 index.upsert_run(outcome)
@@ -411,9 +485,13 @@ class Indexer:
                 # Unreadable for now: keep what the index had; the next write or scan decides.
                 index.problems[path] = outcome
         for prefix, sub in read.status_subtrees:
-            index.remove_runs_under(prefix)
+            # Only what is gone is removed: a run read again stays listed throughout.
+            found = {rf.key for rf in sub.runs}
+            async for key in _paced(index.keys_under(prefix), turns):
+                if key not in found:
+                    index.remove_run(key)
             _forget_problems_under(index.problems, os.path.join(st.root, *prefix))
-            for rf in sub.runs:
+            async for rf in _paced(sub.runs, turns):
                 index.upsert_run(rf)
             index.problems.update(sub.problems)
         for (job_key, run_id, suffix), got in read.checkpoints:
@@ -426,7 +504,8 @@ class Indexer:
                 index.problems[path] = got
         for rel, sub in read.checkpoint_items:
             # Read whole, so a reconciliation that began before must not undo any of it.
-            self._touched[("checkpoints", rel)] = now
+            if reconciling:
+                self._touched[("checkpoints", rel)] = now
             index.remove_checkpoint_item((rel[0], rel[1], rel[2]), rel[3])
             _forget_problems_under(index.problems, os.path.join(ck.root, *rel))
             for cf in sub.checkpoints:
@@ -440,8 +519,9 @@ class Indexer:
             index.problems.update(sub.problems)
 
     def _watching_result(self, tree: Tree) -> scan.ScanResult:
-        """A ScanResult that watches each directory before it is listed."""
-        return scan.ScanResult(on_dir=self._on_dir(tree))
+        """A ScanResult that watches each directory before it is listed (and live runs')."""
+        on_run = self._on_run() if tree.kind == "status" else None
+        return scan.ScanResult(on_dir=self._on_dir(tree), on_run=on_run)
 
     def _read_changes(self, st: Tree, ck: Tree, dirty: _Dirty) -> _Read:
         """Read what the dirty paths now hold (blocking: runs in a thread)."""
@@ -453,11 +533,13 @@ class Indexer:
             if _admissible(st.root, path, result):
                 scan.scan_status_under(st.root, rel, path, result, {})
             out.status_subtrees.append((rel, result))
+        on_run = self._on_run()
         for rel in dirty.status_runs:
             if _covered(rel, dirty.status_subtrees) or not _valid(rel):
                 continue
             key: scan.RunKey = (rel[0], rel[1], rel[2], rel[3])
-            out.runs.append((key, scan.read_run(st.root, key, os.path.join(st.root, *rel))))
+            run_dir = os.path.join(st.root, *rel)
+            out.runs.append((key, scan.read_run_watched(st.root, key, run_dir, None, on_run)))
         for rel in _outermost(dirty.ckpt_subtrees):
             result = self._watching_result(ck)
             result.watch_items = True
@@ -495,3 +577,13 @@ class Indexer:
     def unwatched(self) -> int:
         """How many directories inotify could not watch when last tried."""
         return 0 if self._watches is None else self._watches.unwatched
+
+    @property
+    def watched(self) -> int:
+        """How many directories inotify watches now."""
+        return 0 if self._watches is None else self._watches.watched
+
+    @property
+    def backlog(self) -> int:
+        """Changed paths not read yet."""
+        return len(self._dirty)

@@ -18,10 +18,12 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from baton.viewer_api.scan import JobKey, OnDir, RunFile, ScanResult, scan_jobs, subdirs
+from baton.viewer_api.scan import FINAL_STATES, JobKey, OnDir, OnRun, RunFile, ScanResult, scan_jobs, subdirs
 
 # The folder that holds the viewer_api package (and common/ and baton/ beside it).
 _CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +68,8 @@ def scan_status_parallel(
     workers: int,
     on_dir: OnDir | None = None,
     watch: WorkerWatch | None = None,
+    on_run: OnRun | None = None,
+    sink: Sink | None = None,
 ) -> ScanResult:
     """A full scan split by job directory across ``workers`` processes (the cold start).
 
@@ -73,12 +77,20 @@ def scan_status_parallel(
     core. Worker processes (``python -m viewer_api.scan_worker``: fresh interpreters,
     so nothing of a running server is forked and no caller's main module is
     re-imported) each take a share of about as many runs. With ``watch``, each
-    worker watches every directory of its share before listing it, and the
-    result's ``watched`` says which descriptor is which directory; the
-    directories above the job directories are scanned here and go to
-    ``on_dir``, as in a serial scan.
+    worker watches every job directory of its share before listing it, and
+    the directory of each run that may still change once it has read it (then
+    reads it again), and the result's ``watched`` says which descriptor is
+    which directory; the directories above the job directories are scanned
+    here and go to ``on_dir``, as in a serial scan. ``on_run`` is for a share
+    scanned here (small trees, or a worker that failed).
+
+    With ``sink``, the runs go to it as they arrive (one call at a time, from
+    the threads that read the workers' pipes), so the caller works on them
+    while the workers read on; the result then holds none. A worker that
+    fails part way has sent some of its share already: the whole share is
+    scanned again here and sent again, so the sink keeps a run's last copy.
     """
-    result = ScanResult(on_dir=on_dir)
+    result = ScanResult(on_dir=on_dir, on_run=on_run)
     if not os.path.isdir(root):
         return result
     root = os.path.realpath(root)
@@ -93,7 +105,7 @@ def scan_status_parallel(
                 for name, npath in subdirs(gpath, root, result.problems)
             )
     if workers <= 1 or len(jobs) < 2 or sum(runs for _, runs in jobs) < PARALLEL_SCAN_MIN_RUNS:
-        return scan_jobs(root, [job for job, _ in jobs], result)
+        return _sunk(scan_jobs(root, [job for job, _ in jobs], result), sink)
     # Every share goes to a worker: this process has the checkpoint scan and
     # the merging to do, and threads here would only fight over one lock.
     shares = _shares(jobs, workers)
@@ -122,13 +134,26 @@ def scan_status_parallel(
         procs.append((proc, share))
     # Drain every worker's pipe at once, a frame at a time: a worker whose
     # pipe is full waits, and unpickling here overlaps the workers' reading.
+    lock = threading.Lock()
     with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
-        parts = list(pool.map(lambda p: _receive(p[0]), procs))
+        parts = list(pool.map(lambda p: _receive(p[0], sink, lock), procs))
     for (_, share), part in zip(procs, parts, strict=True):
         if part is not None:
             _merge(result, part)
         else:  # the worker failed: do its share here rather than lose it
             scan_jobs(root, share, result)
+    return _sunk(result, sink)
+
+
+# Takes runs as a cold scan finds them.
+Sink = Callable[[list[RunFile]], None]
+
+
+def _sunk(result: ScanResult, sink: Sink | None) -> ScanResult:
+    """``result``, its runs given to ``sink`` (if any) rather than kept."""
+    if sink is not None and result.runs:
+        sink(result.runs)
+        result.runs = []
     return result
 
 
@@ -145,28 +170,39 @@ def send_frame(out: BinaryIO, result: ScanResult) -> None:
     result.runs, result.problems, result.watched, result.unwatched = [], {}, [], []
 
 
-def _receive(proc: subprocess.Popen[bytes]) -> ScanResult | None:
-    """Everything a worker sent; None when it failed (what it sent is then not trusted)."""
+def _receive(proc: subprocess.Popen[bytes], sink: Sink | None, lock: threading.Lock) -> ScanResult | None:
+    """Everything a worker sent (its runs given to ``sink``, if any); None when it failed
+    (then what it sent is not trusted: its share is scanned again)."""
     assert proc.stdout is not None
     part = ScanResult()
     complete = True
     while head := proc.stdout.read(_FRAME_HEAD):
         body = proc.stdout.read(int.from_bytes(head, "little"))
         try:
-            _merge(part, from_wire(pickle.loads(body)))
+            frame = from_wire(pickle.loads(body))
         except Exception:  # a torn frame from a worker that died
             complete = False
             break
+        if sink is not None:
+            with lock:
+                sink(frame.runs)
+            frame.runs = []
+        _merge(part, frame)
     proc.stdout.close()
     return part if proc.wait() == 0 and complete else None
 
 
+_RAW = RunFile._fields.index("raw")
 Wire = tuple[list[tuple[Any, ...]], dict[str, str], list[tuple[int, tuple[str, ...]]], list[tuple[str, ...]]]
 
 
 def to_wire(result: ScanResult) -> Wire:
-    """A worker's result as plain data (plain tuples, not RunFiles), for pickling."""
-    return [tuple(r) for r in result.runs], result.problems, result.watched, result.unwatched
+    """A worker's result as plain data (plain tuples, not RunFiles), for pickling.
+
+    Ended runs travel without their bytes: the index keeps none for them.
+    """
+    rows = [tuple(r) if r.state not in FINAL_STATES else (*r[:_RAW], b"", r.signature) for r in result.runs]
+    return rows, result.problems, result.watched, result.unwatched
 
 
 def from_wire(wire: Wire) -> ScanResult:

@@ -29,12 +29,19 @@ from baton.v1 import job_pb2
 RunKey = tuple[str, str, str, str]
 JobKey = tuple[str, str, str]
 OnDir = Callable[[str, tuple[str, ...]], None]
+# Called with a run directory's path, its key and what reading its
+# status.json found (a RunFile; None when unchanged since a known signature;
+# "missing"; or a problem); True when it watched the directory just now (then
+# the file is read again: a change made before the watch raised no event).
+OnRun = Callable[[str, RunKey, "RunFile | str | None"], bool]
 
 INVALID_STATUS = "invalid_status"
 INVALID_NAME = "invalid_name"
 OUTSIDE_LINK = "outside_link"
 
 _STATES = {v.name: v.number for v in job_pb2.JobState.DESCRIPTOR.values}
+# States a run never leaves: its status.json changes only if another program rewrites it.
+FINAL_STATES = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
 _EPOCH = datetime.datetime(1970, 1, 1)
 # Seconds at the start of each minute seen ("YYYY-MM-DDTHH:MM:" -> seconds):
 # runs cluster in time, so most timestamps hit this cache.
@@ -58,6 +65,21 @@ def rfc3339_seconds(text: Any) -> float:
     """Seconds since the epoch of a proto3-JSON timestamp; 0.0 when absent."""
     if not text:
         return 0.0
+    if text.__class__ is str and len(text) >= 20 and text[-1] == "Z":
+        # A minute seen before (so its "YYYY-MM-DDTHH:MM:" is valid): four of a
+        # run's times cost a few dict reads. A million runs' cold scan reads four million.
+        minute = _MINUTES.get(text[:17])
+        if minute is not None:
+            secs = text[17:19]
+            if secs.isdigit():
+                if len(text) == 20:
+                    return minute + int(secs)
+                if text[19] == "." and text[20:-1].isdigit():
+                    return minute + int(secs) + float(text[19:-1])
+    return _rfc3339_seconds(text)
+
+
+def _rfc3339_seconds(text: Any) -> float:
     if not isinstance(text, str):
         raise ValueError("timestamp is not a string")
     if len(text) >= 20 and text[-1] == "Z" and text[10] == "T" and text[17:19].isdigit():
@@ -75,11 +97,12 @@ def rfc3339_seconds(text: Any) -> float:
 
 
 class RunFile(NamedTuple):
-    """What the index keeps of one status.json: its key fields and its bytes.
+    """What the index takes from one status.json: its key fields, and its bytes
+    (empty when the reader dropped them: a cold scan keeps only live runs').
 
-    A tuple, because a cold scan makes 100,000 of them and sends them between
-    processes: a tuple is made, pickled and unpickled several times faster
-    than an object.
+    A tuple, because a cold scan makes a million of them and sends them
+    between processes: a tuple is made, pickled and unpickled several times
+    faster than an object.
     """
 
     key: RunKey
@@ -114,10 +137,13 @@ class ScanResult:
     unchanged: list[RunKey] = field(default_factory=list)
     checkpoints: list[CheckpointFile] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
-    # Called with each directory (its path, and its names below the root)
-    # before it is listed: the indexer watches it then, so nothing created
-    # while the scan runs goes unnoticed.
+    # Called with each directory above the runs' (its path, and its names
+    # below the root) before it is listed: the indexer watches it then, so
+    # nothing created while the scan runs goes unnoticed.
     on_dir: OnDir | None = None
+    # Called with each run directory once its status.json is read: the
+    # indexer watches the directories of runs that may still change.
+    on_run: OnRun | None = None
     # Inotify watches that scan workers added for the caller: (descriptor, names).
     watched: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
     # Directories they could not watch (out of inotify watches), by names.
@@ -197,8 +223,11 @@ def subdirs(path: str, root: str, problems: dict[str, str]) -> list[tuple[str, s
     return out
 
 
-def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = None) -> RunFile | str | None:
-    """A run's status.json: a RunFile, None when unchanged since ``known``, or a problem."""
+def read_status(
+    root: str, run_dir: str, known: Signature | None = None
+) -> tuple[bytes, Signature] | str | None:
+    """A run's status.json bytes and signature: None when unchanged since ``known``, "missing",
+    or a problem otherwise."""
     path = f"{run_dir}/{STATUS_FILE}"
     if known is not None:
         # One stat instead of open, fstat and close: most files have not changed.
@@ -247,17 +276,47 @@ def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = Non
         return INVALID_STATUS
     finally:
         os.close(fd)
+    return raw, sig
+
+
+def read_run(root: str, key: RunKey, run_dir: str, known: Signature | None = None) -> RunFile | str | None:
+    """A run's status.json: a RunFile, None when unchanged since ``known``, "missing", or a problem."""
+    got = read_status(root, run_dir, known)
+    if not isinstance(got, tuple):
+        return got
     try:
-        return parse_run(key, raw, sig)
+        return parse_run(key, *got)
     except ValueError:
         return INVALID_STATUS
 
 
+def ended(got: RunFile | str | None) -> bool:
+    """Whether a read found a run that has ended (its directory then needs no watch)."""
+    return isinstance(got, RunFile) and got.state in FINAL_STATES
+
+
+def read_run_watched(
+    root: str, key: RunKey, run_dir: str, known: Signature | None, on_run: OnRun | None
+) -> RunFile | str | None:
+    """``read_run``, then ``on_run``; if that watched the directory just now, read again (and
+    tell ``on_run`` what was found, should the run have ended meanwhile)."""
+    got = read_run(root, key, run_dir, known)
+    if on_run is not None and on_run(run_dir, key, got):
+        again = read_run(root, key, run_dir, got.signature if isinstance(got, RunFile) else known)
+        if again is not None:
+            got = again
+            on_run(run_dir, key, got)
+    return got
+
+
 def scan_status(
-    root: str, known: Mapping[RunKey, Signature] | None = None, on_dir: OnDir | None = None
+    root: str,
+    known: Mapping[RunKey, Signature] | None = None,
+    on_dir: OnDir | None = None,
+    on_run: OnRun | None = None,
 ) -> ScanResult:
     """Every run under ``root``; with ``known``, unchanged files are not re-read."""
-    result = ScanResult(on_dir=on_dir)
+    result = ScanResult(on_dir=on_dir, on_run=on_run)
     if not os.path.isdir(root):
         return result
     root = os.path.realpath(root)
@@ -276,10 +335,9 @@ def scan_status_under(
     root: str, prefix: tuple[str, ...], path: str, result: ScanResult, known: Mapping[RunKey, Signature]
 ) -> None:
     """Scan the subtree at ``path`` (whose names so far are ``prefix``) into ``result``."""
-    result.enter(path, prefix)
     if len(prefix) == 4:
         key: RunKey = prefix  # type: ignore[assignment]
-        got = read_run(root, key, path, known.get(key))
+        got = read_run_watched(root, key, path, known.get(key), result.on_run)
         if got is None:
             result.unchanged.append(key)
         elif isinstance(got, RunFile):
@@ -287,9 +345,12 @@ def scan_status_under(
         elif got != "missing":
             result.problems[os.path.join(path, STATUS_FILE)] = got
         return
+    result.enter(path, prefix)
+    runs = len(prefix) == 3
     for name, sub in subdirs(path, root, result.problems):
-        # Interned: the index and the watches then share one string per name.
-        scan_status_under(root, (*prefix, sys.intern(name)), sub, result, known)
+        # Names above the runs interned: the index and the watches then share one string
+        # per name. A run id is one run's own (interning a million would only cost).
+        scan_status_under(root, (*prefix, name if runs else sys.intern(name)), sub, result, known)
 
 
 # What _dir_usage finds in a run's checkpoint directory: no usage, since it is no checkpoint.

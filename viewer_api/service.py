@@ -17,7 +17,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from baton.common.safeopen import UnsafePath, open_beneath, read_beneath, refusa
 from baton.common.tailer import CHUNK, offset_of_last_lines
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as pb
-from baton.viewer_api.index import Index, RunEntry, sort_key
+from baton.viewer_api.index import Index, RunEntry, build_job, fallback_job, sort_key
 from baton.viewer_api.indexer import Indexer
 from baton.viewer_api.scan import (
     INVALID_NAME,
@@ -55,6 +55,8 @@ from baton.viewer_api.scan import (
     OUTSIDE_LINK,
     CheckpointFile,
     RunKey,
+    Signature,
+    read_status,
 )
 
 S = job_pb2
@@ -152,14 +154,81 @@ class ViewerService:
 
     # ------------------------------------------------------------------ runs
 
-    def list_jobs(self, flt: JobFilter, size: int, token: str) -> tuple[list[job_pb2.Job], str, int]:
-        return self.index.list_runs(flt, size, token)
+    async def _jobs(self, entries: list[RunEntry], states: Collection[int] = ()) -> list[job_pb2.Job | None]:
+        """The Jobs of ``entries``, in order: from memory, or else read from their files in a thread.
 
-    def list_job_runs(
+        A file found changed since the index read it is shown as it is now
+        if it still matches ``states`` (None, left out, otherwise) and the
+        indexer is told to read it again; a file gone is left out; one that
+        cannot be read as a Job now shows what the index knows of the run.
+        """
+        index = self.index
+        jobs = [index.job_in_memory(entry) for entry in entries]
+        unread = [i for i, job in enumerate(jobs) if job is None]
+        if not unread:
+            return jobs
+        reads = await asyncio.to_thread(self._read_jobs, [entries[i].key for i in unread])
+        changed: list[RunKey] = []
+        for i, (signature, data) in zip(unread, reads, strict=True):
+            entry = entries[i]
+            if signature is not None and signature != entry.signature:
+                changed.append(entry.key)
+            if data is None:
+                jobs[i] = None if signature is None else fallback_job(entry)
+                continue
+            job = job_pb2.Job.FromString(data)
+            if signature == entry.signature:
+                index.remember(entry, data)
+            elif states and job.state not in states:
+                continue
+            jobs[i] = job
+        if changed:
+            self.indexer.reread(changed)
+        return jobs
+
+    def _read_jobs(self, keys: list[RunKey]) -> list[tuple[Signature | None, bytes | None]]:
+        """Each run's file signature and serialized Job (blocking): (None, None) when it is gone,
+        (signature, None) when it is not a Job; the signature is 0 when unreadable."""
+        root = str(self._status_root)
+        out: list[tuple[Signature | None, bytes | None]] = []
+        for key in keys:
+            got = read_status(root, str(self._run_dir(key)))
+            if got == "missing":
+                out.append((None, None))
+            elif not isinstance(got, tuple):
+                out.append((0, None))
+            else:
+                raw, signature = got
+                out.append((signature, build_job(raw, key)))
+        return out
+
+    async def _page(
+        self, flt: JobFilter, size: int, token: str, scope: str
+    ) -> tuple[list[job_pb2.Job], str, int]:
+        entries, more, total = self.index.page(flt, size, token, scope)
+        jobs = await self._jobs(entries, flt.states)
+        page_bytes = PageBytes()
+        out: list[job_pb2.Job] = []
+        last: RunEntry | None = None
+        for entry, job in zip(entries, jobs, strict=True):
+            if job is not None:
+                if not page_bytes.take(job):
+                    assert last is not None  # the first item always fits
+                    return out, encode_token(scope, flt.token_key(), list(last.sort)), total
+                out.append(job)
+            last = entry
+        if more and last is not None:
+            return out, encode_token(scope, flt.token_key(), list(last.sort)), total
+        return out, "", total
+
+    async def list_jobs(self, flt: JobFilter, size: int, token: str) -> tuple[list[job_pb2.Job], str, int]:
+        return await self._page(flt, size, token, "viewer.jobs")
+
+    async def list_job_runs(
         self, project: str, group: str, name: str, size: int, token: str
     ) -> tuple[list[job_pb2.Job], str]:
         _names(project=project, group=group, name=name)
-        jobs, nxt, _ = self.index.list_runs(JobFilter(project, group, name), size, token, scope="viewer.runs")
+        jobs, nxt, _ = await self._page(JobFilter(project, group, name), size, token, "viewer.runs")
         return jobs, nxt
 
     def _resolve(self, job_id: str, project: str, group: str, name: str, run_id: str) -> RunKey:
@@ -195,12 +264,13 @@ class ViewerService:
                 raise NotFound(
                     f"no run {'/'.join(key)}", reason="JOB_NOT_FOUND", metadata={"run": "/".join(key)}
                 ) from None
-            return entry.job()
+            # Unreadable now: what the index holds (all of it for a live run, the gist for an ended one).
+            return self.index.job_in_memory(entry) or fallback_job(entry)
 
     def _age(self, entry: RunEntry, now: float) -> float:
-        return now - (entry.heartbeat_ts or entry.start_ts or entry.create_ts)
+        return now - entry.beat
 
-    def list_running(
+    async def list_running(
         self, project: str, include_stale: bool, stale_after: float | None, size: int, token: str
     ) -> tuple[list[pb.RunningJob], str]:
         limit = page_size(size)
@@ -213,6 +283,7 @@ class ViewerService:
         page_bytes = PageBytes()
         out: list[pb.RunningJob] = []
         last_sort: list[Any] = []
+        chosen: list[tuple[RunEntry, float, bool]] = []
         for entry in self.index.running(project):
             if after is not None and entry.sort <= after:
                 continue
@@ -220,24 +291,33 @@ class ViewerService:
             stale = age > threshold
             if stale and not include_stale:
                 continue
+            chosen.append((entry, age, stale))
+            if len(chosen) > limit:
+                break
+        # Live runs keep their Jobs in memory: this reads a file only for one that cannot be parsed.
+        jobs = await self._jobs([entry for entry, _, _ in chosen])
+        for (entry, age, stale), job in zip(chosen, jobs, strict=True):
             if len(out) == limit:
                 return out, encode_token("viewer.running", key_filter, last_sort)
+            if job is None:
+                continue  # gone since
             heartbeat_age = duration_pb2.Duration()
             heartbeat_age.FromNanoseconds(int(max(age, 0.0) * 1e9))
-            item = pb.RunningJob(job=entry.job(), stale=stale, heartbeat_age=heartbeat_age)
+            item = pb.RunningJob(job=job, stale=stale, heartbeat_age=heartbeat_age)
             if not page_bytes.take(item):
                 return out, encode_token("viewer.running", key_filter, last_sort)
             out.append(item)
             last_sort = list(entry.sort)
         return out, ""
 
-    def list_recent(self, project: str, hours: int, limit: int) -> list[job_pb2.Job]:
+    async def list_recent(self, project: str, hours: int, limit: int) -> list[job_pb2.Job]:
         if hours < 0:
             raise invalid_field("hours", "must not be negative")
         if limit < 0:
             raise invalid_field("limit", "must not be negative")
         since = time.time() - (hours or DEFAULT_RECENT_HOURS) * 3600
-        jobs = self.index.recent(project, since, min(limit or DEFAULT_RECENT_LIMIT, 1000))
+        entries = self.index.recent(project, since, min(limit or DEFAULT_RECENT_LIMIT, 1000))
+        jobs = [job for job in await self._jobs(entries) if job is not None]
         # No page token here: the newest that fit in one page are the answer.
         page_bytes = PageBytes()
         return list(itertools.takewhile(page_bytes.take, jobs))
@@ -266,13 +346,16 @@ class ViewerService:
             )
         return out, ""
 
-    def dashboard(self, project: str) -> pb.GetDashboardStatsResponse:
+    async def dashboard(self, project: str) -> pb.GetDashboardStatsResponse:
         index = self.index
         counts = index.project_state_counts(project)
         now = time.time()
         running = index.running(project)
         stale = sum(1 for e in running if self._age(e, now) > self.stale_after)
-        failures = index.failures_since(project, now - 86400)
+        failures, failure_count = index.failures_since(project, now - 86400, RECENT_FAILURES_SHOWN)
+        recent_failures = [
+            job for job in await self._jobs(failures, (S.JOB_STATE_FAILED,)) if job is not None
+        ]
         ckpt_count, ckpt_bytes = index.checkpoint_totals(project, "", "")
         problems = list(index.problems.values())
         return pb.GetDashboardStatsResponse(
@@ -283,8 +366,8 @@ class ViewerService:
             ],
             running=len(running),
             stale=stale,
-            recent_failures=[e.job() for e in failures[:RECENT_FAILURES_SHOWN]],
-            recent_failure_count=len(failures),
+            recent_failures=recent_failures,
+            recent_failure_count=failure_count,
             checkpoint_count=ckpt_count,
             checkpoint_bytes=ckpt_bytes,
             invalid_status_files=problems.count(INVALID_STATUS),
@@ -293,6 +376,7 @@ class ViewerService:
             last_full_scan_time=_ts(index.last_full_scan),
             watch_mode=self.indexer.mode,
             unwatched_directories=self.indexer.unwatched,
+            watched_directories=self.indexer.watched,
         )
 
     # ----------------------------------------------------------- checkpoints
@@ -479,12 +563,18 @@ class ViewerService:
 
         def current() -> job_pb2.Job | None:
             entry = self.index.runs.get(key)
-            return None if entry is None else entry.job()
+            if entry is None:
+                return None
+            return self.index.job_in_memory(entry) or fallback_job(entry)
 
         wake = asyncio.Event()
+        # Followed, the run keeps its Job in memory (whatever its state), read here if need be.
         stop_listening = self.index.listen(key, wake.set)
         self.active_streams += 1
         try:
+            entry = self.index.runs.get(key)
+            if entry is not None:
+                await self._jobs([entry])
             async for chunk in log_chunks(
                 self._log_path(key),
                 root=self._status_root,

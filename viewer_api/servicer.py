@@ -24,7 +24,7 @@ class ViewerServicer(viewer_pb2_grpc.ViewerServicer):
     @translate_errors
     async def ListJobs(self, request: pb.ViewerListJobsRequest, context: Ctx) -> pb.ViewerListJobsResponse:
         flt = JobFilter(request.project, request.group, request.name, tuple(request.states))
-        jobs, token, total = self._svc.list_jobs(flt, request.page_size, request.page_token)
+        jobs, token, total = await self._svc.list_jobs(flt, request.page_size, request.page_token)
         return pb.ViewerListJobsResponse(jobs=jobs, next_page_token=token, total_size=total)
 
     @translate_errors
@@ -35,7 +35,7 @@ class ViewerServicer(viewer_pb2_grpc.ViewerServicer):
     @translate_errors
     async def ListJobRuns(self, request: pb.ListJobRunsRequest, context: Ctx) -> pb.ListJobRunsResponse:
         r = request
-        jobs, token = self._svc.list_job_runs(r.project, r.group, r.name, r.page_size, r.page_token)
+        jobs, token = await self._svc.list_job_runs(r.project, r.group, r.name, r.page_size, r.page_token)
         return pb.ListJobRunsResponse(jobs=jobs, next_page_token=token)
 
     @translate_errors
@@ -49,7 +49,7 @@ class ViewerServicer(viewer_pb2_grpc.ViewerServicer):
     ) -> pb.ListRunningJobsResponse:
         r = request
         stale_after = seconds_of(r.stale_after, "stale_after") if r.HasField("stale_after") else None
-        jobs, token = self._svc.list_running(
+        jobs, token = await self._svc.list_running(
             r.project, r.include_stale, stale_after, r.page_size, r.page_token
         )
         return pb.ListRunningJobsResponse(jobs=jobs, next_page_token=token)
@@ -59,14 +59,14 @@ class ViewerServicer(viewer_pb2_grpc.ViewerServicer):
         self, request: pb.ListRecentJobsRequest, context: Ctx
     ) -> pb.ListRecentJobsResponse:
         return pb.ListRecentJobsResponse(
-            jobs=self._svc.list_recent(request.project, request.hours, request.limit)
+            jobs=await self._svc.list_recent(request.project, request.hours, request.limit)
         )
 
     @translate_errors
     async def GetDashboardStats(
         self, request: pb.GetDashboardStatsRequest, context: Ctx
     ) -> pb.GetDashboardStatsResponse:
-        return self._svc.dashboard(request.project)
+        return await self._svc.dashboard(request.project)
 
     @translate_errors
     async def ListCheckpoints(

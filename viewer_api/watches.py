@@ -1,8 +1,12 @@
-"""The index's inotify side: a watch on every directory, events turned into changed paths.
+"""The index's inotify side: watches on the trees' directories, events turned into changed paths.
 
-Both trees are watched down to their run directories (status) and job
-directories (checkpoints), and each watch is known by its directory's names
-below its tree root. Below a job directory, the runs' checkpoint directories
+Both trees are watched down to their job directories, and each watch is known
+by its directory's names below its tree root. In the status tree, a run's
+directory is watched only while its run may still change: an ended run's
+status.json changes only if another program rewrites it or the run is
+deleted, which its job directory's watch (a directory removed or moved in)
+or the reconciliation scan sees. A million ended runs then take no watch of
+the kernel's few hundred thousand. Below a job directory, the runs' checkpoint directories
 (marked by ``.baton-run``) are watched too, so a checkpoint renamed into one
 shows; so is every entry made there after the viewer started, checkpoint or
 not, since a directory just made may be a run's whose marker comes a moment
@@ -33,7 +37,7 @@ from inotify_simple import Event, INotify
 from inotify_simple import flags as F
 
 from baton.viewer_api.parallel_scan import WorkerWatch
-from baton.viewer_api.scan import OnDir
+from baton.viewer_api.scan import OnDir, OnRun, RunFile, RunKey, ended
 
 # No MODIFY: a log being written would flood us, and whole status files arrive
 # by rename (MOVED_TO) or, from writers that do not rename, CLOSE_WRITE.
@@ -52,8 +56,9 @@ Changed = tuple[str, Names]
 class Tree:
     kind: str  # "status" or "checkpoints"
     root: str
-    # Depth of the deepest watched directory: run dirs (4) in both trees; in the
-    # checkpoint tree, the scan says which directories at that depth are watched.
+    # Depth of the deepest directory ``on_dir`` watches: job directories (3) in
+    # the status tree, whose runs' directories ``on_run`` sees to; in the
+    # checkpoint tree, runs' directories (4), which the scan picks.
     depth: int
 
     def names_of(self, path: str) -> Names | None:
@@ -82,6 +87,11 @@ class _Watched:
         rel = self.wds.pop(wd, None)
         if rel is not None and self.rels.get(rel) == wd:
             del self.rels[rel]
+
+    def retire(self, rel: Names) -> int | None:
+        """Forget ``rel``'s watch by name; its descriptor still names it until the kernel says
+        it is gone (IGNORED), so events already queued for it are not lost."""
+        return self.rels.pop(rel, None)
 
 
 class Watches:
@@ -154,6 +164,36 @@ class Watches:
 
         return watch
 
+    def on_run(self, kind: str, live: Callable[[RunKey], bool]) -> OnRun:
+        """A scan's ``on_run`` hook for tree ``kind``: watch the directory of a run that may still
+        change, and stop watching one that has ended. ``live`` says whether a run the read found
+        unchanged is in a state it may leave."""
+        watched = self._watched[kind]
+
+        def settle(path: str, key: RunKey, got: RunFile | str | None) -> bool:  # blocking: in scan threads
+            # Missing or unreadable: a run being made, or being mended; watch it.
+            wanted = live(key) if got is None else not ended(got)
+            with self._lock:
+                if not wanted:
+                    self._unwatched.pop((kind, key), None)
+                    wd = watched.retire(key)
+                    if wd is not None:
+                        with contextlib.suppress(OSError):  # already gone with its directory
+                            self._inotify.rm_watch(wd)
+                    return False
+                if key in watched.rels:
+                    return False
+                try:
+                    wd = self._inotify.add_watch(path, DIR_MASK)
+                except OSError:
+                    self._unwatched[(kind, key)] = time.monotonic()
+                    return False
+                watched.add(wd, key)
+                self._unwatched.pop((kind, key), None)
+                return True
+
+        return settle
+
     def take_over(self, kind: str, added: list[tuple[int, Names]], unwatched: list[Names]) -> None:
         """Take the watches scan workers added (and those they could not), then the events held for them."""
         now = time.monotonic()
@@ -174,6 +214,12 @@ class Watches:
     def unwatched(self) -> int:
         """How many directories inotify could not watch when last tried."""
         return len(self._unwatched)
+
+    @property
+    def watched(self) -> int:
+        """How many directories of the trees are watched now."""
+        with self._lock:
+            return sum(len(w.rels) for w in self._watched.values())
 
     # ------------------------------------------------------------- events
 

@@ -158,7 +158,7 @@ class GetDashboardStatsRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ...) -> None: ...
 
 class GetDashboardStatsResponse(_message.Message):
-    __slots__ = ("total_runs", "state_counts", "running", "stale", "recent_failures", "recent_failure_count", "checkpoint_count", "checkpoint_bytes", "invalid_status_files", "invalid_names", "outside_links", "last_full_scan_time", "watch_mode", "unwatched_directories")
+    __slots__ = ("total_runs", "state_counts", "running", "stale", "recent_failures", "recent_failure_count", "checkpoint_count", "checkpoint_bytes", "invalid_status_files", "invalid_names", "outside_links", "last_full_scan_time", "watch_mode", "unwatched_directories", "watched_directories")
     TOTAL_RUNS_FIELD_NUMBER: _ClassVar[int]
     STATE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class GetDashboardStatsResponse(_message.Message):
     LAST_FULL_SCAN_TIME_FIELD_NUMBER: _ClassVar[int]
     WATCH_MODE_FIELD_NUMBER: _ClassVar[int]
     UNWATCHED_DIRECTORIES_FIELD_NUMBER: _ClassVar[int]
+    WATCHED_DIRECTORIES_FIELD_NUMBER: _ClassVar[int]
     total_runs: int
     state_counts: _containers.RepeatedCompositeFieldContainer[_job_pb2.JobStateCount]
     running: int
@@ -187,7 +188,8 @@ class GetDashboardStatsResponse(_message.Message):
     last_full_scan_time: _timestamp_pb2.Timestamp
     watch_mode: str
     unwatched_directories: int
-    def __init__(self, total_runs: _Optional[int] = ..., state_counts: _Optional[_Iterable[_Union[_job_pb2.JobStateCount, _Mapping]]] = ..., running: _Optional[int] = ..., stale: _Optional[int] = ..., recent_failures: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ..., recent_failure_count: _Optional[int] = ..., checkpoint_count: _Optional[int] = ..., checkpoint_bytes: _Optional[int] = ..., invalid_status_files: _Optional[int] = ..., invalid_names: _Optional[int] = ..., outside_links: _Optional[int] = ..., last_full_scan_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., watch_mode: _Optional[str] = ..., unwatched_directories: _Optional[int] = ...) -> None: ...
+    watched_directories: int
+    def __init__(self, total_runs: _Optional[int] = ..., state_counts: _Optional[_Iterable[_Union[_job_pb2.JobStateCount, _Mapping]]] = ..., running: _Optional[int] = ..., stale: _Optional[int] = ..., recent_failures: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ..., recent_failure_count: _Optional[int] = ..., checkpoint_count: _Optional[int] = ..., checkpoint_bytes: _Optional[int] = ..., invalid_status_files: _Optional[int] = ..., invalid_names: _Optional[int] = ..., outside_links: _Optional[int] = ..., last_full_scan_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., watch_mode: _Optional[str] = ..., unwatched_directories: _Optional[int] = ..., watched_directories: _Optional[int] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("project", "group", "name", "suffix", "path", "create_time", "size_bytes", "file_count", "config_file", "has_job_spec", "run_id")
