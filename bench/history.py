@@ -97,9 +97,12 @@ class History:
     state_counts: Counter[int] = field(default_factory=Counter)
     # Runs per job key (project, group, name).
     key_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    # Every job id, in submission order (the registry's seq order).
+    # Every job id, in submission order (the registry's seq order), and its key.
     ids: list[str] = field(default_factory=list)
-    # End times (epoch seconds) of every job, ascending: ClearJobs picks a cut from them.
+    keys: list[tuple[str, str, str]] = field(default_factory=list)
+    # Each job's end time (epoch seconds), as ``ids``; and all of them ascending,
+    # for ClearJobs to pick a cut from.
+    ends: array[float] = field(default_factory=lambda: array("d"))
     end_times: array[float] = field(default_factory=lambda: array("d"))
     max_revision: int = 0
     max_seq: int = 0
@@ -231,8 +234,9 @@ def _plan(
     start = now - season
     rare = min(RARE_RUNS, max(0, jobs // 100))
     out = [_Planned(start + 60.0 * (i + 1), RARE_KEY) for i in range(rare)]
-    # End margin: the newest sweep still ends before ``now``.
-    span = season - 6 * 3600.0
+    # The newest sweeps are submitted up to two hours before ``now`` (their jobs
+    # are cut short to end before it: the last hour has its share of endings).
+    span = season - 3 * 3600.0
     while len(out) < jobs:
         key = rng.choices(keys, weights)[0]
         # Up to 3,000 runs, and never more than a fiftieth of the history, so
@@ -276,13 +280,14 @@ def make_job(
     first_revision: int,
     *,
     keep_versions: bool = True,
+    ends_before: float = math.inf,
 ) -> _Made:
     """One ended job as the lifecycle leaves it, built with its own step helpers.
 
     Revisions are consecutive from ``first_revision``: one per change that
     the conductor logs (created; per launch, RUNNING and then its process id;
     each step's end; the cancel asked for; the end). With ``keep_versions``, the Job at each of
-    them (what the events log carries).
+    them (what the events log carries). The job ends before ``ends_before``.
     """
     project, group, name = kind.key
     job_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(create)) + "-" + rng.randbytes(3).hex()
@@ -319,7 +324,7 @@ def make_job(
     cancelled = state == S.JOB_STATE_CANCELLED
     if cancelled and rng.random() < CANCELLED_QUEUED_SHARE:
         # Cancelled before it ever started: no process, no log, no checkpoint directory.
-        at = create + rng.uniform(1.0, 3 * 3600.0)
+        at = min(create + rng.uniform(1.0, 3 * 3600.0), (create + ends_before) / 2)
         job.state = S.JOB_STATE_CANCELLED
         job.reason = "cancelled by request"
         job.end_time.CopyFrom(_ts(at))
@@ -329,7 +334,7 @@ def make_job(
     # Which step it ends in, and how.
     n = len(kind.step_names)
     last = n if state == S.JOB_STATE_SUCCEEDED else rng.randint(1, n)
-    t = create + rng.uniform(0.005, 900.0)
+    t = create + min(rng.uniform(0.005, 900.0), (ends_before - create) / 4)
     log = b""
     for step in range(1, last + 1):
         # A launch: RUNNING with no process yet (durable before it starts), then its process id.
@@ -345,6 +350,8 @@ def make_job(
         job.external_id = str(rng.randint(1000, 4_000_000))
         change(t + rng.uniform(0.002, 0.02))
         duration = math.exp(rng.uniform(math.log(2.0), math.log(6 * 3600.0))) / n
+        # What is left before ``ends_before``, shared among this step and the ones after it.
+        duration = min(duration, (ends_before - t) / (2 * (last - step + 1)))
         end = t + duration
         # Heartbeats refresh every 30 s while it runs (no event, no revision).
         beats = math.floor(duration / 30.0)
@@ -627,7 +634,6 @@ def _generate(
     kinds: dict[tuple[str, str, str], _Kind] = {}
     history = History(home)
     ids: set[str] = set()
-    ends: list[float] = []
     revision = 1
     # The registry keeps the changes of the last ``event_history`` revisions.
     # Every job has at least two, so they are all among the last this many jobs'.
@@ -646,9 +652,10 @@ def _generate(
                     S.JOB_STATE_FAILED if planned.key == RARE_KEY else rng.choices(ENDED, STATE_WEIGHTS)[0]
                 )
                 keep = history.jobs + len(rows) >= keep_from
-                made = make_job(rng, kind, planned.create, state, revision, keep_versions=keep)
+                args = (rng, kind, planned.create, state, revision)
+                made = make_job(*args, keep_versions=keep, ends_before=now)
                 while made.job.id in ids:  # the same second and the same 24 random bits: draw again
-                    made = make_job(rng, kind, planned.create, state, revision, keep_versions=keep)
+                    made = make_job(*args, keep_versions=keep, ends_before=now)
                 job = made.job
                 ids.add(job.id)
                 revision = job.revision + 1
@@ -662,9 +669,10 @@ def _generate(
                     writers.write(tree, kinds)
                     tree = []
                 history.ids.append(job.id)
+                history.keys.append(planned.key)
                 history.state_counts[job.state] += 1
                 history.key_counts[planned.key] += 1
-                ends.append(job.end_time.seconds + job.end_time.nanos / 1e9)
+                history.ends.append(job.end_time.seconds + job.end_time.nanos / 1e9)
             if tree:
                 writers.write(tree, kinds)
             write_registry(registry, rows, [])
@@ -679,7 +687,7 @@ def _generate(
     history.max_seq = history.jobs
     history.events = len(events)
     history.max_revision = revision - 1
-    history.end_times = array("d", sorted(ends))
+    history.end_times = array("d", sorted(history.ends))
     history.seconds = time.perf_counter() - t0
     return history
 
