@@ -25,6 +25,9 @@ before ``now``. Names, groups and projects are skewed (a few get most runs);
 one job key (``RARE_KEY``) has only a handful of runs, all among the oldest,
 for "a filter that matches few". Everything follows from ``seed`` and ``now``.
 
+``submit_live`` then makes live jobs through the API of a conductor serving
+the home (the benchmark's ``--scale-live``).
+
 Also runnable: ``python -m bench.history HOME --jobs N [--seed S]``.
 """
 
@@ -692,13 +695,59 @@ def _generate(
     return history
 
 
+# ------------------------------------------------------------------ live jobs
+
+LIVE_PROJECT = "live"
+
+
+def submit_live(
+    address: str, count: int, *, seconds: float = 100_000, short: int = 0, deadline: float = 300.0
+) -> list[str]:
+    """``count`` live jobs made through the API of the conductor at ``address``; their ids.
+
+    Real jobs, 16 submissions at a time: ``short`` of them sleep a few seconds
+    and end (history made while one watches), the others sleep ``seconds``
+    (they run as many as the conductor's --max-running lets, and wait QUEUED).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from baton.v1 import conductor_pb2 as pb
+    from baton.v1 import conductor_pb2_grpc
+
+    until = time.monotonic() + deadline
+    with grpc.insecure_channel(address) as channel:
+        stub = conductor_pb2_grpc.ConductorStub(channel)
+
+        def submit(i: int) -> str:
+            sleep = 1 + i % 5 if i < short else seconds
+            where = f"name: sleeper-{i % 10}\nproject: {LIVE_PROJECT}\ngroup: g{i % 3}\n"
+            spec = f"{where}command: sleep {sleep:g}\n"
+            left = max(1.0, until - time.monotonic())
+            return str(stub.SubmitJob(pb.SubmitJobRequest(spec_yaml=spec), timeout=left).id)
+
+        with ThreadPoolExecutor(16) as pool:
+            return list(pool.map(submit, range(count)))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__.split("\n")[0])
     p.add_argument("home", type=Path, help="a conductor home with no jobs yet (made when missing)")
     p.add_argument("--jobs", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--now", type=float, help="seconds since the epoch the season ends at (default: now)")
+    p.add_argument(
+        "--live",
+        type=int,
+        default=0,
+        metavar="M",
+        help="then submit M live jobs (long sleepers) to the conductor at --address, serving HOME",
+    )
+    p.add_argument("--address", help="HOST:PORT of a conductor started on HOME after the history was written")
     args = p.parse_args(argv)
+    if args.live and not args.address:
+        p.error("--live needs --address: start a conductor on HOME, then submit")
     try:
         history = generate(
             args.home, args.jobs, seed=args.seed, now=args.now, progress=lambda m: print(m, file=sys.stderr)
@@ -706,7 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(json.dumps(history.summary(), indent=1))
+    out = history.summary()
+    if args.live:
+        out["live"] = len(submit_live(args.address, args.live))
+    print(json.dumps(out, indent=1))
     return 0
 
 

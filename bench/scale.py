@@ -48,7 +48,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
-from bench.history import RARE_KEY, History, generate
+from bench.history import LIVE_PROJECT, RARE_KEY, History, generate, submit_live
 from bench.loadclient import Call, read_calls
 from bench.procs import REPO, Conductor, cpu_seconds
 from bench.report import Json, Target, figure, log, percentile, section
@@ -56,7 +56,6 @@ from bench.viewer import _Viewer
 
 S = job_pb2
 ISSUE = "issue 18"
-LIVE_PROJECT = "live"
 # How much room a generated job takes on tmpfs (files are a page each): used to
 # choose tmpfs only when the history fits it with plenty to spare.
 BYTES_PER_JOB_ON_TMPFS = 24 * 1024
@@ -415,19 +414,10 @@ def _stub(channel: grpc.Channel) -> Any:
 
 def _live_jobs(run: _Run) -> None:
     """Long sleepers through the API: ``running`` run, the others wait QUEUED behind them."""
-    from concurrent.futures import ThreadPoolExecutor
-
     c = run.conductor
     t0 = time.monotonic()
     deadline = t0 + run.limit
-
-    def submit(i: int) -> str:
-        spec = f"name: sleeper-{i % 10}\nproject: {LIVE_PROJECT}\ngroup: g{i % 3}\ncommand: sleep 100000\n"
-        left = max(1.0, deadline - time.monotonic())
-        return str(c.stub.SubmitJob(pb.SubmitJobRequest(spec_yaml=spec), timeout=left).id)
-
-    with ThreadPoolExecutor(16) as pool:
-        run.live_ids = list(pool.map(submit, range(run.sizes.live)))
+    run.live_ids = submit_live(c.address, run.sizes.live, deadline=run.limit)
     submitted = time.monotonic() - t0
     want = min(run.sizes.running, run.sizes.live)
     running = 0
