@@ -214,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs ClearJobs deletes (default %(default)s; at most half)",
     )
     big.add_argument(
+        "--scale-getjob-interval-ms",
+        type=float,
+        default=scale.ScaleSizes.getjob_interval_ms,
+        help="each GetJob caller's pause between calls (default %(default)s)",
+    )
+    big.add_argument(
         "--scale-phase-limit",
         type=float,
         default=scale.ScaleSizes.phase_limit,
@@ -349,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             clients=args.scale_clients,
             clear=args.scale_clear,
             phase_limit=args.scale_phase_limit,
+            getjob_interval_ms=args.scale_getjob_interval_ms,
             directory=args.scale_dir,
         )
         runs = {"history_scale": lambda: scale.scale(big)}

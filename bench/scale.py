@@ -202,6 +202,8 @@ class Callers:
             stop.unlink(missing_ok=True)
 
 
+# How long the GetJob callers run alone before ListJobs starts.
+CALLERS_ALONE_SECONDS = 3.0
 # A caller finishes its call in flight (its deadline is 30 s), then writes its file.
 CALLER_EXIT_SECONDS = 45.0
 
@@ -476,6 +478,10 @@ def _list_jobs(run: _Run, callers: Callers) -> None:
     matched: dict[str, int] = {}
     late: dict[str, str] = {}
     with callers.calling(run.limit) as window:
+        # The callers alone first: what GetJob costs here with nothing else asked of the
+        # conductor, so the figures beside ListJobs can be told from a busy machine.
+        alone = time.monotonic()
+        time.sleep(CALLERS_ALONE_SECONDS)
         t0 = time.monotonic()
         for name, request in filters.items():
             until = time.monotonic() + share
@@ -519,6 +525,9 @@ def _list_jobs(run: _Run, callers: Callers) -> None:
     run.figures.update(
         getjob_figures("getjob_during_list", window(t0, t1), t1 - t0, "while ListJobs runs", run.limit)
     )
+    calm = getjob_figures("getjob_alone", window(alone, t0), t0 - alone, "with only the callers", run.limit)
+    del calm["getjob_alone_p95"]["target"], calm["getjob_alone_p95"]["pass"]
+    run.figures.update(calm)
 
 
 def _describe(request: pb.ListJobsRequest) -> str:
