@@ -4,8 +4,11 @@
 one step or several; some cancelled before they started) into the registry
 at ``<home>/state/registry.db`` and into the status and checkpoint trees,
 as a conductor that had run them would have left them, without running
-anything: a million in a few minutes, where the API would take hours. A
-conductor started on the home afterwards serves them as its own history.
+anything: where the API would take hours, a million take about 210 µs of CPU
+each in this process (the trees are written by worker processes), under four
+minutes on a quiet machine with tmpfs; a disk adds its own time (this
+machine's ext4 about 0.8 ms a job). A conductor started on the home
+afterwards serves them as its own history.
 
 What is written, per job (tests/test_historygen.py checks each against jobs
 made through the API, so the two cannot drift apart):
