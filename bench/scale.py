@@ -29,6 +29,7 @@ they are shown as they are (ClearJobs' scales with the number cleared).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -713,6 +714,14 @@ def _viewer(run: _Run) -> None:
         )  # fmt: skip
         with open("/proc/sys/fs/inotify/max_user_watches") as f:
             run.details["max_user_watches"] = int(f.read())
+        # What the viewer says of its own index: runs, and directories it could not
+        # watch (the per-user limit is shared with every other program of this user).
+        for line in v.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and event.get("event") == "index_ready":
+                    skip = ("event", "timestamp", "level", "logger")
+                    run.details["viewer_index_ready"] = {k: x for k, x in event.items() if k not in skip}
     finally:
         v.stop()
 

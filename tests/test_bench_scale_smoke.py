@@ -85,6 +85,7 @@ def test_bench_scale_runs_every_phase_at_a_tiny_size(tmp_path: Path) -> None:
     assert figures["list_jobs_no_such_project_p95"]["matched"] == 0
     assert figures["list_jobs_rare_old_job_p95"]["matched"] >= 1
     assert figures["viewer_inotify_watches"]["value"] > 0
+    assert details["viewer_index_ready"]["runs"] == 305, details["viewer_index_ready"]
     assert figures["getjob_during_list_p95"]["samples"] > 0
     assert figures["getjob_during_watch_p95"]["samples"] > 0
 
