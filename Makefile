@@ -43,7 +43,8 @@ protos: $(STAMP)
 proto-baseline: $(STAMP)
 	$(BIN)/python -m tools.bufcli baseline
 
-# One JSON document on stdout (progress on stderr); `make bench BENCH_ARGS=--quick`.
+# One JSON document on stdout (progress on stderr); `make bench BENCH_ARGS=--quick`;
+# issue 18's history figures: `make bench BENCH_ARGS="--scale --scale-jobs 100000"`.
 bench: $(STAMP)
 	@$(BIN)/python -m bench $(BENCH_ARGS)
 

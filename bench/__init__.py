@@ -42,6 +42,18 @@ Sections (names for ``--only``):
   bare Slurm's sbatch-to-RUNNING and scancel-to-gone, no Baton involved
   (bench/slurm_bare.py; also ``python -m bench.slurm_bare``).
 
+``--scale`` runs one section instead of all these, ``history_scale``
+(bench/scale.py): issue 18's figures for a long history. A history of ended
+jobs (``--scale-jobs``, a million by default) is generated straight into a
+conductor's registry and trees (bench/history.py, checked against the API by
+tests/test_historygen.py), live jobs are submitted through the API
+(``--scale-live``), and the conductor's memory, restart, ListJobs with every
+filter and WatchJobs snapshots under 32 GetJob caller processes,
+GetConductorInfo, ClearJobs, and a viewer's start, memory and inotify watches
+over the same tree are measured, each phase within ``--scale-phase-limit``.
+A million jobs take about 20 GB on disk and a long while: try
+``--scale-jobs 100000`` first.
+
 ``--skip NAME[,NAME]`` leaves sections out (the smoke test skips
 ``executors_ms``, which takes minutes).
 

@@ -172,13 +172,15 @@ class Conductor:
         max_running: int,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        root_dir: Path | None = None,
     ) -> None:
         self.label = label
         self.max_running = max_running
         self.extra_args = extra_args
         # Added to the conductor's environment (SLURM_CONF for a test cluster).
         self.extra_env = {k: v for k, v in (env or {}).items() if not k.startswith("BATON_")}
-        self.root = Path(tempfile.mkdtemp(prefix=f"baton-bench-{label}-"))
+        # Under ``root_dir`` when given (a tmpfs, or a disk with room), else the temp dir.
+        self.root = Path(tempfile.mkdtemp(prefix=f"baton-bench-{label}-", dir=root_dir))
         self.home = self.root / "home"
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
@@ -221,6 +223,10 @@ class Conductor:
                 raise RuntimeError(f"conductor did not start within {timeout} s: {self.log_tail()}")
             time.sleep(0.02)
         self.address = data["address"]
+        if self._channel is not None:  # started again: a new port
+            self._channel.close()
+            self._channel = None
+            self._stub = None
         log(f"{self.label}: conductor pid {self.proc.pid} on {self.address}, home {self.home}")
         return self
 

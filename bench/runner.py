@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -16,13 +17,26 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 
 import grpc
 from google import protobuf
 
 from baton.common.version import VERSION
-from bench import executors, feeds, latency, memory, procs, ray_bare, slurm_bare, throughput, viewer, web
+from bench import (
+    executors,
+    feeds,
+    latency,
+    memory,
+    procs,
+    ray_bare,
+    scale,
+    slurm_bare,
+    throughput,
+    viewer,
+    web,
+)
 from bench.jobs import DEFAULT_POLL_INTERVAL
 from bench.procs import CLK_TCK, REPO
 from bench.report import Json, finite, log, percentile, target_summary
@@ -185,6 +199,58 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[,NAME]",
         help="leave these sections out (of the default run, or of --only)",
     )
+    big = p.add_argument_group(
+        "history at scale (issue 18)",
+        "--scale runs one section, history_scale, instead of the others: a conductor over a "
+        "generated history of ended jobs plus live ones, and a viewer over its tree (bench/scale.py)",
+    )
+    big.add_argument(
+        "--scale", action="store_true", help="measure issue 18's figures (takes long: see --scale-jobs)"
+    )
+    big.add_argument(
+        "--scale-jobs", type=_count, default=scale.ScaleSizes.jobs, help="ended jobs (default %(default)s)"
+    )
+    big.add_argument(
+        "--scale-live",
+        type=_count,
+        default=scale.ScaleSizes.live,
+        help="live jobs made through the API (default %(default)s)",
+    )
+    big.add_argument(
+        "--scale-running",
+        type=_count,
+        default=scale.ScaleSizes.running,
+        help="of the live jobs, how many run (--max-running); the rest wait QUEUED (default %(default)s)",
+    )
+    big.add_argument(
+        "--scale-clients",
+        type=_count,
+        default=scale.ScaleSizes.clients,
+        help="GetJob caller processes (default %(default)s)",
+    )
+    big.add_argument(
+        "--scale-clear",
+        type=_count,
+        default=scale.ScaleSizes.clear,
+        help="jobs ClearJobs deletes (default %(default)s; at most half)",
+    )
+    big.add_argument(
+        "--scale-getjob-interval-ms",
+        type=float,
+        default=scale.ScaleSizes.getjob_interval_ms,
+        help="each GetJob caller's pause between calls (default %(default)s)",
+    )
+    big.add_argument(
+        "--scale-phase-limit",
+        type=float,
+        default=scale.ScaleSizes.phase_limit,
+        help="seconds each phase may take before it is reported timed out (default %(default)s)",
+    )
+    big.add_argument(
+        "--scale-dir",
+        type=Path,
+        help="where the conductor home goes (default: tmpfs when the history fits easily, else the temp dir)",
+    )
     p.add_argument(
         "--poll-interval-ms",
         type=float,
@@ -200,6 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(to measure what an option costs)",
     )
     return p
+
+
+def _count(value: str) -> int:
+    try:
+        n = int(value.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return n
 
 
 def _filesystem(path: str) -> str:
@@ -300,26 +376,43 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     procs.CONDUCTOR_FLAGS[:] = args.conductor_flags
     sizes = QUICK if args.quick else FULL
-    names = [n for n in args.only or [n for n in SECTIONS if n not in OPT_IN] if n not in args.skip]
     poll = max(0.0, args.poll_interval_ms / 1000)
+    runs: dict[str, Callable[[], Json]]
+    if args.scale:
+        big = scale.ScaleSizes(
+            jobs=args.scale_jobs,
+            live=args.scale_live,
+            running=args.scale_running,
+            clients=args.scale_clients,
+            clear=args.scale_clear,
+            phase_limit=args.scale_phase_limit,
+            getjob_interval_ms=args.scale_getjob_interval_ms,
+            directory=args.scale_dir,
+        )
+        runs = {"history_scale": lambda: scale.scale(big)}
+        mode, size_doc = "scale", {k: str(v) if isinstance(v, Path) else v for k, v in big.__dict__.items()}
+    else:
+        names = [n for n in args.only or [n for n in SECTIONS if n not in OPT_IN] if n not in args.skip]
+        runs = {name: functools.partial(SECTIONS[name], sizes, poll) for name in names}
+        mode, size_doc = "quick" if args.quick else "full", sizes.__dict__
     started = time.monotonic()
     doc: Json = {
         "benchmark": "baton",
-        "mode": "quick" if args.quick else "full",
+        "mode": mode,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(args.conductor_flags),
-        "sizes": sizes.__dict__,
+        "sizes": size_doc,
         "results": {},
     }
     errors = 0
-    for name in names:
+    for name, run in runs.items():
         log(f"{name}: starting")
         t0 = time.monotonic()
         load0 = os.getloadavg()[0]
         procs0 = _process_count()
         busy0, ours0 = _busy_cpu_seconds(), _our_cpu_seconds()
         try:
-            result = SECTIONS[name](sizes, poll)
+            result = run()
         except Exception as err:
             errors += 1
             traceback.print_exc(file=sys.stderr)

@@ -41,7 +41,7 @@ def _rss_mb(pid: int) -> float:
 
 
 class _Viewer:
-    def __init__(self, home: Path, log_path: Path) -> None:
+    def __init__(self, home: Path, log_path: Path, timeout: float = 300.0) -> None:
         self.log_path = log_path
         self.t0 = time.perf_counter()
         with open(log_path, "wb") as out:
@@ -52,10 +52,13 @@ class _Viewer:
             )  # fmt: skip
         self.address = ""
         self.index_seconds = float("nan")
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + timeout
         while not self.address:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"viewer did not start: {log_path.read_text()[-2000:]}")
+                self.stop()
+                raise RuntimeError(
+                    f"viewer did not start within {timeout:.0f} s: {log_path.read_text()[-2000:]}"
+                )
             for line in log_path.read_text(errors="replace").splitlines():
                 event = _json(line)
                 if event.get("event") == "index_ready":
@@ -68,7 +71,8 @@ class _Viewer:
         self.stub = viewer_pb2_grpc.ViewerStub(self.channel)
 
     def stop(self) -> None:
-        self.channel.close()
+        if getattr(self, "channel", None) is not None:
+            self.channel.close()
         self.proc.terminate()
         try:
             self.proc.wait(15)
