@@ -121,3 +121,34 @@ async def start_listeners(
         await server.stop(0)
         raise
     return running
+
+
+class ServedBy:
+    """What a running service shows of its ``listeners``: the server, ports and addresses."""
+
+    listeners: Listeners
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        return self.listeners.server
+
+    @property
+    def port(self) -> int:
+        return self.listeners.port
+
+    @property
+    def health(self) -> health.aio.HealthServicer:
+        return self.listeners.health
+
+    @property
+    def address(self) -> str:
+        return self.listeners.address
+
+    def addresses(self) -> dict[str, str]:
+        """What it listens on: "address", and "health" and "metrics" when those listen."""
+        out = {"address": self.address}
+        if self.listeners.health_address is not None:
+            out["health"] = self.listeners.health_address
+        if self.listeners.metrics_address is not None:
+            out["metrics"] = self.listeners.metrics_address
+        return out

@@ -14,17 +14,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import structlog
 from google.protobuf import timestamp_pb2
-from grpc_health.v1 import health
 
 from baton.common.auth import Authenticator, reload_on_sighup
 from baton.common.jobfile import write_atomic
 from baton.common.layout import Layout
 from baton.common.modes import STATE_FILE_MODE, group_id, prepare_root, prepare_state_dir, restrict_umask
 from baton.common.rpc import add_service, stop_signals, until_signalled
-from baton.common.serving import Listeners, start_listeners
+from baton.common.serving import Listeners, ServedBy, start_listeners
 from baton.conductor.capacity import detect_capacity
 from baton.conductor.config import ConductorConfig
 from baton.conductor.executors import ExecutorSettings, make_executors
@@ -98,7 +96,7 @@ def _lock_trees(trees: dict[str, Path]) -> list[int]:
 
 
 @dataclass
-class RunningConductor:
+class RunningConductor(ServedBy):
     config: ConductorConfig
     listeners: Listeners
     lifecycle: Lifecycle
@@ -109,31 +107,6 @@ class RunningConductor:
     tree_fds: list[int]
     auth: Authenticator | None = None
     metrics: ConductorMetrics | None = None
-
-    @property
-    def server(self) -> grpc.aio.Server:
-        return self.listeners.server
-
-    @property
-    def port(self) -> int:
-        return self.listeners.port
-
-    @property
-    def health(self) -> health.aio.HealthServicer:
-        return self.listeners.health
-
-    @property
-    def address(self) -> str:
-        return self.listeners.address
-
-    def addresses(self) -> dict[str, str]:
-        """What it listens on: "address", and "health" and "metrics" when those listen."""
-        out = {"address": self.address}
-        if self.listeners.health_address is not None:
-            out["health"] = self.listeners.health_address
-        if self.listeners.metrics_address is not None:
-            out["metrics"] = self.listeners.metrics_address
-        return out
 
     async def stop(self, grace: float | None = None) -> None:
         """The graceful stop (``common.serving``), then stop supervising; running jobs are left running.

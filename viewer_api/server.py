@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import grpc
 import structlog
-from grpc_health.v1 import health
 
 from baton.common.auth import Authenticator, reload_on_sighup
 from baton.common.rpc import add_service, stop_signals, until_signalled
-from baton.common.serving import Listeners, start_listeners
+from baton.common.serving import Listeners, ServedBy, start_listeners
 from baton.v1 import viewer_pb2
 from baton.viewer_api.config import ViewerConfig
 from baton.viewer_api.index import Index
@@ -25,38 +23,13 @@ SERVICE = viewer_pb2.DESCRIPTOR.services_by_name["Viewer"].full_name
 
 
 @dataclass
-class RunningViewer:
+class RunningViewer(ServedBy):
     config: ViewerConfig
     listeners: Listeners
     service: ViewerService
     indexer: Indexer
     auth: Authenticator | None = None
     metrics: ViewerMetrics | None = None
-
-    @property
-    def server(self) -> grpc.aio.Server:
-        return self.listeners.server
-
-    @property
-    def port(self) -> int:
-        return self.listeners.port
-
-    @property
-    def health(self) -> health.aio.HealthServicer:
-        return self.listeners.health
-
-    @property
-    def address(self) -> str:
-        return self.listeners.address
-
-    def addresses(self) -> dict[str, str]:
-        """What it listens on: "address", and "health" and "metrics" when those listen."""
-        out = {"address": self.address}
-        if self.listeners.health_address is not None:
-            out["health"] = self.listeners.health_address
-        if self.listeners.metrics_address is not None:
-            out["metrics"] = self.listeners.metrics_address
-        return out
 
     async def stop(self, grace: float | None = None) -> None:
         """The graceful stop (``common.serving``), then stop indexing.
