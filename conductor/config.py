@@ -45,6 +45,8 @@ class ConductorConfig(ServiceConfig):
     retain_max: int | None = Field(default=None, ge=0)
     # Whether a job deleted by retention keeps its checkpoints (the work, not the record).
     retain_checkpoints: bool = True
+    # Seconds between retention passes (no flag: tests shorten it).
+    retain_interval: float = Field(default=60.0, gt=0)
 
     @field_validator("retain_ended", mode="before")
     @classmethod

@@ -876,9 +876,13 @@ class Lifecycle:
                 self._emit(job_pb2.JobEvent(revision=job.revision))
             return
         self.book.put(seq, job, stored=True)
-        if job.state in FINAL_STATES:
-            self._ended.add(job.id)
         self._publisher.publish(job)
+        if job.state in FINAL_STATES and job.id not in self._ended:
+            self._ended.add(job.id)
+            executor = self._executors.get(job.executor)
+            # Its exit is recorded for good: the launch records go.
+            for path in executor.ended_records(job.run_dir) if executor is not None and job.run_dir else ():
+                self._publisher.remove_records(job.id, path, job.revision)
         if not event:
             return
         if before != job.state:

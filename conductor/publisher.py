@@ -80,6 +80,10 @@ class Publisher:
             return
         self._put("checkpoints:" + job_id, (Path(checkpoint_dir), None, self._checkpoints_root, revision))
 
+    def remove_records(self, job_id: str, path: str, revision: int = 0) -> None:
+        """Queue the removal of an ended job's launch records (a directory under its run directory)."""
+        self._put("records:" + job_id, (Path(path), None, self._status_root, revision))
+
     def _remove(self, root: Path, path: Path) -> None:
         """Delete a directory, never through a link: a parent directory that is
         a link out of the tree deletes nothing."""

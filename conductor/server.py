@@ -176,7 +176,9 @@ async def start(config: ConductorConfig) -> RunningConductor:
             heartbeat_interval=config.heartbeat,
             backfill_window=config.backfill_window,
             secrets=secrets,
-            retention=RetentionPolicy(config.retain_ended, config.retain_max, config.retain_checkpoints),
+            retention=RetentionPolicy(
+                config.retain_ended, config.retain_max, config.retain_checkpoints, config.retain_interval
+            ),
         )
         await lifecycle.start()
         started = timestamp_pb2.Timestamp()

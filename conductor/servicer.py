@@ -136,6 +136,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
             uptime=_duration(time.time() - self._start_time.ToDatetime().timestamp()),
             running_jobs=self._lc.running_count,
             damaged_registry_rows=self._lc.damaged_rows,
+            retention_deleted_jobs=self._lc.retention_deleted,
         )
 
     def _executor_info(self, name: str, executor: Executor) -> pb.ExecutorInfo:
