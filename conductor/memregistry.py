@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from baton.common.jobs import FINAL_STATES, JobFilter
 from baton.conductor.registry import (
     DEFAULT_EVENT_HISTORY,
+    STALE_FALLBACK_SECONDS,
     DamagedRow,
     Opened,
     Registry,
@@ -200,10 +202,16 @@ class InMemoryRegistry(Registry):
 
     async def stale(self, published: int | None) -> Stale:
         mark = 0 if published is None else published
-        jobs = [r.job for r in self._rows.values() if r.job.revision > mark]
+        if published is None:
+            since = time.time_ns() - int(STALE_FALLBACK_SECONDS * 1e9)
+            jobs = [
+                r.job for r in self._rows.values() if r.job.state not in FINAL_STATES or end_ns(r.job) > since
+            ]
+        else:
+            jobs = [r.job for r in self._rows.values() if r.job.revision > mark]
         jobs.sort(key=lambda j: self._rows[j.id].seq)
         deleted = {}
-        for e in self._events:
+        for e in self._events if published is not None else ():
             if e.revision > mark and e.type == job_pb2.JOB_EVENT_TYPE_DELETED:
                 deleted[e.job.id] = e.job
         return Stale(jobs, list(deleted.values()))

@@ -58,6 +58,9 @@ RETRY_MAX_SECONDS = 2.0
 SNAPSHOT_CONNECTIONS = 2
 # A snapshot starting within this many seconds of another shares its transaction.
 SNAPSHOT_SHARE_SECONDS = 2.0
+# With no published mark to go by, a restart writes again the status files of
+# live jobs and of jobs that ended this recently (what older conductors did).
+STALE_FALLBACK_SECONDS = 3600.0
 # The name ``make_registry`` takes for a registry kept in memory only.
 IN_MEMORY = ":memory:"
 _SQLITE_FULL = 13
@@ -252,7 +255,11 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     async def stale(self, published: int | None) -> Stale:
-        """Jobs changed or deleted after revision ``published``."""
+        """Jobs changed or deleted after revision ``published``.
+
+        With no mark (None), or one older than the kept history: the live
+        jobs and those that ended in the last ``STALE_FALLBACK_SECONDS``.
+        """
 
     @abc.abstractmethod
     async def events_after(self, revision: int, limit: int) -> list[StoredEvent]:
@@ -934,10 +941,16 @@ class SqliteRegistry(Registry):
                     jobs.extend(job for _, job in self._decode([row] if row else [], 1))
                 return Stale(jobs, deleted)
             # No mark (a registry from an older conductor), or the log no longer
-            # reaches back to it: every job changed since the mark, read once.
+            # reaches back to it: what an older conductor wrote again, the
+            # live jobs and those that ended in the last STALE_FALLBACK_SECONDS.
+            since = time.time_ns() - int(STALE_FALLBACK_SECONDS * 1e9)
             rows = c.execute(
-                "SELECT seq, id, request_id, job FROM jobs WHERE revision > ? ORDER BY seq", (mark,)
+                "SELECT seq, id, request_id, job FROM jobs INDEXED BY jobs_live WHERE final_state IS NULL"
+                " UNION ALL SELECT seq, id, request_id, job FROM jobs INDEXED BY ended_by_end"
+                " WHERE final_state IS NOT NULL AND end_ns > ?",
+                (since,),
             ).fetchall()
+            rows.sort(key=lambda r: r[0])
             return Stale([job for _, job in self._decode(rows, len(rows))], [])
 
         return await self._read(read)
