@@ -751,6 +751,7 @@ class Lifecycle:
         left every answer; with ``forget`` the executors' records of them
         too, with ``checkpoints`` each run's own checkpoint directory too.
         """
+        self._refuse_when_degraded()
         gone = []
         for job in jobs:
             self._revision += 1

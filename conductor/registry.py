@@ -241,8 +241,8 @@ class Registry(abc.ABC):
         """Ended jobs matching ``flt`` as (seq, job), in submission order, from just past ``after``.
 
         Newest first: seqs below ``after``; else oldest first: seqs above it.
-        At most ``limit`` rows are looked at, so fewer may come back (a row
-        that cannot be read is left out) though more match.
+        Fewer than ``limit`` only when no more match: a row that cannot be
+        read is left out (and noted in ``damaged``), the page filled past it.
         """
 
     @abc.abstractmethod
@@ -862,21 +862,37 @@ class SqliteRegistry(Registry):
         if not states or limit <= 0:
             return []
         index, terms, values = _ended_index(flt)
-        if newest_first:
-            bound, order = ("AND seq < ?", "DESC") if after is not None else ("", "DESC")
-        else:
-            bound, order = ("AND seq > ?", "ASC") if after is not None else ("", "ASC")
-        tail = (after,) if after is not None else ()
-        sql = (
+        order = "DESC" if newest_first else "ASC"
+        unbounded = (
             f"SELECT seq, id, request_id, job FROM jobs INDEXED BY {index} WHERE final_state = ?{terms} "
-            f"{bound} ORDER BY seq {order} LIMIT ?"
+            f"ORDER BY seq {order} LIMIT ?"
+        )
+        bounded = (
+            f"SELECT seq, id, request_id, job FROM jobs INDEXED BY {index} WHERE final_state = ?{terms} "
+            f"AND seq {'<' if newest_first else '>'} ? ORDER BY seq {order} LIMIT ?"
         )
 
         def read(c: sqlite3.Connection) -> list[tuple[int, job_pb2.Job]]:
-            # One ordered run per state, merged: an IN over the states would sort them all.
-            streams = [c.execute(sql, (state, *values, *tail, limit)).fetchall() for state in states]
-            raw = merge_streams([[(r[0], r) for r in s] for s in streams], limit, newest_first=newest_first)
-            return self._decode([r for _, r in raw], limit)
+            out: list[tuple[int, job_pb2.Job]] = []
+            cursor = after
+            while len(out) < limit:
+                want = limit - len(out)
+                # One ordered run per state, merged: an IN over the states would sort them all.
+                streams = [
+                    c.execute(unbounded, (state, *values, want)).fetchall()
+                    if cursor is None
+                    else c.execute(bounded, (state, *values, cursor, want)).fetchall()
+                    for state in states
+                ]
+                raw = merge_streams(
+                    [[(r[0], r) for r in s] for s in streams], want, newest_first=newest_first
+                )
+                out += self._decode([r for _, r in raw], want)
+                if len(raw) < want:
+                    break  # every matching row has been looked at
+                # Some rows could not be read: look past them for the rest of the page.
+                cursor = raw[-1][0]
+            return out
 
         return await self._read(read)
 
