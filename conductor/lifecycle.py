@@ -702,9 +702,7 @@ class Lifecycle:
                 if short:
                     run.waiting_since = time.time()
                     self._waiting.add(job_id)
-                await self._commit(
-                    job_id, lambda j: _set(j, state=S.JOB_STATE_QUEUED, reason=reason)
-                )[1]
+                await self._commit(job_id, lambda j: _set(j, state=S.JOB_STATE_QUEUED, reason=reason))[1]
                 self._queue.appendleft(job_id)
                 self._schedule()
             return self._jobs[job_id]
@@ -750,8 +748,14 @@ class Lifecycle:
         to show. Run directories go in the background, after the jobs have
         left every answer; with ``forget`` the executors' records of them
         too, with ``checkpoints`` each run's own checkpoint directory too.
+        Carried through even when its caller goes away.
         """
         self._refuse_when_degraded()
+        return await self._owned(self._delete_ended(jobs, forget, checkpoints))
+
+    async def _delete_ended(
+        self, jobs: list[job_pb2.Job], forget: bool, checkpoints: bool
+    ) -> list[job_pb2.Job]:
         gone = []
         for job in jobs:
             self._revision += 1
@@ -804,11 +808,16 @@ class Lifecycle:
         return merged[:limit]
 
     async def _forget(self, jobs: list[tuple[str, str]]) -> None:
+        by_executor: dict[str, list[str]] = {}
         for executor, job_id in jobs:
+            by_executor.setdefault(executor, []).append(job_id)
+        for executor, job_ids in by_executor.items():
             ex = self._executors.get(executor)
             if ex is not None:
-                with contextlib.suppress(Exception):
-                    await ex.forget(job_id)
+                try:
+                    await ex.forget_many(job_ids)
+                except Exception as exc:  # records left behind cost disk, not correctness
+                    log.warning("forget_failed", executor=executor, error=repr(exc)[:200])
 
     # ------------------------------------------------------------------ internals
 
