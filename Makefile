@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint protos proto-baseline bench demo clean engines
+.PHONY: test lint protos proto-baseline bench demo clean engines browser
 
 # Installing says nothing on stdout, so `make bench` prints only its JSON.
 $(STAMP): pyproject.toml
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml
 engines:
 	@bash tools/engines.sh
 
-test: $(STAMP) engines
+# The browser the dashboard's tests drive (`pytest -m browser`): Debian's chromium,
+# installed with apt-get when missing (as root); a no-op when present.
+browser:
+	@bash tools/browser.sh
+
+test: $(STAMP) engines browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q

@@ -19,6 +19,11 @@ Sections (names for ``--only``):
 - ``getjob_ratio``: GetJob calls per second against the conductor, beside a
   bare grpc.aio server measured in the same run with the same client.
 - ``pause_resume_ms``: pause and resume latency in both pause modes.
+- ``web``: through ``baton gateway`` (a real ``baton up``): a job's log line to
+  its server-sent event received by an aiohttp client (beside a gRPC follower
+  of the same job), and a PauseJob/ResumeJob to the dashboard's runs table
+  showing the new state in headless Chromium (bench/web.py; Chromium from
+  tools/browser.sh, the DOM figures are left out without it).
 - ``ray_bare_ms``: the bare Ray Jobs REST API (no Baton), on a Ray head of its
   own: submit to RUNNING and stop to STOPPED (``python -m bench.ray_bare``).
 - ``executors_ms``: Baton's engine executors beside the bare engines, per engine

@@ -37,11 +37,11 @@ _STAMPER = (
 )
 
 
-def _stamper(count: int, interval: float) -> str:
+def stamper(count: int, interval: float) -> str:
     return _STAMPER.format(count=count, interval=interval)
 
 
-async def _follow_lines(address: str, job_id: str, latencies: list[float]) -> int:
+async def follow_lines(address: str, job_id: str, latencies: list[float]) -> int:
     """Follow a job's log; append each stamped line's latency (ms). Returns bytes read."""
     received = 0
     pending = b""
@@ -72,9 +72,9 @@ def _wait_running(c: Conductor, job_id: str) -> None:
 def log_latency(lines: int) -> Json:
     """A line written by a job to the same line received by one follower."""
     with Conductor("log-latency", max_running=4) as c:
-        job = c.stub.SubmitJob(pb.SubmitJobRequest(spec_yaml=spec_yaml("stamper", _stamper(lines, 0.01))))
+        job = c.stub.SubmitJob(pb.SubmitJobRequest(spec_yaml=spec_yaml("stamper", stamper(lines, 0.01))))
         latencies: list[float] = []
-        asyncio.run(_follow_lines(c.address, job.id, latencies))
+        asyncio.run(follow_lines(c.address, job.id, latencies))
     log(f"log latency: {len(latencies)} lines")
     return section(
         "Time from a line written by a job (its own time_ns stamp) to that line received by a "
@@ -95,12 +95,12 @@ def fanout(subscribers: int, lines: int) -> Json:
         blocker = c.stub.SubmitJob(pb.SubmitJobRequest(spec_yaml=spec_yaml("gate", "sleep 30")))
         _wait_running(c, blocker.id)
         job = c.stub.SubmitJob(
-            pb.SubmitJobRequest(spec_yaml=spec_yaml("fanout", f"sleep 2; {_stamper(lines, 0.02)}"))
+            pb.SubmitJobRequest(spec_yaml=spec_yaml("fanout", f"sleep 2; {stamper(lines, 0.02)}"))
         )
 
         async def run() -> list[list[float]]:
             per: list[list[float]] = [[] for _ in range(subscribers)]
-            await asyncio.gather(*(_follow_lines(c.address, job.id, per[i]) for i in range(subscribers)))
+            await asyncio.gather(*(follow_lines(c.address, job.id, per[i]) for i in range(subscribers)))
             return per
 
         per = asyncio.run(run())

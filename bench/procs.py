@@ -32,6 +32,8 @@ from baton.v1 import conductor_pb2_grpc, job_pb2
 from bench.report import log
 
 REPO = Path(__file__).resolve().parent.parent
+# Flags every conductor started here also gets (`python -m bench --conductor-flags`).
+CONDUCTOR_FLAGS: list[str] = []
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOT_ENDED = (
     job_pb2.JOB_STATE_QUEUED,
@@ -196,6 +198,7 @@ class Conductor:
                     "--listen", "127.0.0.1:0",
                     "--home", str(self.home),
                     "--max-running", str(self.max_running),
+                    *CONDUCTOR_FLAGS,
                     *self.extra_args,
                 ],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,

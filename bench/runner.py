@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import grpc
 from google import protobuf
 
 from baton.common.version import VERSION
-from bench import executors, feeds, latency, memory, ray_bare, slurm_bare, throughput, viewer
+from bench import executors, feeds, latency, memory, procs, ray_bare, slurm_bare, throughput, viewer, web
 from bench.jobs import DEFAULT_POLL_INTERVAL
 from bench.procs import CLK_TCK, REPO
 from bench.report import Json, finite, log, percentile, target_summary
@@ -54,6 +55,8 @@ class Sizes:
     ray_jobs: int
     slurm_jobs: int
     executor_jobs: int
+    web_lines: int
+    web_changes: int
 
 
 FULL = Sizes(
@@ -82,6 +85,8 @@ FULL = Sizes(
     ray_jobs=30,
     slurm_jobs=20,
     executor_jobs=20,
+    web_lines=300,
+    web_changes=20,
 )
 QUICK = Sizes(
     submit_jobs=25,
@@ -110,6 +115,8 @@ QUICK = Sizes(
     slurm_jobs=10,
     # Issue 14's must-show asks for at least 10 jobs per engine, quick or not.
     executor_jobs=10,
+    web_lines=100,
+    web_changes=6,
 )
 
 Runner = Callable[[Sizes, float], Json]
@@ -136,6 +143,8 @@ SECTIONS: dict[str, Runner] = {
     "viewer": lambda s, poll: viewer.viewer(
         s.viewer_runs, s.viewer_checkpoints, s.viewer_queries, s.viewer_rewrites
     ),
+    # Through the gateway: log lines as SSE, and state changes into the dashboard's DOM (Chromium).
+    "web": lambda s, poll: web.web(s.web_lines, s.web_changes),
     # HTTP polls, not GetJob: its own 5 ms interval rather than the gRPC poll interval.
     "ray_bare_ms": lambda s, poll: ray_bare.ray_bare(s.ray_jobs),
     # squeue is a process per poll: its own 5 ms interval, not --poll-interval-ms.
@@ -181,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_POLL_INTERVAL * 1000,
         help="sleep between GetJob polls while waiting for a state (default %(default)s; 0: back to back)",
+    )
+    p.add_argument(
+        "--conductor-flags",
+        type=shlex.split,
+        default=[],
+        metavar="FLAGS",
+        help="more flags for every `baton conductor` started, e.g. '--metrics-listen 127.0.0.1:0' "
+        "(to measure what an option costs)",
     )
     return p
 
@@ -233,7 +250,7 @@ def _fsync_probe(samples: int = 20) -> Json:
     }
 
 
-def environment() -> Json:
+def environment(conductor_flags: list[str]) -> Json:
     tmp = tempfile.gettempdir()
     return {
         "cpus": os.cpu_count(),
@@ -249,6 +266,7 @@ def environment() -> Json:
         "fsync_4k_ms": _fsync_probe(),
         "conductor": "`python -m baton.client.cli conductor --listen 127.0.0.1:0` subprocess, "
         "a fresh temporary home for each section",
+        "conductor_flags": shlex.join(conductor_flags),
         "client": "this process: sync grpc client for latencies, grpc.aio client for throughput",
     }
 
@@ -280,6 +298,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    procs.CONDUCTOR_FLAGS[:] = args.conductor_flags
     sizes = QUICK if args.quick else FULL
     names = [n for n in args.only or [n for n in SECTIONS if n not in OPT_IN] if n not in args.skip]
     poll = max(0.0, args.poll_interval_ms / 1000)
@@ -288,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "baton",
         "mode": "quick" if args.quick else "full",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "environment": environment(),
+        "environment": environment(args.conductor_flags),
         "sizes": sizes.__dict__,
         "results": {},
     }

@@ -125,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     for service, text in (
-        ("up", "run conductor and viewer together until Ctrl-C"),
+        ("up", "run conductor, viewer and gateway together until Ctrl-C"),
         ("conductor", "run the conductor (the only writer)"),
         ("viewer", "run the read-only viewer"),
+        ("gateway", "serve HTTP, server-sent events and the dashboard in front of both"),
     ):
         p = sub.add_parser(service, help=text, description=text)
         serve.add_flags(p, service)

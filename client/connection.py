@@ -155,6 +155,28 @@ class Settings:
         )
 
 
+def open_channel(
+    address: str,
+    tls: TlsSettings | None = None,
+    channel_options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+) -> grpc.aio.Channel:
+    """A grpc.aio channel to a Baton service, plaintext or TLS (call inside the running loop)."""
+    options: list[tuple[str, Any]] = [
+        # Notice a restarted server quickly: gRPC's defaults wait up to 120 s
+        # between connection attempts. (The connect timeout stays 20 s.)
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ]
+    if tls is not None and tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    options.extend(channel_options)
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, tls.credentials(), options, interceptors=interceptors)
+
+
 class Connection:
     """A lazily opened grpc.aio channel to one service, and calls over it."""
 
@@ -183,23 +205,9 @@ class Connection:
         """The generated stub, on a channel opened at first use (inside the running loop)."""
         if self._stub is None:
             s = self.settings
-            options: list[tuple[str, Any]] = [
-                # Notice a restarted server quickly: gRPC's defaults wait up to 120 s
-                # between connection attempts. (The connect timeout stays 20 s.)
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ]
-            if s.tls is not None and s.tls.server_name:
-                options.append(("grpc.ssl_target_name_override", s.tls.server_name))
-            options.extend(s.channel_options)
-            interceptors = list(s.interceptors) or None
-            if s.tls is None:
-                self._channel = grpc.aio.insecure_channel(s.address, options, interceptors=interceptors)
-            else:
-                self._channel = grpc.aio.secure_channel(
-                    s.address, s.tls.credentials(), options, interceptors=interceptors
-                )
+            self._channel = open_channel(
+                s.address, s.tls, s.channel_options, list(s.interceptors) or None
+            )
             self._stub = self.STUB(self._channel)
         return self._stub
 

@@ -9,7 +9,9 @@ import grpc
 from pydantic import BaseModel, Field, model_validator
 
 from baton.common.auth import Authenticator
+from baton.common.metrics import split_address
 from baton.common.rpc import is_loopback
+from baton.common.serving import DEFAULT_SHUTDOWN_GRACE
 
 
 def default_home() -> Path:
@@ -38,12 +40,24 @@ class ServiceConfig(BaseModel):
     tls_client_ca_file: Path | None = None
     insecure: bool = False
     log_level: str = "info"
+    # Plaintext listeners beside the main one, off unless given: Prometheus
+    # metrics over HTTP (/metrics), and gRPC health only (kubelet's probes
+    # speak plaintext). Neither carries job data or accepts a token.
+    metrics_listen: str | None = None
+    health_listen: str | None = None
+    # On SIGTERM: seconds that calls in flight get before the process exits
+    # (keep it under the pod's terminationGracePeriodSeconds).
+    shutdown_grace: float = Field(default=DEFAULT_SHUTDOWN_GRACE, ge=0)
 
     @model_validator(mode="after")
     def _fill(self) -> ServiceConfig:
         self.home = self.home.expanduser().resolve()
         self.status_dir = (self.status_dir or self.home / "status").expanduser().resolve()
         self.checkpoints_dir = (self.checkpoints_dir or self.home / "checkpoints").expanduser().resolve()
+        side = {"--metrics-listen": self.metrics_listen, "--health-listen": self.health_listen}
+        for flag, address in side.items():
+            if address is not None:
+                split_address(address, flag)
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both --tls-cert-file and --tls-key-file")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

@@ -1,5 +1,7 @@
-"""gRPC plumbing both servers share: error translation, request logging,
-health and reflection, and a server that stops cleanly.
+"""gRPC plumbing both servers share: error translation, request decoding,
+health and reflection, the plaintext health listener, and stop signals.
+(Per-call logging, metrics and ending calls at shutdown: ``common.calls``;
+the listeners together and their orderly stop: ``common.serving``.)
 
 Servicers raise domain errors (``common.errors``); ``translate_errors`` turns
 them into status codes with rich details, so no servicer picks a code itself.
@@ -181,33 +183,21 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-class RequestLog(grpc.aio.ServerInterceptor):
-    """Binds each call's method to structlog's context, so every log line names it."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(method=details.method)
-        return await continuation(details)
-
-
 async def build_server(
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
     listen: str,
     auth: grpc.aio.ServerInterceptor | None,
     credentials: grpc.ServerCredentials | None = None,
+    tracker: grpc.aio.ServerInterceptor | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started grpc.aio server with our services, health and reflection (TLS with ``credentials``).
 
-    ``auth`` (``common.auth.Authenticator``) names and checks every caller; None serves everybody.
+    ``tracker`` (``common.calls.CallTracker``) sees every call first, so it
+    logs and counts the calls that ``auth`` (``common.auth.Authenticator``)
+    refuses too; None for auth serves everybody.
     """
-    interceptors: list[grpc.aio.ServerInterceptor] = [RequestLog()]
-    if auth is not None:
-        interceptors.append(auth)
+    interceptors = [i for i in (tracker, auth) if i is not None]
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
@@ -226,14 +216,25 @@ async def build_server(
     return server, port, health_servicer
 
 
-async def stop_serving(
-    server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, grace: float
-) -> None:
-    """Say NOT_SERVING for every service (and overall), then stop ``server`` with ``grace``."""
-    # While the server still answers, so health watchers and load balancers
-    # move away before calls start failing; set() is ignored from now on.
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace)
+async def build_health_server(
+    health_servicer: health.aio.HealthServicer,
+    listen: str,
+    tracker: grpc.aio.ServerInterceptor | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """A started plaintext server with only ``grpc.health.v1.Health``, sharing ``health_servicer``'s state.
+
+    Kubelet's gRPC probes speak plaintext and send no token, so a service on
+    TLS takes its probes here; the answers are the main server's own.
+    """
+    server = grpc.aio.server(
+        interceptors=[tracker] if tracker is not None else None, options=[("grpc.so_reuseport", 0)]
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen} (--health-listen)")
+    await server.start()
+    return server, port
 
 
 @contextlib.asynccontextmanager

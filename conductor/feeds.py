@@ -27,6 +27,7 @@ from baton.common.filewatch import FileWatcher
 from baton.common.jobs import JobFilter
 from baton.common.layout import LOG_FILE
 from baton.common.logfollow import log_chunks
+from baton.common.metrics import ServiceMetrics
 from baton.conductor.lifecycle import Lifecycle
 from baton.conductor.registry import Registry
 from baton.v1 import conductor_pb2 as pb
@@ -74,8 +75,10 @@ class Feeds:
         *,
         heartbeat: float = 5.0,
         ring_size: int = DEFAULT_RING,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._lc = lifecycle
+        self._log_bytes = metrics.log_bytes if metrics is not None else None
         self._registry = registry
         self._heartbeat = heartbeat
         self.watcher = FileWatcher()
@@ -261,6 +264,8 @@ class Feeds:
                 subject=f"job {job_id}",
                 metadata={"job_id": job_id},
             ):
+                if self._log_bytes is not None:
+                    self._log_bytes.inc(len(chunk.data))
                 yield chunk
         finally:
             self.active_log_streams -= 1

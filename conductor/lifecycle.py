@@ -103,6 +103,23 @@ EventListener = Callable[[job_pb2.JobEvent], None]
 T = TypeVar("T")
 
 
+class Observer:
+    """What the lifecycle tells of durable changes, for metrics (``conductor.metrics``).
+
+    Called on the event loop, after the registry holds the change; this one does nothing.
+    """
+
+    def loaded(self, jobs: list[job_pb2.Job], ended: dict[int, int] | None = None) -> None:
+        """The live jobs found in the registry at start, before any is recovered, and
+        how many ended ones it holds by state (those are not read)."""
+
+    def transition(self, job: job_pb2.Job, before: int) -> None:
+        """``job`` went from state ``before`` to ``job.state`` (a new job: from UNSPECIFIED)."""
+
+    def deleted(self, job: job_pb2.Job) -> None:
+        """``job`` was deleted."""
+
+
 class ForbiddenTransition(Exception):
     """A change of state that the table does not allow: a bug in the conductor."""
 
@@ -184,8 +201,10 @@ class Lifecycle:
         backfill_window: float = 300.0,
         secrets: SecretStore | None = None,
         retention: RetentionPolicy | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._registry = registry
+        self._observer = observer or Observer()
         self._retention = retention or RetentionPolicy()
         # Ended jobs deleted by retention, since start.
         self.retention_deleted = 0
@@ -255,6 +274,7 @@ class Lifecycle:
             if row.request_id:
                 self._by_request[row.request_id] = row.job_id
         self._revision = self.book.revision = max_rev
+        self._observer.loaded(list(self._jobs.values()), opened.ended_counts)
         self._publisher.set_published(opened.published_revision or 0)
         self._publisher.set_on_published(self._registry.note_published)
         await self._repair_status_files(opened.published_revision)
@@ -896,6 +916,7 @@ class Lifecycle:
         if not event:
             return
         if before != job.state:
+            self._observer.transition(job, before)
             log.info(
                 "job_transition",
                 job_id=job.id,
@@ -918,6 +939,7 @@ class Lifecycle:
                 self._emit(job_pb2.JobEvent(revision=g.revision))
                 continue
             self.book.remove(g, g.revision)
+            self._observer.deleted(g)
             self._publisher.remove(g.id, g.run_dir, g.revision)
             if len(gone) == 1:
                 log.info("job_deleted", job_id=g.id, revision=g.revision)

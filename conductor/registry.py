@@ -519,6 +519,9 @@ class SqliteRegistry(Registry):
         # The published mark asked for, and the one last written.
         self._published: int | None = None
         self._published_written: int | None = None
+        # Told the seconds each transaction took (BEGIN to COMMIT with its
+        # fsync), in the writer thread: for the commit latency metric.
+        self.on_commit: Callable[[float], None] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -786,6 +789,7 @@ class SqliteRegistry(Registry):
         written again one write at a time, so it cannot take the others with it.
         """
         published = self._published
+        began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = [w.op(conn) for w in batch]
@@ -819,6 +823,8 @@ class SqliteRegistry(Registry):
                     self._settle(w, fault)
             return [w for w in batch if not w.new_job]
         self._published_written = published
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - began)
         if self._degraded is not None:
             log.info("registry_recovered")
         self._degraded = None

@@ -23,12 +23,14 @@ from baton.common.auth import Authenticator, reload_on_sighup
 from baton.common.jobfile import write_atomic
 from baton.common.layout import Layout
 from baton.common.modes import STATE_FILE_MODE, group_id, prepare_root, prepare_state_dir, restrict_umask
-from baton.common.rpc import add_service, build_server, stop_serving, stop_signals, until_signalled
+from baton.common.rpc import add_service, stop_signals, until_signalled
+from baton.common.serving import Listeners, start_listeners
 from baton.conductor.capacity import detect_capacity
 from baton.conductor.config import ConductorConfig
 from baton.conductor.executors import ExecutorSettings, make_executors
 from baton.conductor.feeds import Feeds
 from baton.conductor.lifecycle import Lifecycle
+from baton.conductor.metrics import ConductorMetrics
 from baton.conductor.publisher import Publisher
 from baton.conductor.registry import SqliteRegistry
 from baton.conductor.retention import RetentionPolicy
@@ -99,9 +101,7 @@ def _lock_trees(trees: dict[str, Path]) -> list[int]:
 @dataclass
 class RunningConductor:
     config: ConductorConfig
-    server: grpc.aio.Server
-    port: int
-    health: health.aio.HealthServicer
+    listeners: Listeners
     lifecycle: Lifecycle
     feeds: Feeds
     publisher: Publisher
@@ -109,16 +109,40 @@ class RunningConductor:
     lock_fd: int
     tree_fds: list[int]
     auth: Authenticator | None = None
+    metrics: ConductorMetrics | None = None
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        return self.listeners.server
+
+    @property
+    def port(self) -> int:
+        return self.listeners.port
+
+    @property
+    def health(self) -> health.aio.HealthServicer:
+        return self.listeners.health
 
     @property
     def address(self) -> str:
-        host = self.config.listen.rsplit(":", 1)[0]
-        return f"{host}:{self.port}"
+        return self.listeners.address
 
-    async def stop(self, grace: float = 2.0) -> None:
-        """Say NOT_SERVING, stop serving and supervising; running jobs are left running."""
+    def addresses(self) -> dict[str, str]:
+        """What it listens on: "address", and "health" and "metrics" when those listen."""
+        out = {"address": self.address}
+        if self.listeners.health_address is not None:
+            out["health"] = self.listeners.health_address
+        if self.listeners.metrics_address is not None:
+            out["metrics"] = self.listeners.metrics_address
+        return out
+
+    async def stop(self, grace: float | None = None) -> None:
+        """The graceful stop (``common.serving``), then stop supervising; running jobs are left running.
+
+        ``grace``: seconds for calls in flight (default: the config's shutdown_grace).
+        """
         try:
-            await stop_serving(self.server, self.health, grace)
+            await self.listeners.stop(self.config.shutdown_grace if grace is None else grace)
         finally:
             self.feeds.close()
             await self.lifecycle.stop()
@@ -153,7 +177,11 @@ async def start(config: ConductorConfig) -> RunningConductor:
         tree_fds = await asyncio.to_thread(
             _lock_trees, {"status": layout.status_dir, "checkpoints": layout.checkpoints_dir}
         )
+        # Counted only when served: without a listener nobody could read them.
+        metrics = ConductorMetrics() if config.metrics_listen is not None else None
         registry = SqliteRegistry(config.state_dir / "registry.db")
+        if metrics is not None:
+            registry.on_commit = metrics.committed
         publisher = Publisher(layout.status_dir, checkpoints_root=layout.checkpoints_dir)
         # Detection reads /proc and may run nvidia-smi: not on the event loop.
         capacity = await asyncio.to_thread(detect_capacity, config.capacity)
@@ -179,20 +207,24 @@ async def start(config: ConductorConfig) -> RunningConductor:
             retention=RetentionPolicy(
                 config.retain_ended, config.retain_max, config.retain_checkpoints, config.retain_interval
             ),
+            observer=metrics,
         )
         await lifecycle.start()
         started = timestamp_pb2.Timestamp()
         started.GetCurrentTime()
-        feeds = Feeds(lifecycle, registry, heartbeat=config.feed_heartbeat)
+        feeds = Feeds(lifecycle, registry, heartbeat=config.feed_heartbeat, metrics=metrics)
         servicer = ConductorServicer(
             lifecycle, feeds, started, str(layout.status_dir), str(layout.checkpoints_dir)
         )
-        server, port, health_servicer = await build_server(
+        listeners = await start_listeners(
             lambda s: add_service(s, servicer, conductor_pb2.DESCRIPTOR.services_by_name["Conductor"]),
             [SERVICE],
-            config.listen,
-            auth,
-            credentials,
+            listen=config.listen,
+            auth=auth,
+            credentials=credentials,
+            metrics=metrics,
+            metrics_listen=config.metrics_listen,
+            health_listen=config.health_listen,
         )
     except BaseException:
         for fd in tree_fds:
@@ -200,15 +232,15 @@ async def start(config: ConductorConfig) -> RunningConductor:
         os.close(lock_fd)
         raise
     running = RunningConductor(
-        config, server, port, health_servicer, lifecycle, feeds, publisher, registry, lock_fd, tree_fds, auth
+        config, listeners, lifecycle, feeds, publisher, registry, lock_fd, tree_fds, auth, metrics
     )
-    info = {"address": running.address, "pid": os.getpid()}
+    info = {**running.addresses(), "pid": os.getpid()}
     await asyncio.to_thread(
         write_atomic, config.state_dir / "conductor.json", json.dumps(info).encode(), mode=STATE_FILE_MODE
     )
     log.info(
         "conductor_serving",
-        address=running.address,
+        **running.addresses(),
         home=str(config.home),
         status_dir=str(layout.status_dir),
         max_running=config.max_running,

@@ -137,6 +137,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
             running_jobs=self._lc.running_count,
             damaged_registry_rows=self._lc.damaged_rows,
             retention_deleted_jobs=self._lc.retention_deleted,
+            caller=_caller(),
         )
 
     def _executor_info(self, name: str, executor: Executor) -> pb.ExecutorInfo:
@@ -232,3 +233,11 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(max(seconds, 0.0) * 1e9))
     return d
+
+
+def _caller() -> pb.Caller:
+    identity = auth.CALLER.get()
+    if identity is None:
+        return pb.Caller(role="admin")
+    projects = sorted(identity.projects) if identity.projects is not None else []
+    return pb.Caller(name=identity.name, role=identity.role.name.lower(), projects=projects)

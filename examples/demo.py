@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -104,9 +105,11 @@ def start_services(scratch: Path) -> tuple[subprocess.Popen[bytes], dict[str, st
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     command = [
         sys.executable, "-m", "baton.client.cli", "up", "--home", str(scratch / "home"),
-        "--listen", "127.0.0.1:0", "--viewer-listen", "127.0.0.1:0", "--address-file", str(address_file),
+        "--listen", "127.0.0.1:0", "--viewer-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0",
+        "--address-file", str(address_file),
     ]  # fmt: skip
-    console.print(Text("$ baton up --listen 127.0.0.1:0 --viewer-listen 127.0.0.1:0 …", style="bold"))
+    shown = "$ baton up --listen 127.0.0.1:0 --viewer-listen 127.0.0.1:0 --gateway-listen 127.0.0.1:0"
+    console.print(Text(shown, style="bold"))
     proc = subprocess.Popen(command, cwd=REPO, env=env)
 
     # `baton up` writes the file (atomically) once both services serve.
@@ -177,24 +180,41 @@ def pause_and_resume(
 
 
 def demo(scratch: Path, checks: Checks) -> None:
-    say("Starting conductor and viewer together: baton up")
+    say("Starting conductor, viewer and gateway together: baton up")
     proc, addresses = start_services(scratch)
     try:
         console.print(f"  conductor {addresses['conductor']}   viewer {addresses['viewer']}")
+        console.print(f"  dashboard http://{addresses['gateway']}/")
         env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
         env |= {"BATON_CONDUCTOR": addresses["conductor"], "BATON_VIEWER": addresses["viewer"]}
         with (
             ConductorClient(addresses["conductor"]) as conductor,
             ViewerClient(addresses["viewer"]) as viewer,
         ):
-            run_job(conductor, viewer, checks, env, scratch)
+            job_id = run_job(conductor, viewer, checks, env, scratch)
+        show_over_http(addresses["gateway"], job_id, checks)
     finally:
         stop_services(proc, checks)
 
 
+def show_over_http(gateway: str, job_id: str, checks: Checks) -> None:
+    say("Asking the gateway over plain HTTP (what curl or the dashboard sees)")
+    url = f"http://{gateway}/v1/jobs/{job_id}"
+    console.print(Text(f"$ curl {url}", style="bold"))
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        job = json.loads(answer.read())
+    console.print(f"  {job['name']}: {job['state']}")
+    checks.check(job["state"] == "JOB_STATE_SUCCEEDED", "the gateway answers with the same job, in JSON")
+    events_url = f"http://{gateway}/v1/jobs/{job_id}/logs?tail_lines=1&follow=true"
+    request = urllib.request.Request(events_url, headers={"Accept": "text/event-stream"})
+    with urllib.request.urlopen(request, timeout=10) as stream:
+        text = stream.read().decode()
+    checks.check("event: end" in text, "its log follows as server-sent events, ending with `end`")
+
+
 def run_job(
     conductor: ConductorClient, viewer: ViewerClient, checks: Checks, env: dict[str, str], scratch: Path
-) -> None:
+) -> str:
     spec_text = read_spec(str(SPEC))
     say(f"Submitting {SPEC.relative_to(REPO)} and following its log (every 20th step shown)")
     job = conductor.submit_job(spec_text)
@@ -239,6 +259,7 @@ def run_job(
         Path(checkpoint).name in listed, "the viewer lists the pause's checkpoint", Path(checkpoint).name
     )
     baton("stats", env=env)
+    return job.id
 
 
 def main() -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import kill_home_processes
+from bench.webstack import browser_missing
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = (
@@ -33,6 +34,7 @@ SECTIONS = (
     "log_fanout_ms",
     "viewer",
     "ray_bare_ms",
+    "web",
 )
 # Left out of the smoke run, on purpose: it starts a Slurm cluster and a Ray head
 # and runs at least 10 pairs of jobs on each (issue 14's must-show: 10 jobs even
@@ -55,7 +57,7 @@ def test_bench_quick_prints_every_section_with_numeric_figures(tmp_path: Path) -
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=270,  # the web section (a baton up and Chromium) adds about 15 s
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)  # one document, strict JSON, nothing else on stdout
@@ -93,7 +95,12 @@ def test_bench_quick_prints_every_section_with_numeric_figures(tmp_path: Path) -
         ("viewer", "resident_memory_mb"),
         ("viewer", "list_jobs_p50"),
         ("viewer", "freshness_p95"),
+        ("web", "sse_line_p50"),
+        ("web", "sse_line_p95"),
     }
+    # The DOM figures need Chromium, which `make test` installs (tools/browser.sh).
+    if not browser_missing():
+        targeted |= {("web", "state_to_dom_p50"), ("web", "state_to_dom_p95")}
     for name, key in targeted:
         assert "target" in doc["results"][name]["figures"][key], (name, key)
     pause = doc["results"]["pause_resume_ms"]["figures"]

@@ -44,6 +44,7 @@ def test_nothing_breaks_the_baseline(buf: Path) -> None:
 def test_a_breaking_edit_fails(buf: Path, tmp_path: Path) -> None:
     shutil.copy(REPO / "buf.yaml", tmp_path)
     shutil.copytree(REPO / "protos", tmp_path / "protos")
+    bufcli.copy_googleapis(tmp_path / "build" / "googleapis")
     job_proto = tmp_path / "protos" / "baton" / "v1" / "job.proto"
     text = job_proto.read_text()
     assert text.count("  string id = 1;\n") == 1

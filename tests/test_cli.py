@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -364,19 +365,20 @@ def test_an_unreachable_conductor_is_named(capsys: pytest.CaptureFixture[str]) -
     assert "baton viewer" in error["message"]
 
 
-def test_up_serves_both_until_sigterm(tmp_path: Path) -> None:
+def test_up_serves_all_three_until_sigterm(tmp_path: Path) -> None:
     address_file = tmp_path / "addresses.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "baton.client.cli", "up", "--home", str(tmp_path / "home"), "--json",
-         "--listen", "127.0.0.1:0", "--viewer-listen", "127.0.0.1:0", "--address-file", str(address_file)],
+         "--listen", "127.0.0.1:0", "--viewer-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0",
+         "--address-file", str(address_file)],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         announced = json.loads(proc.stdout.readline())
         addresses = json.loads(address_file.read_text())
-        assert announced == addresses and set(addresses) == {"conductor", "viewer", "home"}
+        assert announced == addresses and set(addresses) == {"conductor", "viewer", "gateway", "home"}
         env |= {"BATON_CONDUCTOR": addresses["conductor"], "BATON_VIEWER": addresses["viewer"]}
         spec_file = write_spec(tmp_path / "u.yaml", "upped", "echo up")
         for argv in (["submit", str(spec_file), "--follow"], ["stats", "--json"]):
@@ -386,6 +388,9 @@ def test_up_serves_both_until_sigterm(tmp_path: Path) -> None:
             )
             assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["totalRuns"] in ("0", "1")
+        # The gateway up beside them calls the same conductor.
+        with urllib.request.urlopen(f"http://{addresses['gateway']}/v1/jobs?page_size=1") as answer:
+            assert json.loads(answer.read())["jobs"][0]["name"] == "upped"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:

@@ -61,6 +61,8 @@ def test_the_wheel_holds_only_baton(wheel: Path) -> None:
         "baton/conductor/executors/local_shim.sh",
         "baton/viewer_api/scan_worker.py",
         "baton/client/cli.py",
+        "baton/gateway/server.py",
+        "baton/gateway/static/index.html",
         "baton/common/spec.py",
         "baton/v1/conductor_pb2.pyi",
         "baton/py.typed",
@@ -71,9 +73,10 @@ def test_the_wheel_holds_only_baton(wheel: Path) -> None:
 
 
 def test_a_fresh_install_imports_baton_and_nothing_generic(installed: Path, tmp_path: Path) -> None:
-    ok = run(installed, "import baton.conductor, baton.client, baton.viewer_api, baton.common", tmp_path)
+    modules = "baton.conductor, baton.client, baton.viewer_api, baton.common, baton.gateway.server"
+    ok = run(installed, f"import {modules}", tmp_path)
     assert ok.returncode == 0, ok.stderr
-    for generic in ("common", "conductor", "client", "viewer_api"):
+    for generic in ("common", "conductor", "client", "viewer_api", "gateway"):
         refused = run(installed, f"import {generic}", tmp_path)
         assert refused.returncode != 0
         assert "ModuleNotFoundError" in refused.stderr

@@ -15,6 +15,7 @@ import pytest
 from baton.client import ConductorClient
 from tests.harness import REPO
 from tests.services import spec, stack
+from tools import genprotos
 
 NODE_DIR = REPO / "tests" / "node"
 
@@ -37,7 +38,8 @@ def test_node_client_drives_both_services(node_modules: Path, tmp_path: Path) ->
             first = client.submit_job(spec("earlier", "true", project="interop"))
             client.wait_for_job(first.id, timeout=30)
             since = client.get_conductor_info().revision
-        argv = [services.address, services.viewer_address, str(REPO / "protos"), str(REPO)]
+        googleapis = str(genprotos.googleapis_root())
+        argv = [services.address, services.viewer_address, str(REPO / "protos"), str(REPO), googleapis]
         done = subprocess.run(
             ["node", "interop.js", *argv], cwd=NODE_DIR, capture_output=True, text=True, timeout=120
         )

@@ -3,8 +3,11 @@
 ``tools/buf/package.json`` and its lockfile pin ``@bufbuild/buf``; ``install``
 puts it in ``tools/buf/node_modules`` (ignored by git) the way the Node
 interop test installs its packages. buf's remote registry is never used: the
-module is ``protos/`` (see ``buf.yaml``) and the protos import only
-well-known types, which buf carries.
+module is ``protos/`` (see ``buf.yaml``). Besides the well-known types, which buf
+carries, the protos import ``google/api/annotations.proto`` (their HTTP
+routes): ``install`` copies it and ``http.proto`` from the installed
+googleapis-common-protos package into ``build/googleapis``, buf.yaml's second
+module, which is neither linted nor held to the baseline.
 
 ``python -m tools.bufcli baseline`` (``make proto-baseline``) writes
 ``protos/baseline.binpb``, the image ``buf breaking`` compares against. Moving
@@ -22,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BUF_DIR = ROOT / "tools" / "buf"
 BASELINE = ROOT / "protos" / "baseline.binpb"
+GOOGLEAPIS = ROOT / "build" / "googleapis"
 
 
 def missing() -> str | None:
@@ -31,8 +35,19 @@ def missing() -> str | None:
     return None
 
 
+def copy_googleapis(out: Path = GOOGLEAPIS) -> Path:
+    """Copy the google/api protos the annotations need from googleapis-common-protos."""
+    from tools.genprotos import googleapis_root
+
+    (out / "google" / "api").mkdir(parents=True, exist_ok=True)
+    for name in ("annotations.proto", "http.proto"):
+        shutil.copyfile(googleapis_root() / "google" / "api" / name, out / "google" / "api" / name)
+    return out
+
+
 def install() -> Path:
-    """Install the pinned buf (a no-op when it is there); return its executable."""
+    """Install the pinned buf (a no-op when it is there) and the google/api protos; return buf."""
+    copy_googleapis()
     subprocess.run(
         ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
         cwd=BUF_DIR, check=True, capture_output=True, timeout=600,

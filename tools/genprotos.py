@@ -15,6 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 
 
+def googleapis_root() -> Path:
+    """Where ``google/api/*.proto`` lie: the googleapis-common-protos package.
+
+    The protos' ``google.api.http`` annotations import them; they are taken from
+    the installed package (which ships the .proto files beside its generated
+    code) instead of being copied into the repository or fetched from buf's
+    registry, which these machines cannot reach.
+    """
+    from google.api import annotations_pb2
+
+    return Path(annotations_pb2.__file__).resolve().parent.parent.parent
+
+
 def generate(out: Path) -> list[Path]:
     """Run protoc on every proto under protos/; return the files it wrote."""
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
@@ -23,6 +36,7 @@ def generate(out: Path) -> list[Path]:
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        f"-I{googleapis_root()}",
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",

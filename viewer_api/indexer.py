@@ -126,6 +126,19 @@ def _forget_problems_under(problems: dict[str, str], path: str) -> None:
         del problems[known]
 
 
+class IndexerObserver:
+    """What the indexer tells of its work, for metrics (``viewer_api.metrics``); this one does nothing."""
+
+    def scanned(self, seconds: float) -> None:
+        """A scan of both trees (a reconciliation's, or the cold start's) took ``seconds``."""
+
+    def reconciled(self, seconds: float) -> None:
+        """A whole reconciliation (scan, then the index made to match) took ``seconds``."""
+
+    def applied(self, lag: float) -> None:
+        """Changes inotify reported were in the index ``lag`` seconds after the first was noticed."""
+
+
 class Indexer:
     def __init__(
         self,
@@ -137,6 +150,7 @@ class Indexer:
         poll_interval: float = 2.0,
         reconcile_interval: float = 300.0,
         scan_workers: int = 0,
+        observer: IndexerObserver | None = None,
     ) -> None:
         if mode not in ("inotify", "poll"):
             raise ValueError("watch mode must be 'inotify' or 'poll'")
@@ -153,6 +167,9 @@ class Indexer:
         self._scan_workers = scan_workers or os.cpu_count() or 1
         self._watches: Watches | None = None
         self._dirty: set[Changed] = set()
+        # When the oldest change not yet in the index was noticed (monotonic; None: none waits).
+        self._dirty_since: float | None = None
+        self._observer = observer or IndexerObserver()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reconcile_lock = asyncio.Lock()
@@ -258,6 +275,8 @@ class Indexer:
             self.index.last_full_scan = time.time()
             if self._watches is not None:
                 self._watches.forget_unwatched_before(began)
+            self._observer.scanned(scanned - began)
+            self._observer.reconciled(time.monotonic() - began)
 
     async def _merge_scan(self, status: scan.ScanResult, ckpts: scan.ScanResult, began: float) -> None:
         """Make the index match a scan that began at ``began``, keeping what inotify changed since.
@@ -313,6 +332,8 @@ class Indexer:
         return None if self._watches is None else self._watches.on_dir(tree.kind)
 
     def _changed(self, paths: set[Changed]) -> None:
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
         self._dirty |= paths
         self._wake.set()
 
@@ -331,10 +352,14 @@ class Indexer:
             await self._wake.wait()
             self._wake.clear()
             batch, self._dirty = self._dirty, set()
+            noticed, self._dirty_since = self._dirty_since, None
             try:
                 await self._apply(batch)
             except Exception:
                 log.exception("index_update_failed")
+            else:
+                if noticed is not None:
+                    self._observer.applied(time.monotonic() - noticed)
 
     def _path_touched_since(self, path: str, since: float) -> bool:
         for tree in self._trees.values():

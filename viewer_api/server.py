@@ -10,11 +10,13 @@ import structlog
 from grpc_health.v1 import health
 
 from baton.common.auth import Authenticator, reload_on_sighup
-from baton.common.rpc import add_service, build_server, stop_serving, stop_signals, until_signalled
+from baton.common.rpc import add_service, stop_signals, until_signalled
+from baton.common.serving import Listeners, start_listeners
 from baton.v1 import viewer_pb2
 from baton.viewer_api.config import ViewerConfig
 from baton.viewer_api.index import Index
 from baton.viewer_api.indexer import Indexer
+from baton.viewer_api.metrics import ViewerMetrics
 from baton.viewer_api.service import ViewerService
 from baton.viewer_api.servicer import ViewerServicer
 
@@ -25,21 +27,44 @@ SERVICE = viewer_pb2.DESCRIPTOR.services_by_name["Viewer"].full_name
 @dataclass
 class RunningViewer:
     config: ViewerConfig
-    server: grpc.aio.Server
-    port: int
-    health: health.aio.HealthServicer
+    listeners: Listeners
     service: ViewerService
     indexer: Indexer
     auth: Authenticator | None = None
+    metrics: ViewerMetrics | None = None
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        return self.listeners.server
+
+    @property
+    def port(self) -> int:
+        return self.listeners.port
+
+    @property
+    def health(self) -> health.aio.HealthServicer:
+        return self.listeners.health
 
     @property
     def address(self) -> str:
-        return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
+        return self.listeners.address
 
-    async def stop(self, grace: float = 2.0) -> None:
-        """Say NOT_SERVING, then stop serving and indexing."""
+    def addresses(self) -> dict[str, str]:
+        """What it listens on: "address", and "health" and "metrics" when those listen."""
+        out = {"address": self.address}
+        if self.listeners.health_address is not None:
+            out["health"] = self.listeners.health_address
+        if self.listeners.metrics_address is not None:
+            out["metrics"] = self.listeners.metrics_address
+        return out
+
+    async def stop(self, grace: float | None = None) -> None:
+        """The graceful stop (``common.serving``), then stop indexing.
+
+        ``grace``: seconds for calls in flight (default: the config's shutdown_grace).
+        """
         try:
-            await stop_serving(self.server, self.health, grace)
+            await self.listeners.stop(self.config.shutdown_grace if grace is None else grace)
         finally:
             await self.indexer.stop()
             self.service.close()
@@ -55,6 +80,8 @@ async def start(config: ViewerConfig) -> RunningViewer:
     for event, detail in config.exposure_warnings():
         log.warning(event, detail=detail)
     auth = await asyncio.to_thread(config.authenticator)
+    # Counted only when served: without a listener nobody could read them.
+    metrics = ViewerMetrics() if config.metrics_listen is not None else None
     index = Index()
     indexer = Indexer(
         index,
@@ -64,29 +91,35 @@ async def start(config: ViewerConfig) -> RunningViewer:
         poll_interval=config.poll_interval,
         reconcile_interval=config.reconcile_interval,
         scan_workers=config.scan_workers,
+        observer=metrics,
     )
+    if metrics is not None:
+        metrics.watch(index, indexer)
     await indexer.start()
     service = ViewerService(
         index, indexer, str(config.status_dir), str(config.checkpoints_dir),
-        stale_after=config.stale_after, heartbeat=config.feed_heartbeat,
+        stale_after=config.stale_after, heartbeat=config.feed_heartbeat, metrics=metrics,
     )  # fmt: skip
     servicer = ViewerServicer(service)
     try:
-        server, port, health_servicer = await build_server(
+        listeners = await start_listeners(
             lambda s: add_service(s, servicer, viewer_pb2.DESCRIPTOR.services_by_name["Viewer"]),
             [SERVICE],
-            config.listen,
-            auth,
-            await asyncio.to_thread(config.server_credentials),
+            listen=config.listen,
+            auth=auth,
+            credentials=await asyncio.to_thread(config.server_credentials),
+            metrics=metrics,
+            metrics_listen=config.metrics_listen,
+            health_listen=config.health_listen,
         )
     except BaseException:
         await indexer.stop()
         service.close()
         raise
-    running = RunningViewer(config, server, port, health_servicer, service, indexer, auth)
+    running = RunningViewer(config, listeners, service, indexer, auth, metrics)
     log.info(
         "viewer_serving",
-        address=running.address,
+        **running.addresses(),
         status_dir=str(config.status_dir),
         checkpoints_dir=str(config.checkpoints_dir),
         watch=config.watch,

@@ -40,6 +40,7 @@ from baton.common.layout import (
     split_checkpoint_ref,
 )
 from baton.common.logfollow import log_chunks
+from baton.common.metrics import ServiceMetrics
 from baton.common.names import name_problem
 from baton.common.paging import PageBytes, decode_token, encode_token, page_size
 from baton.common.safeopen import UnsafePath, open_beneath, read_beneath, refusal
@@ -134,9 +135,11 @@ class ViewerService:
         *,
         stale_after: float = 300.0,
         heartbeat: float = 5.0,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.index = index
         self.indexer = indexer
+        self._log_bytes = metrics.log_bytes if metrics is not None else None
         self._status_root = Path(os.path.realpath(status_dir))
         self._ckpt_root = Path(os.path.realpath(checkpoints_dir))
         self.stale_after = stale_after
@@ -495,6 +498,8 @@ class ViewerService:
                 subject=f"run {'/'.join(key)}",
                 metadata={"run": "/".join(key)},
             ):
+                if self._log_bytes is not None:
+                    self._log_bytes.inc(len(chunk.data))
                 yield chunk
         finally:
             stop_listening()

@@ -1,6 +1,7 @@
 import datetime
 
 from baton.v1 import job_pb2 as _job_pb2
+from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -148,7 +149,7 @@ class ExecutorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pause_modes: _Optional[_Iterable[_Union[_job_pb2.PauseMode, str]]] = ..., health_fields: _Optional[_Iterable[str]] = ..., capacity: _Optional[_Union[_job_pb2.Resources, _Mapping]] = ..., free: _Optional[_Union[_job_pb2.Resources, _Mapping]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., free_gpu_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetConductorInfoResponse(_message.Message):
-    __slots__ = ("version", "pid", "start_time", "job_counts", "executors", "revision", "status_dir", "checkpoints_dir", "max_running", "rss_bytes", "uptime", "running_jobs", "damaged_registry_rows", "retention_deleted_jobs")
+    __slots__ = ("version", "pid", "start_time", "job_counts", "executors", "revision", "status_dir", "checkpoints_dir", "max_running", "rss_bytes", "uptime", "running_jobs", "damaged_registry_rows", "caller", "retention_deleted_jobs")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +163,7 @@ class GetConductorInfoResponse(_message.Message):
     UPTIME_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     DAMAGED_REGISTRY_ROWS_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     RETENTION_DELETED_JOBS_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
@@ -176,8 +178,19 @@ class GetConductorInfoResponse(_message.Message):
     uptime: _duration_pb2.Duration
     running_jobs: int
     damaged_registry_rows: int
+    caller: Caller
     retention_deleted_jobs: int
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Iterable[_Union[_job_pb2.JobStateCount, _Mapping]]] = ..., executors: _Optional[_Iterable[_Union[ExecutorInfo, _Mapping]]] = ..., revision: _Optional[int] = ..., status_dir: _Optional[str] = ..., checkpoints_dir: _Optional[str] = ..., max_running: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., running_jobs: _Optional[int] = ..., damaged_registry_rows: _Optional[int] = ..., retention_deleted_jobs: _Optional[int] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Iterable[_Union[_job_pb2.JobStateCount, _Mapping]]] = ..., executors: _Optional[_Iterable[_Union[ExecutorInfo, _Mapping]]] = ..., revision: _Optional[int] = ..., status_dir: _Optional[str] = ..., checkpoints_dir: _Optional[str] = ..., max_running: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., running_jobs: _Optional[int] = ..., damaged_registry_rows: _Optional[int] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., retention_deleted_jobs: _Optional[int] = ...) -> None: ...
+
+class Caller(_message.Message):
+    __slots__ = ("name", "role", "projects")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PROJECTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    projects: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., projects: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetJobHealthRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -23,82 +23,115 @@ _sym_db = _symbol_database.Default()
 
 
 from baton.v1 import job_pb2 as baton_dot_v1_dot_job__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ton/v1/viewer.proto\x12\x08\x62\x61ton.v1\x1a\x12\x62\x61ton/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x15ViewerListJobsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\"\n\x06states\x18\x04 \x03(\x0e\x32\x12.baton.v1.JobState\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"b\n\x16ViewerListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.baton.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"c\n\x13ViewerGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\"i\n\x12ListJobRunsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"K\n\x13ListJobRunsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.baton.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13ListProjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x9b\x01\n\x0eProjectSummary\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x11\n\trun_count\x18\x02 \x01(\x03\x12-\n\x0cstate_counts\x18\x03 \x03(\x0b\x32\x17.baton.v1.JobStateCount\x12\x36\n\x12last_activity_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x14ListProjectsResponse\x12*\n\x08projects\x18\x01 \x03(\x0b\x32\x18.baton.v1.ProjectSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x97\x01\n\x16ListRunningJobsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x15\n\rinclude_stale\x18\x02 \x01(\x08\x12.\n\x0bstale_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"i\n\nRunningJob\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.baton.v1.Job\x12\r\n\x05stale\x18\x02 \x01(\x08\x12\x30\n\rheartbeat_age\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"V\n\x17ListRunningJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.baton.v1.RunningJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x15ListRecentJobsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05hours\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\"5\n\x16ListRecentJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.baton.v1.Job\"+\n\x18GetDashboardStatsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"\xb0\x03\n\x19GetDashboardStatsResponse\x12\x12\n\ntotal_runs\x18\x01 \x01(\x03\x12-\n\x0cstate_counts\x18\x02 \x03(\x0b\x32\x17.baton.v1.JobStateCount\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\r\n\x05stale\x18\x04 \x01(\x03\x12&\n\x0frecent_failures\x18\x05 \x03(\x0b\x32\r.baton.v1.Job\x12\x1c\n\x14recent_failure_count\x18\x06 \x01(\x03\x12\x18\n\x10\x63heckpoint_count\x18\x07 \x01(\x03\x12\x18\n\x10\x63heckpoint_bytes\x18\x08 \x01(\x03\x12\x1c\n\x14invalid_status_files\x18\t \x01(\x03\x12\x15\n\rinvalid_names\x18\n \x01(\x03\x12\x15\n\routside_links\x18\x0b \x01(\x03\x12\x37\n\x13last_full_scan_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nwatch_mode\x18\r \x01(\t\x12\x1d\n\x15unwatched_directories\x18\x0e \x01(\x03\"\xec\x01\n\nCheckpoint\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06suffix\x18\x04 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\x12\n\nfile_count\x18\x08 \x01(\x03\x12\x13\n\x0b\x63onfig_file\x18\t \x01(\t\x12\x14\n\x0chas_job_spec\x18\n \x01(\x08\x12\x0e\n\x06run_id\x18\x0b \x01(\t\"}\n\x16ListCheckpointsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\"]\n\x17ListCheckpointsResponse\x12)\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x14.baton.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x14GetCheckpointRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06suffix\x18\x04 \x01(\t\"Z\n\x1aGetLatestCheckpointRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"Z\n\x1aGetCheckpointConfigRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06suffix\x18\x04 \x01(\t\"{\n\x1bGetCheckpointConfigResponse\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bsource_file\x18\x02 \x01(\t\x12\x0e\n\x06suffix\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"[\n\x1bGetCheckpointJobSpecRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06suffix\x18\x04 \x01(\t\"i\n\x1cGetCheckpointJobSpecResponse\x12)\n\x08job_spec\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06suffix\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\"I\n\x19GetCheckpointStatsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"K\n\x1aGetCheckpointStatsResponse\x12\x18\n\x10\x63heckpoint_count\x18\x01 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\"}\n\x0eReadLogRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x0e\n\x06offset\x18\x06 \x01(\x03\x12\r\n\x05limit\x18\x07 \x01(\x03\"X\n\x0fReadLogResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x03\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\"r\n\x0eTailLogRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x12\n\ntail_lines\x18\x06 \x01(\x05\"D\n\x0fTailLogResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x03\"\x9b\x01\n\x17ViewerStreamLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x0e\n\x06offset\x18\x06 \x01(\x03\x12\x12\n\ntail_lines\x18\x07 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x08 \x01(\x08\x32\xe5\n\n\x06Viewer\x12M\n\x08ListJobs\x12\x1f.baton.v1.ViewerListJobsRequest\x1a .baton.v1.ViewerListJobsResponse\x12\x36\n\x06GetJob\x12\x1d.baton.v1.ViewerGetJobRequest\x1a\r.baton.v1.Job\x12J\n\x0bListJobRuns\x12\x1c.baton.v1.ListJobRunsRequest\x1a\x1d.baton.v1.ListJobRunsResponse\x12M\n\x0cListProjects\x12\x1d.baton.v1.ListProjectsRequest\x1a\x1e.baton.v1.ListProjectsResponse\x12V\n\x0fListRunningJobs\x12 .baton.v1.ListRunningJobsRequest\x1a!.baton.v1.ListRunningJobsResponse\x12S\n\x0eListRecentJobs\x12\x1f.baton.v1.ListRecentJobsRequest\x1a .baton.v1.ListRecentJobsResponse\x12\\\n\x11GetDashboardStats\x12\".baton.v1.GetDashboardStatsRequest\x1a#.baton.v1.GetDashboardStatsResponse\x12V\n\x0fListCheckpoints\x12 .baton.v1.ListCheckpointsRequest\x1a!.baton.v1.ListCheckpointsResponse\x12\x45\n\rGetCheckpoint\x12\x1e.baton.v1.GetCheckpointRequest\x1a\x14.baton.v1.Checkpoint\x12Q\n\x13GetLatestCheckpoint\x12$.baton.v1.GetLatestCheckpointRequest\x1a\x14.baton.v1.Checkpoint\x12\x62\n\x13GetCheckpointConfig\x12$.baton.v1.GetCheckpointConfigRequest\x1a%.baton.v1.GetCheckpointConfigResponse\x12\x65\n\x14GetCheckpointJobSpec\x12%.baton.v1.GetCheckpointJobSpecRequest\x1a&.baton.v1.GetCheckpointJobSpecResponse\x12_\n\x12GetCheckpointStats\x12#.baton.v1.GetCheckpointStatsRequest\x1a$.baton.v1.GetCheckpointStatsResponse\x12>\n\x07ReadLog\x12\x18.baton.v1.ReadLogRequest\x1a\x19.baton.v1.ReadLogResponse\x12>\n\x07TailLog\x12\x18.baton.v1.TailLogRequest\x1a\x19.baton.v1.TailLogResponse\x12\x45\n\nStreamLogs\x12!.baton.v1.ViewerStreamLogsRequest\x1a\x12.baton.v1.LogChunk0\x01\x12I\n\tStreamLog\x12!.baton.v1.ViewerStreamLogsRequest\x1a\x12.baton.v1.LogChunk\"\x03\x88\x02\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ton/v1/viewer.proto\x12\x08\x62\x61ton.v1\x1a\x12\x62\x61ton/v1/job.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x15ViewerListJobsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\"\n\x06states\x18\x04 \x03(\x0e\x32\x12.baton.v1.JobState\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"b\n\x16ViewerListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.baton.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"c\n\x13ViewerGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\"i\n\x12ListJobRunsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"K\n\x13ListJobRunsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.baton.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13ListProjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x9b\x01\n\x0eProjectSummary\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x11\n\trun_count\x18\x02 \x01(\x03\x12-\n\x0cstate_counts\x18\x03 \x03(\x0b\x32\x17.baton.v1.JobStateCount\x12\x36\n\x12last_activity_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x14ListProjectsResponse\x12*\n\x08projects\x18\x01 \x03(\x0b\x32\x18.baton.v1.ProjectSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x97\x01\n\x16ListRunningJobsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x15\n\rinclude_stale\x18\x02 \x01(\x08\x12.\n\x0bstale_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"i\n\nRunningJob\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.baton.v1.Job\x12\r\n\x05stale\x18\x02 \x01(\x08\x12\x30\n\rheartbeat_age\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"V\n\x17ListRunningJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.baton.v1.RunningJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x15ListRecentJobsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05hours\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\"5\n\x16ListRecentJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.baton.v1.Job\"+\n\x18GetDashboardStatsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"\xb0\x03\n\x19GetDashboardStatsResponse\x12\x12\n\ntotal_runs\x18\x01 \x01(\x03\x12-\n\x0cstate_counts\x18\x02 \x03(\x0b\x32\x17.baton.v1.JobStateCount\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\r\n\x05stale\x18\x04 \x01(\x03\x12&\n\x0frecent_failures\x18\x05 \x03(\x0b\x32\r.baton.v1.Job\x12\x1c\n\x14recent_failure_count\x18\x06 \x01(\x03\x12\x18\n\x10\x63heckpoint_count\x18\x07 \x01(\x03\x12\x18\n\x10\x63heckpoint_bytes\x18\x08 \x01(\x03\x12\x1c\n\x14invalid_status_files\x18\t \x01(\x03\x12\x15\n\rinvalid_names\x18\n \x01(\x03\x12\x15\n\routside_links\x18\x0b \x01(\x03\x12\x37\n\x13last_full_scan_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nwatch_mode\x18\r \x01(\t\x12\x1d\n\x15unwatched_directories\x18\x0e \x01(\x03\"\xec\x01\n\nCheckpoint\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06suffix\x18\x04 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\x12\n\nfile_count\x18\x08 \x01(\x03\x12\x13\n\x0b\x63onfig_file\x18\t \x01(\t\x12\x14\n\x0chas_job_spec\x18\n \x01(\x08\x12\x0e\n\x06run_id\x18\x0b \x01(\t\"}\n\x16ListCheckpointsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\"]\n\x17ListCheckpointsResponse\x12)\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x14.baton.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x14GetCheckpointRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06suffix\x18\x04 \x01(\t\"Z\n\x1aGetLatestCheckpointRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"Z\n\x1aGetCheckpointConfigRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06suffix\x18\x04 \x01(\t\"{\n\x1bGetCheckpointConfigResponse\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bsource_file\x18\x02 \x01(\t\x12\x0e\n\x06suffix\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"[\n\x1bGetCheckpointJobSpecRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06suffix\x18\x04 \x01(\t\"i\n\x1cGetCheckpointJobSpecResponse\x12)\n\x08job_spec\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06suffix\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\"I\n\x19GetCheckpointStatsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"K\n\x1aGetCheckpointStatsResponse\x12\x18\n\x10\x63heckpoint_count\x18\x01 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\"}\n\x0eReadLogRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x0e\n\x06offset\x18\x06 \x01(\x03\x12\r\n\x05limit\x18\x07 \x01(\x03\"X\n\x0fReadLogResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x03\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\"r\n\x0eTailLogRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x12\n\ntail_lines\x18\x06 \x01(\x05\"D\n\x0fTailLogResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x03\"\x9b\x01\n\x17ViewerStreamLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x0e\n\x06offset\x18\x06 \x01(\x03\x12\x12\n\ntail_lines\x18\x07 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x08 \x01(\x08\x32\x99\x12\n\x06Viewer\x12\x66\n\x08ListJobs\x12\x1f.baton.v1.ViewerListJobsRequest\x1a .baton.v1.ViewerListJobsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/viewer/jobs\x12\x8d\x01\n\x06GetJob\x12\x1d.baton.v1.ViewerGetJobRequest\x1a\r.baton.v1.Job\"U\x82\xd3\xe4\x93\x02O\x12\x18/v1/viewer/jobs/{job_id}Z3\x12\x31/v1/viewer/runs/{project}/{group}/{name}/{run_id}\x12|\n\x0bListJobRuns\x12\x1c.baton.v1.ListJobRunsRequest\x1a\x1d.baton.v1.ListJobRunsResponse\"0\x82\xd3\xe4\x93\x02*\x12(/v1/viewer/runs/{project}/{group}/{name}\x12j\n\x0cListProjects\x12\x1d.baton.v1.ListProjectsRequest\x1a\x1e.baton.v1.ListProjectsResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/viewer/projects\x12r\n\x0fListRunningJobs\x12 .baton.v1.ListRunningJobsRequest\x1a!.baton.v1.ListRunningJobsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/viewer/running\x12n\n\x0eListRecentJobs\x12\x1f.baton.v1.ListRecentJobsRequest\x1a .baton.v1.ListRecentJobsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/viewer/recent\x12v\n\x11GetDashboardStats\x12\".baton.v1.GetDashboardStatsRequest\x1a#.baton.v1.GetDashboardStatsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/viewer/stats\x12v\n\x0fListCheckpoints\x12 .baton.v1.ListCheckpointsRequest\x1a!.baton.v1.ListCheckpointsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/viewer/checkpoints\x12\x8a\x01\n\rGetCheckpoint\x12\x1e.baton.v1.GetCheckpointRequest\x1a\x14.baton.v1.Checkpoint\"C\x82\xd3\xe4\x93\x02=\x12;/v1/viewer/checkpoints/{project}/{group}/{name}/{suffix=**}\x12\x91\x01\n\x13GetLatestCheckpoint\x12$.baton.v1.GetLatestCheckpointRequest\x1a\x14.baton.v1.Checkpoint\">\x82\xd3\xe4\x93\x02\x38\x12\x36/v1/viewer/checkpoints/{project}/{group}/{name}:latest\x12\xae\x01\n\x13GetCheckpointConfig\x12$.baton.v1.GetCheckpointConfigRequest\x1a%.baton.v1.GetCheckpointConfigResponse\"J\x82\xd3\xe4\x93\x02\x44\x12\x42/v1/viewer/checkpoints/{project}/{group}/{name}/{suffix=**}:config\x12\xb2\x01\n\x14GetCheckpointJobSpec\x12%.baton.v1.GetCheckpointJobSpecRequest\x1a&.baton.v1.GetCheckpointJobSpecResponse\"K\x82\xd3\xe4\x93\x02\x45\x12\x43/v1/viewer/checkpoints/{project}/{group}/{name}/{suffix=**}:jobSpec\x12\x85\x01\n\x12GetCheckpointStats\x12#.baton.v1.GetCheckpointStatsRequest\x1a$.baton.v1.GetCheckpointStatsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/viewer/checkpoints:stats\x12\xa9\x01\n\x07ReadLog\x12\x18.baton.v1.ReadLogRequest\x1a\x19.baton.v1.ReadLogResponse\"i\x82\xd3\xe4\x93\x02\x63\x12\"/v1/viewer/jobs/{job_id}/logs:readZ=\x12;/v1/viewer/runs/{project}/{group}/{name}/{run_id}/logs:read\x12\xa9\x01\n\x07TailLog\x12\x18.baton.v1.TailLogRequest\x1a\x19.baton.v1.TailLogResponse\"i\x82\xd3\xe4\x93\x02\x63\x12\"/v1/viewer/jobs/{job_id}/logs:tailZ=\x12;/v1/viewer/runs/{project}/{group}/{name}/{run_id}/logs:tail\x12\xa6\x01\n\nStreamLogs\x12!.baton.v1.ViewerStreamLogsRequest\x1a\x12.baton.v1.LogChunk\"_\x82\xd3\xe4\x93\x02Y\x12\x1d/v1/viewer/jobs/{job_id}/logsZ8\x12\x36/v1/viewer/runs/{project}/{group}/{name}/{run_id}/logs0\x01\x12I\n\tStreamLog\x12!.baton.v1.ViewerStreamLogsRequest\x1a\x12.baton.v1.LogChunk\"\x03\x88\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'baton.v1.viewer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['ListJobs']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['ListJobs']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/viewer/jobs'
+  _globals['_VIEWER'].methods_by_name['GetJob']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['GetJob']._serialized_options = b'\202\323\344\223\002O\022\030/v1/viewer/jobs/{job_id}Z3\0221/v1/viewer/runs/{project}/{group}/{name}/{run_id}'
+  _globals['_VIEWER'].methods_by_name['ListJobRuns']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['ListJobRuns']._serialized_options = b'\202\323\344\223\002*\022(/v1/viewer/runs/{project}/{group}/{name}'
+  _globals['_VIEWER'].methods_by_name['ListProjects']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['ListProjects']._serialized_options = b'\202\323\344\223\002\025\022\023/v1/viewer/projects'
+  _globals['_VIEWER'].methods_by_name['ListRunningJobs']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['ListRunningJobs']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/viewer/running'
+  _globals['_VIEWER'].methods_by_name['ListRecentJobs']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['ListRecentJobs']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/viewer/recent'
+  _globals['_VIEWER'].methods_by_name['GetDashboardStats']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['GetDashboardStats']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/viewer/stats'
+  _globals['_VIEWER'].methods_by_name['ListCheckpoints']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['ListCheckpoints']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/viewer/checkpoints'
+  _globals['_VIEWER'].methods_by_name['GetCheckpoint']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['GetCheckpoint']._serialized_options = b'\202\323\344\223\002=\022;/v1/viewer/checkpoints/{project}/{group}/{name}/{suffix=**}'
+  _globals['_VIEWER'].methods_by_name['GetLatestCheckpoint']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['GetLatestCheckpoint']._serialized_options = b'\202\323\344\223\0028\0226/v1/viewer/checkpoints/{project}/{group}/{name}:latest'
+  _globals['_VIEWER'].methods_by_name['GetCheckpointConfig']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['GetCheckpointConfig']._serialized_options = b'\202\323\344\223\002D\022B/v1/viewer/checkpoints/{project}/{group}/{name}/{suffix=**}:config'
+  _globals['_VIEWER'].methods_by_name['GetCheckpointJobSpec']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['GetCheckpointJobSpec']._serialized_options = b'\202\323\344\223\002E\022C/v1/viewer/checkpoints/{project}/{group}/{name}/{suffix=**}:jobSpec'
+  _globals['_VIEWER'].methods_by_name['GetCheckpointStats']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['GetCheckpointStats']._serialized_options = b'\202\323\344\223\002\036\022\034/v1/viewer/checkpoints:stats'
+  _globals['_VIEWER'].methods_by_name['ReadLog']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['ReadLog']._serialized_options = b'\202\323\344\223\002c\022\"/v1/viewer/jobs/{job_id}/logs:readZ=\022;/v1/viewer/runs/{project}/{group}/{name}/{run_id}/logs:read'
+  _globals['_VIEWER'].methods_by_name['TailLog']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['TailLog']._serialized_options = b'\202\323\344\223\002c\022\"/v1/viewer/jobs/{job_id}/logs:tailZ=\022;/v1/viewer/runs/{project}/{group}/{name}/{run_id}/logs:tail'
+  _globals['_VIEWER'].methods_by_name['StreamLogs']._loaded_options = None
+  _globals['_VIEWER'].methods_by_name['StreamLogs']._serialized_options = b'\202\323\344\223\002Y\022\035/v1/viewer/jobs/{job_id}/logsZ8\0226/v1/viewer/runs/{project}/{group}/{name}/{run_id}/logs'
   _globals['_VIEWER'].methods_by_name['StreamLog']._loaded_options = None
   _globals['_VIEWER'].methods_by_name['StreamLog']._serialized_options = b'\210\002\001'
-  _globals['_VIEWERLISTJOBSREQUEST']._serialized_start=151
-  _globals['_VIEWERLISTJOBSREQUEST']._serialized_end=295
-  _globals['_VIEWERLISTJOBSRESPONSE']._serialized_start=297
-  _globals['_VIEWERLISTJOBSRESPONSE']._serialized_end=395
-  _globals['_VIEWERGETJOBREQUEST']._serialized_start=397
-  _globals['_VIEWERGETJOBREQUEST']._serialized_end=496
-  _globals['_LISTJOBRUNSREQUEST']._serialized_start=498
-  _globals['_LISTJOBRUNSREQUEST']._serialized_end=603
-  _globals['_LISTJOBRUNSRESPONSE']._serialized_start=605
-  _globals['_LISTJOBRUNSRESPONSE']._serialized_end=680
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=682
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=742
-  _globals['_PROJECTSUMMARY']._serialized_start=745
-  _globals['_PROJECTSUMMARY']._serialized_end=900
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=902
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=993
-  _globals['_LISTRUNNINGJOBSREQUEST']._serialized_start=996
-  _globals['_LISTRUNNINGJOBSREQUEST']._serialized_end=1147
-  _globals['_RUNNINGJOB']._serialized_start=1149
-  _globals['_RUNNINGJOB']._serialized_end=1254
-  _globals['_LISTRUNNINGJOBSRESPONSE']._serialized_start=1256
-  _globals['_LISTRUNNINGJOBSRESPONSE']._serialized_end=1342
-  _globals['_LISTRECENTJOBSREQUEST']._serialized_start=1344
-  _globals['_LISTRECENTJOBSREQUEST']._serialized_end=1414
-  _globals['_LISTRECENTJOBSRESPONSE']._serialized_start=1416
-  _globals['_LISTRECENTJOBSRESPONSE']._serialized_end=1469
-  _globals['_GETDASHBOARDSTATSREQUEST']._serialized_start=1471
-  _globals['_GETDASHBOARDSTATSREQUEST']._serialized_end=1514
-  _globals['_GETDASHBOARDSTATSRESPONSE']._serialized_start=1517
-  _globals['_GETDASHBOARDSTATSRESPONSE']._serialized_end=1949
-  _globals['_CHECKPOINT']._serialized_start=1952
-  _globals['_CHECKPOINT']._serialized_end=2188
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=2190
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=2315
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=2317
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=2410
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=2412
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=2496
-  _globals['_GETLATESTCHECKPOINTREQUEST']._serialized_start=2498
-  _globals['_GETLATESTCHECKPOINTREQUEST']._serialized_end=2588
-  _globals['_GETCHECKPOINTCONFIGREQUEST']._serialized_start=2590
-  _globals['_GETCHECKPOINTCONFIGREQUEST']._serialized_end=2680
-  _globals['_GETCHECKPOINTCONFIGRESPONSE']._serialized_start=2682
-  _globals['_GETCHECKPOINTCONFIGRESPONSE']._serialized_end=2805
-  _globals['_GETCHECKPOINTJOBSPECREQUEST']._serialized_start=2807
-  _globals['_GETCHECKPOINTJOBSPECREQUEST']._serialized_end=2898
-  _globals['_GETCHECKPOINTJOBSPECRESPONSE']._serialized_start=2900
-  _globals['_GETCHECKPOINTJOBSPECRESPONSE']._serialized_end=3005
-  _globals['_GETCHECKPOINTSTATSREQUEST']._serialized_start=3007
-  _globals['_GETCHECKPOINTSTATSREQUEST']._serialized_end=3080
-  _globals['_GETCHECKPOINTSTATSRESPONSE']._serialized_start=3082
-  _globals['_GETCHECKPOINTSTATSRESPONSE']._serialized_end=3157
-  _globals['_READLOGREQUEST']._serialized_start=3159
-  _globals['_READLOGREQUEST']._serialized_end=3284
-  _globals['_READLOGRESPONSE']._serialized_start=3286
-  _globals['_READLOGRESPONSE']._serialized_end=3374
-  _globals['_TAILLOGREQUEST']._serialized_start=3376
-  _globals['_TAILLOGREQUEST']._serialized_end=3490
-  _globals['_TAILLOGRESPONSE']._serialized_start=3492
-  _globals['_TAILLOGRESPONSE']._serialized_end=3560
-  _globals['_VIEWERSTREAMLOGSREQUEST']._serialized_start=3563
-  _globals['_VIEWERSTREAMLOGSREQUEST']._serialized_end=3718
-  _globals['_VIEWER']._serialized_start=3721
-  _globals['_VIEWER']._serialized_end=5102
+  _globals['_VIEWERLISTJOBSREQUEST']._serialized_start=181
+  _globals['_VIEWERLISTJOBSREQUEST']._serialized_end=325
+  _globals['_VIEWERLISTJOBSRESPONSE']._serialized_start=327
+  _globals['_VIEWERLISTJOBSRESPONSE']._serialized_end=425
+  _globals['_VIEWERGETJOBREQUEST']._serialized_start=427
+  _globals['_VIEWERGETJOBREQUEST']._serialized_end=526
+  _globals['_LISTJOBRUNSREQUEST']._serialized_start=528
+  _globals['_LISTJOBRUNSREQUEST']._serialized_end=633
+  _globals['_LISTJOBRUNSRESPONSE']._serialized_start=635
+  _globals['_LISTJOBRUNSRESPONSE']._serialized_end=710
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=712
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=772
+  _globals['_PROJECTSUMMARY']._serialized_start=775
+  _globals['_PROJECTSUMMARY']._serialized_end=930
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=932
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1023
+  _globals['_LISTRUNNINGJOBSREQUEST']._serialized_start=1026
+  _globals['_LISTRUNNINGJOBSREQUEST']._serialized_end=1177
+  _globals['_RUNNINGJOB']._serialized_start=1179
+  _globals['_RUNNINGJOB']._serialized_end=1284
+  _globals['_LISTRUNNINGJOBSRESPONSE']._serialized_start=1286
+  _globals['_LISTRUNNINGJOBSRESPONSE']._serialized_end=1372
+  _globals['_LISTRECENTJOBSREQUEST']._serialized_start=1374
+  _globals['_LISTRECENTJOBSREQUEST']._serialized_end=1444
+  _globals['_LISTRECENTJOBSRESPONSE']._serialized_start=1446
+  _globals['_LISTRECENTJOBSRESPONSE']._serialized_end=1499
+  _globals['_GETDASHBOARDSTATSREQUEST']._serialized_start=1501
+  _globals['_GETDASHBOARDSTATSREQUEST']._serialized_end=1544
+  _globals['_GETDASHBOARDSTATSRESPONSE']._serialized_start=1547
+  _globals['_GETDASHBOARDSTATSRESPONSE']._serialized_end=1979
+  _globals['_CHECKPOINT']._serialized_start=1982
+  _globals['_CHECKPOINT']._serialized_end=2218
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=2220
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=2345
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=2347
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=2440
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=2442
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=2526
+  _globals['_GETLATESTCHECKPOINTREQUEST']._serialized_start=2528
+  _globals['_GETLATESTCHECKPOINTREQUEST']._serialized_end=2618
+  _globals['_GETCHECKPOINTCONFIGREQUEST']._serialized_start=2620
+  _globals['_GETCHECKPOINTCONFIGREQUEST']._serialized_end=2710
+  _globals['_GETCHECKPOINTCONFIGRESPONSE']._serialized_start=2712
+  _globals['_GETCHECKPOINTCONFIGRESPONSE']._serialized_end=2835
+  _globals['_GETCHECKPOINTJOBSPECREQUEST']._serialized_start=2837
+  _globals['_GETCHECKPOINTJOBSPECREQUEST']._serialized_end=2928
+  _globals['_GETCHECKPOINTJOBSPECRESPONSE']._serialized_start=2930
+  _globals['_GETCHECKPOINTJOBSPECRESPONSE']._serialized_end=3035
+  _globals['_GETCHECKPOINTSTATSREQUEST']._serialized_start=3037
+  _globals['_GETCHECKPOINTSTATSREQUEST']._serialized_end=3110
+  _globals['_GETCHECKPOINTSTATSRESPONSE']._serialized_start=3112
+  _globals['_GETCHECKPOINTSTATSRESPONSE']._serialized_end=3187
+  _globals['_READLOGREQUEST']._serialized_start=3189
+  _globals['_READLOGREQUEST']._serialized_end=3314
+  _globals['_READLOGRESPONSE']._serialized_start=3316
+  _globals['_READLOGRESPONSE']._serialized_end=3404
+  _globals['_TAILLOGREQUEST']._serialized_start=3406
+  _globals['_TAILLOGREQUEST']._serialized_end=3520
+  _globals['_TAILLOGRESPONSE']._serialized_start=3522
+  _globals['_TAILLOGRESPONSE']._serialized_end=3590
+  _globals['_VIEWERSTREAMLOGSREQUEST']._serialized_start=3593
+  _globals['_VIEWERSTREAMLOGSREQUEST']._serialized_end=3748
+  _globals['_VIEWER']._serialized_start=3751
+  _globals['_VIEWER']._serialized_end=6080
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,10 @@
 // Drives Baton from Node.js with nothing but protos/: @grpc/proto-loader reads
 // the .proto files at run time, @grpc/grpc-js makes the calls.
 //
-//   node interop.js CONDUCTOR_ADDR VIEWER_ADDR PROTOS_DIR WORKDIR
+//   node interop.js CONDUCTOR_ADDR VIEWER_ADDR PROTOS_DIR WORKDIR [GOOGLEAPIS_DIR]
+//
+// GOOGLEAPIS_DIR holds google/api/annotations.proto and http.proto, which the
+// protos import for their HTTP routes (any copy of googleapis will do).
 //
 // It takes a snapshot of the project's jobs (a watch from revision 0, read up
 // to its SNAPSHOT_END), watches the conductor from its current revision,
@@ -14,10 +17,10 @@
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 
-const [conductorAddr, viewerAddr, protosDir, workdir] = process.argv.slice(2);
+const [conductorAddr, viewerAddr, protosDir, workdir, googleapisDir] = process.argv.slice(2);
 
 const definition = protoLoader.loadSync(["baton/v1/conductor.proto", "baton/v1/viewer.proto"], {
-  includeDirs: [protosDir],
+  includeDirs: googleapisDir ? [protosDir, googleapisDir] : [protosDir],
   keepCase: true, // field names as the protos spell them
   longs: String, // int64 as strings, as in the proto3 JSON mapping
   enums: String,
