@@ -83,6 +83,18 @@ _CONDUCTOR = [
         {"type": Path, "help": "secrets for specs' secret_env: one file per secret, mode 600, in a 700 DIR"},
     ),
     ("--group", {"metavar": "NAME", "help": "a group that may read the status and checkpoint trees"}),
+    (
+        "--retain-ended",
+        {"metavar": "DURATION", "help": "delete ended jobs this long after their end, e.g. 30d"},
+    ),
+    ("--retain-max", {"type": int, "metavar": "N", "help": "keep only the newest N ended jobs"}),
+    (
+        "--retain-checkpoints",
+        {
+            "choices": ["true", "false"],
+            "help": "whether jobs deleted by retention keep their checkpoints (default true)",
+        },
+    ),
 ]
 _VIEWER = [
     ("--watch", {"choices": ["inotify", "poll"], "help": "how to notice changes (default inotify)"}),
@@ -205,7 +217,8 @@ def _conductor_config(args: argparse.Namespace) -> Any:
 
     names = ["home", "status_dir", "checkpoints_dir", "max_running", "heartbeat", "capacity",
              "backfill_window", "slurm", "slurm_partition", "slurm_account", "ray_address",
-             "secrets_dir", "group", *_SHARED]  # fmt: skip
+             "secrets_dir", "group", "retain_ended", "retain_max", "retain_checkpoints",
+             *_SHARED]  # fmt: skip
     return ConductorConfig(
         **_fields(
             args,

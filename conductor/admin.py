@@ -18,6 +18,11 @@ from baton.common.names import name_problem
 from baton.common.safeopen import UnsafePath, refusal
 from baton.conductor import checkpoints as ckpt
 from baton.conductor.lifecycle import Lifecycle, state_name
+from baton.conductor.registry import end_ns
+from baton.v1 import job_pb2
+
+# Jobs deleted per registry write by ClearJobs.
+CLEAR_BATCH = 200
 
 
 class Admin:
@@ -97,17 +102,42 @@ class Admin:
                 reason="CLEAR_FILTER_REQUIRED",
             )
         wanted = set(states) or set(FINAL_STATES)
-        cutoff = time.time() - older_than
-        flt = JobFilter(project, group, name, tuple(wanted))
-        doomed = [
-            j.id for j in self._lc.book.jobs(flt)
-            if j.end_time.ToDatetime().timestamp() <= cutoff or not j.HasField("end_time")
-        ]  # fmt: skip
-        if dry_run:
-            return doomed
-        deleted = []
-        for job_id in doomed:
+        cutoff = int((time.time() - older_than) * 1e9)
+        flt = JobFilter(project, group, name, tuple(sorted(wanted)))
+        out: list[str] = []
+        # Page by page through the indexes, each page deleted in one registry
+        # write: O(k) for k jobs, and the event loop is held a batch at a time.
+        # The next page is read while the last one's write is under way (the
+        # pages go down by seq, so they never overlap).
+        writing: asyncio.Future[list[str]] | None = None
+        async for page in self._lc.book.all_pages(flt, batch=CLEAR_BATCH):
+            doomed = [
+                j
+                for j in page
+                if j.state in FINAL_STATES and (not j.HasField("end_time") or end_ns(j) <= cutoff)
+            ]
+            if dry_run:
+                out += [j.id for j in doomed]
+                continue
+            if writing is not None:
+                out += await writing
+            writing = asyncio.ensure_future(self._delete_page(doomed))
+        if writing is not None:
+            out += await writing
+        return out
+
+    async def _delete_page(self, doomed: list[job_pb2.Job]) -> list[str]:
+        out = []
+        stored = []
+        for job in doomed:
+            if self._lc.jobs_by_id(job.id) is None:
+                stored.append(job)
+                continue
+            # Still in memory: the lifecycle may be finishing with it, so as DeleteJob does.
             with contextlib.suppress(NotFound, FailedPrecondition):
-                await self._lc.delete(job_id)
-                deleted.append(job_id)
-        return deleted
+                await self._lc.delete(job.id)
+                out.append(job.id)
+        if stored:
+            gone = await self._lc.delete_ended(stored, forget=True)
+            out += [g.id for g in gone]
+        return out

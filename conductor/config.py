@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from baton.common.config import ServiceConfig, default_home
+from baton.common.durations import parse_duration
 from baton.common.modes import group_id
 from baton.conductor.capacity import CapacityOverride, parse_capacity
 
@@ -37,6 +38,25 @@ class ConductorConfig(ServiceConfig):
     secrets_dir: Path | None = None
     # A group that shares reading the status and checkpoint trees (a name or gid).
     group: str | None = None
+    # Retention: ended jobs are deleted (record and run directory) once they
+    # ended longer ago than this (seconds; a duration such as 30d on the
+    # command line), and beyond the newest ``retain_max`` ended ones. None: kept.
+    retain_ended: float | None = None
+    retain_max: int | None = Field(default=None, ge=0)
+    # Whether a job deleted by retention keeps its checkpoints (the work, not the record).
+    retain_checkpoints: bool = True
+    # Seconds between retention passes (no flag: tests shorten it).
+    retain_interval: float = Field(default=60.0, gt=0)
+
+    @field_validator("retain_ended", mode="before")
+    @classmethod
+    def _retain_ended(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"--retain-ended {str(value)[:200]!r}: {exc}") from None
 
     @field_validator("group")
     @classmethod

@@ -40,6 +40,8 @@ CATCH_UP_BATCH = 1_000
 # The most events, and about the most bytes, one WatchJobsResponse carries.
 WATCH_BATCH_EVENTS = 1_000
 WATCH_BATCH_BYTES = 1 << 20
+# Jobs read from the registry per trip while a snapshot is sent.
+SNAPSHOT_PAGE = 1_000
 
 
 class _Batch:
@@ -86,6 +88,8 @@ class Feeds:
         self._durable = lifecycle.book.revision
         self._changed = asyncio.Event()
         self._job_wakers: dict[str, set[asyncio.Event]] = {}
+        # The newest version (None: deleted) of each job whose log is followed.
+        self._followed: dict[str, job_pb2.Job | None] = {}
         self.active_log_streams = 0
         self.active_watches = 0
         lifecycle.add_listener(self._on_event)
@@ -109,8 +113,13 @@ class Feeds:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         if event.HasField("job"):
-            for wake in self._job_wakers.get(event.job.id, ()):
-                wake.set()
+            wakers = self._job_wakers.get(event.job.id)
+            if wakers:
+                # A followed job may leave memory once ended: its last word is kept here.
+                deleted = event.type == S.JOB_EVENT_TYPE_DELETED
+                self._followed[event.job.id] = None if deleted else event.job
+                for wake in wakers:
+                    wake.set()
 
     async def _events_after(self, cursor: int) -> list[job_pb2.JobEvent]:
         """Durable events after ``cursor``, from memory or, when older, from disk."""
@@ -158,16 +167,28 @@ class Feeds:
         try:
             cursor = since
             if since == 0:
-                # The book holds only durable changes: it stands at one revision.
-                cursor = self._lc.book.revision
-                jobs = list(self._lc.book.jobs(flt))
-                batch = _Batch()
-                for job in jobs:
-                    ev = batch.add()
-                    ev.revision, ev.type = cursor, S.JOB_EVENT_TYPE_SNAPSHOT
-                    ev.job.CopyFrom(job)
-                    if batch.full(ev):
-                        yield batch.take()
+                # One consistent view of the registry, read a page at a time
+                # off the event loop: it stands at one revision, and the
+                # changes after it follow from the history, none lost or twice.
+                snap = await self._registry.snapshot(flt)
+                try:
+                    cursor = snap.revision
+                    batch = _Batch()
+                    while jobs := await snap.page(SNAPSHOT_PAGE):
+                        for job in jobs:
+                            ev = batch.add()
+                            ev.revision, ev.type = cursor, S.JOB_EVENT_TYPE_SNAPSHOT
+                            ev.job.CopyFrom(job)
+                            if batch.full(ev):
+                                yield batch.take()
+                    for job in self._lc.book.foreign_jobs(flt):
+                        ev = batch.add()
+                        ev.revision, ev.type = cursor, S.JOB_EVENT_TYPE_SNAPSHOT
+                        ev.job.CopyFrom(job)
+                        if batch.full(ev):
+                            yield batch.take()
+                finally:
+                    await snap.close()
                 end = batch.add()
                 end.revision, end.type = cursor, S.JOB_EVENT_TYPE_SNAPSHOT_END
                 yield batch.take()
@@ -214,11 +235,18 @@ class Feeds:
 
     # ------------------------------------------------------------------ logs
 
+    def _current(self, job_id: str, first: job_pb2.Job) -> job_pb2.Job | None:
+        """A followed job as it stands: from memory, else its last event, else as the stream began."""
+        job = self._lc.jobs_by_id(job_id)
+        if job is not None:
+            return job
+        return self._followed.get(job_id, first)
+
     async def logs(
         self, job_id: str, offset: int, tail_lines: int, follow: bool
     ) -> AsyncIterator[job_pb2.LogChunk]:
         """A job's output.log as chunks; a followed log ends with a ``complete`` chunk or NOT_FOUND."""
-        job = self._lc.get(job_id)
+        job = await self._lc.get(job_id)
         wake = asyncio.Event()
         self._job_wakers.setdefault(job_id, set()).add(wake)
         self.active_log_streams += 1
@@ -232,7 +260,7 @@ class Feeds:
                 watcher=self.watcher,
                 wake=wake,
                 heartbeat=self._heartbeat,
-                current=lambda: self._lc.jobs_by_id(job_id),
+                current=lambda: self._current(job_id, job),
                 subject=f"job {job_id}",
                 metadata={"job_id": job_id},
             ):
@@ -246,3 +274,4 @@ class Feeds:
                 wakers.discard(wake)
                 if not wakers:
                     del self._job_wakers[job_id]
+                    self._followed.pop(job_id, None)

@@ -39,7 +39,7 @@ class Inspector:
 
     async def health(self, job_id: str) -> JobHealth:
         """The job's processes now, from its executor, and when it last wrote output."""
-        job = self._lc.get(job_id)
+        job = await self._lc.get(job_id)
         handle, retry_pending = self._lc.launch_of(job_id)
         last_output = await asyncio.to_thread(_mtime, os.path.join(job.run_dir, LOG_FILE))
         if handle is None or not handle.external_id:
@@ -59,7 +59,7 @@ class Inspector:
 
     async def job_step(self, job_id: str, step: int, tail_lines: int) -> tuple[job_pb2.StepStatus, bytes]:
         """One step's status and the last ``tail_lines`` lines of its own output."""
-        job = self._lc.get(job_id)
+        job = await self._lc.get(job_id)
         if step < 1 or step > len(job.steps):
             raise invalid_field("step", f"must be between 1 and {len(job.steps)} (the step count)")
         if tail_lines < 0:

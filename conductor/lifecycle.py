@@ -49,7 +49,7 @@ from baton.common.errors import (
     Unavailable,
     invalid_field,
 )
-from baton.common.jobs import FINAL_STATES, JobFilter
+from baton.common.jobs import FINAL_STATES
 from baton.common.layout import (
     LATEST_REF,
     LOG_FILE,
@@ -70,12 +70,13 @@ from baton.conductor.executors.base import (
     Presence,
     Unsupported,
 )
-from baton.conductor.jobbook import JobBook
+from baton.conductor.jobbook import JobBook, not_found
 from baton.conductor.jobenv import job_environment
 from baton.conductor.orphans import mark_orphans
 from baton.conductor.publisher import Publisher
-from baton.conductor.registry import Registry, StorageError
+from baton.conductor.registry import Registry, StorageError, end_ns
 from baton.conductor.results import RESULT_FILE, read_result
+from baton.conductor.retention import RetentionPolicy, retain
 from baton.conductor.runtime import Run
 from baton.conductor.secrets import SecretStore
 from baton.v1 import job_pb2
@@ -108,8 +109,9 @@ class Observer:
     Called on the event loop, after the registry holds the change; this one does nothing.
     """
 
-    def loaded(self, jobs: list[job_pb2.Job]) -> None:
-        """The jobs found in the registry at start, before any is recovered."""
+    def loaded(self, jobs: list[job_pb2.Job], ended: dict[int, int] | None = None) -> None:
+        """The live jobs found in the registry at start, before any is recovered, and
+        how many ended ones it holds by state (those are not read)."""
 
     def transition(self, job: job_pb2.Job, before: int) -> None:
         """``job`` went from state ``before`` to ``job.state`` (a new job: from UNSPECIFIED)."""
@@ -198,10 +200,14 @@ class Lifecycle:
         heartbeat_interval: float = 30.0,
         backfill_window: float = 300.0,
         secrets: SecretStore | None = None,
+        retention: RetentionPolicy | None = None,
         observer: Observer | None = None,
     ) -> None:
         self._registry = registry
         self._observer = observer or Observer()
+        self._retention = retention or RetentionPolicy()
+        # Ended jobs deleted by retention, since start.
+        self.retention_deleted = 0
         self._secrets = secrets or SecretStore(None)
         self._executors = executors
         self.layout = layout
@@ -217,7 +223,9 @@ class Lifecycle:
         # Queued jobs whose reason says they wait for resources (kept true by ``_schedule``).
         self._waiting: set[str] = set()
         # What reads see: each job as the registry durably holds it.
-        self.book = JobBook()
+        self.book = JobBook(registry)
+        # Ended jobs still in memory, to be evicted once nothing works on them.
+        self._ended: set[str] = set()
         # The lifecycle's working copies: ahead of the book by the writes in flight.
         self._jobs: dict[str, job_pb2.Job] = {}
         self._runs: dict[str, Run] = {}
@@ -239,12 +247,16 @@ class Lifecycle:
     # ------------------------------------------------------------------ start/stop
 
     async def start(self) -> None:
-        """Load the registry and pick up every job that had not ended, each on its own."""
-        stored = await self._registry.open()
-        max_rev = self._registry.max_revision
-        recent = time.time() - 3600
+        """Load what the registry says is live, and pick up each such job on its own.
+
+        Ended jobs stay in the registry: only their counts are read.
+        """
+        opened = await self._registry.open()
+        max_rev = opened.max_revision
+        self._next_seq = opened.next_seq
+        self.book.load_counts(opened.ended_counts)
         damaged: dict[str, Exception] = {}
-        for item in stored:
+        for item in opened.live:
             job = item.job
             try:
                 run = Run.from_json(item.seq, item.runtime)
@@ -253,24 +265,23 @@ class Lifecycle:
                 damaged[job.id] = exc
             self._jobs[job.id] = job
             self._runs[job.id] = run
-            self.book.put(item.seq, job)
+            self.book.put(item.seq, job, stored=True)
             if job.request_id:
                 self._by_request[job.request_id] = job.id
             max_rev = max(max_rev, job.revision)
-            self._next_seq = max(self._next_seq, item.seq + 1)
-            # Repair a status.json whose write a crash may have cut off.
-            if job.state not in FINAL_STATES or job.update_time.seconds >= recent:
-                self._publisher.publish(job)
-        for row in self._registry.damaged:
-            # Unreadable, but its order and its idempotency key stay taken.
-            self._next_seq = max(self._next_seq, row.seq + 1)
+        for row in opened.damaged:
+            # Unreadable, but its idempotency key stays taken.
             if row.request_id:
                 self._by_request[row.request_id] = row.job_id
         self._revision = self.book.revision = max_rev
-        self._observer.loaded(list(self._jobs.values()))
+        self._observer.loaded(list(self._jobs.values()), opened.ended_counts)
+        self._publisher.set_published(opened.published_revision or 0)
+        self._publisher.set_on_published(self._registry.note_published)
+        await self._repair_status_files(opened.published_revision)
         recoveries: list[Coroutine[Any, Any, None]] = []
-        for job in list(self.book.jobs(JobFilter())):
-            if job.state in FINAL_STATES:
+        for item in opened.live:
+            job = item.job
+            if job.id not in self._jobs:
                 continue
             if job.id in damaged:
                 recoveries.append(
@@ -290,14 +301,42 @@ class Lifecycle:
         self._schedule()
         self._spawn_task(self._heartbeats())
         self._spawn_task(self._log_bounds())
+        self._spawn_task(self._evictions())
         self._spawn_task(self._mark_orphans(time.time()))
+        if self._retention.active:
+            self._spawn_task(self._retain())
         log.info(
             "lifecycle_started",
             jobs=len(self._jobs),
+            ended=sum(opened.ended_counts.values()),
             revision=self._revision,
             queued=len(self._queue),
             running=self._slots,
         )
+
+    async def _repair_status_files(self, published: int | None) -> None:
+        """Write again the status files a crash may have left behind their records.
+
+        Only those the registry knows to be stale: changed after the last
+        revision known published, plus running jobs (a heartbeat changes a
+        job without a revision). Run directories of jobs deleted since are
+        removed again.
+        """
+        stale = await self._registry.stale(published)
+        rewritten = 0
+        for job in stale.jobs:
+            if job.id in self._jobs:
+                job = self._jobs[job.id]
+            self._publisher.publish(job)
+            rewritten += 1
+        for job in self._jobs.values():
+            if job.state in _WRITING_STATES and job.revision <= (published or 0):
+                self._publisher.publish(job)
+                rewritten += 1
+        for gone in stale.deleted:
+            self._publisher.remove(gone.id, gone.run_dir, gone.revision)
+        if rewritten or stale.deleted:
+            log.info("status_files_repaired", rewritten=rewritten, removed=len(stale.deleted))
 
     async def stop(self) -> None:
         """Stop supervising; jobs keep running and a new conductor re-attaches."""
@@ -313,6 +352,8 @@ class Lifecycle:
         await asyncio.gather(*waiting, return_exceptions=True)
         for ex in self._executors.values():
             await ex.close()
+        # Written before the registry closes, so it keeps how far publishing got.
+        await asyncio.to_thread(self._publisher.flush, 5.0)
 
     def add_listener(self, listener: EventListener) -> None:
         """Call ``listener`` with every durable change, in revision order.
@@ -332,16 +373,21 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, job_id: str) -> job_pb2.Job:
-        return self.book.get(job_id)
+    async def get(self, job_id: str) -> job_pb2.Job:
+        """The job as reads see it, from memory or the registry; NotFound when there is none."""
+        return await self.book.get(job_id)
+
+    async def lookup(self, job_id: str) -> job_pb2.Job | None:
+        """The job, or None when there is no such job (any more)."""
+        return await self.book.lookup(job_id)
 
     def jobs_by_id(self, job_id: str) -> job_pb2.Job | None:
-        """The job, or None when there is no such job (any more)."""
+        """The job if it is in memory (every live job is), else None; never waits."""
         return self.book.find(job_id)
 
     @property
     def damaged_rows(self) -> int:
-        """Registry rows set aside at start because they could not be read."""
+        """Registry rows found unreadable (at start, or by a read since)."""
         return len(self._registry.damaged)
 
     def executors(self) -> dict[str, Executor]:
@@ -353,7 +399,9 @@ class Lifecycle:
 
     def launch_of(self, job_id: str) -> tuple[Handle | None, bool]:
         """The job's current launch, if any, and whether a retry of it is due."""
-        run = self._run(job_id)
+        run = self._runs.get(job_id)
+        if run is None:  # ended and out of memory: nothing runs
+            return None, False
         return run.handle, run.retry_at is not None
 
     def name_lock(self, key: tuple[str, str, str]) -> asyncio.Lock:
@@ -442,12 +490,14 @@ class Lifecycle:
             owner = self._by_request.get(request_id)
             if owner is None:
                 break
-            if owner not in self._submitting:
-                raise AlreadyExists(
-                    f"request_id {request_id!r} belongs to job {owner}, whose record cannot be read",
-                    reason="REQUEST_ID_REUSED",
-                    metadata={"job_id": owner},
-                )
+            if owner in self._submitting or self.book.find(owner) is not None:
+                # Made by another submit while this one looked in the registry: ask again.
+                continue
+            raise AlreadyExists(
+                f"request_id {request_id!r} belongs to job {owner}, whose record cannot be read",
+                reason="REQUEST_ID_REUSED",
+                metadata={"job_id": owner},
+            )
         job_id = _new_id()
         while job_id in self._jobs:
             job_id = _new_id()
@@ -499,7 +549,23 @@ class Lifecycle:
         """
         job_id = self._by_request.get(request_id)
         if job_id is None:
-            return None
+            # Ended jobs' keys are only in the registry.
+            stored = await self._registry.find_request(request_id)
+            if self._by_request.get(request_id) is not None:
+                # Another submit took the key while this one looked.
+                return await self._submitted(request_id)
+            if stored is None:
+                return None
+            job = await self.book.lookup(stored)
+            if job is None and self._by_request.get(request_id) is not None:
+                return await self._submitted(request_id)
+            if job is None:
+                raise AlreadyExists(
+                    f"request_id {request_id!r} belongs to job {stored}, whose record cannot be read",
+                    reason="REQUEST_ID_REUSED",
+                    metadata={"job_id": stored},
+                )
+            return job
         pending = self._submitting.get(job_id)
         if pending is not None:
             try:
@@ -528,15 +594,11 @@ class Lifecycle:
         return await self._owned(self._cancel(job_id, grace, reason))
 
     async def _cancel(self, job_id: str, grace: float | None, reason: str) -> job_pb2.Job:
-        run = self._run(job_id)
+        run = await self._live_run(job_id, _already_ended)
         async with run.lock:
-            job = self._jobs[job_id]
+            job = await self._locked_job(job_id, _already_ended)
             if job.state in FINAL_STATES:
-                raise FailedPrecondition(
-                    f"job {job_id} has already ended ({state_name(job.state)})",
-                    reason="JOB_ALREADY_ENDED",
-                    metadata={"job_id": job_id, "state": state_name(job.state)},
-                )
+                raise _already_ended(job)
             if job.state == S.JOB_STATE_CANCELLING:
                 return job
             self._refuse_when_degraded()
@@ -570,15 +632,11 @@ class Lifecycle:
         return await self._owned(self._pause(job_id, mode))
 
     async def _pause(self, job_id: str, mode: int) -> job_pb2.Job:
-        run = self._run(job_id)
+        run = await self._live_run(job_id, _not_running)
         async with run.lock:
-            job = self._jobs[job_id]
+            job = await self._locked_job(job_id, _not_running)
             if job.state != S.JOB_STATE_RUNNING:
-                raise FailedPrecondition(
-                    f"job {job_id} is {state_name(job.state)}; only a RUNNING job can be paused",
-                    reason="JOB_NOT_RUNNING",
-                    metadata={"job_id": job_id, "state": state_name(job.state)},
-                )
+                raise _not_running(job)
             executor = self._executors[job.executor]
             if mode == S.PAUSE_MODE_UNSPECIFIED:
                 suspend_ok = S.PAUSE_MODE_SUSPEND in executor.pause_modes
@@ -638,15 +696,11 @@ class Lifecycle:
         return await self._owned(self._resume(job_id))
 
     async def _resume(self, job_id: str) -> job_pb2.Job:
-        run = self._run(job_id)
+        run = await self._live_run(job_id, _not_paused)
         async with run.lock:
-            job = self._jobs[job_id]
+            job = await self._locked_job(job_id, _not_paused)
             if job.state != S.JOB_STATE_PAUSED:
-                raise FailedPrecondition(
-                    f"job {job_id} is {state_name(job.state)}; only a PAUSED job can be resumed",
-                    reason="JOB_NOT_PAUSED",
-                    metadata={"job_id": job_id, "state": state_name(job.state)},
-                )
+                raise _not_paused(job)
             self._refuse_when_degraded()
             if run.paused_at is not None:
                 run.paused_seconds += max(0.0, time.time() - run.paused_at)
@@ -668,9 +722,7 @@ class Lifecycle:
                 if short:
                     run.waiting_since = time.time()
                     self._waiting.add(job_id)
-                await self._commit(
-                    job_id, lambda j: _set(j, state=S.JOB_STATE_QUEUED, reason=reason)
-                )[1]
+                await self._commit(job_id, lambda j: _set(j, state=S.JOB_STATE_QUEUED, reason=reason))[1]
                 self._queue.appendleft(job_id)
                 self._schedule()
             return self._jobs[job_id]
@@ -680,38 +732,131 @@ class Lifecycle:
         return await self._owned(self._delete(job_id))
 
     async def _delete(self, job_id: str) -> int:
-        run = self._run(job_id)
-        async with run.lock:
-            job = self._jobs[job_id]
-            if job.state not in FINAL_STATES:
-                raise FailedPrecondition(
-                    f"job {job_id} is {state_name(job.state)}; only an ended job can be deleted",
-                    reason="JOB_NOT_ENDED",
-                    metadata={"job_id": job_id, "state": state_name(job.state)},
-                )
-            self._refuse_when_degraded()
+        run = self._runs.get(job_id)
+        if run is not None and self.book.find(job_id) is not None:
+            async with run.lock:
+                job = self._jobs.get(job_id)
+                if job is not None:
+                    if job.state not in FINAL_STATES:
+                        raise _not_ended(job)
+                    return await self._delete_one(job)
+        # Ended and out of memory (or evicted while this waited): from the registry.
+        stored = await self.book.lookup(job_id)
+        if stored is None:
+            raise not_found(job_id)
+        if stored.state not in FINAL_STATES:
+            raise _not_ended(stored)
+        return await self._delete_one(stored)
+
+    async def _delete_one(self, job: job_pb2.Job) -> int:
+        self._refuse_when_degraded()
+        gone = await self.delete_ended([job])
+        if not gone:
+            raise not_found(job.id)  # another deletion of it came first
+        executor = self._executors.get(job.executor)
+        if executor is not None:
+            await executor.forget(job.id)
+        return gone[0].revision
+
+    async def delete_ended(
+        self, jobs: list[job_pb2.Job], *, forget: bool = False, checkpoints: bool = False
+    ) -> list[job_pb2.Job]:
+        """Delete ended jobs in one registry write; those deleted, each at its deletion's revision.
+
+        Each gets a revision of its own. A job already gone (deleted by
+        another call meanwhile) is skipped: its revision settles with nothing
+        to show. Run directories go in the background, after the jobs have
+        left every answer; with ``forget`` the executors' records of them
+        too, with ``checkpoints`` each run's own checkpoint directory too.
+        Carried through even when its caller goes away.
+        """
+        self._refuse_when_degraded()
+        return await self._owned(self._delete_ended(jobs, forget, checkpoints))
+
+    async def _delete_ended(
+        self, jobs: list[job_pb2.Job], forget: bool, checkpoints: bool
+    ) -> list[job_pb2.Job]:
+        gone = []
+        for job in jobs:
             self._revision += 1
-            gone = job_pb2.Job()
-            gone.CopyFrom(job)
-            gone.revision = self._revision
-            fut = self._registry.delete(gone)
-            fut.add_done_callback(functools.partial(self._deleted, gone))
-            try:
-                await fut
-            except Exception as exc:
-                raise Internal("the conductor could not record the deletion; see its log") from exc
-            del self._jobs[job_id]
-            del self._runs[job_id]
-            if job.request_id:
-                self._by_request.pop(job.request_id, None)
-            await self._executors[job.executor].forget(job_id)
-            return gone.revision
+            copy = job_pb2.Job()
+            copy.CopyFrom(job)
+            copy.revision = self._revision
+            gone.append(copy)
+        fut = self._registry.delete(gone)
+        fut.add_done_callback(functools.partial(self._deleted, gone))
+        try:
+            removed = await fut
+        except Exception as exc:
+            raise Internal("the conductor could not record the deletion; see its log") from exc
+        out = []
+        forgotten = []
+        for g in gone:
+            if g.id not in removed:
+                continue
+            out.append(g)
+            self._jobs.pop(g.id, None)
+            self._runs.pop(g.id, None)
+            self._ended.discard(g.id)
+            if g.request_id and self._by_request.get(g.request_id) == g.id:
+                del self._by_request[g.request_id]
+            forgotten.append((g.executor, g.id))
+            if checkpoints:
+                self._publisher.remove_checkpoints(g.id, g.checkpoint_dir, g.revision)
+        if forget and forgotten:
+            self._spawn_task(self._forget(forgotten))
+        return out
+
+    async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
+        """Ended jobs in the order they ended, oldest first, that nothing works on now."""
+        stored = await self._registry.oldest_ended(limit, ended_before_ns)
+        idle = {}
+        for job_id in self._ended:
+            job = self._jobs.get(job_id)
+            run = self._runs.get(job_id)
+            if job is None or run is None or run.lock.locked() or self.book.find(job_id) is not job:
+                continue
+            if ended_before_ns is None or end_ns(job) < ended_before_ns:
+                idle[job_id] = job
+        # Jobs in memory but busy (or not yet shown ended) are left for the next pass.
+        merged = [j for j in stored if j.id not in self._jobs] + list(idle.values())
+        merged.sort(key=lambda j: (end_ns(j), j.create_time.ToNanoseconds(), j.id))
+        if len(stored) >= limit:
+            # The registry may hold more past the last it gave: nothing beyond it.
+            last = end_ns(stored[-1])
+            merged = [j for j in merged if end_ns(j) <= last]
+        return merged[:limit]
+
+    async def _forget(self, jobs: list[tuple[str, str]]) -> None:
+        by_executor: dict[str, list[str]] = {}
+        for executor, job_id in jobs:
+            by_executor.setdefault(executor, []).append(job_id)
+        for executor, job_ids in by_executor.items():
+            ex = self._executors.get(executor)
+            if ex is not None:
+                try:
+                    await ex.forget_many(job_ids)
+                except Exception as exc:  # records left behind cost disk, not correctness
+                    log.warning("forget_failed", executor=executor, error=repr(exc)[:200])
 
     # ------------------------------------------------------------------ internals
 
-    def _run(self, job_id: str) -> Run:
-        self.book.get(job_id)
-        return self._runs[job_id]
+    async def _live_run(self, job_id: str, refusal: Callable[[job_pb2.Job], BatonError]) -> Run:
+        """The Run of a job in memory; for an ended job only the registry has, ``refusal`` of it."""
+        if self.book.find(job_id) is not None:
+            return self._runs[job_id]
+        raise await self._refusal_for(job_id, refusal)
+
+    async def _locked_job(self, job_id: str, refusal: Callable[[job_pb2.Job], BatonError]) -> job_pb2.Job:
+        """The job, once its lock is held; evicted while waiting means it ended: ``refusal``."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        raise await self._refusal_for(job_id, refusal)
+
+    async def _refusal_for(self, job_id: str, refusal: Callable[[job_pb2.Job], BatonError]) -> BatonError:
+        stored = await self.book.lookup(job_id)
+        return not_found(job_id) if stored is None else refusal(stored)
 
     def _refuse_when_degraded(self) -> None:
         """Refuse a change up front while storage fails, rather than hang on it."""
@@ -760,8 +905,14 @@ class Lifecycle:
                 # Nothing to show at this revision, but it is settled.
                 self._emit(job_pb2.JobEvent(revision=job.revision))
             return
-        self.book.put(seq, job)
+        self.book.put(seq, job, stored=True)
         self._publisher.publish(job)
+        if job.state in FINAL_STATES and job.id not in self._ended:
+            self._ended.add(job.id)
+            executor = self._executors.get(job.executor)
+            # Its exit is recorded for good: the launch records go.
+            for path in executor.ended_records(job.run_dir) if executor is not None and job.run_dir else ():
+                self._publisher.remove_records(job.id, path, job.revision)
         if not event:
             return
         if before != job.state:
@@ -776,16 +927,25 @@ class Lifecycle:
             )
         self._emit(job_pb2.JobEvent(revision=job.revision, job=job, type=S.JOB_EVENT_TYPE_UPDATED))
 
-    def _deleted(self, gone: job_pb2.Job, fut: asyncio.Future[None]) -> None:
+    def _deleted(self, gone: list[job_pb2.Job], fut: asyncio.Future[set[str]]) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            log.error("registry_write_failed", job_id=gone.id, error=_error_text(fut))
-            self._emit(job_pb2.JobEvent(revision=gone.revision))
+            log.error("registry_write_failed", job_ids=[g.id for g in gone[:10]], error=_error_text(fut))
+            for g in gone:
+                self._emit(job_pb2.JobEvent(revision=g.revision))
             return
-        self.book.remove(gone.id, gone.revision)
-        self._observer.deleted(gone)
-        self._publisher.remove(gone.id, gone.run_dir)
-        log.info("job_deleted", job_id=gone.id, revision=gone.revision)
-        self._emit(job_pb2.JobEvent(revision=gone.revision, job=gone, type=S.JOB_EVENT_TYPE_DELETED))
+        removed = fut.result()
+        for g in gone:
+            if g.id not in removed:
+                self._emit(job_pb2.JobEvent(revision=g.revision))
+                continue
+            self.book.remove(g, g.revision)
+            self._observer.deleted(g)
+            self._publisher.remove(g.id, g.run_dir, g.revision)
+            if len(gone) == 1:
+                log.info("job_deleted", job_id=g.id, revision=g.revision)
+            self._emit(job_pb2.JobEvent(revision=g.revision, job=g, type=S.JOB_EVENT_TYPE_DELETED))
+        if len(gone) > 1:
+            log.info("jobs_deleted", count=len(removed), last_revision=gone[-1].revision)
 
     def _emit(self, event: job_pb2.JobEvent) -> None:
         for listener in list(self._listeners):
@@ -1466,10 +1626,58 @@ class Lifecycle:
     # ------------------------------------------------------------------ recovery
 
     async def _mark_orphans(self, started: float) -> None:
-        # The live dict, not a copy: membership reads are safe from a thread.
-        marked = await asyncio.to_thread(mark_orphans, self.layout.status_dir, self._jobs, started)
+        marked = await asyncio.to_thread(
+            mark_orphans, self.layout.status_dir, _Known(self._jobs, self._registry), started
+        )
         if marked:
             log.warning("orphaned_runs_marked", count=len(marked))
+
+    async def _evictions(self) -> None:
+        """Let go of ended jobs that nothing works on any more: the registry serves them."""
+        while True:
+            await asyncio.sleep(EVICT_INTERVAL)
+            self.evict_ended()
+
+    def evict_ended(self) -> int:
+        """Evict every ended job that is durable and idle now; how many went."""
+        evicted = 0
+        # A new id is checked against memory only, and ids start with their
+        # second: a job made this second (or the last) stays until it is past.
+        recent = int(time.time()) - 2
+        for job_id in list(self._ended):
+            job = self._jobs.get(job_id)
+            run = self._runs.get(job_id)
+            if job is None or run is None:
+                self._ended.discard(job_id)
+                continue
+            # Its newest version durable and shown, its lock free, nothing of it pending.
+            busy = run.lock.locked() or run.timers or (run.waiter is not None and not run.waiter.done())
+            if busy or self.book.find(job_id) is not job or job.create_time.seconds >= recent:
+                continue
+            self._ended.discard(job_id)
+            del self._jobs[job_id]
+            del self._runs[job_id]
+            if job.request_id and self._by_request.get(job.request_id) == job_id:
+                del self._by_request[job.request_id]
+            self._name_locks_drop((job.project, job.group, job.name))
+            self.book.evict(job_id)
+            evicted += 1
+        return evicted
+
+    def _name_locks_drop(self, key: tuple[str, str, str]) -> None:
+        lock = self._name_locks.get(key)
+        # Unheld and unawaited: whoever asks next makes a new one.
+        if lock is not None and not lock.locked() and not getattr(lock, "_waiters", None):
+            del self._name_locks[key]
+
+    async def _retain(self) -> None:
+        """Delete ended jobs past the retention policy, now and then, in the background."""
+        while True:
+            try:
+                self.retention_deleted += await retain(self, self._retention)
+            except Exception as exc:  # a failed pass is tried again at the next
+                log.error("retention_failed", error=repr(exc)[:200], exc_info=exc)
+            await asyncio.sleep(self._retention.interval)
 
     async def _recover_guarded(self, job_id: str) -> None:
         try:
@@ -1528,6 +1736,22 @@ class Lifecycle:
                 await self._launch(
                     job_id, step=job.step or job.start_step or 1, attempt=job.attempt or 1, resume=False
                 )
+
+
+# How often ended jobs are let go of from memory (seconds).
+EVICT_INTERVAL = 1.0
+
+
+class _Known:
+    """Job ids the conductor has: in memory, or in the registry (read from the orphan scan's thread)."""
+
+    def __init__(self, live: dict[str, job_pb2.Job], registry: Registry) -> None:
+        self._live = live
+        self._registry = registry
+
+    def __contains__(self, job_id: object) -> bool:
+        # The live dict, not a copy: membership reads are safe from a thread.
+        return isinstance(job_id, str) and (job_id in self._live or self._registry.contains_blocking(job_id))
 
 
 # States in which a job's processes may still write its log.
@@ -1642,7 +1866,39 @@ def _unexpected_failure(task: asyncio.Task[Any]) -> None:
         log.error("command_failed", error=repr(exc)[:200], exc_info=exc)
 
 
-def _error_text(fut: asyncio.Future[None]) -> str:
+def _already_ended(job: job_pb2.Job) -> BatonError:
+    return FailedPrecondition(
+        f"job {job.id} has already ended ({state_name(job.state)})",
+        reason="JOB_ALREADY_ENDED",
+        metadata={"job_id": job.id, "state": state_name(job.state)},
+    )
+
+
+def _not_running(job: job_pb2.Job) -> BatonError:
+    return FailedPrecondition(
+        f"job {job.id} is {state_name(job.state)}; only a RUNNING job can be paused",
+        reason="JOB_NOT_RUNNING",
+        metadata={"job_id": job.id, "state": state_name(job.state)},
+    )
+
+
+def _not_paused(job: job_pb2.Job) -> BatonError:
+    return FailedPrecondition(
+        f"job {job.id} is {state_name(job.state)}; only a PAUSED job can be resumed",
+        reason="JOB_NOT_PAUSED",
+        metadata={"job_id": job.id, "state": state_name(job.state)},
+    )
+
+
+def _not_ended(job: job_pb2.Job) -> BatonError:
+    return FailedPrecondition(
+        f"job {job.id} is {state_name(job.state)}; only an ended job can be deleted",
+        reason="JOB_NOT_ENDED",
+        metadata={"job_id": job.id, "state": state_name(job.state)},
+    )
+
+
+def _error_text(fut: asyncio.Future[Any]) -> str:
     return "cancelled" if fut.cancelled() else repr(fut.exception())[:200]
 
 

@@ -73,8 +73,8 @@ class ConductorMetrics(ServiceMetrics, Observer):
 
     # ------------------------------------------------------------ Observer
 
-    def loaded(self, jobs: list[job_pb2.Job]) -> None:
-        counts: dict[int, int] = {}
+    def loaded(self, jobs: list[job_pb2.Job], ended: dict[int, int] | None = None) -> None:
+        counts: dict[int, int] = dict(ended or {})
         for job in jobs:
             counts[job.state] = counts.get(job.state, 0) + 1
             if job.state == S.JOB_STATE_QUEUED:

@@ -5,11 +5,17 @@ viewer and any other reader. The lifecycle hands a version here only once the
 registry holds it. Writes for one job coalesce (only the newest version
 matters), happen in order, and are atomic (temp file + rename). A write that
 fails (a full disk) is tried again, with the newest version, until it succeeds.
+
+The publisher also says how far it has got: every version up to revision
+``published`` is on disk (``on_published``). The registry keeps that mark, so
+a restarted conductor writes again only the status files changed after it,
+never every one.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -22,49 +28,97 @@ from baton.v1 import job_pb2
 log = structlog.get_logger(__name__)
 RETRY_MAX_SECONDS = 2.0
 
+# (directory, newest Job to write there, or None to remove the directory; its tree's root; revision)
+_Item = tuple[Path, job_pb2.Job | None, Path, int]
+
 
 class Publisher:
-    def __init__(self, status_root: Path) -> None:
+    def __init__(
+        self,
+        status_root: Path,
+        *,
+        checkpoints_root: Path | None = None,
+        on_published: Callable[[int], None] | None = None,
+    ) -> None:
         # Run directories are removed only beneath this, through no link.
         self._status_root = status_root
-        # job id -> (run dir, newest Job to write, or None to remove the run dir)
-        self._pending: dict[str, tuple[Path, job_pb2.Job | None]] = {}
+        self._checkpoints_root = checkpoints_root
+        self._on_published = on_published
+        # key (job id, or "checkpoints:" + job id) -> what to do
+        self._pending: dict[str, _Item] = {}
         self._cond = threading.Condition()
         self._idle = threading.Event()
         self._idle.set()
         self._stopping = False
+        # The highest revision handed here, and what is being written now.
+        self._handed = 0
+        self._writing: list[int] = []
+        self.published = 0
         self._thread = threading.Thread(target=self._run, name="status-publisher", daemon=True)
         self._thread.start()
 
+    def set_published(self, revision: int) -> None:
+        """Where a restarted conductor found the mark: nothing before it needs writing."""
+        with self._cond:
+            self._handed = max(self._handed, revision)
+            self.published = max(self.published, revision)
+
+    def set_on_published(self, callback: Callable[[int], None]) -> None:
+        self._on_published = callback
+
     def publish(self, job: job_pb2.Job) -> None:
         """Queue ``job`` to be written to <run_dir>/status.json."""
-        self._put(job.id, Path(job.run_dir), job)
+        self._put(job.id, (Path(job.run_dir), job, self._status_root, job.revision))
 
-    def _remove(self, run_dir: Path) -> None:
-        """Delete a run directory, never through a link: a project, group or
-        name directory that is a link out of the tree deletes nothing."""
+    def remove(self, job_id: str, run_dir: str, revision: int = 0) -> None:
+        """Queue the removal of a deleted job's run directory."""
+        self._put(job_id, (Path(run_dir), None, self._status_root, revision))
+
+    def remove_checkpoints(self, job_id: str, checkpoint_dir: str, revision: int = 0) -> None:
+        """Queue the removal of a deleted run's own checkpoint directory."""
+        if self._checkpoints_root is None or not checkpoint_dir:
+            return
+        self._put("checkpoints:" + job_id, (Path(checkpoint_dir), None, self._checkpoints_root, revision))
+
+    def remove_records(self, job_id: str, path: str, revision: int = 0) -> None:
+        """Queue the removal of an ended job's launch records (a directory under its run directory)."""
+        self._put("records:" + job_id, (Path(path), None, self._status_root, revision))
+
+    def _remove(self, root: Path, path: Path) -> None:
+        """Delete a directory, never through a link: a parent directory that is
+        a link out of the tree deletes nothing."""
         try:
-            with dir_without_links(self._status_root, run_dir.parent) as pfd:
-                remove_beneath(pfd, run_dir.name)
+            with dir_without_links(root, path.parent) as pfd:
+                remove_beneath(pfd, path.name)
         except FileNotFoundError:
             pass
         except UnsafePath as exc:
-            log.warning("run_dir_not_removed", run_dir=str(run_dir), why=str(exc))
+            log.warning("run_dir_not_removed", run_dir=str(path), why=str(exc))
 
-    def remove(self, job_id: str, run_dir: str) -> None:
-        """Queue the removal of a deleted job's run directory."""
-        self._put(job_id, Path(run_dir), None)
-
-    def _put(self, job_id: str, run_dir: Path, job: job_pb2.Job | None) -> None:
+    def _put(self, key: str, item: _Item) -> None:
         with self._cond:
-            self._pending[job_id] = (run_dir, job)
+            self._pending[key] = item
+            self._handed = max(self._handed, item[3])
             self._idle.clear()
             self._cond.notify()
+
+    def _mark(self) -> int:
+        """Every revision below the lowest still pending is written. Called with the lock held."""
+        low = min((item[3] for item in self._pending.values()), default=None)
+        if self._writing:
+            first = min(self._writing)
+            low = first if low is None else min(low, first)
+        return self._handed if low is None else low - 1
 
     def _run(self) -> None:
         backoff = 0.0
         while True:
             with self._cond:
+                mark = self._mark()
+                if mark > self.published:
+                    self.published = mark
+                    if self._on_published is not None:
+                        self._on_published(mark)
                 if backoff:
                     # Something failed: wait a little before writing it again.
                     self._cond.wait(backoff)
@@ -75,27 +129,27 @@ class Publisher:
                     self._idle.set()
                     return
                 batch, self._pending = self._pending, {}
+                self._writing = [item[3] for item in batch.values()]
             failed = {}
-            for job_id, (run_dir, job) in batch.items():
+            for key, item in batch.items():
+                path, job, root, _ = item
                 try:
                     if job is None:
-                        self._remove(run_dir)
+                        self._remove(root, path)
                     else:
-                        write_job(run_dir / STATUS_FILE, job)
+                        write_job(path / STATUS_FILE, job)
                 except OSError as exc:
                     if not backoff:
-                        log.error("status_write_failed", run_dir=str(run_dir), error=exc.strerror)
-                    failed[job_id] = (run_dir, job)
-            if not failed:
-                backoff = 0.0
-                continue
+                        log.error("status_write_failed", run_dir=str(path), error=exc.strerror)
+                    failed[key] = item
             with self._cond:
-                for job_id, item in failed.items():
+                self._writing = []
+                for key, item in failed.items():
                     # A newer version queued meanwhile replaces the one that failed.
-                    self._pending.setdefault(job_id, item)
-                if self._stopping:
+                    self._pending.setdefault(key, item)
+                if self._stopping and failed:
                     self._pending.clear()
-            backoff = min(RETRY_MAX_SECONDS, max(0.05, backoff * 2))
+            backoff = min(RETRY_MAX_SECONDS, max(0.05, backoff * 2)) if failed else 0.0
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until everything queued so far is written (for shutdown and tests)."""

@@ -1,10 +1,18 @@
 """The registry: the durable record of every job and of every change to one.
 
-The lifecycle decides; the registry remembers. One interface, one embedded
-implementation (SQLite in WAL mode). Writes go through a single writer thread
-that commits whatever has queued up in one transaction (group commit), so a
-burst of submissions costs one fsync, not one each, and no SQLite call ever
-runs on the event loop.
+The lifecycle decides; the registry remembers. One interface (``Registry``),
+two implementations chosen by ``make_registry`` (as Flower's link state is):
+the embedded one (SQLite in WAL mode, here) and one in memory
+(``conductor.memregistry``, for tests and throwaway conductors). One contract
+test suite (tests/test_registry_contract.py) runs against both.
+
+The conductor keeps only live jobs in memory; ended ones are read back from
+here, page by page, through indexes that serve every filter ListJobs offers in
+its order (newest submission first). No SQLite call ever runs on the event
+loop: writes go through a single writer thread that commits whatever has
+queued up in one transaction (group commit), so a burst of submissions costs
+one fsync, not one each; reads run on a small pool of reader threads, each
+with its own connection.
 
 When storage fails (a full disk, an I/O error), the two kinds of write part
 ways. A new job (``insert``) is refused at once with a ``StorageError``: its
@@ -22,18 +30,22 @@ import abc
 import asyncio
 import contextlib
 import errno
+import functools
+import heapq
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
+from baton.common.jobs import FINAL_STATES, JobFilter
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -42,8 +54,19 @@ log = structlog.get_logger(__name__)
 DEFAULT_EVENT_HISTORY = 100_000
 # How long the writer waits before writing a failed change again, at most.
 RETRY_MAX_SECONDS = 2.0
+# Read transactions (and connections) that WatchJobs snapshots share, at most.
+SNAPSHOT_CONNECTIONS = 2
+# A snapshot starting within this many seconds of another shares its transaction.
+SNAPSHOT_SHARE_SECONDS = 2.0
+# With no published mark to go by, a restart writes again the status files of
+# live jobs and of jobs that ended this recently (what older conductors did).
+STALE_FALLBACK_SECONDS = 3600.0
+# The name ``make_registry`` takes for a registry kept in memory only.
+IN_MEMORY = ":memory:"
 _SQLITE_FULL = 13
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_FINAL = tuple(sorted(FINAL_STATES))
+T = TypeVar("T")
 
 
 class StorageError(Exception):
@@ -72,26 +95,6 @@ def storage_error(exc: BaseException) -> StorageError | None:
     return None
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL UNIQUE,
-    state INTEGER NOT NULL,
-    request_id TEXT UNIQUE,
-    revision INTEGER NOT NULL,
-    job BLOB NOT NULL,
-    runtime TEXT
-);
-CREATE TABLE IF NOT EXISTS events (
-    revision INTEGER PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    type INTEGER NOT NULL,
-    job BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
-"""
-
-
 @dataclass
 class StoredJob:
     """One job as loaded at start: the Job, its order and the lifecycle's runtime notes."""
@@ -103,7 +106,7 @@ class StoredJob:
 
 @dataclass(frozen=True)
 class DamagedRow:
-    """A job row that could not be read at open: left in place, its key and order still taken."""
+    """A job row that could not be read: left in place, its key and order still taken."""
 
     job_id: str
     seq: int
@@ -117,22 +120,79 @@ class StoredEvent:
     job: job_pb2.Job
 
 
+@dataclass
+class Opened:
+    """What a conductor needs at start, and nothing more: never every ended job."""
+
+    # Jobs that have not ended, in submission order.
+    live: list[StoredJob]
+    # Ended jobs, by state (the live ones count themselves).
+    ended_counts: dict[int, int]
+    # The highest revision any change was given (0 for a new registry).
+    max_revision: int
+    # The next submission's order: above every row's, readable or not.
+    next_seq: int
+    # Every status.json for a change up to this revision is known written
+    # (``note_published``); None when the registry has no such mark yet.
+    published_revision: int | None
+    # Live rows that could not be read.
+    damaged: list[DamagedRow] = field(default_factory=list)
+
+
+@dataclass
+class Stale:
+    """Status files that a restart must write again (``Registry.stale``)."""
+
+    # Jobs whose status.json may be older than their record.
+    jobs: list[job_pb2.Job]
+    # The last version of jobs deleted since: their run directories may still be there.
+    deleted: list[job_pb2.Job]
+
+
+def end_ns(job: job_pb2.Job) -> int:
+    """When an ended job ended, in nanoseconds (0 when it says not)."""
+    return job.end_time.ToNanoseconds() if job.HasField("end_time") else 0
+
+
+def ended_states(flt: JobFilter) -> tuple[int, ...]:
+    """The ended states a filter asks for (all of them when it names none)."""
+    if not flt.states:
+        return _FINAL
+    return tuple(s for s in _FINAL if s in flt.states)
+
+
+class Snapshot(abc.ABC):
+    """One consistent view of every job, read page by page while changes go on.
+
+    ``revision`` is the revision the view stands at: every change up to it is
+    in the view, none after it. Pages come in submission order, oldest first.
+    """
+
+    revision: int
+
+    @abc.abstractmethod
+    async def page(self, limit: int) -> list[job_pb2.Job]:
+        """The next ``limit`` matching jobs at most; empty at the end."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
 class Registry(abc.ABC):
-    """What the lifecycle needs from storage. Every write is durable once awaited."""
+    """What the lifecycle needs from storage. Every write is durable once awaited.
+
+    Reads never block the event loop. The ones that take a filter serve ended
+    jobs only: the lifecycle holds the live ones.
+    """
 
     @abc.abstractmethod
-    async def open(self) -> list[StoredJob]:
-        """Open storage and return every job in submission order."""
-
-    @property
-    @abc.abstractmethod
-    def max_revision(self) -> int:
-        """The highest revision logged when the registry was opened."""
+    async def open(self) -> Opened:
+        """Open storage and read what a start needs: live jobs, counts, the revision."""
 
     @property
     @abc.abstractmethod
     def damaged(self) -> list[DamagedRow]:
-        """The rows ``open`` could not read (it returned the others)."""
+        """Rows found unreadable so far (at open, or by a read since)."""
 
     @abc.abstractmethod
     def insert(self, seq: int, job: job_pb2.Job, runtime: str | None) -> asyncio.Future[None]:
@@ -151,8 +211,55 @@ class Registry(abc.ABC):
         """The storage fault that keeps changes from being written now, if any."""
 
     @abc.abstractmethod
-    def delete(self, job: job_pb2.Job) -> asyncio.Future[None]:
-        """Remove a job and log its deletion at job.revision."""
+    def delete(self, jobs: list[job_pb2.Job]) -> asyncio.Future[set[str]]:
+        """Remove jobs and log each one's deletion at its job.revision, all in one write.
+
+        Resolves to the ids removed: a job already gone is neither removed
+        nor logged again, so two deletions of one job never both happen.
+        """
+
+    @abc.abstractmethod
+    def note_published(self, revision: int) -> None:
+        """Every status.json up to ``revision`` is written: remembered with the next write, not durably."""
+
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> job_pb2.Job | None:
+        """The job, or None when there is none (or its row cannot be read)."""
+
+    @abc.abstractmethod
+    async def find_request(self, request_id: str) -> str | None:
+        """The id of the job submitted with ``request_id``, if any."""
+
+    @abc.abstractmethod
+    def contains_blocking(self, job_id: str) -> bool:
+        """Whether a row has this id (blocking: for a worker thread)."""
+
+    @abc.abstractmethod
+    async def ended(
+        self, flt: JobFilter, after: int | None, limit: int, *, newest_first: bool = True
+    ) -> list[tuple[int, job_pb2.Job]]:
+        """Ended jobs matching ``flt`` as (seq, job), in submission order, from just past ``after``.
+
+        Newest first: seqs below ``after``; else oldest first: seqs above it.
+        Fewer than ``limit`` only when no more match: a row that cannot be
+        read is left out (and noted in ``damaged``), the page filled past it.
+        """
+
+    @abc.abstractmethod
+    async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
+        """Ended jobs in the order they ended, oldest first; only those ended before the bound."""
+
+    @abc.abstractmethod
+    async def snapshot(self, flt: JobFilter) -> Snapshot:
+        """A consistent view of every job matching ``flt`` (its states ignored)."""
+
+    @abc.abstractmethod
+    async def stale(self, published: int | None) -> Stale:
+        """Jobs changed or deleted after revision ``published``.
+
+        With no mark (None), or one older than the kept history: the live
+        jobs and those that ended in the last ``STALE_FALLBACK_SECONDS``.
+        """
 
     @abc.abstractmethod
     async def events_after(self, revision: int, limit: int) -> list[StoredEvent]:
@@ -166,33 +273,252 @@ class Registry(abc.ABC):
     async def close(self) -> None: ...
 
 
-_Op = Callable[[sqlite3.Connection], None]
+def make_registry(database: str | Path, *, event_history: int = DEFAULT_EVENT_HISTORY) -> Registry:
+    """The registry for ``database``: a SQLite file, or ``IN_MEMORY`` for one kept in memory."""
+    if str(database) == IN_MEMORY:
+        from baton.conductor.memregistry import InMemoryRegistry
+
+        return InMemoryRegistry(event_history=event_history)
+    return SqliteRegistry(Path(database), event_history=event_history)
+
+
+def merge_streams(
+    streams: Iterable[list[tuple[int, T]]], limit: int, *, newest_first: bool
+) -> list[tuple[int, T]]:
+    """Merge streams each sorted by seq, keeping only what every stream has reached.
+
+    A stream that came back full (``limit`` rows) may have more past its last
+    seq, so nothing beyond that seq is taken from the others either.
+    """
+    lists = [s for s in streams if s]
+    bound: int | None = None
+    for s in lists:
+        if len(s) >= limit:
+            last = s[-1][0]
+            bound = last if bound is None else (max(bound, last) if newest_first else min(bound, last))
+    if newest_first:
+        merged = heapq.merge(*lists, key=lambda r: -r[0])
+        inside = (lambda seq: True) if bound is None else (lambda seq: seq >= bound)
+    else:
+        merged = heapq.merge(*lists, key=lambda r: r[0])
+        inside = (lambda seq: True) if bound is None else (lambda seq: seq <= bound)
+    out: list[tuple[int, T]] = []
+    for row in merged:
+        if len(out) == limit or not inside(row[0]):
+            break
+        out.append(row)
+    return out
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    state INTEGER NOT NULL,
+    request_id TEXT UNIQUE,
+    revision INTEGER NOT NULL,
+    job BLOB NOT NULL,
+    runtime TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    revision INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    type INTEGER NOT NULL,
+    job BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+# Columns added in schema 2, filled from each row's Job: what the indexes need.
+_COLUMNS = (
+    ("project", "TEXT NOT NULL DEFAULT ''"),
+    ("grp", "TEXT NOT NULL DEFAULT ''"),
+    ("name", "TEXT NOT NULL DEFAULT ''"),
+    # The state of an ended job, NULL while it lives: ended jobs alone are indexed.
+    ("final_state", "INTEGER"),
+    ("end_ns", "INTEGER"),
+)
+# Partial indexes over ended jobs only, so a live job's changes touch none of
+# them; each ends in seq, so a filter reads its page in order and stops.
+# A filter naming the job's name uses the name's index (a name is rare), one
+# naming project and group theirs, and so on.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_live ON jobs (seq) WHERE final_state IS NULL;
+CREATE INDEX IF NOT EXISTS ended_all ON jobs (final_state, seq) WHERE final_state IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ended_p ON jobs (final_state, project, seq) WHERE final_state IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ended_pg ON jobs (final_state, project, grp, seq) WHERE final_state IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ended_pgn ON jobs (final_state, project, grp, name, seq)
+    WHERE final_state IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ended_g ON jobs (final_state, grp, seq) WHERE final_state IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ended_n ON jobs (final_state, name, seq) WHERE final_state IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ended_by_end ON jobs (end_ns, seq) WHERE final_state IS NOT NULL;
+"""
+_SCHEMA_VERSION = 2
+_PUBLISHED = "published_revision"
+
+
+def _ended_index(flt: JobFilter) -> tuple[str, str, list[Any]]:
+    """The index for ``flt``'s ended jobs, and the terms and values beside final_state."""
+    terms, values = [], []
+    for column, value in (("project", flt.project), ("grp", flt.group), ("name", flt.name)):
+        if value:
+            terms.append(f" AND {column} = ?")
+            values.append(value)
+    p, g, n = bool(flt.project), bool(flt.group), bool(flt.name)
+    if n:
+        index = "ended_pgn" if p and g else "ended_n"
+    elif p:
+        index = "ended_pg" if g else "ended_p"
+    else:
+        index = "ended_g" if g else "ended_all"
+    return index, "".join(terms), values
+
+
+def _row_values(seq: int, job: job_pb2.Job, runtime: str | None, blob: bytes) -> tuple[Any, ...]:
+    final = int(job.state) if job.state in FINAL_STATES else None
+    return (
+        job.id, seq, int(job.state), job.request_id or None, job.revision, blob, runtime,
+        job.project, job.group, job.name, final, end_ns(job) if final is not None else None,
+    )  # fmt: skip
+
+
+_INSERT = (
+    "INSERT INTO jobs (id, seq, state, request_id, revision, job, runtime, project, grp, name,"
+    " final_state, end_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A live job's change names no indexed column, so SQLite leaves every index be.
+_UPDATE_LIVE = "UPDATE jobs SET state = ?, revision = ?, job = ?, runtime = ? WHERE id = ?"
+_UPDATE_ENDED = (
+    "UPDATE jobs SET state = ?, revision = ?, job = ?, runtime = ?, final_state = ?, end_ns = ? WHERE id = ?"
+)
+
+
+_Op = Callable[[sqlite3.Connection], Any]
 
 
 class _Write:
     __slots__ = ("fut", "new_job", "op")
 
-    def __init__(self, op: _Op, fut: asyncio.Future[None] | None, new_job: bool) -> None:
+    def __init__(self, op: _Op, fut: asyncio.Future[Any] | None, new_job: bool) -> None:
         self.op = op
         self.fut = fut
         # A new job's insert is refused on a storage fault; every other write is kept.
         self.new_job = new_job
 
 
+class _ReadTxn:
+    """A connection kept for snapshots, and the read transaction open on it, if any.
+
+    Snapshots that start while one is young share its transaction (each with
+    its own place in it), so any number of watchers hold at most
+    ``SNAPSHOT_CONNECTIONS`` transactions and connections.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()  # one statement at a time on the connection
+        self.users = 0
+        self.revision = 0
+        self.started = 0.0
+
+    def acquire(self, now: float) -> int:
+        with self.lock:
+            if self.users == 0:
+                # In WAL mode a read transaction sees one commit's state for
+                # as long as it lasts, whatever is written meanwhile.
+                self.conn.execute("BEGIN")
+                row = self.conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchone()
+                self.revision, self.started = int(row[0]), now
+            self.users += 1
+            return self.revision
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("COMMIT")
+
+
+class _SqliteSnapshot(Snapshot):
+    """One reader's place in a shared read transaction, read a page at a time."""
+
+    def __init__(self, registry: SqliteRegistry, txn: _ReadTxn, flt: JobFilter, revision: int) -> None:
+        self._registry = registry
+        self._txn = txn
+        self._flt = flt
+        self.revision = revision
+        self._after = 0
+        self._closed = False
+
+    async def page(self, limit: int) -> list[job_pb2.Job]:
+        rows = await self._registry._in_thread(self._page, limit)
+        if rows:
+            self._after = rows[-1][0]
+        return [job for _, job in rows]
+
+    def _page(self, limit: int) -> list[tuple[int, job_pb2.Job]]:
+        flt, after = self._flt, self._after
+        with self._txn.lock:
+            conn = self._txn.conn
+            if not (flt.project or flt.group or flt.name):
+                raw = conn.execute(
+                    "SELECT seq, id, request_id, job FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+                return self._registry._decode(raw, limit)
+            index, terms, values = _ended_index(flt)
+            streams = [
+                conn.execute(
+                    "SELECT seq, id, request_id, job FROM jobs INDEXED BY jobs_live"
+                    f" WHERE final_state IS NULL{terms} AND seq > ? ORDER BY seq LIMIT ?",
+                    (*values, after, limit),
+                ).fetchall()
+            ]
+            for state in _FINAL:
+                streams.append(
+                    conn.execute(
+                        f"SELECT seq, id, request_id, job FROM jobs INDEXED BY {index}"
+                        f" WHERE final_state = ?{terms} AND seq > ? ORDER BY seq LIMIT ?",
+                        (state, *values, after, limit),
+                    ).fetchall()
+                )
+        raw = merge_streams([[(r[0], r) for r in s] for s in streams], limit, newest_first=False)
+        return self._registry._decode([r for _, r in raw], limit)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Shielded: a cancelled caller must still give its place back.
+        await asyncio.shield(self._registry._in_thread(self._txn.release))
+
+
 class SqliteRegistry(Registry):
     """The embedded registry: one SQLite file in WAL mode, fsync on every commit."""
 
-    def __init__(self, path: Path, event_history: int = DEFAULT_EVENT_HISTORY) -> None:
+    def __init__(self, path: Path, event_history: int = DEFAULT_EVENT_HISTORY, readers: int = 2) -> None:
         self._path = path
         self._history = event_history
         self._ops: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._degraded: StorageError | None = None
-        # Rows that could not be read at open; left in place for an operator.
-        self._damaged: list[DamagedRow] = []
+        # Rows found unreadable; left in place for an operator.
+        self._damaged: dict[str, DamagedRow] = {}
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writes = 0
-        self._max_revision = 0
+        self._reader_count = readers
+        self._readers = ThreadPoolExecutor(
+            max_workers=readers, thread_name_prefix="registry-reader", initializer=self._reader
+        )
+        self._local = threading.local()
+        self._lookup_conn: sqlite3.Connection | None = None
+        self._txns: list[_ReadTxn] = []
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        # The published mark asked for, and the one last written.
+        self._published: int | None = None
+        self._published_written: int | None = None
         # Told the seconds each transaction took (BEGIN to COMMIT with its
         # fsync), in the writer thread: for the commit latency metric.
         self.on_commit: Callable[[float], None] | None = None
@@ -205,11 +531,33 @@ class SqliteRegistry(Registry):
         conn.execute("PRAGMA busy_timeout=5000")
         return conn
 
-    async def open(self) -> list[StoredJob]:
-        self._loop = asyncio.get_running_loop()
-        return await asyncio.to_thread(self._open_blocking)
+    def _reader(self) -> sqlite3.Connection:
+        """This reader thread's own connection."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._reader_conns.append(conn)
+        return conn
 
-    def _open_blocking(self) -> list[StoredJob]:
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, fn, *args)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._in_thread(lambda: fn(self._reader()))
+
+    async def open(self) -> Opened:
+        self._loop = asyncio.get_running_loop()
+        opened = await asyncio.to_thread(self._open_blocking)
+        # Every reader thread and its connection made now, not under load later.
+        barrier = threading.Barrier(self._reader_count)
+        await asyncio.gather(*(self._in_thread(barrier.wait, 10) for _ in range(self._reader_count)))
+        return opened
+
+    def _open_blocking(self) -> Opened:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         # Owner-only, made so before SQLite opens it: its -wal and -shm files
         # take the database's mode. A registry from before is tightened too.
@@ -220,39 +568,108 @@ class SqliteRegistry(Registry):
                 os.chmod(path, 0o600)
         conn = self._connect()
         conn.executescript(_SCHEMA)
-        rows = conn.execute("SELECT id, seq, job, runtime, request_id FROM jobs ORDER BY seq").fetchall()
-        self._max_revision = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchone()[0]
-        out = []
+        self._migrate(conn)
+        rows = conn.execute(
+            "SELECT id, seq, job, runtime, request_id FROM jobs INDEXED BY jobs_live"
+            " WHERE final_state IS NULL ORDER BY seq"
+        ).fetchall()
+        max_rev = max(
+            conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchone()[0],
+            # A registry whose log was pruned to nothing still knows its jobs' revisions.
+            conn.execute("SELECT COALESCE(MAX(revision), 0) FROM jobs INDEXED BY jobs_live"
+                         " WHERE final_state IS NULL").fetchone()[0],
+        )  # fmt: skip
+        next_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+        counts = dict(
+            conn.execute(
+                "SELECT final_state, COUNT(*) FROM jobs INDEXED BY ended_all"
+                " WHERE final_state IS NOT NULL GROUP BY final_state"
+            ).fetchall()
+        )
+        mark = conn.execute("SELECT value FROM meta WHERE key = ?", (_PUBLISHED,)).fetchone()
+        self._published = self._published_written = None if mark is None else int(mark[0])
+        live = []
         for job_id, seq, blob, runtime, request_id in rows:
             try:
                 job = job_pb2.Job.FromString(blob)
             except Exception as exc:  # a damaged row must not keep the others from loading
-                log.error("registry_row_damaged", job_id=str(job_id)[:200], error=repr(exc)[:200])
-                self._damaged.append(DamagedRow(str(job_id), int(seq), str(request_id or "")))
+                self._note_damaged(job_id, seq, request_id, exc)
                 continue
-            out.append(StoredJob(seq, job, runtime))
+            live.append(StoredJob(seq, job, runtime))
+        for _ in range(SNAPSHOT_CONNECTIONS):
+            snap = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            snap.execute("PRAGMA busy_timeout=5000")
+            self._txns.append(_ReadTxn(snap))
+            self._reader_conns.append(snap)
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="registry-writer", daemon=True
         )
         self._writer.start()
+        return Opened(
+            live=live,
+            ended_counts={int(k): int(v) for k, v in counts.items()},
+            max_revision=int(max_rev),
+            next_seq=int(next_seq),
+            published_revision=self._published,
+            damaged=list(self._damaged.values()),
+        )
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring a registry written by an older conductor to this schema (once)."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version >= _SCHEMA_VERSION:
+            return
+        have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        conn.execute("BEGIN IMMEDIATE")
+        for column, decl in _COLUMNS:
+            if column not in have:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
+        rows = conn.execute("SELECT id, state, job FROM jobs").fetchall()
+        for job_id, state, blob in rows:
+            try:
+                job = job_pb2.Job.FromString(blob)
+            except Exception:
+                job = job_pb2.Job(state=state)
+            final = state if state in FINAL_STATES else None
+            conn.execute(
+                "UPDATE jobs SET project = ?, grp = ?, name = ?, final_state = ?, end_ns = ? WHERE id = ?",
+                (job.project, job.group, job.name, final, end_ns(job) if final else None, job_id),
+            )
+        for statement in _INDEXES.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+        if rows:
+            log.info("registry_migrated", rows=len(rows), schema=_SCHEMA_VERSION)
+
+    def _note_damaged(self, job_id: Any, seq: Any, request_id: Any, exc: BaseException) -> None:
+        key = str(job_id)
+        if key not in self._damaged:
+            log.error("registry_row_damaged", job_id=key[:200], error=repr(exc)[:200])
+            self._damaged[key] = DamagedRow(key, int(seq), str(request_id or ""))
+
+    def _decode(self, rows: list[Any], limit: int) -> list[tuple[int, job_pb2.Job]]:
+        """(seq, id, request_id, blob) rows as (seq, Job); a damaged one is left out and noted."""
+        out = []
+        for seq, job_id, request_id, blob in rows[:limit]:
+            try:
+                out.append((int(seq), job_pb2.Job.FromString(blob)))
+            except Exception as exc:
+                self._note_damaged(job_id, seq, request_id, exc)
         return out
 
     @property
-    def max_revision(self) -> int:
-        """The highest revision logged when the registry was opened."""
-        return self._max_revision
-
-    @property
     def damaged(self) -> list[DamagedRow]:
-        return self._damaged
+        return list(self._damaged.values())
 
     @property
     def degraded(self) -> StorageError | None:
         return self._degraded
 
-    def _submit(self, op: _Op, *, new_job: bool = False) -> asyncio.Future[None]:
+    def _submit(self, op: _Op, *, new_job: bool = False) -> asyncio.Future[Any]:
         assert self._loop is not None, "registry not open"
-        fut: asyncio.Future[None] = self._loop.create_future()
+        fut: asyncio.Future[Any] = self._loop.create_future()
         degraded = self._degraded
         if new_job and degraded is not None:
             # Storage is failing: refuse now rather than queue behind the retries.
@@ -262,43 +679,63 @@ class SqliteRegistry(Registry):
         return fut
 
     def insert(self, seq: int, job: job_pb2.Job, runtime: str | None) -> asyncio.Future[None]:
-        return self._submit(self._upsert(seq, job, runtime, job_pb2.JOB_EVENT_TYPE_UPDATED), new_job=True)
+        blob = job.SerializeToString()
+        args = _row_values(seq, job, runtime, blob)
+        event = (job.revision, job.id, job_pb2.JOB_EVENT_TYPE_UPDATED, blob)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT, args)
+            conn.execute("INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", event)
+
+        return self._submit(op, new_job=True)
 
     def put(self, seq: int, job: job_pb2.Job, runtime: str | None, event: int | None) -> asyncio.Future[None]:
-        return self._submit(self._upsert(seq, job, runtime, event))
-
-    @staticmethod
-    def _upsert(seq: int, job: job_pb2.Job, runtime: str | None, event: int | None) -> _Op:
         blob = job.SerializeToString()
-        args = (job.id, seq, int(job.state), job.request_id or None, job.revision, blob, runtime)
+        if job.state in FINAL_STATES:
+            sql = _UPDATE_ENDED
+            args: tuple[Any, ...] = (
+                int(job.state),
+                job.revision,
+                blob,
+                runtime,
+                int(job.state),
+                end_ns(job),
+                job.id,
+            )
+        else:
+            sql, args = _UPDATE_LIVE, (int(job.state), job.revision, blob, runtime, job.id)
+        row = _row_values(seq, job, runtime, blob)
+        logged = None if event is None else (job.revision, job.id, event, blob)
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO jobs (id, seq, state, request_id, revision, job, runtime)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET state=excluded.state, revision=excluded.revision,"
-                " job=excluded.job, runtime=excluded.runtime",
-                args,
-            )
-            if event is not None:
-                conn.execute(
-                    "INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)",
-                    (job.revision, job.id, event, blob),
-                )
-
-        return op
-
-    def delete(self, job: job_pb2.Job) -> asyncio.Future[None]:
-        blob = job.SerializeToString()
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
-            conn.execute(
-                "INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)",
-                (job.revision, job.id, job_pb2.JOB_EVENT_TYPE_DELETED, blob),
-            )
+            if conn.execute(sql, args).rowcount == 0:
+                conn.execute(_INSERT, row)
+            if logged is not None:
+                conn.execute("INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", logged)
 
         return self._submit(op)
+
+    def delete(self, jobs: list[job_pb2.Job]) -> asyncio.Future[set[str]]:
+        events = [
+            (job.revision, job.id, job_pb2.JOB_EVENT_TYPE_DELETED, job.SerializeToString()) for job in jobs
+        ]
+
+        def op(conn: sqlite3.Connection) -> set[str]:
+            removed = set()
+            for event in events:
+                if conn.execute("DELETE FROM jobs WHERE id = ?", (event[1],)).rowcount:
+                    removed.add(event[1])
+                    conn.execute(
+                        "INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", event
+                    )
+            return removed
+
+        return self._submit(op)
+
+    def note_published(self, revision: int) -> None:
+        # Read by the writer thread at its next commit; a plain int swap.
+        if self._published is None or revision > self._published:
+            self._published = revision
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         kept: list[_Write] = []  # changes that storage refused, written again first
@@ -315,6 +752,8 @@ class SqliteRegistry(Registry):
                 for w in kept:
                     lost = StorageError("the conductor stopped before storage recovered", full=False)
                     self._settle(w, lost)
+                if not kept and self._published != self._published_written:
+                    self._commit(conn, [_Write(lambda c: None, None, new_job=False)])
                 conn.close()
                 return
 
@@ -349,17 +788,21 @@ class SqliteRegistry(Registry):
         another reason (a bug, a damaged file) is answered alone: the batch is
         written again one write at a time, so it cannot take the others with it.
         """
+        published = self._published
         began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for w in batch:
-                w.op(conn)
+            results = [w.op(conn) for w in batch]
             self._writes += len(batch)
             if self._writes >= 1000:
                 self._writes = 0
                 conn.execute(
                     "DELETE FROM events WHERE revision <= (SELECT MAX(revision) FROM events) - ?",
                     (self._history,),
+                )
+            if published is not None and published != self._published_written:
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_PUBLISHED, published)
                 )
             conn.execute("COMMIT")
         except BaseException as exc:  # the waiting callers must hear of it
@@ -379,29 +822,160 @@ class SqliteRegistry(Registry):
                 if w.new_job:
                     self._settle(w, fault)
             return [w for w in batch if not w.new_job]
+        self._published_written = published
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - began)
         if self._degraded is not None:
             log.info("registry_recovered")
         self._degraded = None
-        for w in batch:
-            self._settle(w, None)
+        for w, result in zip(batch, results, strict=True):
+            self._settle(w, None, result)
         return []
 
-    def _settle(self, w: _Write, error: BaseException | None) -> None:
+    def _settle(self, w: _Write, error: BaseException | None, result: Any = None) -> None:
         assert self._loop is not None
         if w.fut is not None:
-            self._loop.call_soon_threadsafe(_settle, w.fut, error)
+            self._loop.call_soon_threadsafe(_settle, w.fut, error, result)
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        def run() -> Any:
-            conn = sqlite3.connect(self._path, isolation_level=None)
-            try:
-                return fn(conn)
-            finally:
-                conn.close()
+    # ------------------------------------------------------------------ reads
 
-        return await asyncio.to_thread(run)
+    async def get(self, job_id: str) -> job_pb2.Job | None:
+        def read(c: sqlite3.Connection) -> job_pb2.Job | None:
+            row = c.execute("SELECT seq, id, request_id, job FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            decoded = self._decode([row], 1) if row else []
+            return decoded[0][1] if decoded else None
+
+        return await self._read(read)
+
+    async def find_request(self, request_id: str) -> str | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT id FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def contains_blocking(self, job_id: str) -> bool:
+        with self._conns_lock:
+            if self._lookup_conn is None:
+                self._lookup_conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+                self._reader_conns.append(self._lookup_conn)
+            row = self._lookup_conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is not None
+
+    async def ended(
+        self, flt: JobFilter, after: int | None, limit: int, *, newest_first: bool = True
+    ) -> list[tuple[int, job_pb2.Job]]:
+        states = ended_states(flt)
+        if not states or limit <= 0:
+            return []
+        index, terms, values = _ended_index(flt)
+        order = "DESC" if newest_first else "ASC"
+        unbounded = (
+            f"SELECT seq, id, request_id, job FROM jobs INDEXED BY {index} WHERE final_state = ?{terms} "
+            f"ORDER BY seq {order} LIMIT ?"
+        )
+        bounded = (
+            f"SELECT seq, id, request_id, job FROM jobs INDEXED BY {index} WHERE final_state = ?{terms} "
+            f"AND seq {'<' if newest_first else '>'} ? ORDER BY seq {order} LIMIT ?"
+        )
+
+        def read(c: sqlite3.Connection) -> list[tuple[int, job_pb2.Job]]:
+            out: list[tuple[int, job_pb2.Job]] = []
+            cursor = after
+            while len(out) < limit:
+                want = limit - len(out)
+                # One ordered run per state, merged: an IN over the states would sort them all.
+                streams = [
+                    c.execute(unbounded, (state, *values, want)).fetchall()
+                    if cursor is None
+                    else c.execute(bounded, (state, *values, cursor, want)).fetchall()
+                    for state in states
+                ]
+                raw = merge_streams(
+                    [[(r[0], r) for r in s] for s in streams], want, newest_first=newest_first
+                )
+                out += self._decode([r for _, r in raw], want)
+                if len(raw) < want:
+                    break  # every matching row has been looked at
+                # Some rows could not be read: look past them for the rest of the page.
+                cursor = raw[-1][0]
+            return out
+
+        return await self._read(read)
+
+    async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
+        bound = "" if ended_before_ns is None else " AND end_ns < ?"
+        args = () if ended_before_ns is None else (ended_before_ns,)
+
+        def read(c: sqlite3.Connection) -> list[job_pb2.Job]:
+            rows = c.execute(
+                "SELECT seq, id, request_id, job FROM jobs INDEXED BY ended_by_end"
+                f" WHERE final_state IS NOT NULL{bound} ORDER BY end_ns, seq LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            return [job for _, job in self._decode(rows, limit)]
+
+        return await self._read(read)
+
+    async def snapshot(self, flt: JobFilter) -> Snapshot:
+        now = time.monotonic()
+        txns = self._txns
+        young = [t for t in txns if t.users and now - t.started < SNAPSHOT_SHARE_SECONDS]
+        free = [t for t in txns if not t.users]
+        # Join a young transaction, else open one on a free connection, else
+        # join the youngest: the history after it is still kept.
+        txn = max(young or txns, key=lambda t: t.started) if young or not free else free[0]
+        fut = asyncio.ensure_future(self._in_thread(txn.acquire, now))
+        try:
+            revision = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # Taken in the thread all the same: given back once it is.
+            fut.add_done_callback(functools.partial(self._give_back, txn))
+            raise
+        return _SqliteSnapshot(self, txn, JobFilter(flt.project, flt.group, flt.name), revision)
+
+    def _give_back(self, txn: _ReadTxn, fut: asyncio.Future[int]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._readers.submit(txn.release)
+
+    async def stale(self, published: int | None) -> Stale:
+        def read(c: sqlite3.Connection) -> Stale:
+            mark = 0 if published is None else published
+            oldest = c.execute("SELECT COALESCE(MIN(revision), 0) FROM events").fetchone()[0]
+            jobs: list[job_pb2.Job] = []
+            deleted: list[job_pb2.Job] = []
+            if published is not None and (oldest == 0 or mark >= oldest - 1):
+                changed = c.execute(
+                    "SELECT job_id, MAX(type = ?), MAX(revision) FROM events WHERE revision > ?"
+                    " GROUP BY job_id",
+                    (job_pb2.JOB_EVENT_TYPE_DELETED, mark),
+                ).fetchall()
+                for job_id, was_deleted, revision in changed:
+                    if was_deleted:
+                        blob = c.execute("SELECT job FROM events WHERE revision = ?", (revision,)).fetchone()[
+                            0
+                        ]
+                        with contextlib.suppress(Exception):
+                            deleted.append(job_pb2.Job.FromString(blob))
+                        continue
+                    row = c.execute(
+                        "SELECT seq, id, request_id, job FROM jobs WHERE id = ?", (job_id,)
+                    ).fetchone()
+                    jobs.extend(job for _, job in self._decode([row] if row else [], 1))
+                return Stale(jobs, deleted)
+            # No mark (a registry from an older conductor), or the log no longer
+            # reaches back to it: what an older conductor wrote again, the
+            # live jobs and those that ended in the last STALE_FALLBACK_SECONDS.
+            since = time.time_ns() - int(STALE_FALLBACK_SECONDS * 1e9)
+            rows = c.execute(
+                "SELECT seq, id, request_id, job FROM jobs INDEXED BY jobs_live WHERE final_state IS NULL"
+                " UNION ALL SELECT seq, id, request_id, job FROM jobs INDEXED BY ended_by_end"
+                " WHERE final_state IS NOT NULL AND end_ns > ?",
+                (since,),
+            ).fetchall()
+            rows.sort(key=lambda r: r[0])
+            return Stale([job for _, job in self._decode(rows, len(rows))], [])
+
+        return await self._read(read)
 
     async def events_after(self, revision: int, limit: int) -> list[StoredEvent]:
         rows = await self._read(
@@ -419,11 +993,16 @@ class SqliteRegistry(Registry):
         return int(row[0])
 
     async def close(self) -> None:
-        if self._writer is None:
-            return
-        self._ops.put(None)
-        await asyncio.to_thread(self._writer.join)
-        self._writer = None
+        if self._writer is not None:
+            self._ops.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        await asyncio.to_thread(self._readers.shutdown, True)
+        with self._conns_lock:
+            conns, self._reader_conns = self._reader_conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
 
 def _event_job(revision: int, blob: bytes) -> job_pb2.Job:
@@ -443,10 +1022,10 @@ def _touch_probe(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, julianday('now'))")
 
 
-def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[Any], error: BaseException | None, result: Any = None) -> None:
     if fut.done():
         return
     if error is None:
-        fut.set_result(None)
+        fut.set_result(result)
     else:
         fut.set_exception(error)

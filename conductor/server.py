@@ -31,6 +31,7 @@ from baton.conductor.lifecycle import Lifecycle
 from baton.conductor.metrics import ConductorMetrics
 from baton.conductor.publisher import Publisher
 from baton.conductor.registry import SqliteRegistry
+from baton.conductor.retention import RetentionPolicy
 from baton.conductor.secrets import SecretStore
 from baton.conductor.servicer import ConductorServicer
 from baton.v1 import conductor_pb2
@@ -154,7 +155,7 @@ async def start(config: ConductorConfig) -> RunningConductor:
         registry = SqliteRegistry(config.state_dir / "registry.db")
         if metrics is not None:
             registry.on_commit = metrics.committed
-        publisher = Publisher(layout.status_dir)
+        publisher = Publisher(layout.status_dir, checkpoints_root=layout.checkpoints_dir)
         # Detection reads /proc and may run nvidia-smi: not on the event loop.
         capacity = await asyncio.to_thread(detect_capacity, config.capacity)
         log.info("local_capacity", capacity=capacity.describe())
@@ -176,6 +177,9 @@ async def start(config: ConductorConfig) -> RunningConductor:
             heartbeat_interval=config.heartbeat,
             backfill_window=config.backfill_window,
             secrets=secrets,
+            retention=RetentionPolicy(
+                config.retain_ended, config.retain_max, config.retain_checkpoints, config.retain_interval
+            ),
             observer=metrics,
         )
         await lifecycle.start()

@@ -70,30 +70,30 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
 
     @translate_errors
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
-        return self._book.get(required("job_id", request.job_id))
+        return await self._book.get(required("job_id", request.job_id))
 
     @translate_errors
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
         flt = JobFilter(request.project, request.group, request.name, tuple(request.states))
-        jobs, token = self._book.list_jobs(flt, request.page_size, request.page_token)
+        jobs, token = await self._book.list_jobs(flt, request.page_size, request.page_token)
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @translate_errors
     async def PauseJob(self, request: pb.PauseJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
-        return await self._lc.pause(self._may_act_on(request.job_id), request.mode)
+        return await self._lc.pause(await self._may_act_on(request.job_id), request.mode)
 
     @translate_errors
     async def ResumeJob(self, request: pb.ResumeJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
-        return await self._lc.resume(self._may_act_on(request.job_id))
+        return await self._lc.resume(await self._may_act_on(request.job_id))
 
     @translate_errors
     async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.Job:
         grace = seconds_of(request.grace_period, "grace_period") if request.HasField("grace_period") else None
-        return await self._lc.cancel(self._may_act_on(request.job_id), grace, request.reason)
+        return await self._lc.cancel(await self._may_act_on(request.job_id), grace, request.reason)
 
-    def _may_act_on(self, job_id: str) -> str:
+    async def _may_act_on(self, job_id: str) -> str:
         """``job_id`` if the caller may act on that job's project; else PermissionDenied.
 
         A job that does not exist is left to the lifecycle's NOT_FOUND: every
@@ -101,7 +101,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
         """
         required("job_id", job_id)
         if auth.limited_to_projects():
-            job = self._lc.jobs_by_id(job_id)
+            job = await self._lc.lookup(job_id)
             if job is not None:
                 auth.check_project(job.project)
         return job_id
@@ -136,6 +136,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
             uptime=_duration(time.time() - self._start_time.ToDatetime().timestamp()),
             running_jobs=self._lc.running_count,
             damaged_registry_rows=self._lc.damaged_rows,
+            retention_deleted_jobs=self._lc.retention_deleted,
             caller=_caller(),
         )
 

@@ -149,7 +149,7 @@ class ExecutorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pause_modes: _Optional[_Iterable[_Union[_job_pb2.PauseMode, str]]] = ..., health_fields: _Optional[_Iterable[str]] = ..., capacity: _Optional[_Union[_job_pb2.Resources, _Mapping]] = ..., free: _Optional[_Union[_job_pb2.Resources, _Mapping]] = ..., gpu_ids: _Optional[_Iterable[str]] = ..., free_gpu_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetConductorInfoResponse(_message.Message):
-    __slots__ = ("version", "pid", "start_time", "job_counts", "executors", "revision", "status_dir", "checkpoints_dir", "max_running", "rss_bytes", "uptime", "running_jobs", "damaged_registry_rows", "caller")
+    __slots__ = ("version", "pid", "start_time", "job_counts", "executors", "revision", "status_dir", "checkpoints_dir", "max_running", "rss_bytes", "uptime", "running_jobs", "damaged_registry_rows", "caller", "retention_deleted_jobs")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class GetConductorInfoResponse(_message.Message):
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     DAMAGED_REGISTRY_ROWS_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DELETED_JOBS_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     start_time: _timestamp_pb2.Timestamp
@@ -178,7 +179,8 @@ class GetConductorInfoResponse(_message.Message):
     running_jobs: int
     damaged_registry_rows: int
     caller: Caller
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Iterable[_Union[_job_pb2.JobStateCount, _Mapping]]] = ..., executors: _Optional[_Iterable[_Union[ExecutorInfo, _Mapping]]] = ..., revision: _Optional[int] = ..., status_dir: _Optional[str] = ..., checkpoints_dir: _Optional[str] = ..., max_running: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., running_jobs: _Optional[int] = ..., damaged_registry_rows: _Optional[int] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ...) -> None: ...
+    retention_deleted_jobs: int
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Iterable[_Union[_job_pb2.JobStateCount, _Mapping]]] = ..., executors: _Optional[_Iterable[_Union[ExecutorInfo, _Mapping]]] = ..., revision: _Optional[int] = ..., status_dir: _Optional[str] = ..., checkpoints_dir: _Optional[str] = ..., max_running: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., running_jobs: _Optional[int] = ..., damaged_registry_rows: _Optional[int] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., retention_deleted_jobs: _Optional[int] = ...) -> None: ...
 
 class Caller(_message.Message):
     __slots__ = ("name", "role", "projects")

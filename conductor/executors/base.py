@@ -178,5 +178,18 @@ class Executor(abc.ABC):
     async def forget(self, job_id: str) -> None:
         """Drop what the executor keeps for an ended job (called on delete)."""
 
+    async def forget_many(self, job_ids: list[str]) -> None:
+        """``forget`` for many jobs at once (a bulk delete)."""
+        for job_id in job_ids:
+            await self.forget(job_id)
+
+    def ended_records(self, run_dir: str) -> list[str]:
+        """Directories under ``run_dir`` that nothing needs once the job's end is durable.
+
+        The conductor removes them then (beneath the status tree, through no
+        link): launch records a restart would otherwise read.
+        """
+        return []
+
     async def close(self) -> None:
         """Stop watching launches; running ones keep running."""

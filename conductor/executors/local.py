@@ -316,6 +316,15 @@ class LocalExecutor(Executor):
         target = self._root / job_id
         await asyncio.to_thread(shutil.rmtree, target, True)
 
+    async def forget_many(self, job_ids: list[str]) -> None:
+        # One trip to a thread for the lot, not one each.
+        await asyncio.to_thread(_remove_all, [self._root / job_id for job_id in job_ids])
+
+
+def _remove_all(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, True)
+
 
 def _read_pids(launch_dir: Path) -> tuple[int, int] | None:
     try:

@@ -147,6 +147,10 @@ class NodeExecutor(Executor):
 
     # ------------------------------------------------------------ the interface
 
+    def ended_records(self, run_dir: str) -> list[str]:
+        # Every launch's wrapper, spec and exit: read again only to re-attach.
+        return [str(Path(run_dir) / LAUNCHES)]
+
     def prepare(self, job_id: str, launch_seq: int, run_dir: str) -> Handle:
         launch_dir = Path(run_dir) / LAUNCHES / str(launch_seq)
         return Handle(self.name, f"{job_id}/{launch_seq}", data={"dir": str(launch_dir)})
