@@ -65,7 +65,7 @@ from baton.common.modes import DIR_MODE, RUN_FILE_MODE, STATE_DIR_MODE, UMASK
 from baton.conductor import steps as steps_mod
 from baton.conductor.executors.base import ExitStatus
 from baton.conductor.lifecycle import describe_exit
-from baton.conductor.registry import DEFAULT_EVENT_HISTORY, SqliteRegistry
+from baton.conductor.registry import DEFAULT_EVENT_HISTORY, INSERT_JOB, SqliteRegistry, row_values
 from baton.conductor.runtime import Run
 from baton.v1 import job_pb2
 
@@ -460,7 +460,7 @@ def status_json(job: job_pb2.Job, spec_json: dict[str, Any] | None = None) -> by
 
 
 # A jobs row: seq, id, state, revision, the Job's bytes, runtime notes.
-_Row = tuple[int, str, int, int, bytes, str]
+_Row = tuple[Any, ...]
 # An events row: revision, job id, type, the Job's bytes.
 _Event = tuple[int, str, int, bytes]
 
@@ -486,11 +486,8 @@ def write_registry(path: Path, jobs: list[_Row], events: list[_Event]) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")  # a generator: durable once closed is enough
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            # No request_id: the generated jobs were submitted without an idempotency key.
-            "INSERT INTO jobs (seq, id, state, revision, job, runtime) VALUES (?, ?, ?, ?, ?, ?)",
-            jobs,
-        )
+        # The conductor's own statement and row, so the indexed columns are filled as it fills them.
+        conn.executemany(INSERT_JOB, jobs)
         conn.executemany("INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", events)
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -667,9 +664,7 @@ def _generate(
                 revision = job.revision + 1
                 kept.extend(made.versions)
                 blob = job.SerializeToString()
-                rows.append(
-                    (history.jobs + len(rows) + 1, job.id, int(job.state), job.revision, blob, made.runtime)
-                )
+                rows.append(row_values(history.jobs + len(rows) + 1, job, made.runtime, blob))
                 tree.append((blob, planned.key, made.log if made.launched else None))
                 if len(tree) >= 2000:
                     writers.write(tree, kinds)

@@ -374,7 +374,8 @@ def _ended_index(flt: JobFilter) -> tuple[str, str, list[Any]]:
     return index, "".join(terms), values
 
 
-def _row_values(seq: int, job: job_pb2.Job, runtime: str | None, blob: bytes) -> tuple[Any, ...]:
+def row_values(seq: int, job: job_pb2.Job, runtime: str | None, blob: bytes) -> tuple[Any, ...]:
+    """A job's row of ``INSERT_JOB``: the record and the columns its indexes read."""
     final = int(job.state) if job.state in FINAL_STATES else None
     return (
         job.id, seq, int(job.state), job.request_id or None, job.revision, blob, runtime,
@@ -382,7 +383,7 @@ def _row_values(seq: int, job: job_pb2.Job, runtime: str | None, blob: bytes) ->
     )  # fmt: skip
 
 
-_INSERT = (
+INSERT_JOB = (
     "INSERT INTO jobs (id, seq, state, request_id, revision, job, runtime, project, grp, name,"
     " final_state, end_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
@@ -680,11 +681,11 @@ class SqliteRegistry(Registry):
 
     def insert(self, seq: int, job: job_pb2.Job, runtime: str | None) -> asyncio.Future[None]:
         blob = job.SerializeToString()
-        args = _row_values(seq, job, runtime, blob)
+        args = row_values(seq, job, runtime, blob)
         event = (job.revision, job.id, job_pb2.JOB_EVENT_TYPE_UPDATED, blob)
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(_INSERT, args)
+            conn.execute(INSERT_JOB, args)
             conn.execute("INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", event)
 
         return self._submit(op, new_job=True)
@@ -704,12 +705,12 @@ class SqliteRegistry(Registry):
             )
         else:
             sql, args = _UPDATE_LIVE, (int(job.state), job.revision, blob, runtime, job.id)
-        row = _row_values(seq, job, runtime, blob)
+        row = row_values(seq, job, runtime, blob)
         logged = None if event is None else (job.revision, job.id, event, blob)
 
         def op(conn: sqlite3.Connection) -> None:
             if conn.execute(sql, args).rowcount == 0:
-                conn.execute(_INSERT, row)
+                conn.execute(INSERT_JOB, row)
             if logged is not None:
                 conn.execute("INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", logged)
 
