@@ -426,7 +426,7 @@ def _baton(
         handed, _ = events.first(
             job.id, lambda j: j.state == running and bool(j.external_id), "an external_id"
         )
-        ran, _ = events.first(
+        ran, running_job = events.first(
             job.id,
             lambda j: j.state == running and bool(j.external_id) and not j.reason,
             "RUNNING, no reason",
@@ -436,13 +436,23 @@ def _baton(
     finally:
         watch.stop()
     time.sleep(SETTLE_S)
-    t1 = time.perf_counter()
-    stub.CancelJob(pb.CancelJobRequest(job_id=job.id, reason="benchmark"), timeout=30)
-    cancel_acked = time.perf_counter()
-    done, ended = events.first(job.id, lambda j: j.state == S.JOB_STATE_CANCELLED, "CANCELLED")
+    # The conductor removes the launch directory once the job's end is durable,
+    # so its records are dated as they appear: `started` now, the rest by inotify.
+    launch_dir = Path(running_job.run_dir) / LAUNCHES / "1"
+    wall = time.time() - time.perf_counter()  # perf_counter -> wall clock, as the mtimes are
+    started_record = _mtime(launch_dir / "started") - wall
+    records = Marks(launch_dir)
+    try:
+        t1 = time.perf_counter()
+        stub.CancelJob(pb.CancelJobRequest(job_id=job.id, reason="benchmark"), timeout=30)
+        cancel_acked = time.perf_counter()
+        done, ended = events.first(job.id, lambda j: j.state == S.JOB_STATE_CANCELLED, "CANCELLED")
+        control_record, exit_record = records.wait("control"), records.wait("exit")
+    finally:
+        records.close()
     if keep is not None:
-        wall = time.time() - time.perf_counter()  # perf_counter -> wall clock, as the mtimes are
-        gaps = _path_gaps(Path(ended.run_dir) / LAUNCHES / "1", wall, on_engine, ran, t1, done)
+        times = (on_engine, started_record, ran, t1, control_record, exit_record, done)
+        gaps = _path_gaps(*times)
         for key, value in gaps.items():
             keep.path.setdefault(key, []).append(value)
         keep.baton_ack.append(_ms(t0, acked))
@@ -496,26 +506,24 @@ def _mtime(path: Path) -> float:
 
 
 def _path_gaps(
-    launch_dir: Path, wall: float, on_engine: float, ran: float, cancel_sent: float, cancelled: float
+    on_engine: float, started: float, ran: float, cancel_sent: float, control: float, exited: float,
+    cancelled: float,
 ) -> dict[str, float]:
     """Where one Baton job's time went, from the wrapper's and conductor's records
-    (file mtimes: the wall clock of the writer, on this one machine)."""
-    started = _mtime(launch_dir / "started")
-    control = _mtime(launch_dir / "control")
-    exited = _mtime(launch_dir / "exit")
+    (all perf_counter times of this process)."""
     return {
         # The engine shows it RUNNING (squeue/GET poll) -> the wrapper's `started` written.
-        "engine_running_to_started_record": (started - (on_engine + wall)) * 1000,
+        "engine_running_to_started_record": (started - on_engine) * 1000,
         # `started` written -> the RUNNING-with-no-reason event here (inotify, the
         # conductor's check and commit, the event's delivery).
-        "started_record_to_running_event": ((ran + wall) - started) * 1000,
+        "started_record_to_running_event": (ran - started) * 1000,
         # CancelJob sent -> the conductor wrote the control file.
-        "cancel_sent_to_control_record": (control - (cancel_sent + wall)) * 1000,
+        "cancel_sent_to_control_record": (control - cancel_sent) * 1000,
         # control written -> the wrapper's exit record: its poll (every 50 ms), the
         # SIGTERM, the job's death and the wrapper's own end.
         "control_record_to_exit_record": (exited - control) * 1000,
         # exit written -> the CANCELLED event here.
-        "exit_record_to_cancelled_event": ((cancelled + wall) - exited) * 1000,
+        "exit_record_to_cancelled_event": (cancelled - exited) * 1000,
     }
 
 
