@@ -374,13 +374,18 @@ def _ended_index(flt: JobFilter) -> tuple[str, str, list[Any]]:
     return index, "".join(terms), values
 
 
-def row_values(seq: int, job: job_pb2.Job, runtime: str | None, blob: bytes) -> tuple[Any, ...]:
-    """A job's row of ``INSERT_JOB``: the record and the columns its indexes read."""
+def index_columns(job: job_pb2.Job) -> tuple[str, str, str, int | None, int | None]:
+    """The values of the ``jobs`` columns the indexes read, for a job's row:
+    (project, grp, name, final_state, end_ns)."""
     final = int(job.state) if job.state in FINAL_STATES else None
-    return (
-        job.id, seq, int(job.state), job.request_id or None, job.revision, blob, runtime,
-        job.project, job.group, job.name, final, end_ns(job) if final is not None else None,
-    )  # fmt: skip
+    return job.project, job.group, job.name, final, end_ns(job) if final is not None else None
+
+
+def row_values(seq: int, job: job_pb2.Job, runtime: str | None, blob: bytes) -> tuple[Any, ...]:
+    """A job's row of ``INSERT_JOB`` (a tool writing rows itself, like the benchmark's
+    history generator, uses it too): the record and the columns its indexes read."""
+    return (job.id, seq, int(job.state), job.request_id or None, job.revision, blob, runtime,
+            *index_columns(job))  # fmt: skip
 
 
 INSERT_JOB = (
@@ -570,6 +575,7 @@ class SqliteRegistry(Registry):
         conn = self._connect()
         conn.executescript(_SCHEMA)
         self._migrate(conn)
+        self._index_stray_rows(conn)
         rows = conn.execute(
             "SELECT id, seq, job, runtime, request_id FROM jobs INDEXED BY jobs_live"
             " WHERE final_state IS NULL ORDER BY seq"
@@ -614,6 +620,29 @@ class SqliteRegistry(Registry):
             published_revision=self._published,
             damaged=list(self._damaged.values()),
         )
+
+    def _index_stray_rows(self, conn: sqlite3.Connection) -> None:
+        """Fill the indexed columns of ended rows written without them (by a tool that
+        knows only the older columns): else they would look live and filter wrong."""
+        final = ",".join(str(s) for s in _FINAL)
+        stray = conn.execute(
+            "SELECT id, state, job FROM jobs INDEXED BY jobs_live"
+            f" WHERE final_state IS NULL AND state IN ({final})"
+        ).fetchall()
+        if not stray:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        for job_id, state, blob in stray:
+            try:
+                job = job_pb2.Job.FromString(blob)
+            except Exception:
+                job = job_pb2.Job(state=state)
+            conn.execute(
+                "UPDATE jobs SET project = ?, grp = ?, name = ?, final_state = ?, end_ns = ? WHERE id = ?",
+                (*index_columns(job)[:3], state, end_ns(job), job_id),
+            )
+        conn.execute("COMMIT")
+        log.warning("registry_rows_indexed", rows=len(stray))
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring a registry written by an older conductor to this schema (once)."""

@@ -398,3 +398,31 @@ def test_a_restart_rewrites_only_the_status_files_it_knows_are_stale(tmp_path: P
     finally:
         c.stop()
         kill_job_groups(home / "status")
+
+
+def test_ended_rows_written_with_the_older_columns_only_are_indexed_at_open(tmp_path: Path) -> None:
+    """A tool that writes rows itself with the older columns (seq, id, state, revision,
+    job): the conductor fills the indexed ones at open, so those jobs are ended, not live."""
+    home = tmp_path / "home"
+    jobs = history_jobs(home, 50, seed=11)
+    seed_registry(home, jobs[:1])  # the schema, as the registry makes it
+    db = sqlite3.connect(home / "state" / "registry.db", isolation_level=None)
+    try:
+        db.executemany(
+            "INSERT INTO jobs (seq, id, state, revision, job, runtime) VALUES (?, ?, ?, ?, ?, ?)",
+            [(i + 1, j.id, j.state, i + 1, j.SerializeToString(), None) for i, j in enumerate(jobs) if i],
+        )
+    finally:
+        db.close()
+
+    async def read() -> tuple[int, list[str]]:
+        reg = SqliteRegistry(home / "state" / "registry.db")
+        opened = await reg.open()
+        found = await reg.ended(JobFilter(project="p1", states=(S.JOB_STATE_FAILED,)), None, 100)
+        await reg.close()
+        return len(opened.live), [j.id for _, j in found]
+
+    live, found = asyncio.run(read())
+    assert live == 0
+    expected = [j.id for j in reversed(jobs) if j.project == "p1" and j.state == S.JOB_STATE_FAILED]
+    assert found == expected and found
