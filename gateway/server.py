@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -397,8 +398,6 @@ async def _write_error(response: web.StreamResponse, fmt: str, body: Any) -> Non
 
 
 def _compact(data: Any) -> str:
-    import json
-
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -444,7 +443,7 @@ async def _check_backends_authenticate(gateway: Gateway, wait: float = 60.0) -> 
 async def start(config: GatewayConfig) -> Gateway:
     """Start serving ``config.listen``; the returned Gateway knows the address it got."""
     gateway = Gateway(config)
-    gateway._ssl = _ssl_context(config)
+    gateway._ssl = await asyncio.to_thread(_ssl_context, config)  # reads the key files
     if not is_loopback(config.listen) and not config.insecure:
         await _check_backends_authenticate(gateway)
     host, _, port = config.listen.rpartition(":")
