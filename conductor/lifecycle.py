@@ -1866,36 +1866,32 @@ def _unexpected_failure(task: asyncio.Task[Any]) -> None:
         log.error("command_failed", error=repr(exc)[:200], exc_info=exc)
 
 
-def _already_ended(job: job_pb2.Job) -> BatonError:
+def _wrong_state(job: job_pb2.Job, reason: str, why: str) -> BatonError:
+    """FAILED_PRECONDITION for a job whose state does not allow the call."""
     return FailedPrecondition(
-        f"job {job.id} has already ended ({state_name(job.state)})",
-        reason="JOB_ALREADY_ENDED",
+        f"job {job.id} {why}",
+        reason=reason,
         metadata={"job_id": job.id, "state": state_name(job.state)},
     )
+
+
+def _already_ended(job: job_pb2.Job) -> BatonError:
+    return _wrong_state(job, "JOB_ALREADY_ENDED", f"has already ended ({state_name(job.state)})")
 
 
 def _not_running(job: job_pb2.Job) -> BatonError:
-    return FailedPrecondition(
-        f"job {job.id} is {state_name(job.state)}; only a RUNNING job can be paused",
-        reason="JOB_NOT_RUNNING",
-        metadata={"job_id": job.id, "state": state_name(job.state)},
-    )
+    only = "only a RUNNING job can be paused"
+    return _wrong_state(job, "JOB_NOT_RUNNING", f"is {state_name(job.state)}; {only}")
 
 
 def _not_paused(job: job_pb2.Job) -> BatonError:
-    return FailedPrecondition(
-        f"job {job.id} is {state_name(job.state)}; only a PAUSED job can be resumed",
-        reason="JOB_NOT_PAUSED",
-        metadata={"job_id": job.id, "state": state_name(job.state)},
-    )
+    only = "only a PAUSED job can be resumed"
+    return _wrong_state(job, "JOB_NOT_PAUSED", f"is {state_name(job.state)}; {only}")
 
 
 def _not_ended(job: job_pb2.Job) -> BatonError:
-    return FailedPrecondition(
-        f"job {job.id} is {state_name(job.state)}; only an ended job can be deleted",
-        reason="JOB_NOT_ENDED",
-        metadata={"job_id": job.id, "state": state_name(job.state)},
-    )
+    only = "only an ended job can be deleted"
+    return _wrong_state(job, "JOB_NOT_ENDED", f"is {state_name(job.state)}; {only}")
 
 
 def _error_text(fut: asyncio.Future[Any]) -> str:
