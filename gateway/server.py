@@ -26,7 +26,7 @@ from aiohttp import web
 from google.protobuf import message
 
 from baton.client.connection import TlsSettings, open_channel
-from baton.common.errors import BatonError, NotFound, Unavailable, Unimplemented, invalid_field
+from baton.common.errors import BatonError, Internal, NotFound, Unavailable, Unimplemented, invalid_field
 from baton.common.metrics import MetricsEndpoint, serve_metrics
 from baton.common.rpc import is_loopback
 from baton.gateway import events, session, transcode
@@ -164,6 +164,15 @@ class Gateway:
         except web.HTTPException as exc:
             status = exc.status
             raise
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # A fault of the gateway's own: INTERNAL with a Status body, never a bare 500 page.
+            log.exception("gateway_request_failed", path=request.path[:200])
+            answer = _error(*transcode.status_of_error(Internal("the gateway failed to answer; see its log")))
+            if request.get("streaming_started"):
+                raise
+            return answer
         finally:
             elapsed = time.perf_counter() - started
             route = request.get("route", "static" if request.path.startswith("/static/") else request.path)
@@ -297,6 +306,7 @@ class Gateway:
             if first.done():
                 first.result()  # an error before any message gets an HTTP status of its own
             response = web.StreamResponse(headers=_stream_headers(fmt))
+            request["streaming_started"] = True  # headers sent: too late for an error status
             await response.prepare(request)
             async for msg in _messages(call, first):
                 self.metrics.events.labels(label).inc()
