@@ -6,7 +6,8 @@ subprocess is started on it and ``--scale-live`` jobs are submitted through
 the API (long sleepers: ``--scale-running`` of them run, the rest wait
 QUEUED). Then, one phase after the other:
 
-1. the conductor's resident memory (from /proc);
+1. the conductor's resident memory (from /proc), and the floor: the same
+   GetJob callers against a server whose GetJob does nothing;
 2. ListJobs p95 for every filter ListJobs offers (one matching nothing among
    them), while ``--scale-clients`` processes call GetJob, and GetJob's p95
    meanwhile;
@@ -73,7 +74,11 @@ class ScaleSizes:
     list_calls: int = 40
     info_calls: int = 200
     phase_limit: float = 300.0
-    getjob_interval_ms: float = 20.0
+    # 32 callers asking ten times a second each: 320 GetJob calls a second. At
+    # 20 ms (1,600 asked) the callers' own processes take this machine's second
+    # core and a server doing nothing answers at p95 ≈ 14 ms, which leaves no
+    # room to see what a ListJobs or a snapshot costs the others.
+    getjob_interval_ms: float = 100.0
     directory: Path | None = None
     seed: int = 0
 
@@ -346,6 +351,7 @@ def _measure(run: _Run) -> None:
     callers = Callers(
         run.root, c.address, sample + run.live_ids, run.sizes.clients, run.sizes.getjob_interval_ms
     )
+    run.phase("transport_floor", lambda: _transport_floor(run, callers))
     run.phase("list_jobs", lambda: _list_jobs(run, callers))
     run.read_rss("after_list_jobs")
     run.phase("conductor_info", lambda: _conductor_info(run))
@@ -470,6 +476,37 @@ def _filters(run: _Run) -> dict[str, pb.ListJobsRequest]:
         "no_such_project": R(project="no-such-project"),
         "no_such_name_in_project": R(project=project, name="no-such-name"),
     }
+
+
+def _transport_floor(run: _Run, callers: Callers) -> None:
+    """The same callers against a GetJob that does nothing (bench/noop_server.py): the floor."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.noop_server"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=REPO,
+    )  # fmt: skip
+    try:
+        port = int(_readline(server, run.limit) or "0")
+        if not port:
+            raise RuntimeError("the no-op server did not start")
+        own = callers.root / "floor"
+        own.mkdir(exist_ok=True)
+        floor = Callers(own, f"127.0.0.1:{port}", ["floor"], callers.count, callers.interval_ms)
+        with floor.calling(run.limit) as window:
+            t0 = time.monotonic()
+            time.sleep(FLOOR_SECONDS)
+            t1 = time.monotonic()
+        figures = getjob_figures(
+            "getjob_floor", window(t0, t1), t1 - t0, "from a server that does nothing", run.limit
+        )
+        del figures["getjob_floor_p95"]["target"], figures["getjob_floor_p95"]["pass"]
+        run.figures.update(figures)
+    finally:
+        server.kill()
+        server.wait()
+
+
+# How long the callers ask the no-op server.
+FLOOR_SECONDS = 5.0
 
 
 def _list_jobs(run: _Run, callers: Callers) -> None:

@@ -33,6 +33,7 @@ from baton.common.errors import (
     grpc_status,
     invalid_field,
 )
+from baton.common.wire import Encoded
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +119,20 @@ def _safe_deserializer(cls: type[message.Message]) -> Callable[[bytes], Any]:
     return deserialize
 
 
+def _serializer(cls: type[message.Message]) -> Callable[[Any], bytes]:
+    """``cls``'s SerializeToString, passing an ``Encoded`` response of that type through as it is."""
+    type_name = cls.DESCRIPTOR.full_name
+    serialize = cls.SerializeToString
+
+    def to_bytes(response: Any) -> bytes:
+        if isinstance(response, Encoded):
+            assert response.type_name == type_name, f"{response.type_name} sent for a {type_name}"
+            return response.data
+        return serialize(response)
+
+    return to_bytes
+
+
 def _guard(behavior: Callable[..., Any], server_streaming: bool) -> Callable[..., Any]:
     """``behavior`` that answers INVALID_ARGUMENT for a request that did not decode."""
     if server_streaming:
@@ -159,7 +174,7 @@ def add_service(server: grpc.aio.Server, servicer: object, service: descriptor.S
         handlers[method.name] = make(
             _guard(getattr(servicer, method.name), method.server_streaming),
             request_deserializer=_safe_deserializer(request_cls),
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=_serializer(response_cls),
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)

@@ -1627,7 +1627,11 @@ class Lifecycle:
 
     async def _mark_orphans(self, started: float) -> None:
         marked = await asyncio.to_thread(
-            mark_orphans, self.layout.status_dir, _Known(self._jobs, self._registry), started
+            mark_orphans,
+            self.layout.status_dir,
+            _Known(self._jobs, self._registry),
+            self._registry.ids_blocking,
+            started,
         )
         if marked:
             log.warning("orphaned_runs_marked", count=len(marked))

@@ -51,10 +51,10 @@ class _MemorySnapshot(Snapshot):
         self.revision = revision
         self._at = 0
 
-    async def page(self, limit: int) -> list[job_pb2.Job]:
+    async def page(self, limit: int) -> list[bytes]:
         out = self._jobs[self._at : self._at + limit]
         self._at += len(out)
-        return out
+        return [job.SerializeToString() for job in out]
 
     async def close(self) -> None:
         self._jobs = []
@@ -160,6 +160,11 @@ class InMemoryRegistry(Registry):
 
     def contains_blocking(self, job_id: str) -> bool:
         return job_id in self._rows
+
+    def ids_blocking(self, project: str, group: str, name: str) -> set[str]:
+        # A copy first: the loop may change the rows while a worker thread reads.
+        rows = list(self._rows.items())
+        return {i for i, r in rows if (r.job.project, r.job.group, r.job.name) == (project, group, name)}
 
     async def ended(
         self, flt: JobFilter, after: int | None, limit: int, *, newest_first: bool = True

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from pathlib import Path
 
 import structlog
@@ -35,28 +35,41 @@ ORPHAN_REASON = (
 )
 
 
-def _dirs(path: Path) -> list[Path]:
+def _dirs(path: Path) -> list[str]:
     try:
-        return [Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+        return [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
     except OSError:
         return []
 
 
-def mark_orphans(status_dir: Path, known: Container[str], before: float) -> list[Path]:
+def mark_orphans(
+    status_dir: Path,
+    known: Container[str],
+    known_under: Callable[[str, str, str], Container[str]],
+    before: float,
+) -> list[Path]:
     """Mark unknown live runs made before ``before`` as FAILED; returns their directories (blocking).
 
-    ``known`` is asked again for each run, so a job submitted while this runs
+    ``known_under(project, group, name)`` gives the ids recorded for one job
+    directory in one registry read, so a run is looked up alone only when
+    that read did not name it (a run made since, or one that is not ours).
+    ``known`` is asked for each of those, so a job submitted while this runs
     is never taken for an orphan; neither is any run made since ``before``.
     """
     marked = []
     for project in _dirs(status_dir):
-        for group in _dirs(project):
-            for name in _dirs(group):
-                for run in _dirs(name):
-                    if run.name in known:
+        for group in _dirs(status_dir / project):
+            for name in _dirs(status_dir / project / group):
+                job_dir = status_dir / project / group / name
+                runs = _dirs(job_dir)
+                if not runs:
+                    continue
+                recorded = known_under(project, group, name)
+                for run in runs:
+                    if run in recorded or run in known:
                         continue  # the common case: no file read
-                    if _mark(status_dir, run, known, before):
-                        marked.append(run)
+                    if _mark(status_dir, job_dir / run, known, before):
+                        marked.append(job_dir / run)
     return marked
 
 

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 import structlog
 
 from baton.common.jobs import FINAL_STATES, JobFilter
+from baton.common.wire import decode_jobs
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -171,8 +172,9 @@ class Snapshot(abc.ABC):
     revision: int
 
     @abc.abstractmethod
-    async def page(self, limit: int) -> list[job_pb2.Job]:
-        """The next ``limit`` matching jobs at most; empty at the end."""
+    async def page(self, limit: int) -> list[bytes]:
+        """The next ``limit`` matching jobs at most, each a serialized Job known
+        to decode (a snapshot is sent on as it is stored); empty at the end."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -233,6 +235,10 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def contains_blocking(self, job_id: str) -> bool:
         """Whether a row has this id (blocking: for a worker thread)."""
+
+    @abc.abstractmethod
+    def ids_blocking(self, project: str, group: str, name: str) -> set[str]:
+        """The ids of the rows whose job has this project, group and name (blocking: for a worker thread)."""
 
     @abc.abstractmethod
     async def ended(
@@ -457,13 +463,13 @@ class _SqliteSnapshot(Snapshot):
         self._after = 0
         self._closed = False
 
-    async def page(self, limit: int) -> list[job_pb2.Job]:
+    async def page(self, limit: int) -> list[bytes]:
         rows = await self._registry._in_thread(self._page, limit)
         if rows:
             self._after = rows[-1][0]
-        return [job for _, job in rows]
+        return [blob for _, blob in rows]
 
-    def _page(self, limit: int) -> list[tuple[int, job_pb2.Job]]:
+    def _page(self, limit: int) -> list[tuple[int, bytes]]:
         flt, after = self._flt, self._after
         with self._txn.lock:
             conn = self._txn.conn
@@ -472,7 +478,7 @@ class _SqliteSnapshot(Snapshot):
                     "SELECT seq, id, request_id, job FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?",
                     (after, limit),
                 ).fetchall()
-                return self._registry._decode(raw, limit)
+                return self._registry._checked(raw, limit)
             index, terms, values = _ended_index(flt)
             streams = [
                 conn.execute(
@@ -490,7 +496,7 @@ class _SqliteSnapshot(Snapshot):
                     ).fetchall()
                 )
         raw = merge_streams([[(r[0], r) for r in s] for s in streams], limit, newest_first=False)
-        return self._registry._decode([r for _, r in raw], limit)
+        return self._registry._checked([r for _, r in raw], limit)
 
     async def close(self) -> None:
         if self._closed:
@@ -681,13 +687,25 @@ class SqliteRegistry(Registry):
 
     def _decode(self, rows: list[Any], limit: int) -> list[tuple[int, job_pb2.Job]]:
         """(seq, id, request_id, blob) rows as (seq, Job); a damaged one is left out and noted."""
+        rows = rows[:limit]
+        jobs = decode_jobs([r[3] for r in rows])
+        if jobs is not None:  # the common case: the whole page in one parse
+            return [(int(r[0]), job) for r, job in zip(rows, jobs, strict=True)]
         out = []
-        for seq, job_id, request_id, blob in rows[:limit]:
+        for seq, job_id, request_id, blob in rows:
             try:
                 out.append((int(seq), job_pb2.Job.FromString(blob)))
             except Exception as exc:
                 self._note_damaged(job_id, seq, request_id, exc)
         return out
+
+    def _checked(self, rows: list[Any], limit: int) -> list[tuple[int, bytes]]:
+        """(seq, id, request_id, blob) rows as (seq, blob), keeping only blobs that decode."""
+        rows = rows[:limit]
+        if decode_jobs([r[3] for r in rows]) is not None:
+            return [(int(r[0]), bytes(r[3])) for r in rows]
+        good = {seq for seq, _ in self._decode(rows, limit)}
+        return [(int(r[0]), bytes(r[3])) for r in rows if int(r[0]) in good]
 
     @property
     def damaged(self) -> list[DamagedRow]:
@@ -885,11 +903,28 @@ class SqliteRegistry(Registry):
 
     def contains_blocking(self, job_id: str) -> bool:
         with self._conns_lock:
-            if self._lookup_conn is None:
-                self._lookup_conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-                self._reader_conns.append(self._lookup_conn)
-            row = self._lookup_conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = self._lookup().execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row is not None
+
+    def ids_blocking(self, project: str, group: str, name: str) -> set[str]:
+        key = (project, group, name)
+        states = ",".join("?" * len(_FINAL))
+        with self._conns_lock:
+            rows = self._lookup().execute(
+                f"SELECT id FROM jobs INDEXED BY ended_pgn WHERE final_state IN ({states})"
+                " AND project = ? AND grp = ? AND name = ?"
+                " UNION ALL SELECT id FROM jobs INDEXED BY jobs_live WHERE final_state IS NULL"
+                " AND project = ? AND grp = ? AND name = ?",
+                (*_FINAL, *key, *key),
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def _lookup(self) -> sqlite3.Connection:
+        """The connection for the blocking lookups; the caller holds ``_conns_lock``."""
+        if self._lookup_conn is None:
+            self._lookup_conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            self._reader_conns.append(self._lookup_conn)
+        return self._lookup_conn
 
     async def ended(
         self, flt: JobFilter, after: int | None, limit: int, *, newest_first: bool = True

@@ -21,6 +21,7 @@ from baton.common.errors import invalid_field
 from baton.common.jobs import JobFilter
 from baton.common.rpc import required, translate_errors
 from baton.common.version import VERSION
+from baton.common.wire import Encoded
 from baton.conductor.admin import Admin
 from baton.conductor.executors.base import Executor
 from baton.conductor.executors.procfs import self_rss
@@ -219,7 +220,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServicer):
     @translate_errors
     async def WatchJobs(
         self, request: pb.WatchJobsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.WatchJobsResponse]:
+    ) -> AsyncIterator[pb.WatchJobsResponse | Encoded]:
         flt = JobFilter(request.project, request.group, request.name)
         async for response in self._feeds.watch(request.since_revision, flt):
             yield response

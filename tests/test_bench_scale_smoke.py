@@ -36,7 +36,10 @@ TARGETED = (
     "viewer_rss_mb",
     "viewer_inotify_watches",
 )
-PHASES = ("live_jobs", "list_jobs", "conductor_info", "watch_snapshot", "restart", "viewer", "clear_jobs")
+PHASES = (
+    "live_jobs", "transport_floor", "list_jobs", "conductor_info", "watch_snapshot", "restart", "viewer",
+    "clear_jobs",
+)  # fmt: skip
 
 
 def _number_or_timed_out(fig: dict[str, Any]) -> bool:
@@ -88,6 +91,7 @@ def test_bench_scale_runs_every_phase_at_a_tiny_size(tmp_path: Path) -> None:
     assert details["viewer_index_ready"]["runs"] == 305, details["viewer_index_ready"]
     assert figures["getjob_during_list_p95"]["samples"] > 0
     assert figures["getjob_during_watch_p95"]["samples"] > 0
+    assert figures["getjob_floor_p95"]["samples"] > 0 and figures["getjob_floor_errors"]["value"] == 0
 
     assert [p.name for p in tmp_path.iterdir()] == []
     assert kill_home_processes(tmp_path) == 0

@@ -110,6 +110,9 @@ def test_open_gives_live_jobs_counts_revision_and_the_next_seq_only(reopen: Reop
         assert await reg.find_request("r1") == "job-00001"
         assert await reg.find_request("r3") is None, "a deleted job's key is free"
         assert reg.contains_blocking("job-00001")
+        # The ids under one job directory, live and ended, in one read; the deleted one is not.
+        assert reg.ids_blocking("p", "g", "n") == {f"job-{i:05d}" for i in (0, 1, 2, 4, 5)}
+        assert reg.ids_blocking("p", "g", "other") == set()
         await reg.close()
 
     run(first())
@@ -212,14 +215,14 @@ def test_a_snapshot_holds_still_while_writes_go_on(reopen: Reopen) -> None:
         assert snap.revision == rev
         expected = [j.id for j in jobs if j.project == "a"]
         # Writes after the snapshot began: none of them shows in it.
-        first = await snap.page(5)
+        first = [job_pb2.Job.FromString(b) for b in await snap.page(5)]
         changed = job(1, S.JOB_STATE_FAILED, project=jobs[1].project, group=jobs[1].group, revision=rev + 1)
         await reg.put(2, changed, None, S.JOB_EVENT_TYPE_UPDATED)
         await reg.delete([job(2, jobs[2].state, revision=rev + 2)])
         await reg.insert(61, job(61, S.JOB_STATE_QUEUED, project="a", revision=rev + 3), None)
         seen = list(first)
         while page := await snap.page(5):
-            seen += page
+            seen += [job_pb2.Job.FromString(b) for b in page]
         await snap.close()
         assert [j.id for j in seen] == expected
         assert all(j.revision <= rev for j in seen)
