@@ -265,7 +265,7 @@ class Lifecycle:
                 damaged[job.id] = exc
             self._jobs[job.id] = job
             self._runs[job.id] = run
-            self.book.put(item.seq, job, stored=True)
+            self.book.put(item.seq, job)
             if job.request_id:
                 self._by_request[job.request_id] = job.id
             max_rev = max(max_rev, job.revision)
@@ -905,7 +905,7 @@ class Lifecycle:
                 # Nothing to show at this revision, but it is settled.
                 self._emit(job_pb2.JobEvent(revision=job.revision))
             return
-        self.book.put(seq, job, stored=True)
+        self.book.put(seq, job)
         self._publisher.publish(job)
         if job.state in FINAL_STATES and job.id not in self._ended:
             self._ended.add(job.id)
