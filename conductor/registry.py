@@ -187,6 +187,10 @@ class Registry(abc.ABC):
     jobs only: the lifecycle holds the live ones.
     """
 
+    # Told the seconds each durable commit took, where there is one (for the
+    # commit latency metric); called from whatever thread commits.
+    on_commit: Callable[[float], None] | None = None
+
     @abc.abstractmethod
     async def open(self) -> Opened:
         """Open storage and read what a start needs: live jobs, counts, the revision."""
@@ -531,9 +535,6 @@ class SqliteRegistry(Registry):
         # The published mark asked for, and the one last written.
         self._published: int | None = None
         self._published_written: int | None = None
-        # Told the seconds each transaction took (BEGIN to COMMIT with its
-        # fsync), in the writer thread: for the commit latency metric.
-        self.on_commit: Callable[[float], None] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
