@@ -276,12 +276,18 @@ class _Run:
     def phase(self, name: str, fn: Callable[[], None]) -> None:
         log(f"scale: {name}")
         t0 = time.monotonic()
+        before = set(self.figures)
         try:
             fn()
         except Exception as err:  # one phase failing must not lose the others' figures
             log(f"scale: {name} failed: {err!r}")
             self.details.setdefault("phase_errors", {})[name] = f"{type(err).__name__}: {err}"[:500]
         self.details.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t0, 1)
+        # Said as they come: at a million jobs the run is long, and its cleanup too.
+        for key in [k for k in self.figures if k not in before]:
+            fig = self.figures[key]
+            verdict = "" if "pass" not in fig else (" (met)" if fig["pass"] else " (MISSED)")
+            log(f"scale:   {key} = {fig['value']} {fig['unit']}{verdict}")
 
 
 def scale(sizes: ScaleSizes) -> Json:
