@@ -14,6 +14,7 @@ never every one.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ log = structlog.get_logger(__name__)
 RETRY_MAX_SECONDS = 2.0
 
 # (directory, newest Job to write there, or None to remove the directory; its tree's root; revision)
-_Item = tuple[Path, job_pb2.Job | None, Path, int]
+_Item = tuple[str, job_pb2.Job | None, Path, int]
 
 
 class Publisher:
@@ -68,21 +69,21 @@ class Publisher:
 
     def publish(self, job: job_pb2.Job) -> None:
         """Queue ``job`` to be written to <run_dir>/status.json."""
-        self._put(job.id, (Path(job.run_dir), job, self._status_root, job.revision))
+        self._put(job.id, (job.run_dir, job, self._status_root, job.revision))
 
     def remove(self, job_id: str, run_dir: str, revision: int = 0) -> None:
         """Queue the removal of a deleted job's run directory."""
-        self._put(job_id, (Path(run_dir), None, self._status_root, revision))
+        self._put(job_id, (run_dir, None, self._status_root, revision))
 
     def remove_checkpoints(self, job_id: str, checkpoint_dir: str, revision: int = 0) -> None:
         """Queue the removal of a deleted run's own checkpoint directory."""
         if self._checkpoints_root is None or not checkpoint_dir:
             return
-        self._put("checkpoints:" + job_id, (Path(checkpoint_dir), None, self._checkpoints_root, revision))
+        self._put("checkpoints:" + job_id, (checkpoint_dir, None, self._checkpoints_root, revision))
 
     def remove_records(self, job_id: str, path: str, revision: int = 0) -> None:
         """Queue the removal of an ended job's launch records (a directory under its run directory)."""
-        self._put("records:" + job_id, (Path(path), None, self._status_root, revision))
+        self._put("records:" + job_id, (path, None, self._status_root, revision))
 
     def _remove(self, root: Path, path: Path) -> None:
         """Delete a directory, never through a link: a parent directory that is
@@ -135,12 +136,12 @@ class Publisher:
                 path, job, root, _ = item
                 try:
                     if job is None:
-                        self._remove(root, path)
+                        self._remove(root, Path(path))
                     else:
-                        write_job(path / STATUS_FILE, job)
+                        write_job(os.path.join(path, STATUS_FILE), job)
                 except OSError as exc:
                     if not backoff:
-                        log.error("status_write_failed", run_dir=str(path), error=exc.strerror)
+                        log.error("status_write_failed", run_dir=path, error=exc.strerror)
                     failed[key] = item
             with self._cond:
                 self._writing = []
