@@ -6,6 +6,11 @@ registry holds it. Writes for one job coalesce (only the newest version
 matters), happen in order, and are atomic (temp file + rename). A write that
 fails (a full disk) is tried again, with the newest version, until it succeeds.
 
+The writing itself (the JSON, the file system calls, removing run
+directories) is done by a child process, ``conductor.statuswriter``, a batch
+at a time, so it never holds the GIL the event loop serves calls with; this
+thread keeps the rules and does the work itself when that process is gone.
+
 The publisher also says how far it has got: every version up to revision
 ``published`` is on disk (``on_published``). The registry keeps that mark, so
 a restarted conductor writes again only the status files changed after it,
@@ -14,16 +19,13 @@ never every one.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
-from baton.common.jobfile import write_job
-from baton.common.layout import STATUS_FILE
-from baton.common.safeopen import UnsafePath, dir_without_links, remove_beneath
+from baton.conductor.statuswriter import UNSAFE, StatusWriter
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -55,6 +57,8 @@ class Publisher:
         self._handed = 0
         self._writing: list[int] = []
         self.published = 0
+        # Does the writing and removing, in a child process (``conductor.statuswriter``).
+        self._writer = StatusWriter()
         self._thread = threading.Thread(target=self._run, name="status-publisher", daemon=True)
         self._thread.start()
 
@@ -84,17 +88,6 @@ class Publisher:
     def remove_records(self, job_id: str, path: str, revision: int = 0) -> None:
         """Queue the removal of an ended job's launch records (a directory under its run directory)."""
         self._put("records:" + job_id, (path, None, self._status_root, revision))
-
-    def _remove(self, root: Path, path: Path) -> None:
-        """Delete a directory, never through a link: a parent directory that is
-        a link out of the tree deletes nothing."""
-        try:
-            with dir_without_links(root, path.parent) as pfd:
-                remove_beneath(pfd, path.name)
-        except FileNotFoundError:
-            pass
-        except UnsafePath as exc:
-            log.warning("run_dir_not_removed", run_dir=str(path), why=str(exc))
 
     def _put(self, key: str, item: _Item) -> None:
         with self._cond:
@@ -131,18 +124,19 @@ class Publisher:
                     return
                 batch, self._pending = self._pending, {}
                 self._writing = [item[3] for item in batch.values()]
+            items = [
+                (key, path, None if job is None else job.SerializeToString(), str(root))
+                for key, (path, job, root, _) in batch.items()
+            ]
             failed = {}
-            for key, item in batch.items():
-                path, job, root, _ = item
-                try:
-                    if job is None:
-                        self._remove(root, Path(path))
-                    else:
-                        write_job(os.path.join(path, STATUS_FILE), job)
-                except OSError as exc:
-                    if not backoff:
-                        log.error("status_write_failed", run_dir=path, error=exc.strerror)
-                    failed[key] = item
+            for key, kind, what in self._writer.run(items):
+                path = batch[key][0]
+                if kind == UNSAFE:
+                    log.warning("run_dir_not_removed", run_dir=path, why=what)
+                    continue
+                if not backoff:
+                    log.error("status_write_failed", run_dir=path, error=what)
+                failed[key] = batch[key]
             with self._cond:
                 self._writing = []
                 for key, item in failed.items():
@@ -161,3 +155,4 @@ class Publisher:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
+        self._writer.close()
