@@ -26,7 +26,7 @@ from baton.common.layout import STATUS_FILE
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
 from bench.jobs import running_with_process, submit_request, wait_for
-from bench.procs import REPO, Conductor, cpu_seconds
+from bench.procs import REPO, Conductor, conductor_cpu_seconds
 from bench.report import Json, Target, figure, log, percentile, section
 
 Call = Callable[[conductor_pb2_grpc.ConductorStub], Any]
@@ -103,9 +103,9 @@ async def _window(
 
     async def meter() -> None:
         await asyncio.sleep(max(0.0, w_start - loop.time()))
-        marks["client0"], marks["server0"] = _own_cpu(), cpu_seconds(server_pid)
+        marks["client0"], marks["server0"] = _own_cpu(), conductor_cpu_seconds(server_pid)
         await asyncio.sleep(max(0.0, w_end - loop.time()))
-        marks["client1"], marks["server1"] = _own_cpu(), cpu_seconds(server_pid)
+        marks["client1"], marks["server1"] = _own_cpu(), conductor_cpu_seconds(server_pid)
 
     await asyncio.gather(meter(), *(worker() for _ in range(concurrency)))
     per_second = [0] * max(1, int(duration + 0.999))
@@ -188,7 +188,8 @@ def submissions_per_second(duration: float, concurrency: int, poll_interval: flo
             load.server_cpu / load.calls * 1000 if load.calls else math.nan,
             "ms",
             load.calls,
-            "CPU time of the conductor process (all threads) per acknowledged submission",
+            "CPU time of the conductor process (all threads) and its status writer process per "
+            "acknowledged submission",
         ),
         "ack_p50": figure(
             percentile(load.latencies_ms, 50), "ms", load.calls, "median SubmitJob round trip under this load"
