@@ -187,13 +187,15 @@ def main() -> int:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     inp = sys.stdin.buffer
-    _send(out, READY)
-    while True:
-        try:
-            items = _receive(inp)
-        except EOFError:
-            return 0
-        _send(out, apply(items))
+    try:
+        _send(out, READY)
+        while True:
+            _send(out, apply(_receive(inp)))
+    except (EOFError, BrokenPipeError):
+        # The conductor closed its end (it is stopping, or gone): nothing is owed to anyone.
+        with contextlib.suppress(OSError):
+            out.close()
+        return 0
 
 
 if __name__ == "__main__":
