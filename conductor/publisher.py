@@ -30,6 +30,8 @@ from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
 RETRY_MAX_SECONDS = 2.0
+# Writes handed to the status writer at a time.
+WRITE_CHUNK = 512
 
 # (directory, newest Job to write there, or None to remove the directory; its tree's root; revision)
 _Item = tuple[str, job_pb2.Job | None, Path, int]
@@ -124,19 +126,24 @@ class Publisher:
                     return
                 batch, self._pending = self._pending, {}
                 self._writing = [item[3] for item in batch.values()]
-            items = [
-                (key, path, None if job is None else job.SerializeToString(), str(root))
-                for key, (path, job, root, _) in batch.items()
-            ]
             failed = {}
-            for key, kind, what in self._writer.run(items):
-                path = batch[key][0]
-                if kind == UNSAFE:
-                    log.warning("run_dir_not_removed", run_dir=path, why=what)
-                    continue
-                if not backoff:
-                    log.error("status_write_failed", run_dir=path, error=what)
-                failed[key] = batch[key]
+            keys = list(batch)
+            # In chunks: a restart may hand over many thousands at once, and each
+            # chunk is held encoded, twice, while it crosses to the writer.
+            for start in range(0, len(keys), WRITE_CHUNK):
+                items = [
+                    (key, path, None if job is None else job.SerializeToString(), str(root))
+                    for key in keys[start : start + WRITE_CHUNK]
+                    for path, job, root, _ in (batch[key],)
+                ]
+                for key, kind, what in self._writer.run(items):
+                    path = batch[key][0]
+                    if kind == UNSAFE:
+                        log.warning("run_dir_not_removed", run_dir=path, why=what)
+                        continue
+                    if not backoff:
+                        log.error("status_write_failed", run_dir=path, error=what)
+                    failed[key] = batch[key]
             with self._cond:
                 self._writing = []
                 for key, item in failed.items():
