@@ -52,7 +52,7 @@ from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
 from bench.history import LIVE_PROJECT, RARE_KEY, History, generate, submit_live
 from bench.loadclient import Call, read_calls
-from bench.procs import REPO, Conductor, cpu_seconds
+from bench.procs import REPO, Conductor, conductor_cpu_seconds
 from bench.report import Json, Target, figure, log, percentile, section
 from bench.viewer import _Viewer
 
@@ -705,12 +705,12 @@ def _restart(run: _Run) -> None:
     pid = c.pid
     # The CPU it spends once answering (rewriting status files, re-attaching), until quiet.
     t0 = time.monotonic()
-    cpu0 = cpu_seconds(pid)
+    cpu0 = conductor_cpu_seconds(pid)
     last = cpu0
     quiet_since = time.monotonic()
     while time.monotonic() - t0 < run.limit:
         time.sleep(1.0)
-        now = cpu_seconds(pid)
+        now = conductor_cpu_seconds(pid)
         if now - last > 0.1:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= 3.0:
@@ -718,10 +718,10 @@ def _restart(run: _Run) -> None:
         last = now
     busy = max(0.0, quiet_since - t0)
     run.figures["restart_cpu_after_ready_s"] = figure(
-        cpu_seconds(pid) - cpu0,
+        conductor_cpu_seconds(pid) - cpu0,
         "s",
         1,
-        "CPU the restarted conductor spends after its first answer, until quiet",
+        "CPU the restarted conductor (and its status writer) spends after its first answer, until quiet",
     )
     run.figures["restart_busy_after_ready_s"] = figure(
         busy, "s", 1, "wall time from its first answer until it is quiet (under 0.1 CPU s a second for 3 s)"

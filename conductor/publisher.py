@@ -6,6 +6,11 @@ registry holds it. Writes for one job coalesce (only the newest version
 matters), happen in order, and are atomic (temp file + rename). A write that
 fails (a full disk) is tried again, with the newest version, until it succeeds.
 
+The writing itself (the JSON, the file system calls, removing run
+directories) is done by a child process, ``conductor.statuswriter``, a batch
+at a time, so it never holds the GIL the event loop serves calls with; this
+thread keeps the rules and does the work itself when that process is gone.
+
 The publisher also says how far it has got: every version up to revision
 ``published`` is on disk (``on_published``). The registry keeps that mark, so
 a restarted conductor writes again only the status files changed after it,
@@ -20,16 +25,16 @@ from pathlib import Path
 
 import structlog
 
-from baton.common.jobfile import write_job
-from baton.common.layout import STATUS_FILE
-from baton.common.safeopen import UnsafePath, dir_without_links, remove_beneath
+from baton.conductor.statuswriter import UNSAFE, StatusWriter
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
 RETRY_MAX_SECONDS = 2.0
+# Writes handed to the status writer at a time.
+WRITE_CHUNK = 512
 
 # (directory, newest Job to write there, or None to remove the directory; its tree's root; revision)
-_Item = tuple[Path, job_pb2.Job | None, Path, int]
+_Item = tuple[str, job_pb2.Job | None, Path, int]
 
 
 class Publisher:
@@ -54,6 +59,8 @@ class Publisher:
         self._handed = 0
         self._writing: list[int] = []
         self.published = 0
+        # Does the writing and removing, in a child process (``conductor.statuswriter``).
+        self._writer = StatusWriter()
         self._thread = threading.Thread(target=self._run, name="status-publisher", daemon=True)
         self._thread.start()
 
@@ -68,32 +75,21 @@ class Publisher:
 
     def publish(self, job: job_pb2.Job) -> None:
         """Queue ``job`` to be written to <run_dir>/status.json."""
-        self._put(job.id, (Path(job.run_dir), job, self._status_root, job.revision))
+        self._put(job.id, (job.run_dir, job, self._status_root, job.revision))
 
     def remove(self, job_id: str, run_dir: str, revision: int = 0) -> None:
         """Queue the removal of a deleted job's run directory."""
-        self._put(job_id, (Path(run_dir), None, self._status_root, revision))
+        self._put(job_id, (run_dir, None, self._status_root, revision))
 
     def remove_checkpoints(self, job_id: str, checkpoint_dir: str, revision: int = 0) -> None:
         """Queue the removal of a deleted run's own checkpoint directory."""
         if self._checkpoints_root is None or not checkpoint_dir:
             return
-        self._put("checkpoints:" + job_id, (Path(checkpoint_dir), None, self._checkpoints_root, revision))
+        self._put("checkpoints:" + job_id, (checkpoint_dir, None, self._checkpoints_root, revision))
 
     def remove_records(self, job_id: str, path: str, revision: int = 0) -> None:
         """Queue the removal of an ended job's launch records (a directory under its run directory)."""
-        self._put("records:" + job_id, (Path(path), None, self._status_root, revision))
-
-    def _remove(self, root: Path, path: Path) -> None:
-        """Delete a directory, never through a link: a parent directory that is
-        a link out of the tree deletes nothing."""
-        try:
-            with dir_without_links(root, path.parent) as pfd:
-                remove_beneath(pfd, path.name)
-        except FileNotFoundError:
-            pass
-        except UnsafePath as exc:
-            log.warning("run_dir_not_removed", run_dir=str(path), why=str(exc))
+        self._put("records:" + job_id, (path, None, self._status_root, revision))
 
     def _put(self, key: str, item: _Item) -> None:
         with self._cond:
@@ -131,17 +127,23 @@ class Publisher:
                 batch, self._pending = self._pending, {}
                 self._writing = [item[3] for item in batch.values()]
             failed = {}
-            for key, item in batch.items():
-                path, job, root, _ = item
-                try:
-                    if job is None:
-                        self._remove(root, path)
-                    else:
-                        write_job(path / STATUS_FILE, job)
-                except OSError as exc:
+            keys = list(batch)
+            # In chunks: a restart may hand over many thousands at once, and each
+            # chunk is held encoded, twice, while it crosses to the writer.
+            for start in range(0, len(keys), WRITE_CHUNK):
+                items = [
+                    (key, path, None if job is None else job.SerializeToString(), str(root))
+                    for key in keys[start : start + WRITE_CHUNK]
+                    for path, job, root, _ in (batch[key],)
+                ]
+                for key, kind, what in self._writer.run(items):
+                    path = batch[key][0]
+                    if kind == UNSAFE:
+                        log.warning("run_dir_not_removed", run_dir=path, why=what)
+                        continue
                     if not backoff:
-                        log.error("status_write_failed", run_dir=str(path), error=exc.strerror)
-                    failed[key] = item
+                        log.error("status_write_failed", run_dir=path, error=what)
+                    failed[key] = batch[key]
             with self._cond:
                 self._writing = []
                 for key, item in failed.items():
@@ -160,3 +162,4 @@ class Publisher:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
+        self._writer.close()
