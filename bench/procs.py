@@ -54,6 +54,17 @@ CANCEL_ORDER = (
 # ---------------------------------------------------------------------- /proc
 
 
+_LEFT_BEHIND: list[Path] = []
+
+
+def remove_left_behind() -> None:
+    """Remove the homes left for after the report (``Conductor.remove_later``)."""
+    while _LEFT_BEHIND:
+        root = _LEFT_BEHIND.pop()
+        log(f"removing {root}")
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -197,6 +208,9 @@ class Conductor:
         self._channel: grpc.Channel | None = None
         self._stub: conductor_pb2_grpc.ConductorStub | None = None
         self.leftovers_killed = 0
+        # Removed by ``remove_left_behind`` once the figures are out: a million
+        # jobs' trees take minutes to delete, and nobody should wait for them.
+        self.remove_later = False
 
     # -- life
 
@@ -282,7 +296,10 @@ class Conductor:
             self.leftovers_killed = kill_home_processes(self.home)
             if self.leftovers_killed:
                 log(f"{self.label}: killed {self.leftovers_killed} leftover process(es)")
-            shutil.rmtree(self.root, ignore_errors=True)
+            if self.remove_later:
+                _LEFT_BEHIND.append(self.root)
+            else:
+                shutil.rmtree(self.root, ignore_errors=True)
 
     def stop(self) -> None:
         if self.proc is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import json
 import os
@@ -374,6 +375,8 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    # Also when a section is interrupted: no home is left on the disk.
+    atexit.register(procs.remove_left_behind)
     procs.CONDUCTOR_FLAGS[:] = args.conductor_flags
     sizes = QUICK if args.quick else FULL
     poll = max(0.0, args.poll_interval_ms / 1000)
@@ -451,4 +454,5 @@ def main(argv: list[str] | None = None) -> int:
     json.dump(finite(doc), sys.stdout, indent=2, allow_nan=False)
     sys.stdout.write("\n")
     sys.stdout.flush()
+    procs.remove_left_behind()
     return 1 if errors else 0

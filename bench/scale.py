@@ -293,6 +293,7 @@ class _Run:
 def scale(sizes: ScaleSizes) -> Json:
     base = _choose_directory(sizes.jobs, sizes.directory)
     conductor = Conductor("scale", max_running=max(1, sizes.running), root_dir=base)
+    conductor.remove_later = True
     try:
         root = conductor.root
         log(f"scale: generating {sizes.jobs} ended jobs under {conductor.home} ({_filesystem(base)})")
@@ -320,7 +321,7 @@ def scale(sizes: ScaleSizes) -> Json:
             run.details,
         )
     finally:
-        log("scale: cleaning up (cancelling the live jobs, removing the home)")
+        log("scale: cleaning up (cancelling the live jobs; the home is removed after the report)")
         conductor.close()
 
 
