@@ -256,6 +256,18 @@ class Registry(abc.ABC):
         """Ended jobs in the order they ended, oldest first; only those ended before the bound."""
 
     @abc.abstractmethod
+    async def ended_by_end(
+        self, flt: JobFilter, through_ns: int, after: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, job_pb2.Job]]:
+        """Ended jobs matching ``flt`` that ended at or before ``through_ns`` (one that
+        says no end counts as ended at 0), as (seq, job), in the order they ended (then
+        by seq), from just past ``after`` = (end_ns, seq).
+
+        What a bulk deletion by age reads: its cost goes with the jobs it returns,
+        never with the history. Fewer than ``limit`` only when no more match.
+        """
+
+    @abc.abstractmethod
     async def snapshot(self, flt: JobFilter) -> Snapshot:
         """A consistent view of every job matching ``flt`` (its states ignored)."""
 
@@ -978,6 +990,43 @@ class SqliteRegistry(Registry):
                 (*args, limit),
             ).fetchall()
             return [job for _, job in self._decode(rows, limit)]
+
+        return await self._read(read)
+
+    async def ended_by_end(
+        self, flt: JobFilter, through_ns: int, after: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, job_pb2.Job]]:
+        states = ended_states(flt)
+        if not states or limit <= 0:
+            return []
+        _, terms, values = _ended_index(flt)
+        if len(states) < len(_FINAL):
+            terms += f" AND final_state IN ({', '.join('?' * len(states))})"
+            values = [*values, *states]
+        head = (
+            "SELECT end_ns, seq, id, request_id, job FROM jobs INDEXED BY ended_by_end"
+            f" WHERE final_state IS NOT NULL AND end_ns <= ?{terms}"
+        )
+        unbounded = f"{head} ORDER BY end_ns, seq LIMIT ?"
+        # A row value: the index is read from just past the cursor, not from its start.
+        bounded = f"{head} AND (end_ns, seq) > (?, ?) ORDER BY end_ns, seq LIMIT ?"
+
+        def read(c: sqlite3.Connection) -> list[tuple[int, job_pb2.Job]]:
+            out: list[tuple[int, job_pb2.Job]] = []
+            cursor = after
+            while len(out) < limit:
+                want = limit - len(out)
+                raw = (
+                    c.execute(unbounded, (through_ns, *values, want)).fetchall()
+                    if cursor is None
+                    else c.execute(bounded, (through_ns, *values, *cursor, want)).fetchall()
+                )
+                out += self._decode([r[1:] for r in raw], want)
+                if len(raw) < want:
+                    break
+                # Some rows could not be read: look past them for the rest of the page.
+                cursor = (raw[-1][0], raw[-1][1])
+            return out
 
         return await self._read(read)
 

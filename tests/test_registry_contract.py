@@ -205,6 +205,47 @@ def test_oldest_ended_come_in_the_order_they_ended(reopen: Reopen) -> None:
     run(go())
 
 
+def test_ended_by_end_pages_match_a_full_scan_for_every_filter(reopen: Reopen) -> None:
+    jobs = history(300, seed=11)
+    rnd = random.Random(12)
+    for j in jobs:
+        if j.state in FINAL_STATES:
+            # Ends out of submission order, with ties; a few say no end at all.
+            if rnd.random() < 0.05:
+                j.ClearField("end_time")
+            else:
+                j.end_time.FromSeconds(1_000 + rnd.randrange(60))
+    through = (1_000 + 40) * 10**9
+
+    def end_of(j: job_pb2.Job) -> int:
+        return j.end_time.ToNanoseconds() if j.HasField("end_time") else 0
+
+    async def go() -> None:
+        reg = reopen()
+        await reg.open()
+        await write_all(reg, jobs)
+        for flt in FILTERS:
+            matching = [
+                (end_of(j), i + 1)
+                for i, j in enumerate(jobs)
+                if j.state in FINAL_STATES and flt.matches(j) and end_of(j) <= through
+            ]
+            got: list[int] = []
+            after = None
+            while True:
+                page = await reg.ended_by_end(flt, through, after, 7)
+                if not page:
+                    break
+                after = (end_of(page[-1][1]), page[-1][0])
+                # Short only at the end.
+                assert len(page) == 7 or not await reg.ended_by_end(flt, through, after, 7)
+                got += [seq for seq, _ in page]
+            assert got == [seq for _, seq in sorted(matching)], flt
+        await reg.close()
+
+    run(go())
+
+
 def test_a_snapshot_holds_still_while_writes_go_on(reopen: Reopen) -> None:
     async def go() -> None:
         reg = reopen()
