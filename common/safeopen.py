@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
+import random
 import shutil
 import stat
 from collections.abc import Iterator
@@ -181,7 +181,8 @@ def remove_beneath(dir_fd: int, name: str) -> None:
     Renamed aside first, so a reader never sees half a tree; FileNotFoundError
     when it is not there.
     """
-    doomed = f".deleting-{name}-{secrets.token_hex(4)}"
+    # Only to be unlike any other name there: no secret, so no system call for it.
+    doomed = f".deleting-{name}-{random.getrandbits(32):08x}"
     os.rename(name, doomed, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     if stat.S_ISDIR(os.lstat(doomed, dir_fd=dir_fd).st_mode):
         # rmtree with dir_fd is the descriptor-based walk: it refuses a link at

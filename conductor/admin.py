@@ -107,10 +107,16 @@ class Admin:
         out: list[str] = []
         # Page by page through the indexes, each page deleted in one registry
         # write: O(k) for k jobs, and the event loop is held a batch at a time.
-        # The next page is read while the last one's write is under way (the
-        # pages go down by seq, so they never overlap).
+        # By age, in the order they ended (the end index): the jobs too young
+        # are never read. The next page is read while the last one's write is
+        # under way (each page starts past the last, so they never overlap).
+        pages = (
+            self._lc.book.ended_through(flt, cutoff, CLEAR_BATCH)
+            if older_than > 0
+            else self._lc.book.all_pages(flt, batch=CLEAR_BATCH)
+        )
         writing: asyncio.Future[list[str]] | None = None
-        async for page in self._lc.book.all_pages(flt, batch=CLEAR_BATCH):
+        async for page in pages:
             doomed = [
                 j
                 for j in page

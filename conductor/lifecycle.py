@@ -776,35 +776,30 @@ class Lifecycle:
     async def _delete_ended(
         self, jobs: list[job_pb2.Job], forget: bool, checkpoints: bool
     ) -> list[job_pb2.Job]:
-        gone = []
+        # Each deletion's event is made here, once: its job is the version the
+        # registry logs and the one listeners get (one copy of each job, not two).
+        events = []
         for job in jobs:
             self._revision += 1
-            copy = job_pb2.Job()
-            copy.CopyFrom(job)
-            copy.revision = self._revision
-            gone.append(copy)
-        fut = self._registry.delete(gone)
-        fut.add_done_callback(functools.partial(self._deleted, gone))
+            event = job_pb2.JobEvent(revision=self._revision, type=S.JOB_EVENT_TYPE_DELETED)
+            event.job.CopyFrom(job)
+            event.job.revision = self._revision
+            events.append(event)
+        fut = self._registry.delete([e.job for e in events])
+        fut.add_done_callback(functools.partial(self._deleted, events, checkpoints))
         try:
             removed = await fut
         except Exception as exc:
             raise Internal("the conductor could not record the deletion; see its log") from exc
-        out = []
-        forgotten = []
-        for g in gone:
-            if g.id not in removed:
-                continue
-            out.append(g)
+        out = [e.job for e in events if e.job.id in removed]
+        for g in out:
             self._jobs.pop(g.id, None)
             self._runs.pop(g.id, None)
             self._ended.discard(g.id)
             if g.request_id and self._by_request.get(g.request_id) == g.id:
                 del self._by_request[g.request_id]
-            forgotten.append((g.executor, g.id))
-            if checkpoints:
-                self._publisher.remove_checkpoints(g.id, g.checkpoint_dir, g.revision)
-        if forget and forgotten:
-            self._spawn_task(self._forget(forgotten))
+        if forget and out:
+            self._spawn_task(self._forget([(g.executor, g.id) for g in out]))
         return out
 
     async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
@@ -927,25 +922,30 @@ class Lifecycle:
             )
         self._emit(job_pb2.JobEvent(revision=job.revision, job=job, type=S.JOB_EVENT_TYPE_UPDATED))
 
-    def _deleted(self, gone: list[job_pb2.Job], fut: asyncio.Future[set[str]]) -> None:
+    def _deleted(
+        self, events: list[job_pb2.JobEvent], checkpoints: bool, fut: asyncio.Future[set[str]]
+    ) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            log.error("registry_write_failed", job_ids=[g.id for g in gone[:10]], error=_error_text(fut))
-            for g in gone:
-                self._emit(job_pb2.JobEvent(revision=g.revision))
+            ids = [e.job.id for e in events[:10]]
+            log.error("registry_write_failed", job_ids=ids, error=_error_text(fut))
+            for e in events:
+                self._emit(job_pb2.JobEvent(revision=e.revision))
             return
         removed = fut.result()
-        for g in gone:
-            if g.id not in removed:
-                self._emit(job_pb2.JobEvent(revision=g.revision))
-                continue
-            self.book.remove(g, g.revision)
-            self._observer.deleted(g)
-            self._publisher.remove(g.id, g.run_dir, g.revision)
-            if len(gone) == 1:
-                log.info("job_deleted", job_id=g.id, revision=g.revision)
-            self._emit(job_pb2.JobEvent(revision=g.revision, job=g, type=S.JOB_EVENT_TYPE_DELETED))
-        if len(gone) > 1:
-            log.info("jobs_deleted", count=len(removed), last_revision=gone[-1].revision)
+        shown = []
+        for e in events:
+            if e.job.id in removed:
+                self.book.remove(e.job, e.revision)
+                self._observer.deleted(e.job)
+                shown.append(e.job)
+        # Their directories are handed over in one go; they go in the background.
+        self._publisher.remove_runs(shown, checkpoints=checkpoints)
+        for e in events:
+            self._emit(e if e.job.id in removed else job_pb2.JobEvent(revision=e.revision))
+        if len(events) == 1 and shown:
+            log.info("job_deleted", job_id=shown[0].id, revision=shown[0].revision)
+        elif len(events) > 1:
+            log.info("jobs_deleted", count=len(removed), last_revision=events[-1].revision)
 
     def _emit(self, event: job_pb2.JobEvent) -> None:
         for listener in list(self._listeners):

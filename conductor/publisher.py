@@ -14,6 +14,7 @@ never every one.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,11 @@ log = structlog.get_logger(__name__)
 RETRY_MAX_SECONDS = 2.0
 
 # (directory, newest Job to write there, or None to remove the directory; its tree's root; revision)
-_Item = tuple[Path, job_pb2.Job | None, Path, int]
+_Item = tuple[str, job_pb2.Job | None, Path, int]
+# Parent directories a round of removals keeps open, at most: a bulk deletion
+# removes many runs of one job name, and each parent is reached through no
+# link once, not once a run.
+_OPEN_PARENTS = 64
 
 
 class Publisher:
@@ -68,32 +73,56 @@ class Publisher:
 
     def publish(self, job: job_pb2.Job) -> None:
         """Queue ``job`` to be written to <run_dir>/status.json."""
-        self._put(job.id, (Path(job.run_dir), job, self._status_root, job.revision))
+        self._put(job.id, (job.run_dir, job, self._status_root, job.revision))
 
     def remove(self, job_id: str, run_dir: str, revision: int = 0) -> None:
         """Queue the removal of a deleted job's run directory."""
-        self._put(job_id, (Path(run_dir), None, self._status_root, revision))
+        self._put(job_id, (run_dir, None, self._status_root, revision))
 
     def remove_checkpoints(self, job_id: str, checkpoint_dir: str, revision: int = 0) -> None:
         """Queue the removal of a deleted run's own checkpoint directory."""
         if self._checkpoints_root is None or not checkpoint_dir:
             return
-        self._put("checkpoints:" + job_id, (Path(checkpoint_dir), None, self._checkpoints_root, revision))
+        self._put("checkpoints:" + job_id, (checkpoint_dir, None, self._checkpoints_root, revision))
 
     def remove_records(self, job_id: str, path: str, revision: int = 0) -> None:
         """Queue the removal of an ended job's launch records (a directory under its run directory)."""
-        self._put("records:" + job_id, (Path(path), None, self._status_root, revision))
+        self._put("records:" + job_id, (path, None, self._status_root, revision))
 
-    def _remove(self, root: Path, path: Path) -> None:
+    def remove_runs(self, jobs: list[job_pb2.Job], *, checkpoints: bool = False) -> None:
+        """``remove`` each deleted job's run directory (with ``checkpoints``, its
+        own checkpoint directory too), all in one hand-over: a bulk deletion pays
+        for the lock and the wake-up once."""
+        if not jobs:
+            return
+        ckpt_root = self._checkpoints_root if checkpoints else None
+        with self._cond:
+            for job in jobs:
+                self._pending[job.id] = (job.run_dir, None, self._status_root, job.revision)
+                if ckpt_root is not None and job.checkpoint_dir:
+                    own = (job.checkpoint_dir, None, ckpt_root, job.revision)
+                    self._pending["checkpoints:" + job.id] = own
+            self._handed = max(self._handed, max(job.revision for job in jobs))
+            self._idle.clear()
+            self._cond.notify()
+
+    def _remove(self, root: Path, path: str, parents: dict[tuple[Path, str], int]) -> None:
         """Delete a directory, never through a link: a parent directory that is
-        a link out of the tree deletes nothing."""
+        a link out of the tree deletes nothing. ``parents``: the parents this
+        round has opened so far, kept open for the next run of the same job."""
+        parent, name = os.path.split(path)
         try:
-            with dir_without_links(root, path.parent) as pfd:
-                remove_beneath(pfd, path.name)
+            pfd = parents.get((root, parent))
+            if pfd is None:
+                if len(parents) >= _OPEN_PARENTS:
+                    _close_all(parents)
+                with dir_without_links(root, parent) as fd:
+                    pfd = parents[(root, parent)] = os.dup(fd)
+            remove_beneath(pfd, name)
         except FileNotFoundError:
             pass
         except UnsafePath as exc:
-            log.warning("run_dir_not_removed", run_dir=str(path), why=str(exc))
+            log.warning("run_dir_not_removed", run_dir=path, why=str(exc))
 
     def _put(self, key: str, item: _Item) -> None:
         with self._cond:
@@ -131,17 +160,21 @@ class Publisher:
                 batch, self._pending = self._pending, {}
                 self._writing = [item[3] for item in batch.values()]
             failed = {}
-            for key, item in batch.items():
-                path, job, root, _ = item
-                try:
-                    if job is None:
-                        self._remove(root, path)
-                    else:
-                        write_job(path / STATUS_FILE, job)
-                except OSError as exc:
-                    if not backoff:
-                        log.error("status_write_failed", run_dir=str(path), error=exc.strerror)
-                    failed[key] = item
+            parents: dict[tuple[Path, str], int] = {}
+            try:
+                for key, item in batch.items():
+                    path, job, root, _ = item
+                    try:
+                        if job is None:
+                            self._remove(root, path, parents)
+                        else:
+                            write_job(Path(path, STATUS_FILE), job)
+                    except OSError as exc:
+                        if not backoff:
+                            log.error("status_write_failed", run_dir=path, error=exc.strerror)
+                        failed[key] = item
+            finally:
+                _close_all(parents)
             with self._cond:
                 self._writing = []
                 for key, item in failed.items():
@@ -160,3 +193,9 @@ class Publisher:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
+
+
+def _close_all(fds: dict[tuple[Path, str], int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()

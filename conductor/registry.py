@@ -776,19 +776,15 @@ class SqliteRegistry(Registry):
         return self._submit(op)
 
     def delete(self, jobs: list[job_pb2.Job]) -> asyncio.Future[set[str]]:
-        events = [
-            (job.revision, job.id, job_pb2.JOB_EVENT_TYPE_DELETED, job.SerializeToString()) for job in jobs
-        ]
-
         def op(conn: sqlite3.Connection) -> set[str]:
-            removed = set()
-            for event in events:
-                if conn.execute("DELETE FROM jobs WHERE id = ?", (event[1],)).rowcount:
-                    removed.add(event[1])
-                    conn.execute(
-                        "INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", event
-                    )
-            return removed
+            # Serialized here, in the writer thread: a bulk deletion's bytes are
+            # not made on the event loop.
+            removed = [j for j in jobs if conn.execute("DELETE FROM jobs WHERE id = ?", (j.id,)).rowcount]
+            conn.executemany(
+                "INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)",
+                [(j.revision, j.id, job_pb2.JOB_EVENT_TYPE_DELETED, j.SerializeToString()) for j in removed],
+            )
+            return {j.id for j in removed}
 
         return self._submit(op)
 
