@@ -28,7 +28,7 @@ import secrets
 import signal as _signal
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,7 +74,7 @@ from baton.conductor.jobbook import JobBook, not_found
 from baton.conductor.jobenv import job_environment
 from baton.conductor.orphans import mark_orphans
 from baton.conductor.publisher import Publisher
-from baton.conductor.registry import Registry, StorageError, end_ns
+from baton.conductor.registry import Registry, StorageError
 from baton.conductor.results import RESULT_FILE, read_result
 from baton.conductor.retention import RetentionPolicy, retain
 from baton.conductor.runtime import Run
@@ -87,6 +87,8 @@ S = job_pb2
 DEFAULT_CANCEL_GRACE = 10.0
 RETRY_BACKOFF_FIRST = 1.0
 RETRY_BACKOFF_MAX = 60.0
+# Pages a bulk deletion has in the registry's hands at once (``delete_pages``).
+BULK_PAGES_IN_FLIGHT = 6
 # How long a launch put off for want of storage waits before it is tried again.
 STORAGE_RETRY_SECONDS = 2.0
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -727,11 +729,11 @@ class Lifecycle:
                 self._schedule()
             return self._jobs[job_id]
 
-    async def delete(self, job_id: str) -> int:
-        """Remove an ended job and its run directory; checkpoints stay."""
-        return await self._owned(self._delete(job_id))
+    async def delete(self, job_id: str, *, checkpoints: bool = False) -> int:
+        """Remove an ended job and its run directory; checkpoints stay unless ``checkpoints``."""
+        return await self._owned(self._delete(job_id, checkpoints))
 
-    async def _delete(self, job_id: str) -> int:
+    async def _delete(self, job_id: str, checkpoints: bool) -> int:
         run = self._runs.get(job_id)
         if run is not None and self.book.find(job_id) is not None:
             async with run.lock:
@@ -739,18 +741,18 @@ class Lifecycle:
                 if job is not None:
                     if job.state not in FINAL_STATES:
                         raise _not_ended(job)
-                    return await self._delete_one(job)
+                    return await self._delete_one(job, checkpoints)
         # Ended and out of memory (or evicted while this waited): from the registry.
         stored = await self.book.lookup(job_id)
         if stored is None:
             raise not_found(job_id)
         if stored.state not in FINAL_STATES:
             raise _not_ended(stored)
-        return await self._delete_one(stored)
+        return await self._delete_one(stored, checkpoints)
 
-    async def _delete_one(self, job: job_pb2.Job) -> int:
+    async def _delete_one(self, job: job_pb2.Job, checkpoints: bool) -> int:
         self._refuse_when_degraded()
-        gone = await self.delete_ended([job])
+        gone = await self.delete_ended([job], checkpoints=checkpoints)
         if not gone:
             raise not_found(job.id)  # another deletion of it came first
         executor = self._executors.get(job.executor)
@@ -802,25 +804,45 @@ class Lifecycle:
             self._spawn_task(self._forget([(g.executor, g.id) for g in out]))
         return out
 
-    async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
-        """Ended jobs in the order they ended, oldest first, that nothing works on now."""
-        stored = await self._registry.oldest_ended(limit, ended_before_ns)
-        idle = {}
-        for job_id in self._ended:
-            job = self._jobs.get(job_id)
-            run = self._runs.get(job_id)
-            if job is None or run is None or run.lock.locked() or self.book.find(job_id) is not job:
+    async def delete_pages(
+        self, pages: AsyncIterator[list[job_pb2.Job]], *, checkpoints: bool = False
+    ) -> list[str]:
+        """Delete the ended jobs ``pages`` give (ClearJobs, retention): each page in one
+        registry write, as DeleteJob deletes each job; the ids deleted, in order.
+
+        A page's work on the event loop is bounded by its size. A few pages are
+        in flight at once: the next is read while the last ones are written, and
+        the registry commits the writes queued together in one transaction.
+        """
+        out: list[str] = []
+        writing: deque[asyncio.Future[list[str]]] = deque()
+        try:
+            async for page in pages:
+                if len(writing) >= BULK_PAGES_IN_FLIGHT:
+                    out += await writing.popleft()
+                writing.append(asyncio.ensure_future(self._delete_page(page, checkpoints)))
+            while writing:
+                out += await writing.popleft()
+        finally:
+            # Failed or cancelled part way: the pages already handed over finish all the same.
+            await asyncio.gather(*writing, return_exceptions=True)
+        return out
+
+    async def _delete_page(self, page: list[job_pb2.Job], checkpoints: bool) -> list[str]:
+        out = []
+        stored = []
+        for job in page:
+            if self.book.find(job.id) is None:
+                stored.append(job)
                 continue
-            if ended_before_ns is None or end_ns(job) < ended_before_ns:
-                idle[job_id] = job
-        # Jobs in memory but busy (or not yet shown ended) are left for the next pass.
-        merged = [j for j in stored if j.id not in self._jobs] + list(idle.values())
-        merged.sort(key=lambda j: (end_ns(j), j.create_time.ToNanoseconds(), j.id))
-        if len(stored) >= limit:
-            # The registry may hold more past the last it gave: nothing beyond it.
-            last = end_ns(stored[-1])
-            merged = [j for j in merged if end_ns(j) <= last]
-        return merged[:limit]
+            # Still in memory: the lifecycle may be finishing with it, so as DeleteJob does.
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await self.delete(job.id, checkpoints=checkpoints)
+                out.append(job.id)
+        if stored:
+            gone = await self.delete_ended(stored, forget=True, checkpoints=checkpoints)
+            out += [g.id for g in gone]
+        return out
 
     async def _forget(self, jobs: list[tuple[str, str]]) -> None:
         by_executor: dict[str, list[str]] = {}

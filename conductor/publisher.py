@@ -6,6 +6,12 @@ registry holds it. Writes for one job coalesce (only the newest version
 matters), happen in order, and are atomic (temp file + rename). A write that
 fails (a full disk) is tried again, with the newest version, until it succeeds.
 
+Run directories of deleted jobs are removed here too, in two steps: each is
+set aside at once (renamed to a hidden name, so no reader finds it), and the
+ones set aside are gathered and removed by a child process at the lowest CPU
+priority (``conductor.sweeper``), so a bulk deletion's file system work never
+competes with the event loop for the interpreter.
+
 The publisher also says how far it has got: every version up to revision
 ``published`` is on disk (``on_published``). The registry keeps that mark, so
 a restarted conductor writes again only the status files changed after it,
@@ -23,7 +29,9 @@ import structlog
 
 from baton.common.jobfile import write_job
 from baton.common.layout import STATUS_FILE
-from baton.common.safeopen import UnsafePath, dir_without_links, remove_beneath
+from baton.common.removal import set_aside
+from baton.common.safeopen import UnsafePath, dir_without_links
+from baton.conductor.sweeper import Sweeps
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -31,6 +39,10 @@ RETRY_MAX_SECONDS = 2.0
 
 # (directory, newest Job to write there, or None to remove the directory; its tree's root; revision)
 _Item = tuple[str, job_pb2.Job | None, Path, int]
+# How long directories set aside are gathered, with no more coming, before
+# their removal starts; and how often a running removal is looked in on.
+SWEEP_GATHER_SECONDS = 0.2
+SWEEP_POLL_SECONDS = 0.1
 # Parent directories a round of removals keeps open, at most: a bulk deletion
 # removes many runs of one job name, and each parent is reached through no
 # link once, not once a run.
@@ -59,6 +71,8 @@ class Publisher:
         self._handed = 0
         self._writing: list[int] = []
         self.published = 0
+        # Directories set aside, and the children removing them (conductor.sweeper).
+        self.sweeps = Sweeps()
         self._thread = threading.Thread(target=self._run, name="status-publisher", daemon=True)
         self._thread.start()
 
@@ -106,10 +120,11 @@ class Publisher:
             self._idle.clear()
             self._cond.notify()
 
-    def _remove(self, root: Path, path: str, parents: dict[tuple[Path, str], int]) -> None:
-        """Delete a directory, never through a link: a parent directory that is
-        a link out of the tree deletes nothing. ``parents``: the parents this
-        round has opened so far, kept open for the next run of the same job."""
+    def _set_aside(self, root: Path, path: str, parents: dict[tuple[Path, str], int]) -> None:
+        """Take a directory out of its place and hand it to the sweeps to remove,
+        never through a link: a parent directory that is a link out of the tree
+        deletes nothing. ``parents``: the parents this round has opened so far,
+        kept open for the next run of the same job."""
         parent, name = os.path.split(path)
         try:
             pfd = parents.get((root, parent))
@@ -118,7 +133,7 @@ class Publisher:
                     _close_all(parents)
                 with dir_without_links(root, parent) as fd:
                     pfd = parents[(root, parent)] = os.dup(fd)
-            remove_beneath(pfd, name)
+            self.sweeps.add(pfd, set_aside(pfd, name))
         except FileNotFoundError:
             pass
         except UnsafePath as exc:
@@ -151,14 +166,19 @@ class Publisher:
                 if backoff:
                     # Something failed: wait a little before writing it again.
                     self._cond.wait(backoff)
-                while not self._pending and not self._stopping:
-                    self._idle.set()
-                    self._cond.wait()
-                if not self._pending and self._stopping:
-                    self._idle.set()
-                    return
-                batch, self._pending = self._pending, {}
-                self._writing = [item[3] for item in batch.values()]
+                quiet = self._wait()
+                if not quiet:
+                    if not self._pending and self._stopping:
+                        self.sweeps.start()
+                        self.sweeps.reap()
+                        self._idle.set()
+                        return
+                    batch, self._pending = self._pending, {}
+                    self._writing = [item[3] for item in batch.values()]
+            if quiet:
+                # No more deletions for a moment: what is gathered goes now.
+                self.sweeps.start()
+                continue
             failed = {}
             parents: dict[tuple[Path, str], int] = {}
             try:
@@ -166,7 +186,7 @@ class Publisher:
                     path, job, root, _ = item
                     try:
                         if job is None:
-                            self._remove(root, path, parents)
+                            self._set_aside(root, path, parents)
                         else:
                             write_job(Path(path, STATUS_FILE), job)
                     except OSError as exc:
@@ -184,8 +204,24 @@ class Publisher:
                     self._pending.clear()
             backoff = min(RETRY_MAX_SECONDS, max(0.05, backoff * 2)) if failed else 0.0
 
+    def _wait(self) -> bool:
+        """Wait, with the lock held, for something to do; True when directories
+        set aside are gathered and no more came for SWEEP_GATHER_SECONDS."""
+        while not self._pending and not self._stopping:
+            self.sweeps.reap()
+            if self.sweeps.gathering:
+                if not self._cond.wait(SWEEP_GATHER_SECONDS) and not self._pending:
+                    return True
+            elif self.sweeps.running:
+                self._cond.wait(SWEEP_POLL_SECONDS)
+            else:
+                self._idle.set()
+                self._cond.wait()
+        return False
+
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until everything queued so far is written (for shutdown and tests)."""
+        """Block until everything queued so far is written, and every directory to
+        remove is gone (for shutdown and tests)."""
         return self._idle.wait(timeout)
 
     def close(self) -> None:

@@ -252,10 +252,6 @@ class Registry(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
-        """Ended jobs in the order they ended, oldest first; only those ended before the bound."""
-
-    @abc.abstractmethod
     async def ended_by_end(
         self, flt: JobFilter, through_ns: int, after: tuple[int, int] | None, limit: int
     ) -> list[tuple[int, job_pb2.Job]]:
@@ -418,6 +414,8 @@ _UPDATE_ENDED = (
 
 
 _Op = Callable[[sqlite3.Connection], Any]
+# Ids one DELETE names at most (well under SQLite's bound on parameters, 999 before 3.32).
+_DELETE_CHUNK = 500
 
 
 class _Write:
@@ -777,14 +775,21 @@ class SqliteRegistry(Registry):
 
     def delete(self, jobs: list[job_pb2.Job]) -> asyncio.Future[set[str]]:
         def op(conn: sqlite3.Connection) -> set[str]:
-            # Serialized here, in the writer thread: a bulk deletion's bytes are
-            # not made on the event loop.
-            removed = [j for j in jobs if conn.execute("DELETE FROM jobs WHERE id = ?", (j.id,)).rowcount]
-            conn.executemany(
-                "INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)",
-                [(j.revision, j.id, job_pb2.JOB_EVENT_TYPE_DELETED, j.SerializeToString()) for j in removed],
-            )
-            return {j.id for j in removed}
+            # One statement a chunk, not one a job: SQLite's work is the same, the
+            # writer's Python (which holds the GIL the event loop needs) is not.
+            gone: set[str] = set()
+            for i in range(0, len(jobs), _DELETE_CHUNK):
+                ids = [j.id for j in jobs[i : i + _DELETE_CHUNK]]
+                sql = f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))}) RETURNING id"
+                gone.update(row[0] for row in conn.execute(sql, ids))
+            events, logged = [], set()
+            for j in jobs:
+                if j.id in gone and j.id not in logged:  # a job named twice is deleted once
+                    logged.add(j.id)
+                    # Serialized here, in the writer thread, not on the event loop.
+                    events.append((j.revision, j.id, job_pb2.JOB_EVENT_TYPE_DELETED, j.SerializeToString()))
+            conn.executemany("INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", events)
+            return gone
 
         return self._submit(op)
 
@@ -972,20 +977,6 @@ class SqliteRegistry(Registry):
                 # Some rows could not be read: look past them for the rest of the page.
                 cursor = raw[-1][0]
             return out
-
-        return await self._read(read)
-
-    async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
-        bound = "" if ended_before_ns is None else " AND end_ns < ?"
-        args = () if ended_before_ns is None else (ended_before_ns,)
-
-        def read(c: sqlite3.Connection) -> list[job_pb2.Job]:
-            rows = c.execute(
-                "SELECT seq, id, request_id, job FROM jobs INDEXED BY ended_by_end"
-                f" WHERE final_state IS NOT NULL{bound} ORDER BY end_ns, seq LIMIT ?",
-                (*args, limit),
-            ).fetchall()
-            return [job for _, job in self._decode(rows, limit)]
 
         return await self._read(read)
 

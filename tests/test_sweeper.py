@@ -1,0 +1,60 @@
+"""Run directories of deleted jobs go in the background, through no link: the
+publisher sets each aside at once, and a batch of them is removed by a child
+process (conductor.sweeper), a few by the publisher itself.
+
+A tree of run directories, some holding links out of the tree (to a directory
+and to a file, each holding an outside secret), is deleted through a real
+Publisher: every run directory and everything set aside is gone, every
+outside file is untouched, and the published mark reaches the last deletion.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from baton.conductor.publisher import Publisher
+from baton.conductor.sweeper import CHILD_MIN
+from baton.v1 import job_pb2
+
+
+def _tree(root: Path, outside: Path, count: int) -> list[job_pb2.Job]:
+    jobs = []
+    for i in range(count):
+        run_dir = root / "p" / "g" / f"n{i % 7}" / f"job-{i:05d}"
+        (run_dir / "launch" / "1").mkdir(parents=True)
+        (run_dir / "output.log").write_text("x\n" * 10)
+        (run_dir / "status.json").write_text("{}")
+        (run_dir / "launch" / "1" / "pids").write_text("1 2\n")
+        if i % 10 == 0:
+            # What a job could leave in its own directory: links out of the tree.
+            (run_dir / "to-dir").symlink_to(outside)
+            (run_dir / "launch" / "to-file").symlink_to(outside / "secret.txt")
+        jobs.append(job_pb2.Job(id=f"job-{i:05d}", run_dir=str(run_dir), revision=i + 1))
+    return jobs
+
+
+@pytest.mark.parametrize("count", [CHILD_MIN // 2, 700])
+def test_deleted_run_directories_go_through_no_link(tmp_path: Path, count: int) -> None:
+    root = tmp_path / "status"
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "secret.txt").write_text("secret")
+    (outside / "keep" / "also.txt").write_text("also")
+    jobs = _tree(root, outside, count)
+    pub = Publisher(root)
+    try:
+        pub.remove_runs(jobs)
+        assert pub.flush(60), "removed within a minute"
+        left = [(d, os.listdir(d)) for d in (root / "p" / "g").iterdir() if os.listdir(d)]
+        assert left == [], "every run directory, and all it held, is gone"
+        assert pub.published == jobs[-1].revision
+        # By a child when there are many, by the publisher when there are few.
+        assert pub.sweeps.started == (1 if count >= CHILD_MIN else 0)
+        assert pub.sweeps.handed == (count if count >= CHILD_MIN else 0)
+    finally:
+        pub.close()
+    assert (outside / "secret.txt").read_text() == "secret"
+    assert (outside / "keep" / "also.txt").read_text() == "also"
