@@ -787,13 +787,14 @@ class Lifecycle:
             event.job.CopyFrom(job)
             event.job.revision = self._revision
             events.append(event)
-        fut = self._registry.delete([e.job for e in events])
+        jobs = [e.job for e in events]
+        fut = self._registry.delete(jobs)
         fut.add_done_callback(functools.partial(self._deleted, events, checkpoints))
         try:
             removed = await fut
         except Exception as exc:
             raise Internal("the conductor could not record the deletion; see its log") from exc
-        out = [e.job for e in events if e.job.id in removed]
+        out = [g for g in jobs if g.id in removed]
         for g in out:
             self._jobs.pop(g.id, None)
             self._runs.pop(g.id, None)
@@ -826,6 +827,8 @@ class Lifecycle:
         finally:
             # Failed or cancelled part way: the pages already handed over finish all the same.
             await asyncio.gather(*writing, return_exceptions=True)
+            if out:  # one line for the lot, not one a page
+                log.info("jobs_deleted", count=len(out), revision=self._revision)
         return out
 
     async def _delete_page(self, page: list[job_pb2.Job], checkpoints: bool) -> list[str]:
@@ -966,8 +969,6 @@ class Lifecycle:
             self._emit(e if e.job.id in removed else job_pb2.JobEvent(revision=e.revision))
         if len(events) == 1 and shown:
             log.info("job_deleted", job_id=shown[0].id, revision=shown[0].revision)
-        elif len(events) > 1:
-            log.info("jobs_deleted", count=len(removed), last_revision=events[-1].revision)
 
     def _emit(self, event: job_pb2.JobEvent) -> None:
         for listener in list(self._listeners):
