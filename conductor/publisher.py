@@ -8,7 +8,7 @@ fails (a full disk) is tried again, with the newest version, until it succeeds.
 
 Run directories of deleted jobs are removed here too, in two steps: each is
 set aside at once (renamed to a hidden name, so no reader finds it), and the
-ones set aside are gathered and removed by a child process at the lowest CPU
+ones set aside are gathered and removed by a child process at a low CPU
 priority (``conductor.sweeper``), so a bulk deletion's file system work never
 competes with the event loop for the interpreter.
 

@@ -5,11 +5,11 @@ directories: several system calls a file and, done in the conductor, Python
 work between them that holds the interpreter lock the event loop needs. So the
 publisher only sets each directory aside (``removal.set_aside``: gone from its
 place at once), and ``Sweeps`` gathers them and hands each batch to a child
-(``python -m baton.common.removal``) at the lowest CPU priority, which
+(``python -m baton.common.removal``) at a low CPU priority, which
 removes them as the publisher would (by descriptor, following no link): the
-calls being served never wait on the removal, and it takes only the CPU
-nothing else wants. The child inherits the open parent directories (reached
-through no link by the publisher) and never resolves a path from a root.
+calls being served never wait on the removal, and it yields the CPU to them.
+The child inherits the open parent directories (reached through no link by
+the publisher) and never resolves a path from a root.
 A batch too small to be worth a process is removed by the publisher itself.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from baton.common.removal import LOWEST_PRIORITY, encode, remove_all
+from baton.common.removal import BACKGROUND_PRIORITY, encode, remove_all
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +109,7 @@ class Sweeps:
         )
         # Lowered at once, before the child's own imports (it lowers itself too).
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, proc.pid, LOWEST_PRIORITY)
+            os.setpriority(os.PRIO_PROCESS, proc.pid, BACKGROUND_PRIORITY)
         assert proc.stdin is not None
         try:
             # The child reads all of it before it removes anything.
