@@ -11,7 +11,9 @@ Sections (names for ``--only``):
 - ``cancel_ms``: CancelJob sent to CANCELLED, for a job that obeys SIGTERM; then
   many running jobs cancelled at once.
 - ``submissions_per_second``: acknowledged SubmitJob calls per second, sustained,
-  from many concurrent grpc.aio submitters (the jobs stay QUEUED).
+  from many concurrent grpc.aio submitters (the jobs stay QUEUED); also how
+  soon after the last call every job's status.json is on disk, and the one
+  client process's CPU (near a whole core, the client would be the limit).
 - ``memory_per_running_job_mb``: PSS that Baton adds per running job (conductor
   growth plus the job's supervisor shell).
 - ``memory_maximal_jobs_mb``: conductor RSS growth with eight running jobs at

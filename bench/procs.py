@@ -90,6 +90,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+# The conductor's own helper process (conductor/statuswriter.py): its CPU is the conductor's.
+STATUS_WRITER = "baton.conductor.statuswriter"
+
+
+def conductor_cpu_seconds(pid: int) -> float:
+    """CPU time of a conductor, all its threads, and of the status writer it runs beside it."""
+    helpers = [p.pid for p in all_processes() if p.ppid == pid and STATUS_WRITER in p.cmd]
+    return cpu_seconds(pid) + sum(cpu_seconds(h) for h in helpers)
+
+
 def process_state(pid: int) -> str:
     fields = stat_fields(pid)
     return fields[0] if fields else "?"

@@ -7,7 +7,7 @@ the API (long sleepers: ``--scale-running`` of them run, the rest wait
 QUEUED). Then, one phase after the other:
 
 1. the conductor's resident memory (from /proc), and the floor: the same
-   GetJob callers against a server whose GetJob does nothing;
+   GetJob callers against a bare grpc.aio server answering with a stored job;
 2. ListJobs p95 for every filter ListJobs offers (one matching nothing among
    them), while ``--scale-clients`` processes call GetJob, and GetJob's p95
    meanwhile;
@@ -52,7 +52,7 @@ from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
 from bench.history import LIVE_PROJECT, RARE_KEY, History, generate, submit_live
 from bench.loadclient import Call, read_calls
-from bench.procs import REPO, Conductor, cpu_seconds
+from bench.procs import REPO, Conductor, conductor_cpu_seconds
 from bench.report import Json, Target, figure, log, percentile, section
 from bench.viewer import _Viewer
 
@@ -61,6 +61,7 @@ ISSUE = "issue 18"
 # How much room a generated job takes on tmpfs (files are a page each): used to
 # choose tmpfs only when the history fits it with plenty to spare.
 BYTES_PER_JOB_ON_TMPFS = 24 * 1024
+INODES_PER_JOB = 8
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class ScaleSizes:
     phase_limit: float = 300.0
     # 32 callers asking ten times a second each: 320 GetJob calls a second. At
     # 20 ms (1,600 asked) the callers' own processes take this machine's second
-    # core and a server doing nothing answers at p95 ≈ 14 ms, which leaves no
+    # core and a bare grpc.aio server answers at p95 ≈ 14 ms, which leaves no
     # room to see what a ListJobs or a snapshot costs the others.
     getjob_interval_ms: float = 100.0
     directory: Path | None = None
@@ -136,7 +137,8 @@ def _choose_directory(jobs: int, given: Path | None) -> Path:
         free = st.f_bavail * st.f_frsize
         with open("/proc/meminfo") as f:
             avail = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), 0)
-        if jobs * BYTES_PER_JOB_ON_TMPFS < 0.3 * min(free, avail):
+        fits = jobs * BYTES_PER_JOB_ON_TMPFS < 0.3 * min(free, avail)
+        if fits and jobs * INODES_PER_JOB < 0.3 * st.f_favail:
             return shm
     return Path(tempfile.gettempdir())
 
@@ -274,12 +276,18 @@ class _Run:
     def phase(self, name: str, fn: Callable[[], None]) -> None:
         log(f"scale: {name}")
         t0 = time.monotonic()
+        before = set(self.figures)
         try:
             fn()
         except Exception as err:  # one phase failing must not lose the others' figures
             log(f"scale: {name} failed: {err!r}")
             self.details.setdefault("phase_errors", {})[name] = f"{type(err).__name__}: {err}"[:500]
         self.details.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t0, 1)
+        # Said as they come: at a million jobs the run is long, and its cleanup too.
+        for key in [k for k in self.figures if k not in before]:
+            fig = self.figures[key]
+            verdict = "" if "pass" not in fig else (" (met)" if fig["pass"] else " (MISSED)")
+            log(f"scale:   {key} = {fig['value']} {fig['unit']}{verdict}")
 
 
 def scale(sizes: ScaleSizes) -> Json:
@@ -479,15 +487,19 @@ def _filters(run: _Run) -> dict[str, pb.ListJobsRequest]:
 
 
 def _transport_floor(run: _Run, callers: Callers) -> None:
-    """The same callers against a GetJob that does nothing (bench/noop_server.py): the floor."""
+    """The same callers against a bare server answering GetJob with a stored job (bench/bare_server.py)."""
+    job_file = callers.root / "floor-job.bin"
+    ids = run.live_ids or run.history.ids
+    job = run.conductor.stub.GetJob(pb.GetJobRequest(job_id=ids[0]), timeout=30)
+    job_file.write_bytes(job.SerializeToString())
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.noop_server"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=REPO,
+        [sys.executable, "-m", "bench.bare_server", str(job_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE, cwd=REPO,
     )  # fmt: skip
     try:
         port = int(_readline(server, run.limit) or "0")
         if not port:
-            raise RuntimeError("the no-op server did not start")
+            raise RuntimeError("the bare server did not start")
         own = callers.root / "floor"
         own.mkdir(exist_ok=True)
         floor = Callers(own, f"127.0.0.1:{port}", ["floor"], callers.count, callers.interval_ms)
@@ -496,16 +508,17 @@ def _transport_floor(run: _Run, callers: Callers) -> None:
             time.sleep(FLOOR_SECONDS)
             t1 = time.monotonic()
         figures = getjob_figures(
-            "getjob_floor", window(t0, t1), t1 - t0, "from a server that does nothing", run.limit
+            "getjob_floor", window(t0, t1), t1 - t0, "from a bare grpc.aio server (no Baton)", run.limit
         )
         del figures["getjob_floor_p95"]["target"], figures["getjob_floor_p95"]["pass"]
         run.figures.update(figures)
     finally:
         server.kill()
         server.wait()
+        job_file.unlink(missing_ok=True)
 
 
-# How long the callers ask the no-op server.
+# How long the callers ask the bare server.
 FLOOR_SECONDS = 5.0
 
 
@@ -692,12 +705,12 @@ def _restart(run: _Run) -> None:
     pid = c.pid
     # The CPU it spends once answering (rewriting status files, re-attaching), until quiet.
     t0 = time.monotonic()
-    cpu0 = cpu_seconds(pid)
+    cpu0 = conductor_cpu_seconds(pid)
     last = cpu0
     quiet_since = time.monotonic()
     while time.monotonic() - t0 < run.limit:
         time.sleep(1.0)
-        now = cpu_seconds(pid)
+        now = conductor_cpu_seconds(pid)
         if now - last > 0.1:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= 3.0:
@@ -705,10 +718,10 @@ def _restart(run: _Run) -> None:
         last = now
     busy = max(0.0, quiet_since - t0)
     run.figures["restart_cpu_after_ready_s"] = figure(
-        cpu_seconds(pid) - cpu0,
+        conductor_cpu_seconds(pid) - cpu0,
         "s",
         1,
-        "CPU the restarted conductor spends after its first answer, until quiet",
+        "CPU the restarted conductor (and its status writer) spends after its first answer, until quiet",
     )
     run.figures["restart_busy_after_ready_s"] = figure(
         busy, "s", 1, "wall time from its first answer until it is quiet (under 0.1 CPU s a second for 3 s)"

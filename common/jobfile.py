@@ -7,8 +7,8 @@ Readers ignore unknown fields: a newer conductor may add some.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,23 +55,57 @@ def read_job(path: Path) -> job_pb2.Job:
         return job_from_json(f.read(MAX_STATUS_BYTES + 1))
 
 
-def write_atomic(path: Path, data: bytes, *, fsync: bool = False, mode: int = RUN_FILE_MODE) -> None:
-    """Replace ``path`` with ``data`` via a temp file and rename (blocking); ``mode``: 0640, a run's file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+def write_atomic(
+    path: str | os.PathLike[str], data: bytes, *, fsync: bool = False, mode: int = RUN_FILE_MODE
+) -> None:
+    """Replace ``path`` with ``data`` via a temp file and rename (blocking); ``mode``: 0640, a run's file.
+
+    Made for many small files (a status.json for every new job): plain
+    syscalls on strings, its directory made only when the first try finds
+    it missing, and a temp name from a counter rather than a random one. The
+    temp file is made with O_EXCL and O_NOFOLLOW, so whatever a job left under
+    that name is never written through.
+    """
+    target = os.fspath(path)
+    parent, name = os.path.split(target)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        fd, tmp = _open_temp(parent, name)
+    except FileNotFoundError:
+        os.makedirs(parent or ".", exist_ok=True)
+        fd, tmp = _open_temp(parent, name)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            # The mode exactly, whatever the umask took from the one open() asked for.
+            os.fchmod(fd, mode)
             if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def write_job(path: Path, job: job_pb2.Job) -> None:
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Temp names: unique within this process (with its pid, among processes) without a random draw.
+_temp_numbers = itertools.count()
+
+
+def _open_temp(parent: str, name: str) -> tuple[int, str]:
+    """A new file beside ``name`` in ``parent``, named ``.NAME.PID.N.tmp`` (readers skip
+    names starting with '.' or ending in '.tmp'); another name when that one is taken."""
+    while True:
+        tmp = os.path.join(parent, f".{name}.{os.getpid()}.{next(_temp_numbers)}.tmp")
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o600), tmp
+        except FileExistsError:
+            continue
+
+
+def write_job(path: str | os.PathLike[str], job: job_pb2.Job) -> None:
     write_atomic(path, job_to_json(job).encode())

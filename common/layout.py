@@ -179,6 +179,21 @@ class Layout:
     def run_dir(self, project: str, group: str, name: str, run_id: str) -> Path:
         return _inside(self.status_dir, (project, group, name, run_id))
 
+    def run_paths(self, project: str, group: str, name: str, run_id: str) -> tuple[str, str]:
+        """A run's directory and its own checkpoint directory, as the strings a Job holds.
+
+        The same paths as ``run_dir`` and ``run_checkpoint_dir``, for every
+        submission, so built without Path objects: each part obeys the name
+        rule (no '/', never '.' or '..'), so joined to a root it stays under it.
+        Raises ValueError when a name breaks the rule.
+        """
+        parts = (project, group, name, run_id)
+        for part in parts:
+            if not is_valid_name(part):
+                raise ValueError(f"{quote(part)} is not a valid name")
+        tail = "/".join(parts)
+        return os.path.join(self.status_dir, tail), os.path.join(self.checkpoints_dir, tail)
+
     def checkpoint_dir(self, project: str, group: str, name: str) -> Path:
         """A job's checkpoint directory: its runs' directories, and plain-layout checkpoints."""
         return _inside(self.checkpoints_dir, (project, group, name))

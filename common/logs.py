@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import json as stdlib_json
 import logging
 import sys
+from typing import Any
 
+import orjson
 import structlog
+
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    """A log line's JSON by orjson (a few times faster than the json module: a
+    server writes a line for every call), by the json module when orjson refuses
+    it (an integer past 64 bits). Unknown types go to structlog's fallback either way."""
+    try:
+        return orjson.dumps(obj, default=kw.get("default"), option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return stdlib_json.dumps(obj, **kw)
 
 
 def configure(level: str = "info", *, json: bool = True) -> None:
     """Configure structlog once for a server process."""
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=_dumps)
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[

@@ -26,13 +26,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from baton.common.boundedjson import read_fd
 from baton.common.errors import FailedPrecondition
-from baton.common.removal import remove_set_aside, set_aside
 
 # The reasons of a refusal (google.rpc.ErrorInfo): a path that leads out of its
 # tree; a file that is no regular file; a link met where none is followed (deletion).
@@ -180,4 +181,11 @@ def remove_beneath(dir_fd: int, name: str) -> None:
     Renamed aside first, so a reader never sees half a tree; FileNotFoundError
     when it is not there.
     """
-    remove_set_aside(dir_fd, set_aside(dir_fd, name))
+    doomed = f".deleting-{name}-{secrets.token_hex(4)}"
+    os.rename(name, doomed, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    if stat.S_ISDIR(os.lstat(doomed, dir_fd=dir_fd).st_mode):
+        # rmtree with dir_fd is the descriptor-based walk: it refuses a link at
+        # the top and never follows one below.
+        shutil.rmtree(doomed, dir_fd=dir_fd)
+    else:
+        os.unlink(doomed, dir_fd=dir_fd)

@@ -13,7 +13,7 @@ import typing
 from typing import Any
 
 import yaml
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import json_format
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from baton.common.durations import parse_duration, seconds_of
@@ -367,34 +367,40 @@ def from_proto(spec: job_pb2.JobSpec) -> SpecModel:
     return from_mapping(data)
 
 
-def _to_duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
+def _nanoseconds(seconds: float) -> int:
+    return round(seconds * 1e9)
 
 
 def to_proto(model: SpecModel) -> job_pb2.JobSpec:
-    """The normalised JobSpec message for a validated spec."""
+    """The normalised JobSpec message for a validated spec.
+
+    Filled in place rather than from nested messages built and copied in:
+    it runs twice on every submission (``check_limits``, then the conductor).
+    """
     spec = job_pb2.JobSpec(
         name=model.name,
         project=model.project,
         group=model.group,
         command=model.command or "",
-        steps=[job_pb2.Step(name=s.name, command=s.command) for s in model.steps or []],
         workdir=model.workdir or "",
-        env=model.env,
-        secret_env=model.secret_env,
         retries=model.retries,
-        pause=job_pb2.PausePolicy(signal=model.pause.signal, grace=_to_duration(model.pause.grace)),
         executor=model.executor,
-        resources=job_pb2.Resources(
-            cpus=model.resources.cpus,
-            memory_bytes=model.resources.memory,
-            gpus=model.resources.gpus,
-        ),
     )
+    if model.steps:
+        spec.steps.extend([job_pb2.Step(name=s.name, command=s.command) for s in model.steps])
+    if model.env:
+        spec.env.update(model.env)
+    if model.secret_env:
+        spec.secret_env.update(model.secret_env)
+    spec.pause.signal = model.pause.signal
+    spec.pause.grace.FromNanoseconds(_nanoseconds(model.pause.grace))
+    resources = spec.resources
+    resources.SetInParent()
+    resources.cpus = model.resources.cpus
+    resources.memory_bytes = model.resources.memory
+    resources.gpus = model.resources.gpus
     if model.max_duration is not None:
-        spec.max_duration.CopyFrom(_to_duration(model.max_duration))
+        spec.max_duration.FromNanoseconds(_nanoseconds(model.max_duration))
     if model.max_log_bytes is not None:
         spec.max_log_bytes = model.max_log_bytes
     return spec

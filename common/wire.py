@@ -87,6 +87,3 @@ class Encoded:
     def __init__(self, cls: type[message.Message], data: bytes) -> None:
         self.type_name = cls.DESCRIPTOR.full_name
         self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)

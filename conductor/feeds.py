@@ -239,9 +239,6 @@ class Feeds:
                         for response in await asyncio.to_thread(batches.add, blobs, flush):
                             yield response
                         size = SNAPSHOT_PAGE
-                    foreign = [job.SerializeToString() for job in self._lc.book.foreign_jobs(flt)]
-                    for response in batches.add(foreign):
-                        yield response
                 finally:
                     await snap.close()
                 for response in batches.end():

@@ -38,9 +38,6 @@ class JobBook:
         self._by_seq: dict[int, str] = {}
         # Every job's state, counted: those in memory and those only in the registry.
         self._counts: dict[int, int] = {}
-        # Jobs held here that the registry never had (a benchmark seeding a
-        # conductor): served as the others, and added to every snapshot.
-        self._foreign: set[str] = set()
         # The highest revision whose change is in the book.
         self.revision = 0
 
@@ -74,19 +71,13 @@ class JobBook:
             raise not_found(job_id)
         return job
 
-    def put(self, seq: int, job: job_pb2.Job, *, stored: bool = False) -> None:
-        """Record a job's newest durable version (a new job or a change to one).
-
-        The lifecycle passes ``stored``; a job put here without it is one the
-        registry does not hold (see ``_foreign``).
-        """
+    def put(self, seq: int, job: job_pb2.Job) -> None:
+        """Record a job's newest durable version (a new job or a change to one)."""
         old = self._jobs.get(job.id)
         if old is None:
             self._seq[job.id] = seq
             self._by_seq[seq] = job.id
             insort(self._order, seq)
-            if not stored:
-                self._foreign.add(job.id)
         else:
             self._counts[old.state] -= 1
         self._counts[job.state] = self._counts.get(job.state, 0) + 1
@@ -106,7 +97,6 @@ class JobBook:
         held = self._jobs.get(job.id)
         if held is not None:
             self.evict(job.id)
-            self._foreign.discard(job.id)
             state = held.state
         else:
             state = job.state
@@ -205,10 +195,3 @@ class JobBook:
             if len(rows) < batch:
                 return
             after = (end_ns(rows[-1][1]), rows[-1][0])
-
-    def foreign_jobs(self, flt: JobFilter) -> list[job_pb2.Job]:
-        """Jobs held here that the registry does not have, oldest first (see ``put``)."""
-        if not self._foreign:
-            return []
-        seqs = sorted(self._seq[i] for i in self._foreign if i in self._seq)
-        return [j for j in (self._jobs[self._by_seq[s]] for s in seqs) if flt.matches(j)]

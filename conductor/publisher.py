@@ -6,11 +6,10 @@ registry holds it. Writes for one job coalesce (only the newest version
 matters), happen in order, and are atomic (temp file + rename). A write that
 fails (a full disk) is tried again, with the newest version, until it succeeds.
 
-Run directories of deleted jobs are removed here too, in two steps: each is
-set aside at once (renamed to a hidden name, so no reader finds it), and the
-ones set aside are gathered and removed by a child process at a low CPU
-priority (``conductor.sweeper``), so a bulk deletion's file system work never
-competes with the event loop for the interpreter.
+The writing itself (the JSON, the file system calls, removing run
+directories) is done by a child process, ``conductor.statuswriter``, a batch
+at a time, so it never holds the GIL the event loop serves calls with; this
+thread keeps the rules and does the work itself when that process is gone.
 
 The publisher also says how far it has got: every version up to revision
 ``published`` is on disk (``on_published``). The registry keeps that mark, so
@@ -20,33 +19,22 @@ never every one.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
-from baton.common.jobfile import write_job
-from baton.common.layout import STATUS_FILE
-from baton.common.removal import set_aside
-from baton.common.safeopen import UnsafePath, dir_without_links
-from baton.conductor.sweeper import Sweeps
+from baton.conductor.statuswriter import UNSAFE, StatusWriter
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
 RETRY_MAX_SECONDS = 2.0
+# Writes handed to the status writer at a time.
+WRITE_CHUNK = 512
 
 # (directory, newest Job to write there, or None to remove the directory; its tree's root; revision)
 _Item = tuple[str, job_pb2.Job | None, Path, int]
-# How long directories set aside are gathered, with no more coming, before
-# their removal starts; and how often a running removal is looked in on.
-SWEEP_GATHER_SECONDS = 0.2
-SWEEP_POLL_SECONDS = 0.1
-# Parent directories a round of removals keeps open, at most: a bulk deletion
-# removes many runs of one job name, and each parent is reached through no
-# link once, not once a run.
-_OPEN_PARENTS = 64
 
 
 class Publisher:
@@ -71,8 +59,8 @@ class Publisher:
         self._handed = 0
         self._writing: list[int] = []
         self.published = 0
-        # Directories set aside, and the children removing them (conductor.sweeper).
-        self.sweeps = Sweeps()
+        # Does the writing and removing, in a child process (``conductor.statuswriter``).
+        self._writer = StatusWriter()
         self._thread = threading.Thread(target=self._run, name="status-publisher", daemon=True)
         self._thread.start()
 
@@ -106,7 +94,7 @@ class Publisher:
     def remove_runs(self, jobs: list[job_pb2.Job], *, checkpoints: bool = False) -> None:
         """``remove`` each deleted job's run directory (with ``checkpoints``, its
         own checkpoint directory too), all in one hand-over: a bulk deletion pays
-        for the lock and the wake-up once."""
+        for the lock and the wake-up once, not once a job."""
         if not jobs:
             return
         ckpt_root = self._checkpoints_root if checkpoints else None
@@ -119,25 +107,6 @@ class Publisher:
             self._handed = max(self._handed, max(job.revision for job in jobs))
             self._idle.clear()
             self._cond.notify()
-
-    def _set_aside(self, root: Path, path: str, parents: dict[tuple[Path, str], int]) -> None:
-        """Take a directory out of its place and hand it to the sweeps to remove,
-        never through a link: a parent directory that is a link out of the tree
-        deletes nothing. ``parents``: the parents this round has opened so far,
-        kept open for the next run of the same job."""
-        parent, name = os.path.split(path)
-        try:
-            pfd = parents.get((root, parent))
-            if pfd is None:
-                if len(parents) >= _OPEN_PARENTS:
-                    _close_all(parents)
-                with dir_without_links(root, parent) as fd:
-                    pfd = parents[(root, parent)] = os.dup(fd)
-            self.sweeps.add(pfd, set_aside(pfd, name))
-        except FileNotFoundError:
-            pass
-        except UnsafePath as exc:
-            log.warning("run_dir_not_removed", run_dir=path, why=str(exc))
 
     def _put(self, key: str, item: _Item) -> None:
         with self._cond:
@@ -166,35 +135,32 @@ class Publisher:
                 if backoff:
                     # Something failed: wait a little before writing it again.
                     self._cond.wait(backoff)
-                quiet = self._wait()
-                if not quiet:
-                    if not self._pending and self._stopping:
-                        self.sweeps.start()
-                        self.sweeps.reap()
-                        self._idle.set()
-                        return
-                    batch, self._pending = self._pending, {}
-                    self._writing = [item[3] for item in batch.values()]
-            if quiet:
-                # No more deletions for a moment: what is gathered goes now.
-                self.sweeps.start()
-                continue
+                while not self._pending and not self._stopping:
+                    self._idle.set()
+                    self._cond.wait()
+                if not self._pending and self._stopping:
+                    self._idle.set()
+                    return
+                batch, self._pending = self._pending, {}
+                self._writing = [item[3] for item in batch.values()]
             failed = {}
-            parents: dict[tuple[Path, str], int] = {}
-            try:
-                for key, item in batch.items():
-                    path, job, root, _ = item
-                    try:
-                        if job is None:
-                            self._set_aside(root, path, parents)
-                        else:
-                            write_job(Path(path, STATUS_FILE), job)
-                    except OSError as exc:
-                        if not backoff:
-                            log.error("status_write_failed", run_dir=path, error=exc.strerror)
-                        failed[key] = item
-            finally:
-                _close_all(parents)
+            keys = list(batch)
+            # In chunks: a restart may hand over many thousands at once, and each
+            # chunk is held encoded, twice, while it crosses to the writer.
+            for start in range(0, len(keys), WRITE_CHUNK):
+                items = [
+                    (key, path, None if job is None else job.SerializeToString(), str(root))
+                    for key in keys[start : start + WRITE_CHUNK]
+                    for path, job, root, _ in (batch[key],)
+                ]
+                for key, kind, what in self._writer.run(items):
+                    path = batch[key][0]
+                    if kind == UNSAFE:
+                        log.warning("run_dir_not_removed", run_dir=path, why=what)
+                        continue
+                    if not backoff:
+                        log.error("status_write_failed", run_dir=path, error=what)
+                    failed[key] = batch[key]
             with self._cond:
                 self._writing = []
                 for key, item in failed.items():
@@ -204,24 +170,8 @@ class Publisher:
                     self._pending.clear()
             backoff = min(RETRY_MAX_SECONDS, max(0.05, backoff * 2)) if failed else 0.0
 
-    def _wait(self) -> bool:
-        """Wait, with the lock held, for something to do; True when directories
-        set aside are gathered and no more came for SWEEP_GATHER_SECONDS."""
-        while not self._pending and not self._stopping:
-            self.sweeps.reap()
-            if self.sweeps.gathering:
-                if not self._cond.wait(SWEEP_GATHER_SECONDS) and not self._pending:
-                    return True
-            elif self.sweeps.running:
-                self._cond.wait(SWEEP_POLL_SECONDS)
-            else:
-                self._idle.set()
-                self._cond.wait()
-        return False
-
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until everything queued so far is written, and every directory to
-        remove is gone (for shutdown and tests)."""
+        """Block until everything queued so far is written (for shutdown and tests)."""
         return self._idle.wait(timeout)
 
     def close(self) -> None:
@@ -229,9 +179,4 @@ class Publisher:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
-
-
-def _close_all(fds: dict[tuple[Path, str], int]) -> None:
-    for fd in fds.values():
-        os.close(fd)
-    fds.clear()
+        self._writer.close()

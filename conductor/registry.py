@@ -187,6 +187,10 @@ class Registry(abc.ABC):
     jobs only: the lifecycle holds the live ones.
     """
 
+    # Told the seconds each durable commit took, where there is one (for the
+    # commit latency metric); called from whatever thread commits.
+    on_commit: Callable[[float], None] | None = None
+
     @abc.abstractmethod
     async def open(self) -> Opened:
         """Open storage and read what a start needs: live jobs, counts, the revision."""
@@ -402,10 +406,15 @@ def row_values(seq: int, job: job_pb2.Job, runtime: str | None, blob: bytes) -> 
             *index_columns(job))  # fmt: skip
 
 
-INSERT_JOB = (
+_INTO_JOBS = (
     "INSERT INTO jobs (id, seq, state, request_id, revision, job, runtime, project, grp, name,"
-    " final_state, end_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " final_state, end_ns) VALUES "
 )
+_INTO_EVENTS = "INSERT INTO events (revision, job_id, type, job) VALUES "
+INSERT_JOB = _INTO_JOBS + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# New jobs written by one statement at most: 12 values a row stay far under
+# SQLite's oldest limit on a statement's values (999).
+_ROWS_AT_ONCE = 64
 # A live job's change names no indexed column, so SQLite leaves every index be.
 _UPDATE_LIVE = "UPDATE jobs SET state = ?, revision = ?, job = ?, runtime = ? WHERE id = ?"
 _UPDATE_ENDED = (
@@ -418,14 +427,67 @@ _Op = Callable[[sqlite3.Connection], Any]
 _DELETE_CHUNK = 500
 
 
-class _Write:
-    __slots__ = ("fut", "new_job", "op")
+# A new job's row of ``jobs`` and its creation's row of ``events``.
+_NewRows = tuple[tuple[Any, ...], tuple[Any, ...]]
 
-    def __init__(self, op: _Op, fut: asyncio.Future[Any] | None, new_job: bool) -> None:
+
+class _Write:
+    __slots__ = ("fut", "new_job", "op", "rows")
+
+    def __init__(
+        self, op: _Op | None, fut: asyncio.Future[Any] | None, new_job: bool, rows: _NewRows | None = None
+    ) -> None:
+        # What the write runs in its transaction; none for a new job's rows.
         self.op = op
         self.fut = fut
         # A new job's insert is refused on a storage fault; every other write is kept.
         self.new_job = new_job
+        # A new job's rows, written together with those of the new jobs next
+        # to it in its transaction (``_apply``).
+        self.rows = rows
+
+
+@functools.lru_cache(maxsize=16)
+def _values(head: str, columns: int, rows: int) -> str:
+    """``head`` and ``rows`` rows of ``columns`` placeholders: one INSERT of many rows."""
+    row = "(" + ", ".join("?" * columns) + ")"
+    return head + ", ".join([row] * rows)
+
+
+def _insert_new(conn: sqlite3.Connection, writes: list[_Write]) -> None:
+    """Write new jobs' rows with a few multi-row INSERTs rather than two statements a job.
+
+    Each statement the writer thread runs gives up the GIL and must win it
+    back from a busy event loop, which can take a switch interval (5 ms): a
+    burst of submissions then costs a few statements, not hundreds. Chunks
+    are powers of two, so few distinct statements are prepared and cached.
+    """
+    done = 0
+    while done < len(writes):
+        n = min(_ROWS_AT_ONCE, 1 << ((len(writes) - done).bit_length() - 1))
+        part = [w.rows for w in writes[done : done + n] if w.rows is not None]
+        conn.execute(_values(_INTO_JOBS, 12, n), [v for job, _ in part for v in job])
+        conn.execute(_values(_INTO_EVENTS, 4, n), [v for _, event in part for v in event])
+        done += n
+
+
+def _apply(conn: sqlite3.Connection, batch: list[_Write]) -> list[Any]:
+    """Run a transaction's writes in order, each run of new jobs together; their results."""
+    results: list[Any] = []
+    new: list[_Write] = []
+    for w in batch:
+        if w.rows is not None:
+            new.append(w)
+        if w.op is None:
+            results.append(None)
+            continue
+        if new:
+            _insert_new(conn, new)
+            new = []
+        results.append(w.op(conn))
+    if new:
+        _insert_new(conn, new)
+    return results
 
 
 class _ReadTxn:
@@ -541,9 +603,6 @@ class SqliteRegistry(Registry):
         # The published mark asked for, and the one last written.
         self._published: int | None = None
         self._published_written: int | None = None
-        # Told the seconds each transaction took (BEGIN to COMMIT with its
-        # fsync), in the writer thread: for the commit latency metric.
-        self.on_commit: Callable[[float], None] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -725,7 +784,9 @@ class SqliteRegistry(Registry):
     def degraded(self) -> StorageError | None:
         return self._degraded
 
-    def _submit(self, op: _Op, *, new_job: bool = False) -> asyncio.Future[Any]:
+    def _submit(
+        self, op: _Op | None, *, new_job: bool = False, rows: _NewRows | None = None
+    ) -> asyncio.Future[Any]:
         assert self._loop is not None, "registry not open"
         fut: asyncio.Future[Any] = self._loop.create_future()
         degraded = self._degraded
@@ -733,19 +794,14 @@ class SqliteRegistry(Registry):
             # Storage is failing: refuse now rather than queue behind the retries.
             fut.set_exception(degraded)
             return fut
-        self._ops.put(_Write(op, fut, new_job))
+        self._ops.put(_Write(op, fut, new_job, rows))
         return fut
 
     def insert(self, seq: int, job: job_pb2.Job, runtime: str | None) -> asyncio.Future[None]:
         blob = job.SerializeToString()
         args = row_values(seq, job, runtime, blob)
         event = (job.revision, job.id, job_pb2.JOB_EVENT_TYPE_UPDATED, blob)
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(INSERT_JOB, args)
-            conn.execute("INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", event)
-
-        return self._submit(op, new_job=True)
+        return self._submit(None, new_job=True, rows=(args, event))
 
     def put(self, seq: int, job: job_pb2.Job, runtime: str | None, event: int | None) -> asyncio.Future[None]:
         blob = job.SerializeToString()
@@ -853,7 +909,7 @@ class SqliteRegistry(Registry):
         began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            results = [w.op(conn) for w in batch]
+            results = _apply(conn, batch)
             self._writes += len(batch)
             if self._writes >= 1000:
                 self._writes = 0
@@ -879,9 +935,7 @@ class SqliteRegistry(Registry):
             if self._degraded is None:
                 log.error("registry_write_failed", error=str(fault), full=fault.full)
             self._degraded = fault
-            for w in batch:
-                if w.new_job:
-                    self._settle(w, fault)
+            self._settle_many([(w, fault, None) for w in batch if w.new_job])
             return [w for w in batch if not w.new_job]
         self._published_written = published
         if self.on_commit is not None:
@@ -889,14 +943,19 @@ class SqliteRegistry(Registry):
         if self._degraded is not None:
             log.info("registry_recovered")
         self._degraded = None
-        for w, result in zip(batch, results, strict=True):
-            self._settle(w, None, result)
+        self._settle_many([(w, None, result) for w, result in zip(batch, results, strict=True)])
         return []
 
     def _settle(self, w: _Write, error: BaseException | None, result: Any = None) -> None:
+        self._settle_many([(w, error, result)])
+
+    def _settle_many(self, outcomes: list[tuple[_Write, BaseException | None, Any]]) -> None:
+        """Answer the callers of many writes, in write order, with one wake-up of the event loop:
+        a group commit of hundreds of submissions costs the loop one callback, not hundreds."""
         assert self._loop is not None
-        if w.fut is not None:
-            self._loop.call_soon_threadsafe(_settle, w.fut, error, result)
+        settled = [(w.fut, error, result) for w, error, result in outcomes if w.fut is not None]
+        if settled:
+            self._loop.call_soon_threadsafe(_settle_all, settled)
 
     # ------------------------------------------------------------------ reads
 
@@ -1121,6 +1180,11 @@ def _event_job(revision: int, blob: bytes) -> job_pb2.Job:
 
 def _touch_probe(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, julianday('now'))")
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], BaseException | None, Any]]) -> None:
+    for fut, error, result in settled:
+        _settle(fut, error, result)
 
 
 def _settle(fut: asyncio.Future[Any], error: BaseException | None, result: Any = None) -> None:

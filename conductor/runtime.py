@@ -105,3 +105,8 @@ class Run:
         waiting = d.get("waiting_since")
         run.waiting_since = None if waiting is None else float(waiting)
         return run
+
+
+# The notes of every new run (its seq is not among them): written with each
+# submission, so made once rather than per job.
+NEW_RUN_NOTES = Run(seq=0).to_json()

@@ -30,7 +30,7 @@ from baton.conductor.feeds import Feeds
 from baton.conductor.lifecycle import Lifecycle
 from baton.conductor.metrics import ConductorMetrics
 from baton.conductor.publisher import Publisher
-from baton.conductor.registry import SqliteRegistry
+from baton.conductor.registry import Registry, make_registry
 from baton.conductor.retention import RetentionPolicy
 from baton.conductor.secrets import SecretStore
 from baton.conductor.servicer import ConductorServicer
@@ -103,7 +103,7 @@ class RunningConductor(ServedBy):
     lifecycle: Lifecycle
     feeds: Feeds
     publisher: Publisher
-    registry: SqliteRegistry
+    registry: Registry
     lock_fd: int
     tree_fds: list[int]
     auth: Authenticator | None = None
@@ -152,7 +152,7 @@ async def start(config: ConductorConfig) -> RunningConductor:
         )
         # Counted only when served: without a listener nobody could read them.
         metrics = ConductorMetrics() if config.metrics_listen is not None else None
-        registry = SqliteRegistry(config.state_dir / "registry.db")
+        registry = make_registry(config.state_dir / "registry.db")
         if metrics is not None:
             registry.on_commit = metrics.committed
         publisher = Publisher(layout.status_dir, checkpoints_root=layout.checkpoints_dir)

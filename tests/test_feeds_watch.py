@@ -27,7 +27,7 @@ from grpc_status import rpc_status
 from baton.conductor import feeds as conductor_feeds
 from baton.conductor import server as conductor_server
 from baton.conductor.feeds import Feeds
-from baton.conductor.registry import SqliteRegistry
+from baton.conductor.registry import make_registry
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import conductor_pb2_grpc, job_pb2
 from tests.harness import FINAL_STATES, InProcessConductor, state
@@ -502,9 +502,8 @@ def test_compacted_revisions_are_out_of_range_and_kept_ones_replay_from_disk(
     # White-box: the same conductor with small histories, so compaction comes after a
     # thousand writes instead of a hundred thousand: 16 events in memory, 300 on disk.
     monkeypatch.setattr(conductor_server, "Feeds", functools.partial(Feeds, ring_size=16))
-    monkeypatch.setattr(
-        conductor_server, "SqliteRegistry", functools.partial(SqliteRegistry, event_history=300)
-    )
+    small = functools.partial(make_registry, event_history=300)
+    monkeypatch.setattr(conductor_server, "make_registry", small)
     c = conductor_factory(max_running=1, feed_heartbeat=0.2)
     stub = c.stub
     final: list[int] = []

@@ -1,0 +1,202 @@
+"""The status writer: a child process that writes status.json files and removes run
+directories for the publisher (``conductor.publisher``).
+
+Every new job gets a status.json: its JSON encoding and half a dozen file
+system calls. Done by a thread of the conductor, each of those holds or
+hands back and forth the one GIL that the event loop needs for every call it
+serves; in a process of its own the work costs the conductor a pipe write per
+batch. The publisher keeps every rule (what to write, in which order, what to
+try again, how far it has got); this process only carries out a batch and
+says what failed.
+
+    python -m baton.conductor.statuswriter
+
+reads batches on stdin and answers each on stdout, until stdin closes. Both
+ends are this program, over a pipe no one else holds, so a frame is a 4-byte
+length and a pickle. When the process cannot be started or dies, the
+publisher's thread does the same work itself (``apply``), so status files
+never depend on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+import baton
+from baton.common.jobfile import write_job
+from baton.common.layout import STATUS_FILE
+from baton.common.safeopen import UnsafePath, dir_without_links, remove_beneath
+from baton.v1 import job_pb2
+
+log = structlog.get_logger(__name__)
+
+# (key, directory, the Job's bytes to write there or None to remove the directory, its tree's root)
+Item = tuple[str, str, bytes | None, str]
+# (key, FAILED or UNSAFE, what went wrong): FAILED is tried again, UNSAFE never.
+Outcome = tuple[str, str, str]
+FAILED = "failed"
+UNSAFE = "unsafe"
+# After the process failed to start or died, the thread writes for this long before starting another.
+RESTART_AFTER_SECONDS = 30.0
+_LENGTH = 4
+READY = "ready"
+
+
+def apply(items: list[Item]) -> list[Outcome]:
+    """Carry out a batch in order; the items that did not succeed."""
+    out: list[Outcome] = []
+    for key, path, blob, root in items:
+        try:
+            if blob is None:
+                _remove(Path(root), Path(path))
+            else:
+                write_job(os.path.join(path, STATUS_FILE), job_pb2.Job.FromString(blob))
+        except UnsafePath as exc:
+            out.append((key, UNSAFE, str(exc)))
+        except OSError as exc:
+            out.append((key, FAILED, exc.strerror or type(exc).__name__))
+    return out
+
+
+def _remove(root: Path, path: Path) -> None:
+    """Delete a directory, never through a link: a parent directory that is a
+    link out of the tree deletes nothing (UnsafePath)."""
+    try:
+        with dir_without_links(root, path.parent) as pfd:
+            remove_beneath(pfd, path.name)
+    except FileNotFoundError:
+        pass
+
+
+def _send(stream: IO[bytes], obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(len(data).to_bytes(_LENGTH, "big") + data)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> Any:
+    """The next frame's object; EOFError when the other end has closed."""
+    head = stream.read(_LENGTH)
+    if len(head) < _LENGTH:
+        raise EOFError
+    size = int.from_bytes(head, "big")
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
+
+
+class StatusWriter:
+    """The publisher's end: batches to the child process, and the thread's own hands when it is gone.
+
+    Used by one thread only (the publisher's).
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        # Whether the process has said it is ready; until then the thread writes
+        # itself, so a new conductor's first status files never wait for it.
+        self._ready = False
+        # When the process last failed (monotonic seconds); none is started again for a while.
+        self._failed_at: float | None = None
+
+    def run(self, items: list[Item]) -> list[Outcome]:
+        """Carry out a batch; the items that did not succeed."""
+        proc = self._process()
+        if proc is None:
+            return apply(items)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            if not self._ready:
+                if not select.select([proc.stdout], [], [], 0)[0]:
+                    return apply(items)
+                if _receive(proc.stdout) != READY:
+                    raise EOFError("the status writer did not start")
+                self._ready = True
+            _send(proc.stdin, items)
+            outcomes: list[Outcome] = _receive(proc.stdout)
+            return outcomes
+        except (OSError, EOFError, pickle.PickleError) as exc:
+            log.warning("status_writer_lost", error=repr(exc)[:200], pid=proc.pid)
+            self._stop(kill=True)
+            self._failed_at = time.monotonic()
+            # Every write is whole or not at all: writing the batch again is safe.
+            return apply(items)
+
+    def _process(self) -> subprocess.Popen[bytes] | None:
+        if self._proc is not None:
+            return self._proc
+        if self._failed_at is not None and time.monotonic() - self._failed_at < RESTART_AFTER_SECONDS:
+            return None
+        env = dict(os.environ)
+        # The child imports baton from where this process did, however it was installed.
+        where = str(Path(baton.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (where, env.get("PYTHONPATH", "")) if p)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "baton.conductor.statuswriter"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                close_fds=True,
+            )
+        except OSError as exc:
+            log.warning("status_writer_not_started", error=str(exc)[:200])
+            self._failed_at = time.monotonic()
+            return None
+        return self._proc
+
+    def _stop(self, *, kill: bool) -> None:
+        proc, self._proc = self._proc, None
+        self._ready = False
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if kill:
+            proc.kill()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        """Let the process end (its stdin closes) and wait for it."""
+        self._stop(kill=False)
+
+
+def main() -> int:
+    # Ctrl-C at a terminal reaches the whole process group: the conductor
+    # decides when this process ends, by closing its stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Frames go out on a descriptor of their own; anything printed lands on stderr.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    inp = sys.stdin.buffer
+    try:
+        _send(out, READY)
+        while True:
+            _send(out, apply(_receive(inp)))
+    except (EOFError, BrokenPipeError):
+        # The conductor closed its end (it is stopping, or gone): nothing is owed to anyone.
+        with contextlib.suppress(OSError):
+            out.close()
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

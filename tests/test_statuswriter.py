@@ -1,0 +1,104 @@
+"""Status files are written by a child process, and never depend on it.
+
+The publisher hands its batches to ``conductor.statuswriter`` (a process of
+its own, so the writing never holds the conductor's GIL). These tests use a
+real publisher and a real child: its files, its end with the publisher, and
+what happens when it is killed (the publisher's thread writes itself, and
+starts another only after a while).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from baton.conductor import statuswriter
+from baton.conductor.publisher import Publisher
+from baton.v1 import job_pb2
+from tests.checks import wait_until
+
+S = job_pb2
+
+
+def _children() -> list[int]:
+    """Status writer processes started by this process."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if ppid == os.getpid() and statuswriter.__name__.encode() in cmd:
+            found.append(int(entry))
+    return found
+
+
+def _job(root: Path, i: int) -> job_pb2.Job:
+    run_dir = root / "p" / "g" / "n" / f"r{i}"
+    return job_pb2.Job(id=f"j{i}", name="n", state=S.JOB_STATE_QUEUED, run_dir=str(run_dir), revision=i)
+
+
+def _state(root: Path, i: int) -> str | None:
+    try:
+        return str(json.loads((root / "p" / "g" / "n" / f"r{i}" / "status.json").read_text())["id"])
+    except FileNotFoundError:
+        return None
+
+
+def test_the_child_writes_status_files_and_ends_with_the_publisher(tmp_path: Path) -> None:
+    publisher = Publisher(tmp_path)
+    try:
+        for i in range(1, 1201):  # more than one chunk
+            publisher.publish(_job(tmp_path, i))
+        assert publisher.flush(30)
+        assert all(_state(tmp_path, i) == f"j{i}" for i in range(1, 1201))
+        assert publisher.published == 1200
+        wait_until(lambda: len(_children()) == 1, timeout=30, what="the status writer to start")
+        # Once the child said it was ready, it does the writing.
+        for i in range(1201, 1301):
+            publisher.publish(_job(tmp_path, i))
+        assert publisher.flush(30)
+        assert all(_state(tmp_path, i) == f"j{i}" for i in range(1201, 1301))
+        assert not [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".tmp")]
+    finally:
+        publisher.close()
+    assert not _children(), "the child ends when the publisher closes"
+
+
+def test_a_killed_child_costs_no_status_file(tmp_path: Path) -> None:
+    publisher = Publisher(tmp_path)
+    try:
+        publisher.publish(_job(tmp_path, 1))
+        assert publisher.flush(30)
+        wait_until(lambda: len(_children()) == 1, timeout=30, what="the status writer to start")
+        (child,) = _children()
+        os.kill(child, signal.SIGKILL)
+        # Write on: the thread notices the death at a batch (and reaps the child)
+        # and writes itself; until then, and after, no file is lost.
+        written = 1
+        deadline = time.monotonic() + 30
+        while os.path.exists(f"/proc/{child}"):
+            assert time.monotonic() < deadline, "the dead status writer was never noticed"
+            written += 1
+            publisher.publish(_job(tmp_path, written))
+            assert publisher.flush(30)
+            time.sleep(0.05)
+        for i in range(written + 1, written + 51):
+            publisher.publish(_job(tmp_path, i))
+        assert publisher.flush(30)
+        written += 50
+        assert all(_state(tmp_path, i) == f"j{i}" for i in range(1, written + 1))
+        assert publisher.published == written
+        # None started since (not for RESTART_AFTER_SECONDS): the thread wrote these itself.
+        assert not _children()
+    finally:
+        publisher.close()
+    assert not _children()
