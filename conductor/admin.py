@@ -7,11 +7,11 @@ job is active; a job is deleted as DeleteJob deletes it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from baton.common.checkpoint_refs import one_checkpoint
-from baton.common.errors import FailedPrecondition, NotFound, invalid_field
+from baton.common.errors import FailedPrecondition, invalid_field
 from baton.common.jobs import FINAL_STATES, JobFilter
 from baton.common.layout import checkpoint_ref_problem
 from baton.common.names import name_problem
@@ -21,8 +21,8 @@ from baton.conductor.lifecycle import Lifecycle, state_name
 from baton.conductor.registry import end_ns
 from baton.v1 import job_pb2
 
-# Jobs deleted per registry write by ClearJobs.
-CLEAR_BATCH = 200
+# Jobs deleted per registry write by ClearJobs: what one page holds the event loop for.
+CLEAR_BATCH = 100
 
 
 class Admin:
@@ -104,40 +104,22 @@ class Admin:
         wanted = set(states) or set(FINAL_STATES)
         cutoff = int((time.time() - older_than) * 1e9)
         flt = JobFilter(project, group, name, tuple(sorted(wanted)))
-        out: list[str] = []
-        # Page by page through the indexes, each page deleted in one registry
-        # write: O(k) for k jobs, and the event loop is held a batch at a time.
-        # The next page is read while the last one's write is under way (the
-        # pages go down by seq, so they never overlap).
-        writing: asyncio.Future[list[str]] | None = None
-        async for page in self._lc.book.all_pages(flt, batch=CLEAR_BATCH):
-            doomed = [
-                j
-                for j in page
-                if j.state in FINAL_STATES and (not j.HasField("end_time") or end_ns(j) <= cutoff)
-            ]
-            if dry_run:
-                out += [j.id for j in doomed]
-                continue
-            if writing is not None:
-                out += await writing
-            writing = asyncio.ensure_future(self._delete_page(doomed))
-        if writing is not None:
-            out += await writing
-        return out
+        # Page by page through the indexes: O(k) for k jobs. By age, in the
+        # order they ended (the end index), so the jobs too young are never read.
+        pages = (
+            self._lc.book.ended_through(flt, cutoff, CLEAR_BATCH)
+            if older_than > 0
+            else self._lc.book.all_pages(flt, batch=CLEAR_BATCH)
+        )
 
-    async def _delete_page(self, doomed: list[job_pb2.Job]) -> list[str]:
-        out = []
-        stored = []
-        for job in doomed:
-            if self._lc.jobs_by_id(job.id) is None:
-                stored.append(job)
-                continue
-            # Still in memory: the lifecycle may be finishing with it, so as DeleteJob does.
-            with contextlib.suppress(NotFound, FailedPrecondition):
-                await self._lc.delete(job.id)
-                out.append(job.id)
-        if stored:
-            gone = await self._lc.delete_ended(stored, forget=True)
-            out += [g.id for g in gone]
-        return out
+        async def doomed() -> AsyncIterator[list[job_pb2.Job]]:
+            async for page in pages:
+                yield [
+                    j
+                    for j in page
+                    if j.state in FINAL_STATES and (not j.HasField("end_time") or end_ns(j) <= cutoff)
+                ]
+
+        if dry_run:
+            return [j.id async for page in doomed() for j in page]
+        return await self._lc.delete_pages(doomed())

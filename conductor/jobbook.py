@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from baton.common.errors import NotFound, invalid_field, quote
 from baton.common.jobs import FINAL_STATES, JobFilter
 from baton.common.paging import PageBytes, decode_token, encode_token, page_size
-from baton.conductor.registry import Registry, merge_streams
+from baton.conductor.registry import Registry, end_ns, merge_streams
 from baton.v1 import job_pb2
 
 
@@ -180,3 +180,18 @@ class JobBook:
                 yield [job for _, job in rows]
             if after is None:
                 return
+
+    async def ended_through(
+        self, flt: JobFilter, through_ns: int, batch: int = 500
+    ) -> AsyncIterator[list[job_pb2.Job]]:
+        """Every ended job matching ``flt`` that ended at or before ``through_ns``, in
+        the order they ended, a batch at a time (for bulk work by age: its cost goes
+        with what it finds, not with the history)."""
+        after: tuple[int, int] | None = None
+        while True:
+            rows = await self._registry.ended_by_end(flt, through_ns, after, batch)
+            if rows:
+                yield [self._jobs.get(job.id, job) for _, job in rows]
+            if len(rows) < batch:
+                return
+            after = (end_ns(rows[-1][1]), rows[-1][0])

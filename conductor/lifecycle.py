@@ -28,7 +28,7 @@ import secrets
 import signal as _signal
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,7 +74,7 @@ from baton.conductor.jobbook import JobBook, not_found
 from baton.conductor.jobenv import job_environment
 from baton.conductor.orphans import mark_orphans
 from baton.conductor.publisher import Publisher
-from baton.conductor.registry import Registry, StorageError, end_ns
+from baton.conductor.registry import Registry, StorageError
 from baton.conductor.results import RESULT_FILE, read_result
 from baton.conductor.retention import RetentionPolicy, retain
 from baton.conductor.runtime import NEW_RUN_NOTES, Run
@@ -87,6 +87,8 @@ S = job_pb2
 DEFAULT_CANCEL_GRACE = 10.0
 RETRY_BACKOFF_FIRST = 1.0
 RETRY_BACKOFF_MAX = 60.0
+# Pages a bulk deletion has in the registry's hands at once (``delete_pages``).
+BULK_PAGES_IN_FLIGHT = 6
 # How long a launch put off for want of storage waits before it is tried again.
 STORAGE_RETRY_SECONDS = 2.0
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -729,11 +731,11 @@ class Lifecycle:
                 self._schedule()
             return self._jobs[job_id]
 
-    async def delete(self, job_id: str) -> int:
-        """Remove an ended job and its run directory; checkpoints stay."""
-        return await self._owned(self._delete(job_id))
+    async def delete(self, job_id: str, *, checkpoints: bool = False) -> int:
+        """Remove an ended job and its run directory; checkpoints stay unless ``checkpoints``."""
+        return await self._owned(self._delete(job_id, checkpoints))
 
-    async def _delete(self, job_id: str) -> int:
+    async def _delete(self, job_id: str, checkpoints: bool) -> int:
         run = self._runs.get(job_id)
         if run is not None and self.book.find(job_id) is not None:
             async with run.lock:
@@ -741,18 +743,18 @@ class Lifecycle:
                 if job is not None:
                     if job.state not in FINAL_STATES:
                         raise _not_ended(job)
-                    return await self._delete_one(job)
+                    return await self._delete_one(job, checkpoints)
         # Ended and out of memory (or evicted while this waited): from the registry.
         stored = await self.book.lookup(job_id)
         if stored is None:
             raise not_found(job_id)
         if stored.state not in FINAL_STATES:
             raise _not_ended(stored)
-        return await self._delete_one(stored)
+        return await self._delete_one(stored, checkpoints)
 
-    async def _delete_one(self, job: job_pb2.Job) -> int:
+    async def _delete_one(self, job: job_pb2.Job, checkpoints: bool) -> int:
         self._refuse_when_degraded()
-        gone = await self.delete_ended([job])
+        gone = await self.delete_ended([job], checkpoints=checkpoints)
         if not gone:
             raise not_found(job.id)  # another deletion of it came first
         executor = self._executors.get(job.executor)
@@ -778,56 +780,74 @@ class Lifecycle:
     async def _delete_ended(
         self, jobs: list[job_pb2.Job], forget: bool, checkpoints: bool
     ) -> list[job_pb2.Job]:
-        gone = []
+        # Each deletion's event is made here, once: its job is the version the
+        # registry logs and the one listeners get (one copy of each job, not two).
+        events = []
         for job in jobs:
             self._revision += 1
-            copy = job_pb2.Job()
-            copy.CopyFrom(job)
-            copy.revision = self._revision
-            gone.append(copy)
-        fut = self._registry.delete(gone)
-        fut.add_done_callback(functools.partial(self._deleted, gone))
+            event = job_pb2.JobEvent(revision=self._revision, type=S.JOB_EVENT_TYPE_DELETED)
+            event.job.CopyFrom(job)
+            event.job.revision = self._revision
+            events.append(event)
+        jobs = [e.job for e in events]
+        fut = self._registry.delete(jobs)
+        fut.add_done_callback(functools.partial(self._deleted, events, checkpoints))
         try:
             removed = await fut
         except Exception as exc:
             raise Internal("the conductor could not record the deletion; see its log") from exc
-        out = []
-        forgotten = []
-        for g in gone:
-            if g.id not in removed:
-                continue
-            out.append(g)
+        out = [g for g in jobs if g.id in removed]
+        for g in out:
             self._jobs.pop(g.id, None)
             self._runs.pop(g.id, None)
             self._ended.discard(g.id)
             if g.request_id and self._by_request.get(g.request_id) == g.id:
                 del self._by_request[g.request_id]
-            forgotten.append((g.executor, g.id))
-            if checkpoints:
-                self._publisher.remove_checkpoints(g.id, g.checkpoint_dir, g.revision)
-        if forget and forgotten:
-            self._spawn_task(self._forget(forgotten))
+        if forget and out:
+            self._spawn_task(self._forget([(g.executor, g.id) for g in out]))
         return out
 
-    async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
-        """Ended jobs in the order they ended, oldest first, that nothing works on now."""
-        stored = await self._registry.oldest_ended(limit, ended_before_ns)
-        idle = {}
-        for job_id in self._ended:
-            job = self._jobs.get(job_id)
-            run = self._runs.get(job_id)
-            if job is None or run is None or run.lock.locked() or self.book.find(job_id) is not job:
+    async def delete_pages(
+        self, pages: AsyncIterator[list[job_pb2.Job]], *, checkpoints: bool = False
+    ) -> list[str]:
+        """Delete the ended jobs ``pages`` give (ClearJobs, retention): each page in one
+        registry write, as DeleteJob deletes each job; the ids deleted, in order.
+
+        A page's work on the event loop is bounded by its size. A few pages are
+        in flight at once: the next is read while the last ones are written, and
+        the registry commits the writes queued together in one transaction.
+        """
+        out: list[str] = []
+        writing: deque[asyncio.Future[list[str]]] = deque()
+        try:
+            async for page in pages:
+                if len(writing) >= BULK_PAGES_IN_FLIGHT:
+                    out += await writing.popleft()
+                writing.append(asyncio.ensure_future(self._delete_page(page, checkpoints)))
+            while writing:
+                out += await writing.popleft()
+        finally:
+            # Failed or cancelled part way: the pages already handed over finish all the same.
+            await asyncio.gather(*writing, return_exceptions=True)
+            if out:  # one line for the lot, not one a page
+                log.info("jobs_deleted", count=len(out), revision=self._revision)
+        return out
+
+    async def _delete_page(self, page: list[job_pb2.Job], checkpoints: bool) -> list[str]:
+        out = []
+        stored = []
+        for job in page:
+            if self.book.find(job.id) is None:
+                stored.append(job)
                 continue
-            if ended_before_ns is None or end_ns(job) < ended_before_ns:
-                idle[job_id] = job
-        # Jobs in memory but busy (or not yet shown ended) are left for the next pass.
-        merged = [j for j in stored if j.id not in self._jobs] + list(idle.values())
-        merged.sort(key=lambda j: (end_ns(j), j.create_time.ToNanoseconds(), j.id))
-        if len(stored) >= limit:
-            # The registry may hold more past the last it gave: nothing beyond it.
-            last = end_ns(stored[-1])
-            merged = [j for j in merged if end_ns(j) <= last]
-        return merged[:limit]
+            # Still in memory: the lifecycle may be finishing with it, so as DeleteJob does.
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await self.delete(job.id, checkpoints=checkpoints)
+                out.append(job.id)
+        if stored:
+            gone = await self.delete_ended(stored, forget=True, checkpoints=checkpoints)
+            out += [g.id for g in gone]
+        return out
 
     async def _forget(self, jobs: list[tuple[str, str]]) -> None:
         by_executor: dict[str, list[str]] = {}
@@ -929,25 +949,28 @@ class Lifecycle:
             )
         self._emit(job_pb2.JobEvent(revision=job.revision, job=job, type=S.JOB_EVENT_TYPE_UPDATED))
 
-    def _deleted(self, gone: list[job_pb2.Job], fut: asyncio.Future[set[str]]) -> None:
+    def _deleted(
+        self, events: list[job_pb2.JobEvent], checkpoints: bool, fut: asyncio.Future[set[str]]
+    ) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            log.error("registry_write_failed", job_ids=[g.id for g in gone[:10]], error=_error_text(fut))
-            for g in gone:
-                self._emit(job_pb2.JobEvent(revision=g.revision))
+            ids = [e.job.id for e in events[:10]]
+            log.error("registry_write_failed", job_ids=ids, error=_error_text(fut))
+            for e in events:
+                self._emit(job_pb2.JobEvent(revision=e.revision))
             return
         removed = fut.result()
-        for g in gone:
-            if g.id not in removed:
-                self._emit(job_pb2.JobEvent(revision=g.revision))
-                continue
-            self.book.remove(g, g.revision)
-            self._observer.deleted(g)
-            self._publisher.remove(g.id, g.run_dir, g.revision)
-            if len(gone) == 1:
-                log.info("job_deleted", job_id=g.id, revision=g.revision)
-            self._emit(job_pb2.JobEvent(revision=g.revision, job=g, type=S.JOB_EVENT_TYPE_DELETED))
-        if len(gone) > 1:
-            log.info("jobs_deleted", count=len(removed), last_revision=gone[-1].revision)
+        shown = []
+        for e in events:
+            if e.job.id in removed:
+                self.book.remove(e.job, e.revision)
+                self._observer.deleted(e.job)
+                shown.append(e.job)
+        # Their directories are handed over in one go; they go in the background.
+        self._publisher.remove_runs(shown, checkpoints=checkpoints)
+        for e in events:
+            self._emit(e if e.job.id in removed else job_pb2.JobEvent(revision=e.revision))
+        if len(events) == 1 and shown:
+            log.info("job_deleted", job_id=shown[0].id, revision=shown[0].revision)
 
     def _emit(self, event: job_pb2.JobEvent) -> None:
         for listener in list(self._listeners):

@@ -187,14 +187,24 @@ class InMemoryRegistry(Registry):
                     break
         return out
 
-    async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
-        ended = [
-            (end_ns(r.job), r.seq, r.job)
-            for r in self._rows.values()
-            if r.job.state in FINAL_STATES and (ended_before_ns is None or end_ns(r.job) < ended_before_ns)
-        ]
-        ended.sort(key=lambda t: (t[0], t[1]))
-        return [job for _, _, job in ended[:limit]]
+    async def ended_by_end(
+        self, flt: JobFilter, through_ns: int, after: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, job_pb2.Job]]:
+        states = ended_states(flt)
+        if not states or limit <= 0:
+            return []
+        found = []
+        for r in self._rows.values():
+            key = (end_ns(r.job), r.seq)
+            if (
+                r.job.state in states
+                and key[0] <= through_ns
+                and (after is None or key > after)
+                and flt.matches_name(r.job.project, r.job.group, r.job.name)
+            ):
+                found.append((key, r.job))
+        found.sort(key=lambda t: t[0])
+        return [(key[1], job) for key, job in found[:limit]]
 
     async def snapshot(self, flt: JobFilter) -> Snapshot:
         jobs = []

@@ -91,6 +91,23 @@ class Publisher:
         """Queue the removal of an ended job's launch records (a directory under its run directory)."""
         self._put("records:" + job_id, (path, None, self._status_root, revision))
 
+    def remove_runs(self, jobs: list[job_pb2.Job], *, checkpoints: bool = False) -> None:
+        """``remove`` each deleted job's run directory (with ``checkpoints``, its
+        own checkpoint directory too), all in one hand-over: a bulk deletion pays
+        for the lock and the wake-up once, not once a job."""
+        if not jobs:
+            return
+        ckpt_root = self._checkpoints_root if checkpoints else None
+        with self._cond:
+            for job in jobs:
+                self._pending[job.id] = (job.run_dir, None, self._status_root, job.revision)
+                if ckpt_root is not None and job.checkpoint_dir:
+                    own = (job.checkpoint_dir, None, ckpt_root, job.revision)
+                    self._pending["checkpoints:" + job.id] = own
+            self._handed = max(self._handed, max(job.revision for job in jobs))
+            self._idle.clear()
+            self._cond.notify()
+
     def _put(self, key: str, item: _Item) -> None:
         with self._cond:
             self._pending[key] = item

@@ -256,8 +256,16 @@ class Registry(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
-        """Ended jobs in the order they ended, oldest first; only those ended before the bound."""
+    async def ended_by_end(
+        self, flt: JobFilter, through_ns: int, after: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, job_pb2.Job]]:
+        """Ended jobs matching ``flt`` that ended at or before ``through_ns`` (one that
+        says no end counts as ended at 0), as (seq, job), in the order they ended (then
+        by seq), from just past ``after`` = (end_ns, seq).
+
+        What a bulk deletion by age reads: its cost goes with the jobs it returns,
+        never with the history. Fewer than ``limit`` only when no more match.
+        """
 
     @abc.abstractmethod
     async def snapshot(self, flt: JobFilter) -> Snapshot:
@@ -415,6 +423,8 @@ _UPDATE_ENDED = (
 
 
 _Op = Callable[[sqlite3.Connection], Any]
+# Ids one DELETE names at most (well under SQLite's bound on parameters, 999 before 3.32).
+_DELETE_CHUNK = 500
 
 
 # A new job's row of ``jobs`` and its creation's row of ``events``.
@@ -820,19 +830,22 @@ class SqliteRegistry(Registry):
         return self._submit(op)
 
     def delete(self, jobs: list[job_pb2.Job]) -> asyncio.Future[set[str]]:
-        events = [
-            (job.revision, job.id, job_pb2.JOB_EVENT_TYPE_DELETED, job.SerializeToString()) for job in jobs
-        ]
-
         def op(conn: sqlite3.Connection) -> set[str]:
-            removed = set()
-            for event in events:
-                if conn.execute("DELETE FROM jobs WHERE id = ?", (event[1],)).rowcount:
-                    removed.add(event[1])
-                    conn.execute(
-                        "INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", event
-                    )
-            return removed
+            # One statement a chunk, not one a job: SQLite's work is the same, the
+            # writer's Python (which holds the GIL the event loop needs) is not.
+            gone: set[str] = set()
+            for i in range(0, len(jobs), _DELETE_CHUNK):
+                ids = [j.id for j in jobs[i : i + _DELETE_CHUNK]]
+                sql = f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))}) RETURNING id"
+                gone.update(row[0] for row in conn.execute(sql, ids))
+            events, logged = [], set()
+            for j in jobs:
+                if j.id in gone and j.id not in logged:  # a job named twice is deleted once
+                    logged.add(j.id)
+                    # Serialized here, in the writer thread, not on the event loop.
+                    events.append((j.revision, j.id, job_pb2.JOB_EVENT_TYPE_DELETED, j.SerializeToString()))
+            conn.executemany("INSERT INTO events (revision, job_id, type, job) VALUES (?, ?, ?, ?)", events)
+            return gone
 
         return self._submit(op)
 
@@ -1026,17 +1039,40 @@ class SqliteRegistry(Registry):
 
         return await self._read(read)
 
-    async def oldest_ended(self, limit: int, ended_before_ns: int | None = None) -> list[job_pb2.Job]:
-        bound = "" if ended_before_ns is None else " AND end_ns < ?"
-        args = () if ended_before_ns is None else (ended_before_ns,)
+    async def ended_by_end(
+        self, flt: JobFilter, through_ns: int, after: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, job_pb2.Job]]:
+        states = ended_states(flt)
+        if not states or limit <= 0:
+            return []
+        _, terms, values = _ended_index(flt)
+        if len(states) < len(_FINAL):
+            terms += f" AND final_state IN ({', '.join('?' * len(states))})"
+            values = [*values, *states]
+        head = (
+            "SELECT end_ns, seq, id, request_id, job FROM jobs INDEXED BY ended_by_end"
+            f" WHERE final_state IS NOT NULL AND end_ns <= ?{terms}"
+        )
+        unbounded = f"{head} ORDER BY end_ns, seq LIMIT ?"
+        # A row value: the index is read from just past the cursor, not from its start.
+        bounded = f"{head} AND (end_ns, seq) > (?, ?) ORDER BY end_ns, seq LIMIT ?"
 
-        def read(c: sqlite3.Connection) -> list[job_pb2.Job]:
-            rows = c.execute(
-                "SELECT seq, id, request_id, job FROM jobs INDEXED BY ended_by_end"
-                f" WHERE final_state IS NOT NULL{bound} ORDER BY end_ns, seq LIMIT ?",
-                (*args, limit),
-            ).fetchall()
-            return [job for _, job in self._decode(rows, limit)]
+        def read(c: sqlite3.Connection) -> list[tuple[int, job_pb2.Job]]:
+            out: list[tuple[int, job_pb2.Job]] = []
+            cursor = after
+            while len(out) < limit:
+                want = limit - len(out)
+                raw = (
+                    c.execute(unbounded, (through_ns, *values, want)).fetchall()
+                    if cursor is None
+                    else c.execute(bounded, (through_ns, *values, *cursor, want)).fetchall()
+                )
+                out += self._decode([r[1:] for r in raw], want)
+                if len(raw) < want:
+                    break
+                # Some rows could not be read: look past them for the rest of the page.
+                cursor = (raw[-1][0], raw[-1][1])
+            return out
 
         return await self._read(read)
 

@@ -11,12 +11,14 @@ is kept for GetConductorInfo.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 
-from baton.common.jobs import FINAL_STATES
+from baton.common.jobs import FINAL_STATES, JobFilter
+from baton.v1 import job_pb2
 
 if TYPE_CHECKING:
     from baton.conductor.lifecycle import Lifecycle
@@ -24,7 +26,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 # Jobs deleted per registry write: small enough that one batch holds the event loop a few ms.
-BATCH = 200
+BATCH = 100
+# Later than any job ended.
+_LAST_NS = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -46,28 +50,18 @@ class RetentionPolicy:
 async def retain(lc: Lifecycle, policy: RetentionPolicy) -> int:
     """One pass: delete every ended job the policy no longer keeps; how many went."""
     deleted = 0
+    checkpoints = not policy.keep_checkpoints
+    everything = JobFilter()
     if policy.ended_seconds is not None:
         cutoff = int((time.time() - policy.ended_seconds) * 1e9)
-        while True:
-            batch = await lc.oldest_ended(BATCH, ended_before_ns=cutoff)
-            if not batch:
-                break
-            done = await lc.delete_ended(batch, forget=True, checkpoints=not policy.keep_checkpoints)
-            deleted += len(done)
-            if not done:
-                break
+        # Those that ended before the cutoff (at it: not yet), oldest first.
+        pages = lc.book.ended_through(everything, cutoff - 1, BATCH)
+        deleted += len(await lc.delete_pages(pages, checkpoints=checkpoints))
     if policy.max_ended is not None:
-        while True:
-            excess = sum(n for s, n in lc.book.counts().items() if s in FINAL_STATES) - policy.max_ended
-            if excess <= 0:
-                break
-            batch = await lc.oldest_ended(min(excess, BATCH))
-            if not batch:
-                break
-            done = await lc.delete_ended(batch, forget=True, checkpoints=not policy.keep_checkpoints)
-            deleted += len(done)
-            if not done:
-                break
+        excess = sum(n for s, n in lc.book.counts().items() if s in FINAL_STATES) - policy.max_ended
+        if excess > 0:
+            pages = lc.book.ended_through(everything, _LAST_NS, BATCH)
+            deleted += len(await lc.delete_pages(_first(pages, excess), checkpoints=checkpoints))
     if deleted:
         log.info(
             "retention_deleted",
@@ -77,3 +71,12 @@ async def retain(lc: Lifecycle, policy: RetentionPolicy) -> int:
             checkpoints_kept=policy.keep_checkpoints,
         )
     return deleted
+
+
+async def _first(pages: AsyncIterator[list[job_pb2.Job]], count: int) -> AsyncIterator[list[job_pb2.Job]]:
+    """The first ``count`` jobs of ``pages``, in pages still."""
+    async for page in pages:
+        if count <= 0:
+            return
+        yield page[:count]
+        count -= len(page)

@@ -189,17 +189,61 @@ def test_ended_pages_match_a_full_scan_for_every_filter_both_ways(reopen: Reopen
     run(go())
 
 
-def test_oldest_ended_come_in_the_order_they_ended(reopen: Reopen) -> None:
+def test_ended_jobs_come_in_the_order_they_ended(reopen: Reopen) -> None:
     async def go() -> None:
         reg = reopen()
         await reg.open()
         jobs = [job(i, S.JOB_STATE_SUCCEEDED) for i in range(6)] + [job(6, S.JOB_STATE_RUNNING)]
         jobs[0].end_time.FromSeconds(5_000)  # the first submitted ended last
         await write_all(reg, jobs)
-        assert [j.id for j in await reg.oldest_ended(3)] == ["job-00001", "job-00002", "job-00003"]
-        bounded = await reg.oldest_ended(100, ended_before_ns=1_004 * 10**9)
-        assert [j.id for j in bounded] == ["job-00001", "job-00002", "job-00003"]
-        assert len(await reg.oldest_ended(100)) == 6, "a live job never"
+        every, last = JobFilter(), 2**63 - 1
+        assert [j.id for _, j in await reg.ended_by_end(every, last, None, 3)] == [
+            "job-00001", "job-00002", "job-00003",
+        ]  # fmt: skip
+        bounded = await reg.ended_by_end(every, 1_003 * 10**9, None, 100)
+        assert [j.id for _, j in bounded] == ["job-00001", "job-00002", "job-00003"], "at the bound: in"
+        assert len(await reg.ended_by_end(every, last, None, 100)) == 6, "a live job never"
+        await reg.close()
+
+    run(go())
+
+
+def test_ended_by_end_pages_match_a_full_scan_for_every_filter(reopen: Reopen) -> None:
+    jobs = history(300, seed=11)
+    rnd = random.Random(12)
+    for j in jobs:
+        if j.state in FINAL_STATES:
+            # Ends out of submission order, with ties; a few say no end at all.
+            if rnd.random() < 0.05:
+                j.ClearField("end_time")
+            else:
+                j.end_time.FromSeconds(1_000 + rnd.randrange(60))
+    through = (1_000 + 40) * 10**9
+
+    def end_of(j: job_pb2.Job) -> int:
+        return j.end_time.ToNanoseconds() if j.HasField("end_time") else 0
+
+    async def go() -> None:
+        reg = reopen()
+        await reg.open()
+        await write_all(reg, jobs)
+        for flt in FILTERS:
+            matching = [
+                (end_of(j), i + 1)
+                for i, j in enumerate(jobs)
+                if j.state in FINAL_STATES and flt.matches(j) and end_of(j) <= through
+            ]
+            got: list[int] = []
+            after = None
+            while True:
+                page = await reg.ended_by_end(flt, through, after, 7)
+                if not page:
+                    break
+                after = (end_of(page[-1][1]), page[-1][0])
+                # Short only at the end.
+                assert len(page) == 7 or not await reg.ended_by_end(flt, through, after, 7)
+                got += [seq for seq, _ in page]
+            assert got == [seq for _, seq in sorted(matching)], flt
         await reg.close()
 
     run(go())

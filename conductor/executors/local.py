@@ -317,13 +317,16 @@ class LocalExecutor(Executor):
         await asyncio.to_thread(shutil.rmtree, target, True)
 
     async def forget_many(self, job_ids: list[str]) -> None:
-        # One trip to a thread for the lot, not one each.
-        await asyncio.to_thread(_remove_all, [self._root / job_id for job_id in job_ids])
+        # One trip to a thread for the lot, not one each; the paths made there too.
+        await asyncio.to_thread(_remove_all, str(self._root), job_ids)
 
 
-def _remove_all(paths: list[Path]) -> None:
-    for path in paths:
-        shutil.rmtree(path, True)
+def _remove_all(root: str, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        path = os.path.join(root, job_id)
+        # A job with no records here (never launched) costs one stat, not rmtree's error path.
+        if os.path.lexists(path):
+            shutil.rmtree(path, True)
 
 
 def _read_pids(launch_dir: Path) -> tuple[int, int] | None:
