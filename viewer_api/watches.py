@@ -164,26 +164,29 @@ class Watches:
         """
         tree, watched = self._trees[kind], self._watched[kind]
 
-        def watch(path: str, rel: Names) -> None:  # blocking: scans run in threads
+        def watch(path: str, rel: Names) -> bool:  # blocking: scans run in threads
             if len(rel) > tree.depth:
-                return
+                return False
             if leaf is not None and len(rel) == tree.depth and not leaf(rel):
-                with self._lock:
-                    self._unwatch(kind, rel)
-                return
+                # Most are not watched: one dict read each (atomic), no lock.
+                if rel in watched.rels or (kind, rel) in self._unwatched:
+                    with self._lock:
+                        self._unwatch(kind, rel)
+                return False
             with self._lock:
                 if rel in watched.rels:
                     # Watched already: a rescan need not ask again. A directory
                     # removed and made anew loses its watch (IGNORED) before
                     # its parent reports it made, and that report rescans it.
-                    return
+                    return False
                 try:
                     wd = self._inotify.add_watch(path, DIR_MASK)
                 except OSError:
                     self._unwatched[(kind, rel)] = time.monotonic()
-                    return
+                    return False
                 watched.add(wd, rel)
                 self._unwatched.pop((kind, rel), None)
+                return True
 
         return watch
 
