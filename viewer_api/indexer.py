@@ -48,6 +48,12 @@ T = TypeVar("T")
 BATCH = 1000
 # The longest the index is changed on the loop before calls get a turn.
 TURN_SECONDS = 0.005
+# Job directories of the checkpoint tree read at once by a scan: on a disk
+# whose cache does not hold the tree, reads waiting together finish sooner.
+SCAN_THREADS = 4
+# Worker processes for a large cold scan, at least: each waits on its own
+# reads when the disk's cache does not hold the tree (one per core otherwise).
+MIN_SCAN_WORKERS = 4
 
 
 @dataclass
@@ -193,8 +199,8 @@ class Indexer:
         }
         self._poll_interval = poll_interval
         self._reconcile_interval = reconcile_interval
-        # Processes for the cold scan; 0 means one per core.
-        self._scan_workers = scan_workers or os.cpu_count() or 1
+        # Processes for the cold scan; 0 means one per core, and at least MIN_SCAN_WORKERS.
+        self._scan_workers = scan_workers or max(os.cpu_count() or 1, MIN_SCAN_WORKERS)
         self._watches: Watches | None = None
         self._dirty: set[Changed] = set()
         # When the oldest change not yet in the index was noticed (monotonic; None: none waits).
@@ -324,7 +330,7 @@ class Indexer:
         else:
             scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st, on_run)
         status, ckpts = await asyncio.gather(
-            scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck)
+            scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck, SCAN_THREADS)
         )
         if self._watches is not None:
             self._watches.take_over(st.kind, status.watched, status.unwatched)
