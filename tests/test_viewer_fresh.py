@@ -23,10 +23,11 @@ import pytest
 from baton.common.layout import Layout, make_run_checkpoint_dir
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as vpb
+from baton.viewer_api.scan import FINAL_STATES
 from tests.checks import error_info
 from tests.treegen import Manifest, format_ts, generate, write_status
-from tests.viewer_harness import SubprocessViewer, ViewerHandle, can_limit_watches
-from tests.viewer_oracle import Oracle, Run
+from tests.viewer_harness import InProcessViewer, SubprocessViewer, ViewerHandle, can_limit_watches
+from tests.viewer_oracle import Ckpt, Oracle, Run
 
 S = job_pb2
 DEADLINE = 5.0
@@ -227,8 +228,9 @@ def test_checkpoints_added_by_rename_and_removed(tree: Tree) -> None:
     tree.wait_in_step()
     got = tree.v.stub.GetCheckpoint(vpb.GetCheckpointRequest(project=p, group=g, name=n, suffix="step-new"))
     assert (got.size_bytes, got.file_count, got.config_file) == (1009, 2, "config.json")
-    # Removed: gone from the list, the stats and GetCheckpoint.
-    victim = existing[-1]
+    # Removed: gone from the list, the stats and GetCheckpoint. (From a plain layout or a
+    # live run's directory: an ended run's directory is not watched, see below.)
+    victim = next(c for c in reversed(existing) if not in_ended_run(o, c))
     shutil.rmtree(victim.path)
     shutil.rmtree(base / "step-other")
     tree.wait(
@@ -244,6 +246,26 @@ def test_checkpoints_added_by_rename_and_removed(tree: Tree) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     stats = tree.v.stub.GetCheckpointStats(vpb.GetCheckpointStatsRequest(), timeout=10)
     assert (stats.checkpoint_count, stats.total_bytes) == tree.oracle().ckpt_totals()
+    # Removed from an ended run's directory (which takes no watch: its run makes no more
+    # checkpoints): gone at the latest after the next reconciliation scan.
+    ended = next(c for c in existing if in_ended_run(o, c))
+    shutil.rmtree(ended.path)
+    assert isinstance(tree.v, InProcessViewer)
+    tree.v.reconcile()
+    tree.wait(lambda: ended.key not in tree.listed_ckpts(), "the ended run's deleted checkpoint to go")
+    tree.wait_in_step()
+
+
+def in_live_run(o: Oracle, c: Ckpt) -> bool:
+    """Whether a checkpoint lies in the checkpoint directory of a run that may still change."""
+    run = o.runs.get(c.key[:4]) if c.run_id else None
+    return run is not None and run.state not in FINAL_STATES
+
+
+def in_ended_run(o: Oracle, c: Ckpt) -> bool:
+    """Whether a checkpoint lies in the checkpoint directory of a run that has ended."""
+    run = o.runs.get(c.key[:4]) if c.run_id else None
+    return run is not None and run.state in FINAL_STATES
 
 
 def _rename_in(run_dir: Path, suffix: str, files: dict[str, bytes]) -> None:
@@ -255,10 +277,10 @@ def _rename_in(run_dir: Path, suffix: str, files: dict[str, bytes]) -> None:
 def test_checkpoints_of_runs_made_after_the_start_show(tree: Tree) -> None:
     """Runs' checkpoint directories made after the viewer started (the directory made, its
     marker written, then checkpoints renamed in, as the conductor and a job do) show with
-    their run ids; so does a checkpoint added to a run's directory that was there at the
-    start, and a run made by the conductor's own helper under a brand-new job."""
+    their run ids; so does a checkpoint added to a live run's directory that was there at
+    the start, and a run made by the conductor's own helper under a brand-new job."""
     o = tree.oracle()
-    old = next(c for c in o.checkpoints() if c.run_id)
+    old = next(c for c in o.checkpoints() if in_live_run(o, c))
     p, g, n, old_run, shared = old.key
     base = tree.m.checkpoints_dir / p / g / n
     _rename_in(base / old_run, "step-000777", {"model.bin": b"a" * 100})

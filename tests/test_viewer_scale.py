@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from baton.common.layout import RUN_MARKER, Layout, make_run_checkpoint_dir
 from baton.v1 import job_pb2, viewer_pb2_grpc
 from baton.v1 import viewer_pb2 as vpb
 from baton.viewer_api.index import Index
@@ -46,14 +47,19 @@ def listed(v: InProcessViewer, **flt: Any) -> list[tuple[str, str, str, str]]:
     return [key_of(j) for j in v.list_all(**flt)[0]]
 
 
-def expected_watches(o: Oracle) -> int:
-    """Directories a fresh viewer watches: both trees down to the job directories, the live
-    runs' directories, and the runs' checkpoint directories."""
+def live_keys(o: Oracle) -> set[tuple[str, str, str, str]]:
+    return {r.key for r in o.runs.values() if r.state not in FINAL_STATES}
+
+
+def expected_watches(o: Oracle, ckpt_root: Path) -> int:
+    """Directories a fresh viewer watches: both trees down to the job directories, and the
+    live runs' directories in both (ended runs', and checkpoint directories of no run, none)."""
     status = {()} | {r.key[:i] for r in o.runs.values() for i in (1, 2, 3)}
-    live = sum(1 for r in o.runs.values() if r.state not in FINAL_STATES)
-    ckpt = {()} | {c.key[:i] for c in o.ckpts.values() for i in (1, 2, 3)}
-    run_dirs = {c.key[:4] for c in o.ckpts.values() if c.key[3]}
-    return len(status) + live + len(ckpt) + len(run_dirs)
+    live = live_keys(o)
+    ckpt = {()} | {p.relative_to(ckpt_root).parts for p in ckpt_root.glob("*/*/*") if p.is_dir()}
+    ckpt |= {rel[:i] for rel in list(ckpt) for i in (1, 2)}
+    run_dirs = {p.parent.relative_to(ckpt_root).parts for p in ckpt_root.glob(f"*/*/*/*/{RUN_MARKER}")}
+    return len(status) + len(live) + len(ckpt) + len(run_dirs & live)
 
 
 def test_ended_runs_take_no_watch_and_a_rewritten_one_is_still_seen(
@@ -66,7 +72,7 @@ def test_ended_runs_take_no_watch_and_a_rewritten_one_is_still_seen(
     m = generate(tmp_path / "tree", runs=120, checkpoints=10, seed=41)
     v = viewer_factory(home=tmp_path / "tree", watch="inotify", reconcile_interval=3600)
     o = Oracle(m.status_dir, m.checkpoints_dir)
-    base = expected_watches(o)
+    base = expected_watches(o, m.checkpoints_dir)
     live = sum(1 for r in o.runs.values() if r.state not in FINAL_STATES)
     assert 0 < live < len(o.runs) - 40
     st = stats(v)
@@ -121,6 +127,54 @@ def test_ended_runs_take_no_watch_and_a_rewritten_one_is_still_seen(
     assert listed(v) == [r.key for r in o.jobs()]
     got = {key_of(j): (j.state, j.reason) for j in v.list_all()[0]}
     assert got == {r.key: (r.state, r.data.get("reason", "")) for r in o.runs.values()}
+
+
+def test_checkpoint_directories_are_watched_while_their_run_is_live(
+    tmp_path: Path, viewer_factory: Callable[..., InProcessViewer]
+) -> None:
+    """A run's checkpoint directory is watched while its run is live, so a checkpoint renamed
+    in shows by inotify alone; an ended run's is not (one added there shows at the
+    reconciliation scan), and a live run's watch goes when it ends. An entry made after the
+    start is watched whatever it is (its marker or its run may come a moment later), and a
+    reconciliation scan drops that watch once no live run owns it."""
+    m = generate(tmp_path / "tree", runs=120, checkpoints=0, seed=44)
+    o = Oracle(m.status_dir, m.checkpoints_dir)
+    layout = Layout.under(m.status_dir, m.checkpoints_dir)
+    live = next(r for r in o.jobs() if r.state == S.JOB_STATE_RUNNING and r.job_id)
+    done = next(r for r in o.jobs() if r.state == S.JOB_STATE_SUCCEEDED and r.job_id)
+    dirs = {r.key: make_run_checkpoint_dir(layout, *r.key, job_id=r.job_id) for r in (live, done)}
+    v = viewer_factory(home=tmp_path / "tree", watch="inotify", reconcile_interval=3600)
+    o = Oracle(m.status_dir, m.checkpoints_dir)
+    base = expected_watches(o, m.checkpoints_dir)
+    assert stats(v).watched_directories == base  # the live run's, not the ended run's
+
+    def ckpts() -> set[tuple[str, ...]]:
+        resp = v.stub.ListCheckpoints(vpb.ListCheckpointsRequest(page_size=1000), timeout=10)
+        return {(c.project, c.group, c.name, c.run_id, c.suffix) for c in resp.checkpoints}
+
+    def rename_in(run_dir: Path, suffix: str) -> None:
+        (run_dir / f".{suffix}").mkdir()
+        (run_dir / f".{suffix}" / "model.bin").write_bytes(b"m" * 10)
+        os.rename(run_dir / f".{suffix}", run_dir / suffix)
+
+    rename_in(dirs[live.key], "step-1")
+    v.wait_for(lambda: (*live.key, "step-1") in ckpts(), "the live run's new checkpoint", DEADLINE)
+    rename_in(dirs[done.key], "step-9")
+    v.reconcile()
+    assert (*done.key, "step-9") in ckpts()
+    assert stats(v).watched_directories == base
+    # The live run ends: both its directories' watches go.
+    now = format_ts(time.time_ns() // 1000)
+    write_status(live.path, {**live.data, "state": "JOB_STATE_SUCCEEDED", "endTime": now})
+    v.wait_for(lambda: stats(v).watched_directories == base - 2, "the ended run's watches to go", DEADLINE)
+    # A plain checkpoint made now is watched until a reconciliation scan finds no live run of its name.
+    rename_in(dirs[live.key].parent, "step-plain")
+    v.wait_for(lambda: (*live.key[:3], "", "step-plain") in ckpts(), "the plain checkpoint", DEADLINE)
+    assert stats(v).watched_directories == base - 1
+    v.reconcile()
+    assert stats(v).watched_directories == base - 2
+    o = Oracle(m.status_dir, m.checkpoints_dir)
+    assert ckpts() == set(o.ckpts) and stats(v).watched_directories == expected_watches(o, m.checkpoints_dir)
 
 
 def test_ended_runs_keep_no_status_bytes(
@@ -299,4 +353,4 @@ def test_a_fast_growing_tree_keeps_answering_and_catches_up(
     got = {key_of(j): (j.state, j.reason) for j in v.list_all()[0]}
     assert got == {r.key: (r.state, r.data.get("reason", "")) for r in o.runs.values()}
     assert indexer.backlog == 0
-    assert stats(v).watched_directories == expected_watches(o)
+    assert stats(v).watched_directories == expected_watches(o, m.checkpoints_dir)

@@ -118,13 +118,17 @@ def _ckpt_fields(cf: scan.CheckpointFile) -> tuple[object, ...]:
     return (cf.path, cf.size_bytes, cf.file_count, cf.config_file, cf.has_job_spec)
 
 
-def test_the_checkpoint_scan_reads_both_layouts(tmp_path: Path) -> None:
-    """Plain checkpoints and runs' checkpoints, as the oracle finds them; the runs'
-    directories are entered (watched) and plain checkpoints are not."""
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_checkpoint_scan_reads_both_layouts(tmp_path: Path, threads: int) -> None:
+    """Plain checkpoints and runs' checkpoints, as the oracle finds them, job directories
+    read one at a time or several at once; the runs' directories are entered (watched)
+    and plain checkpoints are not."""
     m = generate(tmp_path / "home", runs=100, checkpoints=60, seed=9)
     assert m.in_runs and len(m.in_runs) < m.checkpoints
     entered: list[tuple[str, ...]] = []
-    got = scan.scan_checkpoints(str(m.checkpoints_dir), on_dir=lambda path, rel: entered.append(rel))
+    got = scan.scan_checkpoints(
+        str(m.checkpoints_dir), on_dir=lambda path, rel: entered.append(rel), threads=threads
+    )
     expected = scan_oracle_checkpoints(m.checkpoints_dir)
     assert {(*c.key, c.run_id, c.suffix): _ckpt_fields(c) for c in got.checkpoints} == {
         key: (str(c.path), c.size, c.files, c.config_file, c.has_job_spec) for key, c in expected.items()

@@ -18,5 +18,5 @@ class ViewerConfig(ServiceConfig):
     reconcile_interval: float = Field(default=300.0, gt=0)
     # A RUNNING run with no heartbeat for this long is stale.
     stale_after: float = Field(default=300.0, gt=0)
-    # Processes for the cold scan; 0 means one per core.
+    # Processes for the cold scan; 0 means one per core, and at least four (indexer.MIN_SCAN_WORKERS).
     scan_workers: int = Field(default=0, ge=0)

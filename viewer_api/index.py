@@ -350,10 +350,19 @@ class Index:
         """Each run's status.json signature, read live rather than copied (a million entries)."""
         return _Signatures(self.runs)
 
-    def is_live(self, key: RunKey) -> bool:
+    def is_live(self, key: tuple[str, ...]) -> bool:
         """Whether the run is indexed in a state it may leave (read by scan threads: one dict read)."""
-        entry = self.runs.get(key)
+        entry = self.runs.get(key)  # type: ignore[arg-type]
         return entry is not None and entry.state not in FINAL_STATES
+
+    def is_ended(self, key: tuple[str, ...]) -> bool:
+        """Whether the run is indexed in a state it never leaves (read by scan threads)."""
+        entry = self.runs.get(key)  # type: ignore[arg-type]
+        return entry is not None and entry.state in FINAL_STATES
+
+    def live_keys(self) -> list[RunKey]:
+        """The runs that may still change (every run looked at: a few tens of ms at a million)."""
+        return [key for key, entry in self.runs.items() if entry.state not in FINAL_STATES]
 
     # ------------------------------------------------------------------ jobs
 

@@ -3,7 +3,11 @@ and a periodic reconciliation scan as the safety net.
 
 With inotify (``watches.py``), every directory of both trees down to the job
 directories is watched, and below them the directories of runs that may
-still change (not of ended ones) and the runs' checkpoint directories.
+still change (not of ended ones), in both trees: the watches grow with the
+live runs, not with the history. After the cold scan the live runs'
+checkpoint directories are watched, then read again (they were scanned
+while the index was still being filled, so which runs were live was not
+known yet).
 An event marks a path dirty; a worker reads dirty paths in a thread, in
 batches of at most ``BATCH`` paths, and applies what it read to the index on
 the event loop, giving the loop a turn every few milliseconds: a rewritten
@@ -24,7 +28,7 @@ import itertools
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,6 +48,12 @@ T = TypeVar("T")
 BATCH = 1000
 # The longest the index is changed on the loop before calls get a turn.
 TURN_SECONDS = 0.005
+# Job directories of the checkpoint tree read at once by a scan: on a disk
+# whose cache does not hold the tree, reads waiting together finish sooner.
+SCAN_THREADS = 4
+# Worker processes for a large cold scan, at least: each waits on its own
+# reads when the disk's cache does not hold the tree (one per core otherwise).
+MIN_SCAN_WORKERS = 4
 
 
 @dataclass
@@ -86,6 +96,10 @@ def _return_free_memory() -> None:
     """Hand the scan's freed buffers back to the OS (glibc keeps them otherwise)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _never(rel: tuple[str, ...]) -> bool:
+    return False
 
 
 def _valid(rel: tuple[str, ...]) -> bool:
@@ -185,8 +199,8 @@ class Indexer:
         }
         self._poll_interval = poll_interval
         self._reconcile_interval = reconcile_interval
-        # Processes for the cold scan; 0 means one per core.
-        self._scan_workers = scan_workers or os.cpu_count() or 1
+        # Processes for the cold scan; 0 means one per core, and at least MIN_SCAN_WORKERS.
+        self._scan_workers = scan_workers or max(os.cpu_count() or 1, MIN_SCAN_WORKERS)
         self._watches: Watches | None = None
         self._dirty: set[Changed] = set()
         # When the oldest change not yet in the index was noticed (monotonic; None: none waits).
@@ -300,8 +314,11 @@ class Indexer:
         known = {} if full else self.index.signatures()
         # Every directory is watched before it is listed, and a live
         # run's as soon as it is read (then read again), so whatever
-        # changes while the scan runs raises an event.
-        on_st, on_ck, on_run = self._on_dir(st), self._on_dir(ck), self._on_run()
+        # changes while the scan runs raises an event. The runs' checkpoint
+        # directories: those of runs live now; on a cold start none (which
+        # runs are live is known only once the index is filled: see below).
+        on_st, on_run = self._on_dir(st), self._on_run()
+        on_ck = self._on_dir(ck, _never if cold else self.index.is_live)
         if cold:
             watch = None if self._watches is None else self._watches.for_workers()
             workers = self._scan_workers
@@ -313,7 +330,7 @@ class Indexer:
         else:
             scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st, on_run)
         status, ckpts = await asyncio.gather(
-            scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck)
+            scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck, SCAN_THREADS)
         )
         if self._watches is not None:
             self._watches.take_over(st.kind, status.watched, status.unwatched)
@@ -324,8 +341,18 @@ class Indexer:
             _return_free_memory()
             loaded = time.monotonic()
             self.cold_phases = {"scan_s": round(scanned - began, 3), "load_s": round(loaded - scanned, 3)}
+            if self._watches is not None:
+                # The live runs' checkpoint directories, read again as if changed:
+                # that read watches each before listing it, so nothing made in one
+                # since the scan read it is missed. Before serving, so the
+                # watches are in place when the first call comes.
+                await self._apply({("checkpoints", key) for key in self.index.live_keys()})
         else:
             await self._merge_scan(status, ckpts, began)
+            if self._watches is not None:
+                # Entries made since the start were watched whatever they were:
+                # those whose run is not live (ended, or no run) need it no more.
+                self._watches.prune_leaves(ck.kind, self.index.is_live, began)
         self.index.last_full_scan = time.time()
         if self._watches is not None:
             self._watches.forget_unwatched_before(began)
@@ -381,13 +408,22 @@ class Indexer:
 
     # ------------------------------------------------------------- inotify
 
-    def _on_dir(self, tree: Tree) -> scan.OnDir | None:
-        """The ``on_dir`` hook of a scan of ``tree``: watch each directory (None when polling)."""
-        return None if self._watches is None else self._watches.on_dir(tree.kind)
+    def _on_dir(self, tree: Tree, leaf: Callable[[tuple[str, ...]], bool] | None = None) -> scan.OnDir | None:
+        """The ``on_dir`` hook of a scan of ``tree``: watch each directory (None when polling);
+        of its deepest ones (a job's checkpoint entries), those ``leaf`` wants."""
+        return None if self._watches is None else self._watches.on_dir(tree.kind, leaf)
 
     def _on_run(self) -> scan.OnRun | None:
-        """The ``on_run`` hook of a status scan: watch live runs' directories (None when polling)."""
-        return None if self._watches is None else self._watches.on_run("status", self.index.is_live)
+        """The ``on_run`` hook of a status scan: watch live runs' directories, and their
+        checkpoint directories (None when polling)."""
+        if self._watches is None:
+            return None
+        return self._watches.on_run("status", self.index.is_live, checkpoints="checkpoints")
+
+    def _not_ended(self, rel: tuple[str, ...]) -> bool:
+        """Whether a job's checkpoint entry just seen is watched: unless its run is known to
+        have ended (it may be a run not indexed yet, or a directory whose marker comes later)."""
+        return not self.index.is_ended(rel)
 
     def _changed(self, paths: set[Changed]) -> None:
         if self._dirty_since is None:
@@ -520,8 +556,9 @@ class Indexer:
 
     def _watching_result(self, tree: Tree) -> scan.ScanResult:
         """A ScanResult that watches each directory before it is listed (and live runs')."""
-        on_run = self._on_run() if tree.kind == "status" else None
-        return scan.ScanResult(on_dir=self._on_dir(tree), on_run=on_run)
+        if tree.kind == "status":
+            return scan.ScanResult(on_dir=self._on_dir(tree), on_run=self._on_run())
+        return scan.ScanResult(on_dir=self._on_dir(tree, self._not_ended))
 
     def _read_changes(self, st: Tree, ck: Tree, dirty: _Dirty) -> _Read:
         """Read what the dirty paths now hold (blocking: runs in a thread)."""

@@ -11,6 +11,7 @@ reported as problems (counted in the stats), never indexed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import os
 import stat
@@ -19,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from baton.common import protojson
 from baton.common.jobfile import MAX_STATUS_BYTES, load_json
 from baton.common.layout import CONFIG_FILES, JOB_SPEC_FILE, RUN_MARKER, STATUS_FILE, is_complete_checkpoint
 from baton.common.names import is_valid_name
@@ -28,7 +30,9 @@ from baton.v1 import job_pb2
 
 RunKey = tuple[str, str, str, str]
 JobKey = tuple[str, str, str]
-OnDir = Callable[[str, tuple[str, ...]], None]
+# Called with a directory's path and names before it is listed; True when it
+# watched the directory just now (a hook that watches nothing may return None).
+OnDir = Callable[[str, tuple[str, ...]], "bool | None"]
 # Called with a run directory's path, its key and what reading its
 # status.json found (a RunFile; None when unchanged since a known signature;
 # "missing"; or a problem); True when it watched the directory just now (then
@@ -155,17 +159,44 @@ class ScanResult:
     # when its marker is written a moment later.
     watch_items: bool = False
 
-    def enter(self, path: str, rel: tuple[str, ...]) -> None:
-        if self.on_dir is not None:
-            self.on_dir(path, rel)
+    def enter(self, path: str, rel: tuple[str, ...]) -> bool:
+        """Tell ``on_dir`` of a directory about to be listed; True when it was watched just now."""
+        return self.on_dir is not None and bool(self.on_dir(path, rel))
+
+
+# What a Job's top-level fields take, as check_shape knows it.
+_JOB_SHAPE = protojson._shape(job_pb2.Job.DESCRIPTOR)
+# Status files come in a few layouts (the same keys, the same JSON types):
+# for each seen, the keys whose values check_shape must still look at (a
+# list's items, an int64 written as a string); the others fit by type alone.
+_LAYOUTS: dict[tuple[tuple[str, ...], tuple[type, ...]], tuple[str, ...]] = {}
+_LAYOUTS_MAX = 4096
+
+
+def _check_job(data: dict[str, Any]) -> None:
+    """check_shape for a Job, a few times faster on a layout seen before; ValueError when not a Job."""
+    layout = (tuple(data), tuple(map(type, data.values())))
+    look = _LAYOUTS.get(layout)
+    if look is None:
+        check_shape(job_pb2.Job, data)
+        look = tuple(
+            k
+            for k, v in data.items()
+            if k in _JOB_SHAPE and v is not None and type(v) not in _JOB_SHAPE[k][3]
+        )
+        if len(_LAYOUTS) >= _LAYOUTS_MAX:
+            _LAYOUTS.clear()
+        _LAYOUTS[layout] = look
+    elif look:
+        check_shape(job_pb2.Job, {k: data[k] for k in look})
 
 
 def parse_run(key: RunKey, raw: bytes, signature: Signature) -> RunFile:
     """Index fields of a status.json; ValueError when it is not a Job."""
     data = load_json(raw)
-    if not isinstance(data, dict):
+    if data.__class__ is not dict:
         raise ValueError("not a JSON object")
-    check_shape(job_pb2.Job, data)
+    _check_job(data)
     state = data.get("state", 0)
     if isinstance(state, str):
         if state not in _STATES:
@@ -353,40 +384,51 @@ def scan_status_under(
         scan_status_under(root, (*prefix, name if runs else sys.intern(name)), sub, result, known)
 
 
-# What _dir_usage finds in a run's checkpoint directory: no usage, since it is no checkpoint.
-RUN_DIR = None
+def _listing(path: str) -> list[os.DirEntry[str]] | None:
+    """The entries of the directory at ``path``; None when it is gone or unreadable."""
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError:
+        return None
 
 
-def _dir_usage(path: str, marked: bool = False) -> tuple[int, int, set[str]] | None:
+def _has_marker(entries: list[os.DirEntry[str]]) -> bool:
+    """Whether a listing holds the run marker (anything but a directory by that name)."""
+    for entry in entries:
+        if entry.name == RUN_MARKER:
+            try:
+                return not entry.is_dir(follow_symlinks=False)
+            except OSError:
+                return False
+    return False
+
+
+def _dir_usage(path: str, top: list[os.DirEntry[str]] | None = None) -> tuple[int, int, set[str]]:
     """Bytes and files below ``path`` (links not followed), and the top level's file names.
 
-    With ``marked``, None as soon as the top level shows the run marker:
-    ``path`` is then a run's checkpoint directory, not a checkpoint. Found in
-    the listing the usage needs anyway, the marker costs no system call.
+    ``top``: the top level's listing, when the caller has it already.
     """
     size = files = 0
-    top: set[str] = set()
-    stack = [path]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(current) as it:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                            continue
-                        if marked and current is path and entry.name == RUN_MARKER:
-                            return RUN_DIR
-                        size += entry.stat(follow_symlinks=False).st_size
-                    except OSError:
-                        continue
-                    files += 1
-                    if current is path:
-                        top.add(entry.name)
-        except OSError:
-            continue
-    return size, files, top
+    names: set[str] = set()
+    stack: list[str] = []
+    level: list[os.DirEntry[str]] | None = top if top is not None else _listing(path)
+    first = True
+    while True:
+        for entry in level or ():
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                size += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+            files += 1
+            if first:
+                names.add(entry.name)
+        if not stack:
+            return size, files, names
+        level, first = _listing(stack.pop()), False
 
 
 def _checkpoint_dir(root: str, name: str, path: str) -> os.stat_result | str | None:
@@ -430,51 +472,104 @@ def read_checkpoint(
     lst = _checkpoint_dir(root, suffix, path)
     if not isinstance(lst, os.stat_result):
         return lst
-    usage = _dir_usage(path)
-    assert usage is not RUN_DIR  # only a ``marked`` read stops at the marker
-    return _checkpoint(key, run_id, suffix, path, lst.st_mtime, usage)
+    return _checkpoint(key, run_id, suffix, path, lst.st_mtime, _dir_usage(path))
 
 
-def read_checkpoint_item(root: str, rel: tuple[str, str, str, str], path: str, result: ScanResult) -> None:
+def read_checkpoint_item(
+    root: str,
+    rel: tuple[str, str, str, str],
+    path: str,
+    result: ScanResult,
+    entry: os.DirEntry[str] | None = None,
+) -> None:
     """One entry of a job's checkpoint directory into ``result``: a plain checkpoint, or a run's
     checkpoint directory (marked) with its checkpoints.
 
-    A run's directory goes to ``on_dir`` before its checkpoints are listed,
-    so one renamed in meanwhile is not missed.
+    ``entry``, from the job directory's listing, spares a system call for a
+    real directory (a link is looked at closely). The entry is listed once;
+    a run's directory goes to ``on_dir`` before its checkpoints are read, and
+    is listed again if that watched it just now, so one renamed in meanwhile
+    is not missed. A million runs' directories are most of a cold scan's
+    checkpoint tree, so each costs one listing and nothing more.
     """
     key: JobKey = rel[:3]  # type: ignore[assignment]
     name = rel[3]
-    lst = _checkpoint_dir(root, name, path)
-    if isinstance(lst, str):
-        result.problems[path] = lst
-    if not isinstance(lst, os.stat_result):
-        return
+    lst: os.stat_result | None = None
+    if entry is not None and not entry.is_symlink() and is_complete_checkpoint(name):
+        # The listing's file type says a real directory: no stat needed yet.
+        if not is_valid_name(name):
+            result.problems[path] = INVALID_NAME
+            return
+        if not entry.is_dir(follow_symlinks=False):
+            return
+    else:
+        found = _checkpoint_dir(root, name, path)
+        if isinstance(found, str):
+            result.problems[path] = found
+        if not isinstance(found, os.stat_result):
+            return
+        lst = found
     if result.watch_items:
         result.enter(path, rel)
-    usage = _dir_usage(path, marked=True)
-    if usage is not RUN_DIR:
-        result.checkpoints.append(_checkpoint(key, "", name, path, lst.st_mtime, usage))
+    listing = _listing(path)
+    if listing is None:
+        return  # gone meanwhile
+    if not _has_marker(listing):
+        if lst is None:
+            try:
+                lst = os.stat(path)
+            except OSError:
+                return
+        result.checkpoints.append(_checkpoint(key, "", name, path, lst.st_mtime, _dir_usage(path, listing)))
         return
-    if not result.watch_items:
-        result.enter(path, rel)
-    try:
-        entries = [e for e in os.scandir(path) if e.is_dir(follow_symlinks=True)]
-    except OSError:
-        return
-    for entry in entries:
-        got = read_checkpoint(root, key, name, entry.name, entry.path)
+    if not result.watch_items and result.enter(path, rel):
+        listing = _listing(path) or []
+    for sub in listing:
+        try:
+            if not sub.is_dir(follow_symlinks=True):
+                continue
+        except OSError:
+            continue
+        got = read_checkpoint(root, key, name, sub.name, sub.path)
         if isinstance(got, CheckpointFile):
             result.checkpoints.append(got)
         elif isinstance(got, str):
-            result.problems[entry.path] = got
+            result.problems[sub.path] = got
 
 
-def scan_checkpoints(root: str, on_dir: OnDir | None = None) -> ScanResult:
+def scan_checkpoints(root: str, on_dir: OnDir | None = None, threads: int = 1) -> ScanResult:
+    """Every checkpoint under ``root``.
+
+    With ``threads``, that many job directories are read at once: on a disk
+    whose cache does not hold the tree, each entry costs a read that waits,
+    and a disk answers several at a time about as fast as one.
+    """
     result = ScanResult(on_dir=on_dir)
     if not os.path.isdir(root):
         return result
     root = os.path.realpath(root)
-    scan_checkpoints_under(root, (), root, result)
+    if threads <= 1:
+        scan_checkpoints_under(root, (), root, result)
+        return result
+    jobs: list[tuple[tuple[str, ...], str]] = []
+    result.enter(root, ())
+    for project, ppath in subdirs(root, root, result.problems):
+        result.enter(ppath, (project,))
+        for group, gpath in subdirs(ppath, root, result.problems):
+            result.enter(gpath, (project, group))
+            jobs.extend(
+                ((project, group, name), npath) for name, npath in subdirs(gpath, root, result.problems)
+            )
+
+    def scan_job(job: tuple[tuple[str, ...], str]) -> ScanResult:
+        part = ScanResult(on_dir=on_dir)
+        scan_checkpoints_under(root, job[0], job[1], part)
+        return part
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for part in pool.map(scan_job, jobs):
+            result.checkpoints.extend(part.checkpoints)
+            result.problems.update(part.problems)
     return result
 
 
@@ -486,12 +581,14 @@ def scan_checkpoints_under(root: str, prefix: tuple[str, ...], path: str, result
     result.enter(path, prefix)
     if len(prefix) == 3:
         # Checkpoint names that are still being written are skipped, not problems.
-        try:
-            entries = [e for e in os.scandir(path) if e.is_dir(follow_symlinks=True)]
-        except OSError:
-            return
-        for entry in entries:
-            read_checkpoint_item(root, (*prefix, entry.name), entry.path, result)  # type: ignore[arg-type]
+        for entry in _listing(path) or ():
+            try:
+                if not entry.is_dir(follow_symlinks=True):
+                    continue
+            except OSError:
+                continue
+            item: tuple[str, str, str, str] = (*prefix, entry.name)  # type: ignore[assignment]
+            read_checkpoint_item(root, item, entry.path, result, entry)
         return
     for name, sub in subdirs(path, root, result.problems):
         scan_checkpoints_under(root, (*prefix, name), sub, result)

@@ -34,8 +34,8 @@ def _watcher(fd: int, mask: int, result: ScanResult) -> None:
         result.watched.append((wd, rel))
         return True
 
-    def watch(path: str, rel: tuple[str, ...]) -> None:
-        add(path, rel)
+    def watch(path: str, rel: tuple[str, ...]) -> bool:
+        return add(path, rel)
 
     def watch_live(path: str, key: RunKey, got: RunFile | str | None) -> bool:
         if not ended(got):

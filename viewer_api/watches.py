@@ -1,17 +1,27 @@
 """The index's inotify side: watches on the trees' directories, events turned into changed paths.
 
 Both trees are watched down to their job directories, and each watch is known
-by its directory's names below its tree root. In the status tree, a run's
-directory is watched only while its run may still change: an ended run's
-status.json changes only if another program rewrites it or the run is
-deleted, which its job directory's watch (a directory removed or moved in)
-or the reconciliation scan sees. A million ended runs then take no watch of
-the kernel's few hundred thousand. Below a job directory, the runs' checkpoint directories
-(marked by ``.baton-run``) are watched too, so a checkpoint renamed into one
-shows; so is every entry made there after the viewer started, checkpoint or
-not, since a directory just made may be a run's whose marker comes a moment
-later. A plain checkpoint present at start takes no watch: there is nothing
-in it to follow. An event on a watched directory becomes a changed path,
+by its directory's names below its tree root. Below the job directories,
+only what may still change takes a watch, so that the count follows the
+live runs and not the history (a million ended runs would take more than
+the kernel's per-user few hundred thousand):
+
+- in the status tree, a run's directory, while its run may still change: an
+  ended run's status.json changes only if another program rewrites it or
+  the run is deleted, which its job directory's watch (a directory removed
+  or moved in) or the reconciliation scan sees;
+- in the checkpoint tree, a run's checkpoint directory (marked by
+  ``.baton-run``) while its run is live, so a checkpoint renamed into it
+  shows at once; an ended run makes no more checkpoints, and one put there
+  by another program shows at the reconciliation scan. Every entry made in
+  a job's checkpoint directory after the viewer started is watched too,
+  checkpoint or not, since a directory just made may be a run's whose run
+  is not indexed yet, or whose marker comes a moment later; a
+  reconciliation scan drops those watches again once their run is not live
+  (``prune_leaves``). Which of these the scan and the events watch is the
+  caller's ``leaf`` rule (``on_dir``).
+
+An event on a watched directory becomes a changed path,
 ``(tree kind, names)``, for the indexer to read again. The cold scan's worker
 processes add their watches to this same inotify instance (they inherit its
 descriptor); events for those watches that arrive before the workers report
@@ -27,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import sys
 import threading
 import time
@@ -72,25 +83,29 @@ class Tree:
 
 @dataclass
 class _Watched:
-    """One tree's watches, both ways."""
+    """One tree's watches, both ways, and when each was added."""
 
     wds: dict[int, Names] = field(default_factory=dict)
     rels: dict[Names, int] = field(default_factory=dict)
+    added: dict[Names, float] = field(default_factory=dict)
 
     def add(self, wd: int, rel: Names) -> None:
         # One directory watched again under a new name (it was moved) keeps its descriptor.
         self.drop(wd)
         self.wds[wd] = rel
         self.rels[rel] = wd
+        self.added[rel] = time.monotonic()
 
     def drop(self, wd: int) -> None:
         rel = self.wds.pop(wd, None)
         if rel is not None and self.rels.get(rel) == wd:
             del self.rels[rel]
+            self.added.pop(rel, None)
 
     def retire(self, rel: Names) -> int | None:
         """Forget ``rel``'s watch by name; its descriptor still names it until the kernel says
         it is gone (IGNORED), so events already queued for it are not lost."""
+        self.added.pop(rel, None)
         return self.rels.pop(rel, None)
 
 
@@ -141,33 +156,50 @@ class Watches:
         """What scan workers need to add watches to this instance."""
         return WorkerWatch(self._inotify.fileno(), DIR_MASK)
 
-    def on_dir(self, kind: str) -> OnDir:
-        """A scan's ``on_dir`` hook for tree ``kind``: watch each directory before it is listed."""
+    def on_dir(self, kind: str, leaf: Callable[[Names], bool] | None = None) -> OnDir:
+        """A scan's ``on_dir`` hook for tree ``kind``: watch each directory before it is listed.
+
+        ``leaf`` says whether a directory at the tree's deepest watched level
+        is wanted (called in scan threads); one that is not loses any watch it had.
+        """
         tree, watched = self._trees[kind], self._watched[kind]
 
-        def watch(path: str, rel: Names) -> None:  # blocking: scans run in threads
+        def watch(path: str, rel: Names) -> bool:  # blocking: scans run in threads
             if len(rel) > tree.depth:
-                return
+                return False
+            if leaf is not None and len(rel) == tree.depth and not leaf(rel):
+                # Most are not watched: one dict read each (atomic), no lock.
+                if rel in watched.rels or (kind, rel) in self._unwatched:
+                    with self._lock:
+                        self._unwatch(kind, rel)
+                return False
             with self._lock:
                 if rel in watched.rels:
                     # Watched already: a rescan need not ask again. A directory
                     # removed and made anew loses its watch (IGNORED) before
                     # its parent reports it made, and that report rescans it.
-                    return
+                    return False
                 try:
                     wd = self._inotify.add_watch(path, DIR_MASK)
                 except OSError:
                     self._unwatched[(kind, rel)] = time.monotonic()
-                    return
+                    return False
                 watched.add(wd, rel)
                 self._unwatched.pop((kind, rel), None)
+                return True
 
         return watch
 
-    def on_run(self, kind: str, live: Callable[[RunKey], bool]) -> OnRun:
+    def on_run(self, kind: str, live: Callable[[RunKey], bool], checkpoints: str | None = None) -> OnRun:
         """A scan's ``on_run`` hook for tree ``kind``: watch the directory of a run that may still
         change, and stop watching one that has ended. ``live`` says whether a run the read found
-        unchanged is in a state it may leave."""
+        unchanged is in a state it may leave.
+
+        With ``checkpoints`` (a tree's kind), the run's checkpoint directory there
+        follows suit: unwatched when the run ends, watched (if it is there) when
+        the run is found live and was not watched, as when another program
+        rewrote an ended run to a live state.
+        """
         watched = self._watched[kind]
 
         def settle(path: str, key: RunKey, got: RunFile | str | None) -> bool:  # blocking: in scan threads
@@ -175,11 +207,9 @@ class Watches:
             wanted = live(key) if got is None else not ended(got)
             with self._lock:
                 if not wanted:
-                    self._unwatched.pop((kind, key), None)
-                    wd = watched.retire(key)
-                    if wd is not None:
-                        with contextlib.suppress(OSError):  # already gone with its directory
-                            self._inotify.rm_watch(wd)
+                    self._unwatch(kind, key)
+                    if checkpoints is not None:
+                        self._unwatch(checkpoints, key)
                     return False
                 if key in watched.rels:
                     return False
@@ -190,9 +220,54 @@ class Watches:
                     return False
                 watched.add(wd, key)
                 self._unwatched.pop((kind, key), None)
+                if checkpoints is not None:
+                    self._watch_run_dir(checkpoints, key)
                 return True
 
         return settle
+
+    def _unwatch(self, kind: str, rel: Names) -> None:
+        """Stop watching ``rel`` (if it was); called with the lock held."""
+        self._unwatched.pop((kind, rel), None)
+        wd = self._watched[kind].retire(rel)
+        if wd is not None:
+            with contextlib.suppress(OSError):  # already gone with its directory
+                self._inotify.rm_watch(wd)
+
+    def _watch_run_dir(self, kind: str, key: RunKey) -> None:
+        """Watch a run's directory in tree ``kind`` if it is there, a real directory, and not
+        watched yet; called with the lock held."""
+        watched = self._watched[kind]
+        if key in watched.rels:
+            return
+        path = os.path.join(self._trees[kind].root, *key)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return  # a link is for a scan to judge
+            wd = self._inotify.add_watch(path, DIR_MASK)
+        except FileNotFoundError:
+            return
+        except OSError:
+            self._unwatched[(kind, key)] = time.monotonic()
+            return
+        watched.add(wd, key)
+        self._unwatched.pop((kind, key), None)
+
+    def prune_leaves(self, kind: str, keep: Callable[[Names], bool], before: float) -> int:
+        """Stop watching the deepest directories of tree ``kind`` watched since before ``before``
+        that ``keep`` no longer wants; how many were dropped."""
+        tree, watched = self._trees[kind], self._watched[kind]
+        with self._lock:
+            old = [rel for rel, t in watched.added.items() if len(rel) == tree.depth and t < before]
+        dropped = 0
+        for rel in old:
+            if keep(rel):
+                continue
+            with self._lock:
+                if watched.added.get(rel, before) < before:
+                    self._unwatch(kind, rel)
+                    dropped += 1
+        return dropped
 
     def take_over(self, kind: str, added: list[tuple[int, Names]], unwatched: list[Names]) -> None:
         """Take the watches scan workers added (and those they could not), then the events held for them."""
