@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("ids", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("stop", type=Path)
-    p.add_argument("--interval-ms", type=float, default=20.0)
+    p.add_argument("--interval-ms", type=float, default=100.0)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     ids = args.ids.read_text().split()
