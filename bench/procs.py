@@ -65,6 +65,22 @@ def remove_left_behind() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def filesystem(path: str | Path) -> str:
+    """The type of the filesystem ``path`` is on (fsync and file costs depend on it)."""
+    real = os.path.realpath(path)
+    best, fstype = "", "unknown"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                mount = parts[1]
+                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                    best, fstype = mount, parts[2]
+    except OSError:
+        pass
+    return fstype
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()

@@ -279,21 +279,6 @@ def _count(value: str) -> int:
     return n
 
 
-def _filesystem(path: str) -> str:
-    """The filesystem type the temporary homes live on (fsync cost depends on it)."""
-    best, fstype = "", "unknown"
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                mount = parts[1]
-                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
-                    best, fstype = mount, parts[2]
-    except OSError:
-        pass
-    return fstype
-
-
 def _git_commit() -> str:
     try:
         out = subprocess.run(
@@ -339,7 +324,7 @@ def environment(conductor_flags: list[str]) -> Json:
         "baton_version": VERSION,
         "git": _git_commit(),
         "temp_dir": tmp,
-        "temp_filesystem": _filesystem(os.path.realpath(tmp)),
+        "temp_filesystem": procs.filesystem(tmp),
         "fsync_4k_ms": _fsync_probe(),
         "conductor": "`python -m baton.client.cli conductor --listen 127.0.0.1:0` subprocess, "
         "a fresh temporary home for each section",

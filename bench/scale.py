@@ -52,7 +52,7 @@ from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
 from bench.history import LIVE_PROJECT, RARE_KEY, History, generate, submit_live
 from bench.loadclient import Call, read_calls
-from bench.procs import REPO, Conductor, conductor_cpu_seconds
+from bench.procs import REPO, Conductor, conductor_cpu_seconds, filesystem
 from bench.report import Json, Target, figure, log, percentile, section
 from bench.viewer import _Viewer
 
@@ -141,18 +141,6 @@ def _choose_directory(jobs: int, given: Path | None) -> Path:
         if fits and jobs * INODES_PER_JOB < 0.3 * st.f_favail:
             return shm
     return Path(tempfile.gettempdir())
-
-
-def _filesystem(path: Path) -> str:
-    best, fstype = "", "unknown"
-    real = os.path.realpath(path)
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            mount = parts[1]
-            if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
-                best, fstype = mount, parts[2]
-    return fstype
 
 
 # ----------------------------------------------------------------------- callers
@@ -296,14 +284,14 @@ def scale(sizes: ScaleSizes) -> Json:
     conductor.remove_later = True
     try:
         root = conductor.root
-        log(f"scale: generating {sizes.jobs} ended jobs under {conductor.home} ({_filesystem(base)})")
+        log(f"scale: generating {sizes.jobs} ended jobs under {conductor.home} ({filesystem(base)})")
         history = generate(conductor.home, sizes.jobs, seed=sizes.seed, progress=log)
         run = _Run(sizes, root, conductor, history)
         run.details.update(
             {
                 "history": history.summary(),
                 "directory": str(root),
-                "filesystem": _filesystem(root),
+                "filesystem": filesystem(root),
                 "disk_per_job": _disk_per_job(history),
                 "getjob_callers": sizes.clients,
                 "getjob_interval_ms": sizes.getjob_interval_ms,

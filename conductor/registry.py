@@ -760,6 +760,10 @@ class SqliteRegistry(Registry):
         jobs = decode_jobs([r[3] for r in rows])
         if jobs is not None:  # the common case: the whole page in one parse
             return [(int(r[0]), job) for r, job in zip(rows, jobs, strict=True)]
+        return self._decode_each(rows)
+
+    def _decode_each(self, rows: list[Any]) -> list[tuple[int, job_pb2.Job]]:
+        """``_decode`` one row at a time, for a page with a row that does not decode."""
         out = []
         for seq, job_id, request_id, blob in rows:
             try:
@@ -773,7 +777,7 @@ class SqliteRegistry(Registry):
         rows = rows[:limit]
         if decode_jobs([r[3] for r in rows]) is not None:
             return [(int(r[0]), bytes(r[3])) for r in rows]
-        good = {seq for seq, _ in self._decode(rows, limit)}
+        good = {seq for seq, _ in self._decode_each(rows)}
         return [(int(r[0]), bytes(r[3])) for r in rows if int(r[0]) in good]
 
     @property
