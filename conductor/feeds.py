@@ -13,8 +13,8 @@ cursor falls out of the history it gets OUT_OF_RANGE telling it to take a new
 snapshot. A watch sends what is ready together, many events per response:
 one message per job would make a large snapshot as slow as the transport's
 per-message cost. A snapshot's responses are framed around the registry's
-stored bytes in a worker thread (``common.wire``), never decoded and encoded
-again on the event loop.
+stored bytes where the registry reads them (``conductor.snapshots``), never
+decoded and encoded again on the event loop.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from baton.common.jobs import JobFilter
 from baton.common.layout import LOG_FILE
 from baton.common.logfollow import log_chunks
 from baton.common.metrics import ServiceMetrics
-from baton.common.wire import Encoded, length_delimited, varint_field
+from baton.common.wire import Encoded
+from baton.conductor import snapshots
 from baton.conductor.lifecycle import Lifecycle
 from baton.conductor.registry import Registry
 from baton.v1 import conductor_pb2 as pb
@@ -40,13 +41,6 @@ S = job_pb2
 DEFAULT_RING = 10_000
 # Events fetched from the registry per trip when a subscriber catches up from disk.
 CATCH_UP_BATCH = 1_000
-# The most events, and about the most bytes, one WatchJobsResponse carries.
-WATCH_BATCH_EVENTS = 1_000
-WATCH_BATCH_BYTES = 1 << 20
-# Jobs read from the registry per trip while a snapshot is sent; the first
-# trip is short, so the first events go out at once however large the history.
-SNAPSHOT_PAGE = 1_000
-SNAPSHOT_FIRST_PAGE = 100
 
 
 class _Batch:
@@ -65,61 +59,11 @@ class _Batch:
     def full(self, last: job_pb2.JobEvent) -> bool:
         """Count ``last`` (just added); True when the batch should go now."""
         self._bytes += last.ByteSize()
-        return len(self.response.events) >= WATCH_BATCH_EVENTS or self._bytes >= WATCH_BATCH_BYTES
+        limit = snapshots.batch_limits()
+        return len(self.response.events) >= limit.events or self._bytes >= limit.size
 
     def take(self) -> pb.WatchJobsResponse:
         response, self.response, self._bytes = self.response, pb.WatchJobsResponse(), 0
-        return response
-
-
-_EVENTS = pb.WatchJobsResponse.DESCRIPTOR.fields_by_name["events"].number
-_EVENT = job_pb2.JobEvent.DESCRIPTOR.fields_by_name
-
-
-class SnapshotBatches:
-    """A snapshot's WatchJobsResponses in wire form, framed around stored Job bytes.
-
-    Events at one revision are added a page at a time (``add`` blocks for a
-    page's worth of bytes: call it in a worker thread) and cut into responses
-    at WATCH_BATCH_EVENTS or WATCH_BATCH_BYTES; ``end`` closes the last one
-    with the SNAPSHOT_END.
-    """
-
-    def __init__(self, revision: int) -> None:
-        self._revision = revision
-        self._head = varint_field(_EVENT["revision"].number, revision) + varint_field(
-            _EVENT["type"].number, S.JOB_EVENT_TYPE_SNAPSHOT
-        )
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def add(self, blobs: list[bytes], flush: bool = False) -> list[Encoded]:
-        """SNAPSHOT events for the serialized Jobs ``blobs``; the responses filled
-        so far (with ``flush``, the one being filled too)."""
-        out: list[Encoded] = []
-        job_field = _EVENT["job"].number
-        for blob in blobs:
-            event = length_delimited(_EVENTS, self._head + length_delimited(job_field, blob))
-            if self._parts and (
-                len(self._parts) >= WATCH_BATCH_EVENTS or self._size + len(event) > WATCH_BATCH_BYTES
-            ):
-                out.append(self._take())
-            self._parts.append(event)
-            self._size += len(event)
-        if flush and self._parts:
-            out.append(self._take())
-        return out
-
-    def end(self) -> list[Encoded]:
-        """The rest, closed by the SNAPSHOT_END event."""
-        end = job_pb2.JobEvent(revision=self._revision, type=S.JOB_EVENT_TYPE_SNAPSHOT_END)
-        out = [self._take()] if len(self._parts) >= WATCH_BATCH_EVENTS else []
-        self._parts.append(length_delimited(_EVENTS, end.SerializeToString()))
-        return [*out, self._take()]
-
-    def _take(self) -> Encoded:
-        response = Encoded(pb.WatchJobsResponse, b"".join(self._parts))
-        self._parts, self._size = [], 0
         return response
 
 
@@ -229,20 +173,12 @@ class Feeds:
                 snap = await self._registry.snapshot(flt)
                 try:
                     cursor = snap.revision
-                    batches = SnapshotBatches(cursor)
-                    size = SNAPSHOT_FIRST_PAGE
-                    while blobs := await snap.page(size):
-                        # Framed around the stored bytes in a worker thread: the
-                        # loop only hands the finished responses to the transport.
-                        # The first page goes out at once when more will follow.
-                        flush = size == SNAPSHOT_FIRST_PAGE and len(blobs) == size
-                        for response in await asyncio.to_thread(batches.add, blobs, flush):
-                            yield response
-                        size = SNAPSHOT_PAGE
+                    # Framed around the stored bytes off the event loop: the
+                    # loop only hands the finished responses to the transport.
+                    async for response in snap.responses():
+                        yield response
                 finally:
                     await snap.close()
-                for response in batches.end():
-                    yield response
             loop = asyncio.get_running_loop()
             last_sent = loop.time()
             while True:

@@ -37,17 +37,22 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from baton.common.jobs import FINAL_STATES, JobFilter
-from baton.common.wire import decode_jobs
+from baton.common.wire import Encoded, decode_jobs
+from baton.conductor.childproc import HelperUnavailable
+from baton.conductor.snapshots import SNAPSHOT_FIRST_PAGE, SNAPSHOT_PAGE, SnapshotBatches, batch_limits
 from baton.v1 import job_pb2
+
+if TYPE_CHECKING:
+    from baton.conductor.readers import ReaderProcesses
 
 log = structlog.get_logger(__name__)
 
@@ -178,6 +183,22 @@ class Snapshot(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    async def responses(self) -> AsyncIterator[Encoded]:
+        """The whole view as WatchJobsResponses of SNAPSHOT events, the last
+        closed by SNAPSHOT_END (``conductor.snapshots``), framed in a worker thread.
+
+        The first page is short and goes out at once when more will follow.
+        """
+        batches = SnapshotBatches(self.revision)
+        size = SNAPSHOT_FIRST_PAGE
+        while blobs := await self.page(size):
+            flush = size == SNAPSHOT_FIRST_PAGE and len(blobs) == size
+            for response in await asyncio.to_thread(batches.add, blobs, flush):
+                yield response
+            size = SNAPSHOT_PAGE
+        for response in batches.end():
+            yield response
 
 
 class Registry(abc.ABC):
@@ -490,6 +511,115 @@ def _apply(conn: sqlite3.Connection, batch: list[_Write]) -> list[Any]:
     return results
 
 
+# Told of a row that does not decode: (job_id, seq, request_id, what went wrong).
+NoteDamaged = Callable[[Any, Any, Any, str], None]
+
+
+def decode_rows(rows: list[Any], limit: int, note: NoteDamaged) -> list[tuple[int, job_pb2.Job]]:
+    """(seq, id, request_id, blob) rows as (seq, Job); a damaged one is left out and noted."""
+    rows = rows[:limit]
+    jobs = decode_jobs([r[3] for r in rows])
+    if jobs is not None:  # the common case: the whole page in one parse
+        return [(int(r[0]), job) for r, job in zip(rows, jobs, strict=True)]
+    return _decode_each(rows, note)
+
+
+def _decode_each(rows: list[Any], note: NoteDamaged) -> list[tuple[int, job_pb2.Job]]:
+    """``decode_rows`` one row at a time, for a page with a row that does not decode."""
+    out = []
+    for seq, job_id, request_id, blob in rows:
+        try:
+            out.append((int(seq), job_pb2.Job.FromString(blob)))
+        except Exception as exc:
+            note(job_id, seq, request_id, repr(exc))
+    return out
+
+
+def check_rows(rows: list[Any], limit: int, note: NoteDamaged) -> list[tuple[int, bytes]]:
+    """(seq, id, request_id, blob) rows as (seq, blob), keeping only blobs that decode."""
+    rows = rows[:limit]
+    if decode_jobs([r[3] for r in rows]) is not None:
+        return [(int(r[0]), bytes(r[3])) for r in rows]
+    good = {seq for seq, _ in _decode_each(rows, note)}
+    return [(int(r[0]), bytes(r[3])) for r in rows if int(r[0]) in good]
+
+
+def begin_view(conn: sqlite3.Connection) -> int:
+    """Open a read transaction on ``conn``; the revision it stands at.
+
+    In WAL mode a read transaction sees one commit's state for as long as it
+    lasts, whatever is written meanwhile.
+    """
+    conn.execute("BEGIN")
+    return int(conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchone()[0])
+
+
+def snapshot_rows(conn: sqlite3.Connection, flt: JobFilter, after: int, limit: int) -> list[Any]:
+    """The (seq, id, request_id, blob) rows of a snapshot page: every job matching
+    ``flt``'s names (live or ended, any state) past seq ``after``, oldest first."""
+    if not (flt.project or flt.group or flt.name):
+        rows: list[Any] = conn.execute(
+            "SELECT seq, id, request_id, job FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return rows
+    index, terms, values = _ended_index(flt)
+    streams = [
+        conn.execute(
+            "SELECT seq, id, request_id, job FROM jobs INDEXED BY jobs_live"
+            f" WHERE final_state IS NULL{terms} AND seq > ? ORDER BY seq LIMIT ?",
+            (*values, after, limit),
+        ).fetchall()
+    ]
+    for state in _FINAL:
+        streams.append(
+            conn.execute(
+                f"SELECT seq, id, request_id, job FROM jobs INDEXED BY {index}"
+                f" WHERE final_state = ?{terms} AND seq > ? ORDER BY seq LIMIT ?",
+                (state, *values, after, limit),
+            ).fetchall()
+        )
+    merged = merge_streams([[(r[0], r) for r in s] for s in streams], limit, newest_first=False)
+    return [r for _, r in merged]
+
+
+def ended_rows(
+    conn: sqlite3.Connection,
+    flt: JobFilter,
+    after: int | None,
+    limit: int,
+    newest_first: bool,
+    decode: Callable[[list[Any], int], list[tuple[int, T]]],
+) -> list[tuple[int, T]]:
+    """``Registry.ended``'s page, each row as ``decode`` gives it (the rows it
+    leaves out, damaged ones, are looked past for the rest of the page)."""
+    states = ended_states(flt)
+    if not states or limit <= 0:
+        return []
+    index, terms, values = _ended_index(flt)
+    order = "DESC" if newest_first else "ASC"
+    head = f"SELECT seq, id, request_id, job FROM jobs INDEXED BY {index} WHERE final_state = ?{terms}"
+    unbounded = f"{head} ORDER BY seq {order} LIMIT ?"
+    bounded = f"{head} AND seq {'<' if newest_first else '>'} ? ORDER BY seq {order} LIMIT ?"
+    out: list[tuple[int, T]] = []
+    cursor = after
+    while len(out) < limit:
+        want = limit - len(out)
+        # One ordered run per state, merged: an IN over the states would sort them all.
+        streams = [
+            conn.execute(unbounded, (state, *values, want)).fetchall()
+            if cursor is None
+            else conn.execute(bounded, (state, *values, cursor, want)).fetchall()
+            for state in states
+        ]
+        raw = merge_streams([[(r[0], r) for r in s] for s in streams], want, newest_first=newest_first)
+        out += decode([r for _, r in raw], want)
+        if len(raw) < want:
+            break  # every matching row has been looked at
+        cursor = raw[-1][0]
+    return out
+
+
 class _ReadTxn:
     """A connection kept for snapshots, and the read transaction open on it, if any.
 
@@ -508,11 +638,7 @@ class _ReadTxn:
     def acquire(self, now: float) -> int:
         with self.lock:
             if self.users == 0:
-                # In WAL mode a read transaction sees one commit's state for
-                # as long as it lasts, whatever is written meanwhile.
-                self.conn.execute("BEGIN")
-                row = self.conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchone()
-                self.revision, self.started = int(row[0]), now
+                self.revision, self.started = begin_view(self.conn), now
             self.users += 1
             return self.revision
 
@@ -542,33 +668,9 @@ class _SqliteSnapshot(Snapshot):
         return [blob for _, blob in rows]
 
     def _page(self, limit: int) -> list[tuple[int, bytes]]:
-        flt, after = self._flt, self._after
         with self._txn.lock:
-            conn = self._txn.conn
-            if not (flt.project or flt.group or flt.name):
-                raw = conn.execute(
-                    "SELECT seq, id, request_id, job FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (after, limit),
-                ).fetchall()
-                return self._registry._checked(raw, limit)
-            index, terms, values = _ended_index(flt)
-            streams = [
-                conn.execute(
-                    "SELECT seq, id, request_id, job FROM jobs INDEXED BY jobs_live"
-                    f" WHERE final_state IS NULL{terms} AND seq > ? ORDER BY seq LIMIT ?",
-                    (*values, after, limit),
-                ).fetchall()
-            ]
-            for state in _FINAL:
-                streams.append(
-                    conn.execute(
-                        f"SELECT seq, id, request_id, job FROM jobs INDEXED BY {index}"
-                        f" WHERE final_state = ?{terms} AND seq > ? ORDER BY seq LIMIT ?",
-                        (state, *values, after, limit),
-                    ).fetchall()
-                )
-        raw = merge_streams([[(r[0], r) for r in s] for s in streams], limit, newest_first=False)
-        return self._registry._checked([r for _, r in raw], limit)
+            raw = snapshot_rows(self._txn.conn, self._flt, self._after, limit)
+        return check_rows(raw, limit, self._registry.note_damaged)
 
     async def close(self) -> None:
         if self._closed:
@@ -598,6 +700,8 @@ class SqliteRegistry(Registry):
         self._local = threading.local()
         self._lookup_conn: sqlite3.Connection | None = None
         self._txns: list[_ReadTxn] = []
+        # The hot reads' processes (``conductor.readers``), made at open.
+        self._procs: ReaderProcesses | None = None
         self._reader_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         # The published mark asked for, and the one last written.
@@ -633,6 +737,10 @@ class SqliteRegistry(Registry):
     async def open(self) -> Opened:
         self._loop = asyncio.get_running_loop()
         opened = await asyncio.to_thread(self._open_blocking)
+        # Imported here: the reader processes run this module's read functions.
+        from baton.conductor.readers import ReaderProcesses
+
+        self._procs = ReaderProcesses(str(self._path), self.note_damaged)
         # Every reader thread and its connection made now, not under load later.
         barrier = threading.Barrier(self._reader_count)
         await asyncio.gather(*(self._in_thread(barrier.wait, 10) for _ in range(self._reader_count)))
@@ -675,7 +783,7 @@ class SqliteRegistry(Registry):
             try:
                 job = job_pb2.Job.FromString(blob)
             except Exception as exc:  # a damaged row must not keep the others from loading
-                self._note_damaged(job_id, seq, request_id, exc)
+                self.note_damaged(job_id, seq, request_id, repr(exc))
                 continue
             live.append(StoredJob(seq, job, runtime))
         for _ in range(SNAPSHOT_CONNECTIONS):
@@ -748,37 +856,15 @@ class SqliteRegistry(Registry):
         if rows:
             log.info("registry_migrated", rows=len(rows), schema=_SCHEMA_VERSION)
 
-    def _note_damaged(self, job_id: Any, seq: Any, request_id: Any, exc: BaseException) -> None:
+    def note_damaged(self, job_id: Any, seq: Any, request_id: Any, error: str) -> None:
+        """Record a row found unreadable (here, or by a reader process)."""
         key = str(job_id)
         if key not in self._damaged:
-            log.error("registry_row_damaged", job_id=key[:200], error=repr(exc)[:200])
+            log.error("registry_row_damaged", job_id=key[:200], error=error[:200])
             self._damaged[key] = DamagedRow(key, int(seq), str(request_id or ""))
 
     def _decode(self, rows: list[Any], limit: int) -> list[tuple[int, job_pb2.Job]]:
-        """(seq, id, request_id, blob) rows as (seq, Job); a damaged one is left out and noted."""
-        rows = rows[:limit]
-        jobs = decode_jobs([r[3] for r in rows])
-        if jobs is not None:  # the common case: the whole page in one parse
-            return [(int(r[0]), job) for r, job in zip(rows, jobs, strict=True)]
-        return self._decode_each(rows)
-
-    def _decode_each(self, rows: list[Any]) -> list[tuple[int, job_pb2.Job]]:
-        """``_decode`` one row at a time, for a page with a row that does not decode."""
-        out = []
-        for seq, job_id, request_id, blob in rows:
-            try:
-                out.append((int(seq), job_pb2.Job.FromString(blob)))
-            except Exception as exc:
-                self._note_damaged(job_id, seq, request_id, exc)
-        return out
-
-    def _checked(self, rows: list[Any], limit: int) -> list[tuple[int, bytes]]:
-        """(seq, id, request_id, blob) rows as (seq, blob), keeping only blobs that decode."""
-        rows = rows[:limit]
-        if decode_jobs([r[3] for r in rows]) is not None:
-            return [(int(r[0]), bytes(r[3])) for r in rows]
-        good = {seq for seq, _ in self._decode_each(rows)}
-        return [(int(r[0]), bytes(r[3])) for r in rows if int(r[0]) in good]
+        return decode_rows(rows, limit, self.note_damaged)
 
     @property
     def damaged(self) -> list[DamagedRow]:
@@ -964,6 +1050,11 @@ class SqliteRegistry(Registry):
     # ------------------------------------------------------------------ reads
 
     async def get(self, job_id: str) -> job_pb2.Job | None:
+        if self._procs is not None:
+            with contextlib.suppress(HelperUnavailable):
+                found = await self._procs.ask(("get", job_id))
+                return None if found is None else job_pb2.Job.FromString(found[1])
+
         def read(c: sqlite3.Connection) -> job_pb2.Job | None:
             row = c.execute("SELECT seq, id, request_id, job FROM jobs WHERE id = ?", (job_id,)).fetchone()
             decoded = self._decode([row], 1) if row else []
@@ -986,13 +1077,17 @@ class SqliteRegistry(Registry):
         key = (project, group, name)
         states = ",".join("?" * len(_FINAL))
         with self._conns_lock:
-            rows = self._lookup().execute(
-                f"SELECT id FROM jobs INDEXED BY ended_pgn WHERE final_state IN ({states})"
-                " AND project = ? AND grp = ? AND name = ?"
-                " UNION ALL SELECT id FROM jobs INDEXED BY jobs_live WHERE final_state IS NULL"
-                " AND project = ? AND grp = ? AND name = ?",
-                (*_FINAL, *key, *key),
-            ).fetchall()
+            rows = (
+                self._lookup()
+                .execute(
+                    f"SELECT id FROM jobs INDEXED BY ended_pgn WHERE final_state IN ({states})"
+                    " AND project = ? AND grp = ? AND name = ?"
+                    " UNION ALL SELECT id FROM jobs INDEXED BY jobs_live WHERE final_state IS NULL"
+                    " AND project = ? AND grp = ? AND name = ?",
+                    (*_FINAL, *key, *key),
+                )
+                .fetchall()
+            )
         return {str(r[0]) for r in rows}
 
     def _lookup(self) -> sqlite3.Connection:
@@ -1005,43 +1100,15 @@ class SqliteRegistry(Registry):
     async def ended(
         self, flt: JobFilter, after: int | None, limit: int, *, newest_first: bool = True
     ) -> list[tuple[int, job_pb2.Job]]:
-        states = ended_states(flt)
-        if not states or limit <= 0:
-            return []
-        index, terms, values = _ended_index(flt)
-        order = "DESC" if newest_first else "ASC"
-        unbounded = (
-            f"SELECT seq, id, request_id, job FROM jobs INDEXED BY {index} WHERE final_state = ?{terms} "
-            f"ORDER BY seq {order} LIMIT ?"
-        )
-        bounded = (
-            f"SELECT seq, id, request_id, job FROM jobs INDEXED BY {index} WHERE final_state = ?{terms} "
-            f"AND seq {'<' if newest_first else '>'} ? ORDER BY seq {order} LIMIT ?"
-        )
-
-        def read(c: sqlite3.Connection) -> list[tuple[int, job_pb2.Job]]:
-            out: list[tuple[int, job_pb2.Job]] = []
-            cursor = after
-            while len(out) < limit:
-                want = limit - len(out)
-                # One ordered run per state, merged: an IN over the states would sort them all.
-                streams = [
-                    c.execute(unbounded, (state, *values, want)).fetchall()
-                    if cursor is None
-                    else c.execute(bounded, (state, *values, cursor, want)).fetchall()
-                    for state in states
-                ]
-                raw = merge_streams(
-                    [[(r[0], r) for r in s] for s in streams], want, newest_first=newest_first
-                )
-                out += self._decode([r for _, r in raw], want)
-                if len(raw) < want:
-                    break  # every matching row has been looked at
-                # Some rows could not be read: look past them for the rest of the page.
-                cursor = raw[-1][0]
-            return out
-
-        return await self._read(read)
+        if self._procs is not None:
+            with contextlib.suppress(HelperUnavailable):
+                names = (flt.project, flt.group, flt.name, tuple(flt.states))
+                rows = await self._procs.ask(("ended", names, after, limit, newest_first))
+                # Checked in the process: one parse of the whole page here.
+                jobs = decode_jobs([blob for _, blob in rows])
+                if jobs is not None:
+                    return [(seq, job) for (seq, _), job in zip(rows, jobs, strict=True)]
+        return await self._read(lambda c: ended_rows(c, flt, after, limit, newest_first, self._decode))
 
     async def ended_by_end(
         self, flt: JobFilter, through_ns: int, after: tuple[int, int] | None, limit: int
@@ -1081,6 +1148,12 @@ class SqliteRegistry(Registry):
         return await self._read(read)
 
     async def snapshot(self, flt: JobFilter) -> Snapshot:
+        if self._procs is not None:
+            with contextlib.suppress(HelperUnavailable):
+                leased = await self._procs.snapshot(flt, batch_limits())
+                if leased is not None:
+                    return leased
+        # Every reader process is leased (or none runs): a transaction here, shared.
         now = time.monotonic()
         txns = self._txns
         young = [t for t in txns if t.users and now - t.started < SNAPSHOT_SHARE_SECONDS]
@@ -1096,6 +1169,11 @@ class SqliteRegistry(Registry):
             fut.add_done_callback(functools.partial(self._give_back, txn))
             raise
         return _SqliteSnapshot(self, txn, JobFilter(flt.project, flt.group, flt.name), revision)
+
+    @property
+    def readers(self) -> ReaderProcesses | None:
+        """The reader processes (``conductor.readers``), once open."""
+        return self._procs
 
     def _give_back(self, txn: _ReadTxn, fut: asyncio.Future[int]) -> None:
         if not fut.cancelled() and fut.exception() is None:
@@ -1157,6 +1235,8 @@ class SqliteRegistry(Registry):
         return int(row[0])
 
     async def close(self) -> None:
+        if self._procs is not None:
+            await self._procs.close()
         if self._writer is not None:
             self._ops.put(None)
             await asyncio.to_thread(self._writer.join)

@@ -11,9 +11,8 @@ says what failed.
 
     python -m baton.conductor.statuswriter
 
-reads batches on stdin and answers each on stdout, until stdin closes. Both
-ends are this program, over a pipe no one else holds, so a frame is a 4-byte
-length and a pickle. When the process cannot be started or dies, the
+reads batches on stdin and answers each on stdout, until stdin closes
+(``conductor.childproc``). When the process cannot be started or dies, the
 publisher's thread does the same work itself (``apply``), so status files
 never depend on it.
 """
@@ -24,19 +23,16 @@ import contextlib
 import os
 import pickle
 import select
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import IO, Any
 
 import structlog
 
-import baton
 from baton.common.jobfile import write_job
 from baton.common.layout import STATUS_FILE
 from baton.common.safeopen import UnsafePath, dir_without_links, remove_beneath
+from baton.conductor import childproc
 from baton.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -49,8 +45,6 @@ FAILED = "failed"
 UNSAFE = "unsafe"
 # After the process failed to start or died, the thread writes for this long before starting another.
 RESTART_AFTER_SECONDS = 30.0
-_LENGTH = 4
-READY = "ready"
 
 
 def apply(items: list[Item]) -> list[Outcome]:
@@ -79,24 +73,6 @@ def _remove(root: Path, path: Path) -> None:
         pass
 
 
-def _send(stream: IO[bytes], obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(len(data).to_bytes(_LENGTH, "big") + data)
-    stream.flush()
-
-
-def _receive(stream: IO[bytes]) -> Any:
-    """The next frame's object; EOFError when the other end has closed."""
-    head = stream.read(_LENGTH)
-    if len(head) < _LENGTH:
-        raise EOFError
-    size = int.from_bytes(head, "big")
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError
-    return pickle.loads(data)
-
-
 class StatusWriter:
     """The publisher's end: batches to the child process, and the thread's own hands when it is gone.
 
@@ -121,11 +97,11 @@ class StatusWriter:
             if not self._ready:
                 if not select.select([proc.stdout], [], [], 0)[0]:
                     return apply(items)
-                if _receive(proc.stdout) != READY:
+                if childproc.receive(proc.stdout) != childproc.READY:
                     raise EOFError("the status writer did not start")
                 self._ready = True
-            _send(proc.stdin, items)
-            outcomes: list[Outcome] = _receive(proc.stdout)
+            childproc.send(proc.stdin, items)
+            outcomes: list[Outcome] = childproc.receive(proc.stdout)
             return outcomes
         except (OSError, EOFError, pickle.PickleError) as exc:
             log.warning("status_writer_lost", error=repr(exc)[:200], pid=proc.pid)
@@ -139,13 +115,10 @@ class StatusWriter:
             return self._proc
         if self._failed_at is not None and time.monotonic() - self._failed_at < RESTART_AFTER_SECONDS:
             return None
-        env = dict(os.environ)
-        # The child imports baton from where this process did, however it was installed.
-        where = str(Path(baton.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (where, env.get("PYTHONPATH", "")) if p)
+        argv, env = childproc.command("baton.conductor.statuswriter")
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "baton.conductor.statuswriter"],
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
@@ -180,17 +153,11 @@ class StatusWriter:
 
 
 def main() -> int:
-    # Ctrl-C at a terminal reaches the whole process group: the conductor
-    # decides when this process ends, by closing its stdin.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Frames go out on a descriptor of their own; anything printed lands on stderr.
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    inp = sys.stdin.buffer
+    inp, out = childproc.helper_streams()
     try:
-        _send(out, READY)
+        childproc.send(out, childproc.READY)
         while True:
-            _send(out, apply(_receive(inp)))
+            childproc.send(out, apply(childproc.receive(inp)))
     except (EOFError, BrokenPipeError):
         # The conductor closed its end (it is stopping, or gone): nothing is owed to anyone.
         with contextlib.suppress(OSError):

@@ -24,8 +24,8 @@ import yaml
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from baton.conductor import feeds as conductor_feeds
 from baton.conductor import server as conductor_server
+from baton.conductor import snapshots as conductor_snapshots
 from baton.conductor.feeds import Feeds
 from baton.conductor.registry import make_registry
 from baton.v1 import conductor_pb2 as pb
@@ -435,7 +435,7 @@ def test_snapshot_and_bursts_come_batched_and_a_lone_change_alone(
     monkeypatch: pytest.MonkeyPatch, conductor_factory: Factory, tmp_path: Path
 ) -> None:
     # White-box: batches of 7 instead of 1,000, so a handful of jobs shows the cuts.
-    monkeypatch.setattr(conductor_feeds, "WATCH_BATCH_EVENTS", 7)
+    monkeypatch.setattr(conductor_snapshots, "WATCH_BATCH_EVENTS", 7)
     c = conductor_factory(feed_heartbeat=0.2)
     ids = [c.submit(spec("many-0", "true")).id]
     c.wait_ended(ids[0])
@@ -643,6 +643,10 @@ def test_cancelled_and_dropped_streams_leave_no_task_watch_or_file_behind(
         await settle(
             lambda: server_state(c).log_streams == 0 and server_state(c).watches == 0, lambda: "warm-up end"
         )
+        # The registry's reader processes, started by the first snapshot, are all up.
+        readers = c.running.registry.readers  # type: ignore[union-attr,attr-defined]
+        if readers is not None:
+            c.call(readers.wait_ready())
         await asyncio.sleep(0.3)
         base, base_fds = server_state(c), fd_count()
         assert base.kernel_watches == 0 and base.subscribers == 0, base

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 
 from baton.common.jobs import FINAL_STATES, JobFilter
-from baton.conductor.registry import IN_MEMORY, Registry, make_registry
+from baton.conductor.registry import IN_MEMORY, Opened, Registry, SqliteRegistry, make_registry
 from baton.v1 import job_pb2
 
 S = job_pb2
@@ -25,13 +25,30 @@ T = TypeVar("T")
 Reopen = Callable[[], Registry]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+class _ReadByProcesses(SqliteRegistry):
+    """The SQLite registry with its reader processes answering from the first read
+    (a conductor starts them at its first read of an ended job, and reads in
+    threads until they answer)."""
+
+    async def open(self) -> Opened:
+        opened = await super().open()
+        assert self.readers is not None
+        async with asyncio.timeout(60):
+            await self.readers.wait_ready()
+        return opened
+
+
+@pytest.fixture(params=["sqlite", "sqlite-reader-processes", "memory"])
 def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Reopen]:
     """A function giving the registry under test, as a restarted conductor would find it."""
     memory = make_registry(IN_MEMORY, event_history=50) if request.param == "memory" else None
 
     def make() -> Registry:
-        return memory if memory is not None else make_registry(tmp_path / "registry.db", event_history=50)
+        if memory is not None:
+            return memory
+        if request.param == "sqlite-reader-processes":
+            return _ReadByProcesses(tmp_path / "registry.db", event_history=50)
+        return make_registry(tmp_path / "registry.db", event_history=50)
 
     yield make
 

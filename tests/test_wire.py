@@ -1,13 +1,13 @@
 """Wire form put together by hand (common/wire.py, the snapshot's framing in
-conductor/feeds.py) parses to exactly what protobuf's own messages are."""
+conductor/snapshots.py) parses to exactly what protobuf's own messages are."""
 
 from __future__ import annotations
 
 import pytest
 
 from baton.common.wire import decode_jobs, varint
-from baton.conductor import feeds
-from baton.conductor.feeds import SnapshotBatches
+from baton.conductor import snapshots
+from baton.conductor.snapshots import SnapshotBatches
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
 
@@ -36,8 +36,8 @@ def test_a_page_decodes_in_one_parse_and_a_bad_blob_makes_the_caller_look_closer
 
 
 def test_snapshot_batches_parse_to_the_events_protobuf_would_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(feeds, "WATCH_BATCH_EVENTS", 4)
-    monkeypatch.setattr(feeds, "WATCH_BATCH_BYTES", 60_000)
+    monkeypatch.setattr(snapshots, "WATCH_BATCH_EVENTS", 4)
+    monkeypatch.setattr(snapshots, "WATCH_BATCH_BYTES", 60_000)
     jobs = [_job(i, extra=35_000 if i in (5, 6) else 10) for i in range(11)]
     batches = SnapshotBatches(revision=9_999)
     sent = batches.add([j.SerializeToString() for j in jobs[:3]], flush=True)
