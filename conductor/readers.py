@@ -9,7 +9,7 @@ processes, each with its own SQLite connection; the conductor only writes a
 request to a pipe and reads back stored bytes, already checked to decode (and
 a snapshot already framed, ``conductor.snapshots``).
 
-    python -m baton.conductor.readers DATABASE
+    python -m baton.conductor.readers DATABASE [read|view]
 
 answers requests on stdin, one at a time, until stdin closes
 (``conductor.childproc``). ``ReaderProcesses`` keeps a few of them: some for
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
 import sqlite3
 import sys
@@ -46,12 +47,17 @@ MODULE = "baton.conductor.readers"
 # Processes for reads; and for snapshots, each leased to one at a time.
 READ_PROCESSES = 2
 SNAPSHOT_PROCESSES = 2
+# A snapshot is bulk work: its processes yield the CPU to the calls the
+# conductor and its read processes answer meanwhile (a niceness, added).
+SNAPSHOT_NICENESS = 10
 # After a reader died or would not start, none is started again for this long.
 RESTART_AFTER_SECONDS = 30.0
 # A pipe large enough for a whole snapshot response (Linux's default most).
 _PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031
 
+# A process's role: READ answers reads; VIEW is leased to one snapshot at a time.
+READ, VIEW = "read", "view"
 # (job_id, seq, request_id, what went wrong) for each row found damaged.
 Damaged = list[tuple[Any, Any, Any, str]]
 
@@ -144,6 +150,9 @@ def main() -> int:
         import fcntl
 
         fcntl.fcntl(out.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+    if len(sys.argv) > 2 and sys.argv[2] == VIEW:
+        with contextlib.suppress(OSError):
+            os.nice(SNAPSHOT_NICENESS)
     reads = _Reads(sys.argv[1])
     try:
         childproc.send(out, childproc.READY)
@@ -154,9 +163,6 @@ def main() -> int:
 
 
 # ---------------------------------------------------------------- the conductor's end
-
-READ, VIEW = "read", "view"
-
 
 @dataclass
 class _Reader:
@@ -237,7 +243,7 @@ class ReaderProcesses:
         task.add_done_callback(self._tasks.discard)
 
     async def _start_one(self, role: str) -> None:
-        argv, env = childproc.command(MODULE, self._database)
+        argv, env = childproc.command(MODULE, self._database, role)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
