@@ -52,6 +52,11 @@ TURN_SECONDS = 0.005
 # Job directories of the checkpoint tree read at once by a scan: on a disk
 # whose cache does not hold the tree, reads waiting together finish sooner.
 SCAN_THREADS = 4
+# Job directories of the status tree a reconciliation scan reads at once: at a
+# million runs on a disk whose cache does not hold the tree, it waits on a
+# million reads (each run's directory and its status.json's inode); 16 in
+# flight keep the disk busy (issue 18).
+STATUS_SCAN_THREADS = 16
 # Worker processes for a large cold scan, at least: each waits on its own
 # reads when the disk's cache does not hold the tree (one per core otherwise).
 MIN_SCAN_WORKERS = 4
@@ -414,7 +419,7 @@ class Indexer:
                 scan_status_parallel, st.root, workers, on_st, watch, on_run, loader.add
             )
         else:
-            scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st, on_run)
+            scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st, on_run, STATUS_SCAN_THREADS)
         status, ckpts = await asyncio.gather(
             scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck, SCAN_THREADS)
         )

@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 
 from baton.viewer_api.index import RunEntry
-from baton.viewer_api.scan import CheckpointFile
+from baton.viewer_api.scan import CheckpointFile, JobKey
 
 FORMAT = 1
 # What makes a signature (a Python hash of ints) mean the same in another process.
@@ -134,7 +134,8 @@ def load(path: Path, status_root: str, checkpoints_root: str) -> Snapshot:
         want = _header(status_root, checkpoints_root)
         for name, value in want.items():
             if data.get(name) != value:
-                raise SnapshotUnusable(f"written for another {name}: {str(data.get(name))[:200]!r}, not {value!r}")
+                found = str(data.get(name))[:200]
+                raise SnapshotUnusable(f"written for another {name}: {found!r}, not {value!r}")
         return _build(data)
     except SnapshotUnusable:
         raise
@@ -143,7 +144,7 @@ def load(path: Path, status_root: str, checkpoints_root: str) -> Snapshot:
 
 
 def _build(data: dict[str, Any]) -> Snapshot:
-    jobs = [_names(j, 3) for j in data["jobs"]]
+    jobs = [_job_key(j) for j in data["jobs"]]
     restore = RunEntry.restore
     runs = []
     for j, r, job_id, state, sort0, end, activity, beat, sig in data["runs"]:
@@ -152,20 +153,30 @@ def _build(data: dict[str, Any]) -> Snapshot:
             raise TypeError("run id")
         job_id = r if job_id is None else job_id
         runs.append(restore((p, g, n, r), job_id, state, sort0, end, activity, beat, sig))
-    checkpoints = [
-        CheckpointFile(_names(c[:3], 3), *c[3:])
-        for c in data["checkpoints"]  # type: ignore[arg-type]
-    ]
+    checkpoints = [_checkpoint(c) for c in data["checkpoints"]]
     problems = data["problems"]
     if not isinstance(problems, dict) or not all(isinstance(v, str) for v in problems.values()):
         raise TypeError("problems")
     return Snapshot(runs, checkpoints, problems)
 
 
-def _names(value: Any, n: int) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or len(value) != n or not all(isinstance(v, str) for v in value):
+# A checkpoint row's types after its three names, as CheckpointFile holds them.
+_CKPT_TYPES = (str, str, str, float | int, int, int, str, bool)
+
+
+def _checkpoint(row: Any) -> CheckpointFile:
+    if not isinstance(row, list) or len(row) != 3 + len(_CKPT_TYPES):
+        raise TypeError("checkpoint")
+    if not all(isinstance(v, t) for v, t in zip(row[3:], _CKPT_TYPES, strict=True)):
+        raise TypeError("checkpoint")
+    run_id, suffix, path, created, size, count, config, spec = row[3:]
+    return CheckpointFile(_job_key(row[:3]), run_id, suffix, path, float(created), size, count, config, spec)
+
+
+def _job_key(value: Any) -> JobKey:
+    if not isinstance(value, list) or len(value) != 3 or not all(isinstance(v, str) for v in value):
         raise TypeError("names")
-    return tuple(value)
+    return (value[0], value[1], value[2])
 
 
 def _sort_of(entry: RunEntry) -> Any:
