@@ -41,13 +41,15 @@ def _rss_mb(pid: int) -> float:
 
 
 class _Viewer:
-    def __init__(self, home: Path, log_path: Path, timeout: float = 300.0) -> None:
+    def __init__(self, home: Path, log_path: Path, timeout: float = 300.0, *args: str) -> None:
         self.log_path = log_path
         self.t0 = time.perf_counter()
+        # Without a snapshot named, a cold scan every time (and none written under ~/.cache).
+        args = args or ("--index-cache", "off")
         with open(log_path, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "baton.client.cli", "viewer",
-                 "--listen", "127.0.0.1:0", "--home", str(home)],
+                 "--listen", "127.0.0.1:0", "--home", str(home), *args],
                 stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=REPO,
             )  # fmt: skip
         self.address = ""
@@ -69,6 +71,17 @@ class _Viewer:
         self.ready_seconds = time.perf_counter() - self.t0
         self.channel = grpc.insecure_channel(self.address)
         self.stub = viewer_pb2_grpc.ViewerStub(self.channel)
+
+    def wait_event(self, name: str, timeout: float) -> dict[str, Any] | None:
+        """The first log event named ``name``, waited for up to ``timeout`` seconds; None if none came."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                event = _json(line)
+                if event.get("event") == name:
+                    return event
+            time.sleep(0.2)
+        return None
 
     def stop(self) -> None:
         if getattr(self, "channel", None) is not None:

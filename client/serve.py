@@ -107,6 +107,14 @@ _VIEWER = [
         "--stale-after",
         {"type": float, "help": "seconds without heartbeat before a run is stale (default 300)"},
     ),
+    (
+        "--index-cache",
+        {
+            "metavar": "PATH",
+            "help": "the index snapshot a restart serves from at once, then reconciles with the trees; "
+            "'off' for none (default under ~/.cache/baton/viewer)",
+        },
+    ),
 ]
 # Operating a service: probes, metrics, logs, stopping.
 _OPS = [
@@ -235,7 +243,7 @@ def _viewer_config(args: argparse.Namespace) -> Any:
     from baton.viewer_api.config import ViewerConfig
 
     names = ["home", "status_dir", "checkpoints_dir", "watch", "poll_interval", "reconcile_interval",
-             "stale_after", *_SHARED]  # fmt: skip
+             "stale_after", "index_cache", *_SHARED]  # fmt: skip
     if args.verb == "up":
         side = {"listen": args.viewer_listen, "metrics_listen": args.viewer_metrics_listen,
                 "health_listen": args.viewer_health_listen}  # fmt: skip

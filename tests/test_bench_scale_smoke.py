@@ -35,6 +35,9 @@ TARGETED = (
     "viewer_cold_start_s",
     "viewer_rss_mb",
     "viewer_inotify_watches",
+    "viewer_restart_s",
+    "viewer_restart_rss_mb",
+    "viewer_restart_inotify_watches",
 )
 PHASES = (
     "live_jobs", "transport_floor", "list_jobs", "conductor_info", "watch_snapshot", "restart", "viewer",
@@ -89,6 +92,9 @@ def test_bench_scale_runs_every_phase_at_a_tiny_size(tmp_path: Path) -> None:
     assert figures["list_jobs_rare_old_job_p95"]["matched"] >= 1
     assert figures["viewer_inotify_watches"]["value"] > 0
     assert details["viewer_index_ready"]["runs"] == 305, details["viewer_index_ready"]
+    # The restart served from the snapshot the cold start wrote, then reconciled.
+    assert details["viewer_snapshot"]["runs"] == 305, details.get("viewer_snapshot")
+    assert figures["viewer_reconciled_s"]["value"] >= figures["viewer_restart_s"]["value"]
     assert figures["getjob_during_list_p95"]["samples"] > 0
     assert figures["getjob_during_watch_p95"]["samples"] > 0
     assert figures["getjob_floor_p95"]["samples"] > 0 and figures["getjob_floor_errors"]["value"] == 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from baton.common.config import ServiceConfig
+from baton.viewer_api.snapshot import OFF, default_path
 
 
 class ViewerConfig(ServiceConfig):
@@ -20,3 +22,15 @@ class ViewerConfig(ServiceConfig):
     stale_after: float = Field(default=300.0, gt=0)
     # Processes for the cold scan; 0 means one per core, and at least four (indexer.MIN_SCAN_WORKERS).
     scan_workers: int = Field(default=0, ge=0)
+    # The index snapshot a restart serves from at once (viewer_api.snapshot):
+    # a file path, "off" for none, or None for the default under ~/.cache.
+    index_cache: str | None = None
+
+    def index_cache_path(self) -> Path | None:
+        """Where the index snapshot is kept; None when it is off."""
+        if self.index_cache == OFF:
+            return None
+        if self.index_cache:
+            return Path(self.index_cache).expanduser().resolve()
+        assert self.status_dir is not None and self.checkpoints_dir is not None
+        return default_path(str(self.status_dir), str(self.checkpoints_dir))

@@ -108,6 +108,36 @@ class RunEntry:
         # One order for every list of either service: newest submission first.
         self.sort: SortKey = (-(rf.create_ts or rf.start_ts), p, g, n, r)
 
+    @classmethod
+    def restore(
+        cls,
+        key: RunKey,
+        job_id: str,
+        state: int,
+        sort_ts: float,
+        end_ts: float,
+        activity: float,
+        beat: float,
+        signature: Signature,
+    ) -> RunEntry:
+        """A record as a snapshot (``snapshot.py``) kept it: no Job (its file is read when asked).
+
+        ``sort_ts`` is the first item of its sort key. TypeError when a field is not of its type.
+        """
+        if (
+            job_id.__class__ is not str
+            or state.__class__ is not int
+            or signature.__class__ is not int
+            or not all(x.__class__ is float or x.__class__ is int for x in (sort_ts, end_ts, activity, beat))
+        ):
+            raise TypeError("a run's record")
+        self = cls.__new__(cls)
+        self.key, self.job_id, self.state, self.end_ts = key, job_id, state, float(end_ts)
+        self.activity, self.beat, self.signature = float(activity), float(beat), signature
+        self.payload, self.built = None, False
+        self.sort = (float(sort_ts), *key)  # type: ignore[assignment]
+        return self
+
     @property
     def live(self) -> bool:
         return self.state not in FINAL_STATES
@@ -223,6 +253,8 @@ class Index:
         self.checkpoint_count = 0
         self._listeners: dict[RunKey, set[Callable[[], None]]] = {}
         self.last_full_scan = 0.0
+        # Counts changes to runs and checkpoints: whether a snapshot written earlier is behind.
+        self.changes = 0
 
     # ------------------------------------------------------------------ runs
 
@@ -242,6 +274,7 @@ class Index:
             # Just read, so likely asked for soon (a run that has just ended, say).
             self.cache.put(rf.key, rf.signature, rf.raw, False)
         self._link(entry)
+        self.changes += 1
         self._notify(rf.key)
 
     def _link(self, entry: RunEntry) -> None:
@@ -288,6 +321,7 @@ class Index:
         if entry is not None:
             self._unlink(entry)
             self.cache.drop(key)
+            self.changes += 1
             self._notify(key)
 
     def keys_under(self, prefix: tuple[str, ...]) -> list[RunKey]:
@@ -505,6 +539,7 @@ class Index:
         bisect.insort(self._ckpt_order, _ckpt_sort(cf))
         self.checkpoint_bytes += cf.size_bytes
         self.checkpoint_count += 1
+        self.changes += 1
 
     def remove_checkpoint(self, key: JobKey, run_id: str, suffix: str) -> None:
         runs = self.checkpoints.get(key, {})
@@ -519,6 +554,7 @@ class Index:
         _remove_sorted(self._ckpt_order, _ckpt_sort(cf))
         self.checkpoint_bytes -= cf.size_bytes
         self.checkpoint_count -= 1
+        self.changes += 1
 
     def remove_checkpoint_item(self, key: JobKey, item: str) -> None:
         """Forget what one entry of a job's checkpoint directory held: a plain checkpoint, or a run's."""
@@ -613,6 +649,15 @@ class Loader:
             if rf.key in entries:
                 self._again = True
             entry = entries[rf.key] = RunEntry(rf, rf.state not in FINAL_STATES)
+            self._count(entry)
+
+    def restore(self, entries: Iterable[RunEntry]) -> None:
+        """Take records from a snapshot (``snapshot.py``), as ``add`` takes a scan's."""
+        runs = self._index.runs
+        for entry in entries:
+            if entry.key in runs:
+                self._again = True
+            runs[entry.key] = entry
             self._count(entry)
 
     def _count(self, entry: RunEntry) -> None:

@@ -30,13 +30,14 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
 from baton.common.layout import RUN_MARKER
 from baton.common.names import is_valid_name
-from baton.viewer_api import scan
+from baton.viewer_api import scan, snapshot
 from baton.viewer_api.index import Index
 from baton.viewer_api.parallel_scan import scan_status_parallel
 from baton.viewer_api.watches import Changed, Tree, Watches
@@ -51,6 +52,11 @@ TURN_SECONDS = 0.005
 # Job directories of the checkpoint tree read at once by a scan: on a disk
 # whose cache does not hold the tree, reads waiting together finish sooner.
 SCAN_THREADS = 4
+# Job directories of the status tree a reconciliation scan reads at once: at a
+# million runs on a disk whose cache does not hold the tree, it waits on a
+# million reads (each run's directory and its status.json's inode); 16 in
+# flight keep the disk busy (issue 18).
+STATUS_SCAN_THREADS = 16
 # Worker processes for a large cold scan, at least: each waits on its own
 # reads when the disk's cache does not hold the tree (one per core otherwise).
 MIN_SCAN_WORKERS = 4
@@ -186,6 +192,7 @@ class Indexer:
         reconcile_interval: float = 300.0,
         scan_workers: int = 0,
         observer: IndexerObserver | None = None,
+        index_cache: Path | None = None,
     ) -> None:
         if mode not in ("inotify", "poll"):
             raise ValueError("watch mode must be 'inotify' or 'poll'")
@@ -222,6 +229,13 @@ class Indexer:
         self.changes_applied = 0
         # How long the cold start's scan and load took (seconds), for the log.
         self.cold_phases: dict[str, float] = {}
+        # The index snapshot's file (``snapshot.py``; None: none kept), and the
+        # index's change count when it was last written (-1: never).
+        self._cache = index_cache
+        self._saved_changes = -1
+        self._save_lock = asyncio.Lock()
+        # Whether the index was loaded from a snapshot and not yet reconciled with the trees.
+        self.from_snapshot = False
 
     # ---------------------------------------------------------------- start
 
@@ -240,7 +254,8 @@ class Indexer:
         # doubled the load time). Frozen afterwards, they are never traversed.
         gc.disable()
         try:
-            await self.reconcile(full=True)
+            if not await self._restore():
+                await self.reconcile(full=True)
         finally:
             gc.freeze()
             gc.enable()
@@ -252,6 +267,7 @@ class Indexer:
             mode=self.mode,
             watched=self.watched,
             unwatched=self.unwatched,
+            from_snapshot=self.from_snapshot,
             **self.cold_phases,
         )
         if self.unwatched:
@@ -265,7 +281,82 @@ class Indexer:
         if self._watches is not None:
             self._tasks.append(asyncio.create_task(self._roots_changed()))
         interval = self._poll_interval if self.mode == "poll" else self._reconcile_interval
+        if self.from_snapshot:
+            # Served from the snapshot at once; made to match the trees now, in the background.
+            self._spawn(self._reconcile_snapshot(t0))
+        elif self._cache is not None:
+            self._spawn(self._save())
         self._tasks.append(asyncio.create_task(self._periodic(interval)))
+
+    # ------------------------------------------------------------- snapshot
+
+    async def _restore(self) -> bool:
+        """Fill the empty index from the snapshot, if there is one for these trees; whether it was."""
+        if self._cache is None:
+            return False
+        t0 = time.monotonic()
+        st, ck = self._trees["status"], self._trees["checkpoints"]
+
+        def restore() -> None:  # in a thread: nothing reads the index before it is served
+            snap = snapshot.load(self._cache, st.root, ck.root)  # type: ignore[arg-type]
+            loader = self.index.loader()
+            loader.restore(snap.runs)
+            loader.finish(snap.checkpoints, snap.problems)
+
+        try:
+            await asyncio.to_thread(restore)
+        except snapshot.SnapshotUnusable as exc:
+            # Found unusable before the index is touched: it is still empty for the cold scan.
+            log.info("index_snapshot_unused", path=str(self._cache), why=str(exc))
+            return False
+        _return_free_memory()
+        self.from_snapshot = True
+        self._saved_changes = self.index.changes
+        self.cold_phases = {"snapshot_load_s": round(time.monotonic() - t0, 3)}
+        return True
+
+    async def _reconcile_snapshot(self, t0: float) -> None:
+        """The first reconciliation after a start from the snapshot: until it ends, a list may
+        show runs as they were when the snapshot was written."""
+        changes = self.index.changes
+        await self.reconcile()
+        self.from_snapshot = False
+        log.info(
+            "index_reconciled",
+            seconds=round(time.perf_counter() - t0, 3),
+            changes=self.index.changes - changes,
+            runs=len(self.index.runs),
+            watched=self.watched,
+            unwatched=self.unwatched,
+        )
+
+    async def _save(self) -> None:
+        """Write the snapshot if the index changed since it was last written (one write at a time)."""
+        if self._cache is None:
+            return
+        async with self._save_lock:
+            changes = self.index.changes
+            if changes == self._saved_changes:
+                return
+            t0 = time.monotonic()
+            index = self.index
+            snap = snapshot.Snapshot(
+                list(index.runs.values()), list(index.all_checkpoints()), dict(index.problems)
+            )
+            st, ck = self._trees["status"], self._trees["checkpoints"]
+            try:
+                size = await asyncio.to_thread(snapshot.dump, self._cache, st.root, ck.root, snap)
+            except OSError as exc:
+                log.warning("index_snapshot_not_written", path=str(self._cache), error=str(exc))
+                return
+            self._saved_changes = changes
+            log.info(
+                "index_snapshot_written",
+                path=str(self._cache),
+                runs=len(snap.runs),
+                bytes=size,
+                seconds=round(time.monotonic() - t0, 3),
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -328,7 +419,7 @@ class Indexer:
                 scan_status_parallel, st.root, workers, on_st, watch, on_run, loader.add
             )
         else:
-            scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st, on_run)
+            scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st, on_run, STATUS_SCAN_THREADS)
         status, ckpts = await asyncio.gather(
             scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck, SCAN_THREADS)
         )
@@ -358,6 +449,8 @@ class Indexer:
             self._watches.forget_unwatched_before(began)
         self._observer.scanned(scanned - began)
         self._observer.reconciled(time.monotonic() - began)
+        if self._cache is not None and not cold and self.index.changes != self._saved_changes:
+            self._spawn(self._save())
 
     async def _merge_scan(self, status: scan.ScanResult, ckpts: scan.ScanResult, began: float) -> None:
         """Make the index match a scan that began at ``began``, keeping what inotify changed since.

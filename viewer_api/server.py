@@ -65,6 +65,7 @@ async def start(config: ViewerConfig) -> RunningViewer:
         reconcile_interval=config.reconcile_interval,
         scan_workers=config.scan_workers,
         observer=metrics,
+        index_cache=config.index_cache_path(),
     )
     if metrics is not None:
         metrics.watch(index, indexer)
