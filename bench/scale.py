@@ -758,16 +758,22 @@ def _viewer(run: _Run) -> None:
         _viewer_restart(run, cache)
 
 
+def _started_viewer(run: _Run, cache: Path, log_name: str, name: str, what: str) -> _Viewer | None:
+    """A viewer serving over the run's home; None (the figure ``name`` timed out) when it did not."""
+    try:
+        return _Viewer(run.conductor.home, run.root / log_name, run.limit, "--index-cache", str(cache))
+    except RuntimeError as err:
+        target = Target("<=", 30.0, "s", ISSUE)
+        run.figures[name] = timed_out(run.limit, "s", what, target, str(err)[:200])
+        return None
+
+
 def _viewer_restart(run: _Run, cache: Path) -> None:
     runs = run.history.jobs + len(run.live_ids)
     t0 = time.monotonic()
-    try:
-        log_path = run.root / "viewer-restart.log"
-        v = _Viewer(run.conductor.home, log_path, run.limit, "--index-cache", str(cache))
-    except RuntimeError as err:
-        what = f"viewer restart from its index snapshot to serving over {runs} runs"
-        target = Target("<=", 30.0, "s", ISSUE)
-        run.figures["viewer_restart_s"] = timed_out(run.limit, "s", what, target, str(err)[:200])
+    what = f"viewer restart from its index snapshot to serving over {runs} runs"
+    v = _started_viewer(run, cache, "viewer-restart.log", "viewer_restart_s", what)
+    if v is None:
         return
     try:
         run.figures["viewer_restart_s"] = figure(
@@ -796,12 +802,9 @@ def _viewer_restart(run: _Run, cache: Path) -> None:
 def _viewer_start(run: _Run, cache: Path) -> None:
     runs = run.history.jobs + len(run.live_ids)
     t0 = time.monotonic()
-    try:
-        v = _Viewer(run.conductor.home, run.root / "viewer.log", run.limit, "--index-cache", str(cache))
-    except RuntimeError as err:
-        what = f"viewer process start to serving over {runs} runs"
-        target = Target("<=", 30.0, "s", ISSUE)
-        run.figures["viewer_cold_start_s"] = timed_out(run.limit, "s", what, target, str(err)[:200])
+    what = f"viewer process start to serving over {runs} runs"
+    v = _started_viewer(run, cache, "viewer.log", "viewer_cold_start_s", what)
+    if v is None:
         return
     try:
         ready = time.monotonic() - t0
