@@ -348,8 +348,11 @@ class ReaderProcesses:
         return answer[1]
 
     async def snapshot(self, flt: JobFilter, limits: BatchLimits) -> ReaderSnapshot | None:
-        """A snapshot read and framed by a process of its own; None when none is free."""
-        self.start()
+        """A snapshot read and framed by a process of its own; None when none is free.
+
+        A snapshot never starts the processes: starting them costs the loop a
+        few forks, and a watch of a new conductor has nothing to read anyway.
+        """
         if not self._free_views:
             return None
         reader = self._free_views.pop()

@@ -741,6 +741,9 @@ class SqliteRegistry(Registry):
         from baton.conductor.readers import ReaderProcesses
 
         self._procs = ReaderProcesses(str(self._path), self.note_damaged)
+        if opened.ended_counts:
+            # A history to read: the processes start with the conductor (else at its first read).
+            self._procs.start()
         # Every reader thread and its connection made now, not under load later.
         barrier = threading.Barrier(self._reader_count)
         await asyncio.gather(*(self._in_thread(barrier.wait, 10) for _ in range(self._reader_count)))
