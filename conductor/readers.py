@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import pickle
 import sqlite3
@@ -147,8 +148,6 @@ class _Reads:
 def main() -> int:
     inp, out = childproc.helper_streams()
     with contextlib.suppress(OSError):
-        import fcntl
-
         fcntl.fcntl(out.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
     if len(sys.argv) > 2 and sys.argv[2] == VIEW:
         with contextlib.suppress(OSError):
@@ -164,6 +163,7 @@ def main() -> int:
 
 # ---------------------------------------------------------------- the conductor's end
 
+
 @dataclass
 class _Reader:
     proc: asyncio.subprocess.Process
@@ -173,10 +173,15 @@ class _Reader:
     lock: asyncio.Lock
 
     async def ask(self, request: tuple[Any, ...]) -> tuple[Any, ...]:
-        async with self.lock:
-            return await asyncio.shield(self._exchange(request))
+        # Shielded with the lock inside: a cancelled caller leaves the exchange
+        # holding the lock until its answer is read.
+        return await asyncio.shield(self._exchange(request))
 
     async def _exchange(self, request: tuple[Any, ...]) -> tuple[Any, ...]:
+        async with self.lock:
+            return await self._exchange_locked(request)
+
+    async def _exchange_locked(self, request: tuple[Any, ...]) -> tuple[Any, ...]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(childproc.encode(request))
         await self.proc.stdin.drain()
@@ -212,13 +217,12 @@ class ReaderProcesses:
     def start(self) -> None:
         """Start the processes (once); each serves once it says it is ready.
 
-        Called at the first read that wants one: a conductor that is never
-        asked for ended jobs never starts them.
+        Called when the registry opens with ended jobs, or at the first read
+        of one: a conductor never asked for an ended job never starts them.
         """
         if self._started:
             return
         self._started = True
-
         for role, count in ((READ, READ_PROCESSES), (VIEW, SNAPSHOT_PROCESSES)):
             for _ in range(count):
                 self._spawn(role)
