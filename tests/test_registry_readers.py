@@ -147,3 +147,20 @@ def test_more_snapshots_than_processes_each_stand_at_their_revision(tmp_path: Pa
         await reg.close()
 
     asyncio.run(go())
+
+
+def test_a_cancelled_read_never_hands_its_answer_to_the_next(tmp_path: Path) -> None:
+    async def go() -> None:
+        reg, jobs = await _filled(tmp_path / "r.db", 20)
+        procs = reg.readers
+        assert procs is not None
+        ended = [j for j in jobs if j.state in ENDED]
+        for i in range(20):
+            first = asyncio.ensure_future(procs.ask(("get", ended[0].id)))
+            await asyncio.sleep(0)  # its request is on its way
+            first.cancel()
+            # The process the cancelled read had is free again at once; its answer is not.
+            assert await reg.get(ended[1 + i % 5].id) == ended[1 + i % 5]
+        await reg.close()
+
+    asyncio.run(go())
