@@ -227,11 +227,6 @@ class ReaderProcesses:
             for _ in range(count):
                 self._spawn(role)
 
-    @property
-    def ready(self) -> int:
-        """Processes started and answering."""
-        return len(self._ready)
-
     async def wait_ready(self) -> None:
         """Start the processes and wait until every one answers (bound it with ``asyncio.timeout``)."""
         self.start()
