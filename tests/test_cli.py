@@ -445,14 +445,22 @@ def test_ctrl_c_stops_watch_with_130_and_submit_follow_says_the_job_goes_on(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     env |= {"BATON_CONDUCTOR": services.address, "BATON_VIEWER": services.viewer_address}
+    # With its stack on SIGABRT: should it ever not stop, the failure says where it was.
     watch = subprocess.Popen(
         [sys.executable, "-m", "baton.client.cli", "watch", "--json"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, text=True,
+        env=env | {"PYTHONFAULTHANDLER": "1"}, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert watch.stdout is not None
     watch.stdout.readline()  # watching
     watch.send_signal(signal.SIGINT)
-    assert watch.wait(20) == exitcodes.INTERRUPTED == 130
+    try:
+        _, err = watch.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        watch.send_signal(signal.SIGABRT)
+        _, err = watch.communicate(timeout=20)
+        pytest.fail(f"baton watch did not stop on SIGINT; where it was:\n{err}")
+    assert watch.returncode == exitcodes.INTERRUPTED == 130, err
 
     sleeper = write_spec(tmp_path / "s.yaml", "followed", "echo started; exec sleep 60")
     follow = subprocess.Popen(
