@@ -59,6 +59,7 @@ from typing import Any
 
 from google.protobuf import descriptor, json_format, timestamp_pb2
 
+from baton.common import runsummary
 from baton.common import spec as specs
 from baton.common.layout import LOG_FILE, RUN_MARKER, STATUS_FILE, Layout
 from baton.common.modes import DIR_MODE, RUN_FILE_MODE, STATE_DIR_MODE, UMASK
@@ -495,11 +496,12 @@ def write_registry(path: Path, jobs: list[_Row], events: list[_Event]) -> None:
         conn.close()
 
 
-def _write_file(path: str, data: bytes) -> None:
+def _write_file(path: str, data: bytes) -> os.stat_result:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, RUN_FILE_MODE)
     try:
         if data:
             os.write(fd, data)
+        return os.fstat(fd)
     finally:
         os.close(fd)
 
@@ -524,7 +526,11 @@ def write_trees(items: list[_TreeItem], spec_json: dict[tuple[str, str, str], di
         job = job_pb2.Job.FromString(blob)
         _parent(job.run_dir)
         os.mkdir(job.run_dir, DIR_MODE)
-        _write_file(os.path.join(job.run_dir, STATUS_FILE), status_json(job, spec_json[key]))
+        st = _write_file(os.path.join(job.run_dir, STATUS_FILE), status_json(job, spec_json[key]))
+        # As the conductor's status writer leaves an ended run: a line in its job's summary.
+        line = runsummary.summary_line(job, st)
+        if line is not None:
+            runsummary.append(os.path.dirname(job.run_dir), line)
         if log is None:
             continue
         _write_file(os.path.join(job.run_dir, LOG_FILE), log)

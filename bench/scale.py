@@ -812,8 +812,11 @@ def _viewer_start(run: _Run, cache: Path) -> None:
         rss = rss_mb(v.proc.pid)
         watches = inotify_watches(v.proc.pid)
         run.figures["viewer_cold_start_s"] = figure(
-            ready, "s", 1, f"viewer process start to serving over {runs} runs", Target("<=", 30.0, "s", ISSUE)
-        )
+            ready, "s", 1,
+            f"viewer process start to serving over {runs} runs, with no index snapshot of its own (ended "
+            "runs from their job directories' summaries, as the history generator leaves them)",
+            Target("<=", 30.0, "s", ISSUE),
+        )  # fmt: skip
         run.figures["viewer_index_s"] = figure(v.index_seconds, "s", 1, "the viewer's own index_ready time")
         run.figures["viewer_rss_mb"] = figure(
             rss, "MB", 1, "viewer RSS, serving", Target("<=", 1024.0, "MB", ISSUE)
@@ -832,6 +835,18 @@ def _viewer_start(run: _Run, cache: Path) -> None:
                 if isinstance(event, dict) and event.get("event") == "index_ready":
                     skip = ("event", "timestamp", "level", "logger")
                     run.details["viewer_index_ready"] = {k: x for k, x in event.items() if k not in skip}
+        if run.details.get("viewer_index_ready", {}).get("from_summaries"):
+            # Served from the job directories' summaries: every run taken from one is then
+            # checked against its status file, in the background.
+            done = v.wait_event("index_reconciled", run.limit)
+            run.figures["viewer_cold_confirmed_s"] = (
+                timed_out(run.limit, "s", "cold start to every summarized run checked", None)
+                if done is None
+                else figure(
+                    time.monotonic() - t0, "s", 1,
+                    "viewer process start until every run taken from a summary is checked against its file",
+                )
+            )  # fmt: skip
         written = v.wait_event("index_snapshot_written", run.limit)
         if written is not None:
             run.details["viewer_snapshot"] = {k: written.get(k) for k in ("runs", "bytes", "seconds")}

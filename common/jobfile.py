@@ -57,8 +57,9 @@ def read_job(path: Path) -> job_pb2.Job:
 
 def write_atomic(
     path: str | os.PathLike[str], data: bytes, *, fsync: bool = False, mode: int = RUN_FILE_MODE
-) -> None:
+) -> os.stat_result:
     """Replace ``path`` with ``data`` via a temp file and rename (blocking); ``mode``: 0640, a run's file.
+    Returns the new file's status (a rename keeps its inode and mtime).
 
     Made for many small files (a status.json for every new job): plain
     syscalls on strings, its directory made only when the first try finds
@@ -82,9 +83,11 @@ def write_atomic(
             os.fchmod(fd, mode)
             if fsync:
                 os.fsync(fd)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
         os.replace(tmp, target)
+        return st
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -107,5 +110,5 @@ def _open_temp(parent: str, name: str) -> tuple[int, str]:
             continue
 
 
-def write_job(path: str | os.PathLike[str], job: job_pb2.Job) -> None:
-    write_atomic(path, job_to_json(job).encode())
+def write_job(path: str | os.PathLike[str], job: job_pb2.Job) -> os.stat_result:
+    return write_atomic(path, job_to_json(job).encode())

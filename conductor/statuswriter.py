@@ -29,6 +29,7 @@ from pathlib import Path
 
 import structlog
 
+from baton.common import runsummary
 from baton.common.jobfile import write_job
 from baton.common.layout import STATUS_FILE
 from baton.common.safeopen import UnsafePath, dir_without_links, remove_beneath
@@ -55,7 +56,10 @@ def apply(items: list[Item]) -> list[Outcome]:
             if blob is None:
                 _remove(Path(root), Path(path))
             else:
-                write_job(os.path.join(path, STATUS_FILE), job_pb2.Job.FromString(blob))
+                job = job_pb2.Job.FromString(blob)
+                line = runsummary.summary_line(job, write_job(os.path.join(path, STATUS_FILE), job))
+                if line is not None:
+                    runsummary.append(os.path.dirname(path), line)
         except UnsafePath as exc:
             out.append((key, UNSAFE, str(exc)))
         except OSError as exc:

@@ -24,7 +24,9 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, json_format
 
+from baton.common import runsummary
 from baton.common.jobfile import job_to_json
+from baton.common.jobs import FINAL_STATES
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
 from bench.history import RARE_KEY, History, generate
@@ -119,6 +121,30 @@ class Home:
             for depth, pattern in enumerate(("*", "*/*", "*/*/*"), start=1):
                 out.update((f"level{depth}", stat.S_IMODE(p.stat().st_mode)) for p in root.glob(pattern))
         return out
+
+
+def assert_summarized(home: Home) -> None:
+    """Every ended run has the last line for it in its job directory's summary: its status.json's
+    fields, and that file's inode, mtime and size."""
+    summaries: dict[str, dict[str, runsummary.Entry]] = {}
+    ended = 0
+    for job_id in home.rows:
+        job = home.job(job_id)
+        job_dir = os.path.dirname(job.run_dir)
+        entry = summaries.setdefault(job_dir, runsummary.read(job_dir)).get(job.id)
+        if job.state not in FINAL_STATES:
+            assert entry is None, job.id
+            continue
+        ended += 1
+        assert entry is not None, f"{job.id} has no line in its job's summary"
+        fields, (ino, mtime_ns, size) = entry
+        path = Path(job.run_dir) / "status.json"
+        st = path.stat()
+        assert (ino, mtime_ns, size) == (st.st_ino, st.st_mtime_ns, st.st_size), job.id
+        status = json.loads(path.read_bytes())
+        assert fields == {k: status[k] for k in fields}, job.id
+        assert {"id", "state", "createTime"} <= set(fields), job.id
+    assert ended
 
 
 def runtime_shape(text: str) -> Any:
@@ -237,10 +263,13 @@ def test_a_generated_history_has_the_shape_of_jobs_made_through_the_api(
         assert (Path(job.run_dir) / "status.json").read_bytes() == job_to_json(job).encode()
         assert api_answers[job_id] == job
     assert gen.tree_modes() == api.tree_modes()
+    # Both leave each ended run's line in its job directory's summary.
+    assert_summarized(api)
+    assert_summarized(gen)
 
     # Nothing else in the generated trees: every entry belongs to one of its jobs.
     run_dirs = {Path(gen.job(i).run_dir) for i in gen.rows}
-    assert {p for p in gen.status.glob("*/*/*/*")} == run_dirs
+    assert {p for p in gen.status.glob("*/*/*/*") if p.name != runsummary.SUMMARY_FILE} == run_dirs
     ckpt_dirs = {Path(gen.job(i).checkpoint_dir) for i in gen.rows if gen.job(i).HasField("start_time")}
     assert {p for p in gen.checkpoints.glob("*/*/*/*")} == ckpt_dirs
 

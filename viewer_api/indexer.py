@@ -236,6 +236,9 @@ class Indexer:
         self._save_lock = asyncio.Lock()
         # Whether the index was loaded from a snapshot and not yet reconciled with the trees.
         self.from_snapshot = False
+        # Ended runs a cold start took from their job directories' summaries
+        # (``common.runsummary``), unread; 0 once reconciled with their files.
+        self.from_summaries = 0
 
     # ---------------------------------------------------------------- start
 
@@ -268,6 +271,7 @@ class Indexer:
             watched=self.watched,
             unwatched=self.unwatched,
             from_snapshot=self.from_snapshot,
+            from_summaries=self.from_summaries,
             **self.cold_phases,
         )
         if self.unwatched:
@@ -281,8 +285,9 @@ class Indexer:
         if self._watches is not None:
             self._tasks.append(asyncio.create_task(self._roots_changed()))
         interval = self._poll_interval if self.mode == "poll" else self._reconcile_interval
-        if self.from_snapshot:
-            # Served from the snapshot at once; made to match the trees now, in the background.
+        if self.from_snapshot or self.from_summaries:
+            # Served from the snapshot or the summaries at once; made to match the trees now,
+            # in the background.
             self._spawn(self._reconcile_snapshot(t0))
         elif self._cache is not None:
             self._spawn(self._save())
@@ -316,11 +321,12 @@ class Indexer:
         return True
 
     async def _reconcile_snapshot(self, t0: float) -> None:
-        """The first reconciliation after a start from the snapshot: until it ends, a list may
-        show runs as they were when the snapshot was written."""
+        """The first reconciliation after a start from the snapshot or the summaries: until it
+        ends, a list may show runs as they were when the snapshot or a summary line was written."""
         changes = self.index.changes
         await self.reconcile()
         self.from_snapshot = False
+        self.from_summaries = 0
         log.info(
             "index_reconciled",
             seconds=round(time.perf_counter() - t0, 3),
@@ -416,7 +422,7 @@ class Indexer:
             # The index takes the runs as the workers send them (nothing reads it yet).
             loader = self.index.loader()
             scanning = asyncio.to_thread(
-                scan_status_parallel, st.root, workers, on_st, watch, on_run, loader.add
+                scan_status_parallel, st.root, workers, on_st, watch, on_run, loader.add, True
             )
         else:
             scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st, on_run, STATUS_SCAN_THREADS)
@@ -427,11 +433,13 @@ class Indexer:
             self._watches.take_over(st.kind, status.watched, status.unwatched)
         scanned = time.monotonic()
         if cold:
+            summarized = status.summarized
             loader.finish(ckpts.checkpoints, {**status.problems, **ckpts.problems})
             del status, ckpts, loader
             _return_free_memory()
             loaded = time.monotonic()
             self.cold_phases = {"scan_s": round(scanned - began, 3), "load_s": round(loaded - scanned, 3)}
+            self.from_summaries = summarized
             if self._watches is not None:
                 # The live runs' checkpoint directories, read again as if changed:
                 # that read watches each before listing it, so nothing made in one

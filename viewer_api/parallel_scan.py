@@ -70,6 +70,7 @@ def scan_status_parallel(
     watch: WorkerWatch | None = None,
     on_run: OnRun | None = None,
     sink: Sink | None = None,
+    summaries: bool = False,
 ) -> ScanResult:
     """A full scan split by job directory across ``workers`` processes (the cold start).
 
@@ -89,8 +90,11 @@ def scan_status_parallel(
     while the workers read on; the result then holds none. A worker that
     fails part way has sent some of its share already: the whole share is
     scanned again here and sent again, so the sink keeps a run's last copy.
+
+    With ``summaries``, an ended run with a line in its job directory's summary
+    is taken from it, unread (``common.runsummary``); ``summarized`` counts them.
     """
-    result = ScanResult(on_dir=on_dir, on_run=on_run)
+    result = ScanResult(on_dir=on_dir, on_run=on_run, summaries=summaries)
     if not os.path.isdir(root):
         return result
     root = os.path.realpath(root)
@@ -128,7 +132,7 @@ def scan_status_parallel(
         assert proc.stdin is not None
         # A worker that died at once shows as failed when it is reaped.
         with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(json.dumps(share).encode())
+            proc.stdin.write(json.dumps({"jobs": share, "summaries": summaries}).encode())
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.close()
         procs.append((proc, share))
@@ -168,6 +172,7 @@ def send_frame(out: BinaryIO, result: ScanResult) -> None:
     out.write(len(body).to_bytes(_FRAME_HEAD, "little"))
     out.write(body)
     result.runs, result.problems, result.watched, result.unwatched = [], {}, [], []
+    result.summarized = 0
 
 
 def _receive(proc: subprocess.Popen[bytes], sink: Sink | None, lock: threading.Lock) -> ScanResult | None:
@@ -193,7 +198,10 @@ def _receive(proc: subprocess.Popen[bytes], sink: Sink | None, lock: threading.L
 
 
 _RAW = RunFile._fields.index("raw")
-Wire = tuple[list[tuple[Any, ...]], dict[str, str], list[tuple[int, tuple[str, ...]]], list[tuple[str, ...]]]
+# (runs, problems, watched, unwatched, summarized)
+Wire = tuple[
+    list[tuple[Any, ...]], dict[str, str], list[tuple[int, tuple[str, ...]]], list[tuple[str, ...]], int
+]
 
 
 def to_wire(result: ScanResult) -> Wire:
@@ -202,14 +210,16 @@ def to_wire(result: ScanResult) -> Wire:
     Ended runs travel without their bytes: the index keeps none for them.
     """
     rows = [tuple(r) if r.state not in FINAL_STATES else (*r[:_RAW], b"", r.signature) for r in result.runs]
-    return rows, result.problems, result.watched, result.unwatched
+    return rows, result.problems, result.watched, result.unwatched, result.summarized
 
 
 def from_wire(wire: Wire) -> ScanResult:
-    rows, problems, watched, unwatched = wire
+    rows, problems, watched, unwatched, summarized = wire
     make = tuple.__new__
     runs: list[RunFile] = [make(RunFile, r) for r in rows]
-    return ScanResult(runs=runs, problems=problems, watched=watched, unwatched=unwatched)
+    return ScanResult(
+        runs=runs, problems=problems, watched=watched, unwatched=unwatched, summarized=summarized
+    )
 
 
 def _merge(into: ScanResult, part: ScanResult) -> None:
@@ -218,3 +228,4 @@ def _merge(into: ScanResult, part: ScanResult) -> None:
     into.problems.update(part.problems)
     into.watched.extend(part.watched)
     into.unwatched.extend(part.unwatched)
+    into.summarized += part.summarized

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from baton.common import protojson
+from baton.common import protojson, runsummary
 from baton.common.jobfile import MAX_STATUS_BYTES, load_json
 from baton.common.layout import CONFIG_FILES, JOB_SPEC_FILE, RUN_MARKER, STATUS_FILE, is_complete_checkpoint
 from baton.common.names import is_valid_name
@@ -158,6 +158,10 @@ class ScanResult:
     # event sends every one, since a directory just made may become a run's
     # when its marker is written a moment later.
     watch_items: bool = False
+    # Whether an ended run is taken from its job directory's summary when it has a line
+    # there (``common.runsummary``) rather than read (a cold start); how many were.
+    summaries: bool = False
+    summarized: int = 0
 
     def enter(self, path: str, rel: tuple[str, ...]) -> bool:
         """Tell ``on_dir`` of a directory about to be listed; True when it was watched just now."""
@@ -196,6 +200,21 @@ def parse_run(key: RunKey, raw: bytes, signature: Signature) -> RunFile:
     data = load_json(raw)
     if data.__class__ is not dict:
         raise ValueError("not a JSON object")
+    return _run(key, data, raw, signature)
+
+
+def summarized_run(key: RunKey, entry: runsummary.Entry) -> RunFile | None:
+    """An ended run as its job directory's summary has it (``common.runsummary``); None
+    when the line is not one an ended run's status.json could have."""
+    fields, (ino, mtime_ns, size) = entry
+    try:
+        run = _run(key, fields, b"", hash((ino, mtime_ns, size)))
+    except ValueError:
+        return None
+    return run if run.state in FINAL_STATES and run.job_id == key[3] else None
+
+
+def _run(key: RunKey, data: dict[str, Any], raw: bytes, signature: Signature) -> RunFile:
     _check_job(data)
     state = data.get("state", 0)
     if isinstance(state, str):
@@ -220,6 +239,7 @@ def parse_run(key: RunKey, raw: bytes, signature: Signature) -> RunFile:
 
 
 def _signature(st: os.stat_result) -> Signature:
+    # As summarized_run makes it from a summary's line.
     return hash((st.st_ino, st.st_mtime_ns, st.st_size))
 
 
@@ -411,7 +431,16 @@ def scan_status_under(
         return
     result.enter(path, prefix)
     runs = len(prefix) == 3
+    # Read after the directory is watched: a run that ends from now on raises an event.
+    summary = runsummary.read(path) if runs and result.summaries else None
     for name, sub in subdirs(path, root, result.problems):
+        if summary:
+            entry = summary.get(name)
+            found = None if entry is None else summarized_run((*prefix, name), entry)  # type: ignore[arg-type]
+            if found is not None:
+                result.runs.append(found)
+                result.summarized += 1
+                continue
         # Names above the runs interned: the index and the watches then share one string
         # per name. A run id is one run's own (interning a million would only cost).
         scan_status_under(root, (*prefix, name if runs else sys.intern(name)), sub, result, known)

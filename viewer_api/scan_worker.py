@@ -52,8 +52,9 @@ def _watcher(fd: int, mask: int, result: ScanResult) -> None:
 def main() -> None:
     # Everything this process makes lives until it exits: collecting is wasted work.
     gc.disable()
-    jobs = [(str(p), str(g), str(n)) for p, g, n in json.loads(sys.stdin.buffer.read())]
-    result = ScanResult()
+    asked = json.loads(sys.stdin.buffer.read())
+    jobs = [(str(p), str(g), str(n)) for p, g, n in asked["jobs"]]
+    result = ScanResult(summaries=bool(asked["summaries"]))
     if len(sys.argv) > 3:
         _watcher(int(sys.argv[2]), int(sys.argv[3]), result)
     root, out = sys.argv[1], sys.stdout.buffer

@@ -1,0 +1,95 @@
+"""Run summaries: a line per ended run, in its job directory, for a viewer that starts cold.
+
+    <status_dir>/<project>/<group>/<name>/.runs.jsonl
+
+A viewer with no index of its own would otherwise open every run's
+status.json before it serves: at a million runs that is a million scattered
+reads, minutes on a disk whose cache does not hold the tree. With a summary it
+reads one file per job directory, serves at once, and checks the runs against
+their files in the background (``viewer_api.indexer``).
+
+The status files stay the truth; a summary only says what an ended run's file
+held when it was written, and which file that was (its inode, mtime and size),
+so a reader can tell a file rewritten since by a stat. Whoever writes an ended
+run's status.json appends its line (the conductor's status writer, the
+benchmark's history generator). Lines are appended, never edited: the last line
+for a run wins, a line whose run directory is gone is ignored, and a line that
+does not parse (a write cut short) is skipped, its run read from its file.
+Only ended runs have lines: a live run changes, and is read from its file.
+
+The name starts with '.', so a reader of the tree that does not know it skips it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+
+from baton.common.jobs import FINAL_STATES
+from baton.common.modes import RUN_FILE_MODE
+from baton.v1 import job_pb2
+
+SUMMARY_FILE = ".runs.jsonl"
+# A summary larger than this is not read (a reader reads the runs' files instead).
+MAX_SUMMARY_BYTES = 256 << 20
+# The status.json fields a line repeats, by their proto3 JSON names.
+_TIMES = (("createTime", "create_time"), ("startTime", "start_time"), ("endTime", "end_time"),
+          ("heartbeatTime", "heartbeat_time"))  # fmt: skip
+# (the status.json fields above, as status.json has them; the file's (inode, mtime_ns, size))
+Entry = tuple[dict[str, Any], tuple[int, int, int]]
+
+
+def summary_line(job: job_pb2.Job, st: os.stat_result) -> bytes | None:
+    """The line for ``job``, whose status.json ``st`` describes; None while it is live."""
+    if job.state not in FINAL_STATES:
+        return None
+    fields: dict[str, Any] = {"id": job.id, "state": job_pb2.JobState.Name(job.state)}
+    for json_name, name in _TIMES:
+        if job.HasField(name):
+            fields[json_name] = getattr(job, name).ToJsonString()
+    fields["file"] = [st.st_ino, st.st_mtime_ns, st.st_size]
+    return orjson.dumps(fields) + b"\n"
+
+
+def append(job_dir: str, line: bytes) -> None:
+    """Add ``line`` to the summary in ``job_dir`` (blocking). One write of a short line:
+    writers appending at once never interleave within a line."""
+    fd = os.open(
+        os.path.join(job_dir, SUMMARY_FILE),
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        RUN_FILE_MODE,
+    )
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read(job_dir: str) -> dict[str, Entry]:
+    """The summary in ``job_dir`` by run id (blocking); empty when it has none or it cannot be read."""
+    try:
+        fd = os.open(os.path.join(job_dir, SUMMARY_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if st.st_size > MAX_SUMMARY_BYTES:
+            return {}
+        data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    out: dict[str, Entry] = {}
+    for line in data.splitlines():
+        try:
+            fields = orjson.loads(line)
+            ino, mtime_ns, size = fields.pop("file")
+            run_id = fields["id"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # cut short, or not ours: that run is read from its file
+        if type(run_id) is str and type(ino) is int and type(mtime_ns) is int and type(size) is int:
+            out[run_id] = (fields, (ino, mtime_ns, size))
+    return out

@@ -1,0 +1,118 @@
+"""A viewer's cold start from the job directories' run summaries (``common.runsummary``): it
+serves without reading the ended runs' status files, then checks every run against its file in
+the background, and converges to exactly what a start that reads every file gives, whatever
+made the summaries wrong (a file rewritten since, a run directory removed, a line cut short,
+a line no writer makes).
+
+Shapes, not times: the benchmark (``bench/scale.py``) times the cold start at a million runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from baton.common import runsummary
+from baton.common.jobfile import job_from_json
+from baton.common.jobs import FINAL_STATES
+from baton.v1 import job_pb2
+from tests.test_viewer_snapshot import RUNS, _everything
+from tests.treegen import format_ts, generate, write_status
+from tests.viewer_harness import InProcessViewer
+from tests.viewer_oracle import Oracle
+
+S = job_pb2
+
+
+def _summarize(status_dir: Path) -> int:
+    """Each ended run's line in its job directory's summary, as its writer would append it."""
+    lines = 0
+    for path in sorted(status_dir.glob("*/*/*/*/status.json")):
+        try:
+            job = job_from_json(path.read_bytes())
+        except ValueError:
+            continue  # a damaged file: the tree generator makes some on purpose
+        line = runsummary.summary_line(job, path.stat())
+        if line is not None:
+            runsummary.append(str(path.parent.parent), line)
+            lines += 1
+    return lines
+
+
+def _wait_confirmed(v: InProcessViewer, timeout: float = 60.0) -> None:
+    assert v.running is not None
+    deadline = time.monotonic() + timeout
+    while v.running.indexer.from_summaries:
+        assert time.monotonic() < deadline, "the runs taken from summaries were never checked"
+        time.sleep(0.05)
+
+
+def test_a_cold_start_from_summaries_converges_to_one_that_reads_every_file(
+    tmp_path: Path, viewer_factory: Any
+) -> None:
+    m = generate(tmp_path / "tree", runs=RUNS, checkpoints=100, seed=8)
+    lines = _summarize(m.status_dir)
+    runs = Oracle(m.status_dir, m.checkpoints_dir).jobs()
+    ended = [r for r in runs if r.state in FINAL_STATES and r.job_id and r.job_id == r.key[3]]
+    assert lines >= len(ended) > 100
+
+    # What makes a summary wrong: ended runs rewritten since their line (in place, and by a
+    # rename), a run directory removed, a line cut short, lines no writer makes.
+    rewritten = ended[10:16]
+    for i, r in enumerate(rewritten):
+        state = "JOB_STATE_CANCELLED" if r.state != S.JOB_STATE_CANCELLED else "JOB_STATE_FAILED"
+        data = {**r.data, "state": state, "endTime": format_ts(time.time_ns() // 1000)}
+        if i % 2:
+            write_status(r.path, data)
+        else:
+            (r.path / "status.json").write_text(json.dumps(data))
+    shutil.rmtree(ended[20].path)
+    job_dir = str(ended[30].path.parent)
+    runsummary.append(job_dir, b'{"id": "' + ended[30].key[3].encode() + b'", "sta')
+    live_claim = {"id": ended[31].key[3], "state": "JOB_STATE_RUNNING", "file": [1, 2, 3]}
+    runsummary.append(str(ended[31].path.parent), json.dumps(live_claim).encode() + b"\n")
+    stranger = {"id": "no-such-run", "state": "JOB_STATE_SUCCEEDED", "file": [1, 2, 3]}
+    runsummary.append(job_dir, json.dumps(stranger).encode() + b"\n")
+
+    v = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
+    indexer = v.running.indexer
+    # Every ended run whose line a writer could have made came from the summary, unread.
+    taken = indexer.from_summaries
+    assert len(ended) - 3 <= taken <= len(ended), (taken, len(ended))
+    listed = {j.run_id: j.state for j in v.list_all()[0]}
+    assert "no-such-run" not in listed and ended[20].key[3] not in listed
+    _wait_confirmed(v)
+    after = _everything(v)
+    for r in rewritten:  # the files' states now, not the lines'
+        (job,) = [j for j in v.list_all(project=r.key[0], group=r.key[1], name=r.key[2])[0]
+                  if j.run_id == r.key[3]]  # fmt: skip
+        assert job.state in (S.JOB_STATE_CANCELLED, S.JOB_STATE_FAILED) and job.state != r.state
+    v.stop()
+
+    for summary in m.status_dir.glob(f"*/*/*/{runsummary.SUMMARY_FILE}"):
+        summary.unlink()
+    every_file = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
+    assert every_file.running.indexer.from_summaries == 0
+    assert _everything(every_file) == after
+
+
+def test_a_run_that_ends_after_a_start_from_summaries_shows(tmp_path: Path, viewer_factory: Any) -> None:
+    """Live runs have no line: they are read, and watched, as before."""
+    m = generate(tmp_path / "tree", runs=300, checkpoints=10, seed=9)
+    assert _summarize(m.status_dir)
+    v = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
+    assert v.running.indexer.from_summaries
+    runs = Oracle(m.status_dir, m.checkpoints_dir).jobs()
+    running = next(r for r in runs if r.state == S.JOB_STATE_RUNNING)
+    write_status(running.path, {**running.data, "state": "JOB_STATE_SUCCEEDED",
+                                "endTime": format_ts(time.time_ns() // 1000)})  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        states = {j.run_id: j.state for j in v.list_all(project=running.key[0])[0]}
+        if states.get(running.key[3]) == S.JOB_STATE_SUCCEEDED:
+            break
+        assert time.monotonic() < deadline, "the run's end never showed"
+        time.sleep(0.05)
