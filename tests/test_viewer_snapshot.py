@@ -59,7 +59,7 @@ def _everything(v: InProcessViewer) -> dict[str, Any]:
 def _wait_reconciled(v: InProcessViewer, timeout: float = 60.0) -> None:
     assert v.running is not None
     deadline = time.monotonic() + timeout
-    while v.running.indexer.from_snapshot:
+    while v.running.indexer.from_snapshot or v.running.indexer.from_summaries:
         assert time.monotonic() < deadline, "the reconciliation after a start from the snapshot never ended"
         time.sleep(0.05)
 

@@ -19,9 +19,8 @@ from baton.common import runsummary
 from baton.common.jobfile import job_from_json
 from baton.common.jobs import FINAL_STATES
 from baton.v1 import job_pb2
-from tests.test_viewer_snapshot import RUNS, _everything
+from tests.test_viewer_snapshot import RUNS, _everything, _wait_reconciled
 from tests.treegen import format_ts, generate, write_status
-from tests.viewer_harness import InProcessViewer
 from tests.viewer_oracle import Oracle
 
 S = job_pb2
@@ -40,14 +39,6 @@ def _summarize(status_dir: Path) -> int:
             runsummary.append(str(path.parent.parent), line)
             lines += 1
     return lines
-
-
-def _wait_confirmed(v: InProcessViewer, timeout: float = 60.0) -> None:
-    assert v.running is not None
-    deadline = time.monotonic() + timeout
-    while v.running.indexer.from_summaries:
-        assert time.monotonic() < deadline, "the runs taken from summaries were never checked"
-        time.sleep(0.05)
 
 
 def test_a_cold_start_from_summaries_converges_to_one_that_reads_every_file(
@@ -84,7 +75,7 @@ def test_a_cold_start_from_summaries_converges_to_one_that_reads_every_file(
     assert len(ended) - 3 <= taken <= len(ended), (taken, len(ended))
     listed = {j.run_id: j.state for j in v.list_all()[0]}
     assert "no-such-run" not in listed and ended[20].key[3] not in listed
-    _wait_confirmed(v)
+    _wait_reconciled(v)
     after = _everything(v)
     for r in rewritten:  # the files' states now, not the lines'
         (job,) = [j for j in v.list_all(project=r.key[0], group=r.key[1], name=r.key[2])[0]
