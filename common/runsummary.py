@@ -10,18 +10,23 @@ their files in the background (``viewer_api.indexer``).
 
 The status files stay the truth; a summary only says what an ended run's file
 held when it was written, and which file that was (its inode, mtime and size),
-so a reader can tell a file rewritten since by a stat. Whoever writes an ended
+so a reader can tell a file rewritten since by a stat. A line is a JSON object:
+``run`` (the run directory's name), the status.json fields ``id``, ``state`` and
+its times as the file has them, and ``file`` ([inode, mtime_ns, size]). Whoever writes an ended
 run's status.json appends its line (the conductor's status writer, the
 benchmark's history generator). Lines are appended, never edited: the last line
 for a run wins, a line whose run directory is gone is ignored, and a line that
 does not parse (a write cut short) is skipped, its run read from its file.
-Only ended runs have lines: a live run changes, and is read from its file.
+Only ended runs have lines: a live run changes, and is read from its file. The
+conductor's status writer, which removes run directories too, compacts a
+summary (``compact``) once it has removed many runs of that job.
 
 The name starts with '.', so a reader of the tree that does not know it skips it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -34,18 +39,22 @@ from baton.v1 import job_pb2
 SUMMARY_FILE = ".runs.jsonl"
 # A summary larger than this is not read (a reader reads the runs' files instead).
 MAX_SUMMARY_BYTES = 256 << 20
-# The status.json fields a line repeats, by their proto3 JSON names.
+# The timestamps a line repeats: (proto3 JSON name, field name).
 _TIMES = (("createTime", "create_time"), ("startTime", "start_time"), ("endTime", "end_time"),
           ("heartbeatTime", "heartbeat_time"))  # fmt: skip
-# (the status.json fields above, as status.json has them; the file's (inode, mtime_ns, size))
+# (the status.json fields a line repeats, as status.json has them; the file's (inode, mtime_ns, size))
 Entry = tuple[dict[str, Any], tuple[int, int, int]]
 
 
 def summary_line(job: job_pb2.Job, st: os.stat_result) -> bytes | None:
-    """The line for ``job``, whose status.json ``st`` describes; None while it is live."""
+    """The line for ``job``, whose status.json in its ``run_dir`` ``st`` describes; None while
+    it is live."""
     if job.state not in FINAL_STATES:
         return None
-    fields: dict[str, Any] = {"id": job.id, "state": job_pb2.JobState.Name(job.state)}
+    fields: dict[str, Any] = {"run": os.path.basename(job.run_dir)}
+    if job.id:
+        fields["id"] = job.id
+    fields["state"] = job_pb2.JobState.Name(job.state)
     for json_name, name in _TIMES:
         if job.HasField(name):
             fields[json_name] = getattr(job, name).ToJsonString()
@@ -67,8 +76,48 @@ def append(job_dir: str, line: bytes) -> None:
         os.close(fd)
 
 
+def compact(dir_fd: int) -> int:
+    """Drop the lines of runs whose directories are gone from the summary in the job directory
+    open at ``dir_fd`` (blocking); how many were dropped. Replaced whole (temp file and
+    rename), so a reader sees the old summary or the new one. For the one process that
+    appends to it: a line appended meanwhile by another would be lost."""
+    try:
+        fd = os.open(SUMMARY_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return 0
+    try:
+        data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+    finally:
+        os.close(fd)
+    present = set(os.listdir(dir_fd))
+    lines = data.splitlines(keepends=True)
+    kept = [line for line in lines if _run_id(line) in present]
+    if len(kept) == len(lines):
+        return 0
+    tmp = f".{SUMMARY_FILE}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, RUN_FILE_MODE, dir_fd=dir_fd)
+    try:
+        os.write(fd, b"".join(kept))
+    finally:
+        os.close(fd)
+    os.replace(tmp, SUMMARY_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    return len(lines) - len(kept)
+
+
+def _run_id(line: bytes) -> str | None:
+    try:
+        run_id = orjson.loads(line).get("run")
+    except (ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) else None
+
+
 def read(job_dir: str) -> dict[str, Entry]:
-    """The summary in ``job_dir`` by run id (blocking); empty when it has none or it cannot be read."""
+    """The summary in ``job_dir`` by run directory name (blocking); empty when it has none or it
+    cannot be read."""
     try:
         fd = os.open(os.path.join(job_dir, SUMMARY_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -87,7 +136,7 @@ def read(job_dir: str) -> dict[str, Entry]:
         try:
             fields = orjson.loads(line)
             ino, mtime_ns, size = fields.pop("file")
-            run_id = fields["id"]
+            run_id = fields.pop("run")
         except (ValueError, KeyError, TypeError, AttributeError):
             continue  # cut short, or not ours: that run is read from its file
         if type(run_id) is str and type(ino) is int and type(mtime_ns) is int and type(size) is int:

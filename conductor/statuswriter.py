@@ -48,6 +48,13 @@ UNSAFE = "unsafe"
 RESTART_AFTER_SECONDS = 30.0
 
 
+# A job directory's run summary is compacted once this many of its runs were removed here.
+COMPACT_AFTER = 1000
+# Runs removed from each job directory since its summary was last compacted (by this process:
+# a new one starts counting afresh, so at most this many lines of a job outlive their runs).
+_removed: dict[str, int] = {}
+
+
 def apply(items: list[Item]) -> list[Outcome]:
     """Carry out a batch in order; the items that did not succeed."""
     out: list[Outcome] = []
@@ -55,6 +62,7 @@ def apply(items: list[Item]) -> list[Outcome]:
         try:
             if blob is None:
                 _remove(Path(root), Path(path))
+                _compact_later(Path(root), Path(path).parent)
             else:
                 job = job_pb2.Job.FromString(blob)
                 line = runsummary.summary_line(job, write_job(os.path.join(path, STATUS_FILE), job))
@@ -65,6 +73,23 @@ def apply(items: list[Item]) -> list[Outcome]:
         except OSError as exc:
             out.append((key, FAILED, exc.strerror or type(exc).__name__))
     return out
+
+
+def _compact_later(root: Path, job_dir: Path) -> None:
+    """Count a run removed from ``job_dir``; compact its summary when enough were."""
+    count = _removed.get(str(job_dir), 0) + 1
+    if count < COMPACT_AFTER:
+        _removed[str(job_dir)] = count
+        return
+    _removed.pop(str(job_dir), None)
+    try:
+        with dir_without_links(root, job_dir) as fd:
+            runsummary.compact(fd)
+    except FileNotFoundError:
+        pass  # the whole job directory went
+    except (OSError, UnsafePath) as exc:
+        # The runs are removed all the same; the lines left are ignored by readers.
+        log.warning("run_summary_not_compacted", job_dir=str(job_dir), error=str(exc)[:200])
 
 
 def _remove(root: Path, path: Path) -> None:

@@ -15,6 +15,9 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
+from baton.common import runsummary
 from baton.conductor import statuswriter
 from baton.conductor.publisher import Publisher
 from baton.v1 import job_pb2
@@ -44,6 +47,10 @@ def _children() -> list[int]:
 def _job(root: Path, i: int) -> job_pb2.Job:
     run_dir = root / "p" / "g" / "n" / f"r{i}"
     return job_pb2.Job(id=f"j{i}", name="n", state=S.JOB_STATE_QUEUED, run_dir=str(run_dir), revision=i)
+
+
+def _run(job: job_pb2.Job) -> str:
+    return os.path.basename(job.run_dir)
 
 
 def _state(root: Path, i: int) -> str | None:
@@ -102,3 +109,40 @@ def test_a_killed_child_costs_no_status_file(tmp_path: Path) -> None:
     finally:
         publisher.close()
     assert not _children()
+
+
+def test_an_ended_run_gets_its_line_and_removed_runs_lose_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ended run's status.json comes with its line in the job's summary; once COMPACT_AFTER
+    of the job's runs were removed, the summary keeps only the lines of runs left."""
+    publisher = Publisher(tmp_path)
+    jobs = [_job(tmp_path, i) for i in range(1, 21)]
+    job_dir = tmp_path / "p" / "g" / "n"
+    try:
+        publisher.publish(_job(tmp_path, 21))  # live: no line
+        for job in jobs:
+            job.state = S.JOB_STATE_SUCCEEDED
+            job.create_time.FromSeconds(1_700_000_000 + job.revision)
+            publisher.publish(job)
+        assert publisher.flush(60)
+    finally:
+        publisher.close()
+    lines = runsummary.read(str(job_dir))
+    # By run directory: r1, r2... (the job ids here, j1, j2..., are not the directories' names).
+    assert set(lines) == {_run(j) for j in jobs}, "a line for each ended run, none for the live one"
+    for job in jobs:
+        fields, (ino, mtime_ns, size) = lines[_run(job)]
+        assert fields["id"] == job.id
+        st = (Path(job.run_dir) / "status.json").stat()
+        assert (ino, mtime_ns, size) == (st.st_ino, st.st_mtime_ns, st.st_size)
+        assert fields["state"] == "JOB_STATE_SUCCEEDED"
+        assert fields["createTime"] == job.create_time.ToJsonString()
+
+    monkeypatch.setattr(statuswriter, "COMPACT_AFTER", 5)
+    monkeypatch.setattr(statuswriter, "_removed", {})
+    removed = [(j.id, j.run_dir, None, str(tmp_path)) for j in jobs[:12]]
+    assert statuswriter.apply(removed) == []
+    assert not any(Path(j.run_dir).exists() for j in jobs[:12])
+    # Compacted at the fifth and the tenth removal: the two removed after keep their lines.
+    assert set(runsummary.read(str(job_dir))) == {_run(j) for j in jobs[10:]}

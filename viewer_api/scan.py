@@ -211,7 +211,7 @@ def summarized_run(key: RunKey, entry: runsummary.Entry) -> RunFile | None:
         run = _run(key, fields, b"", hash((ino, mtime_ns, size)))
     except ValueError:
         return None
-    return run if run.state in FINAL_STATES and run.job_id == key[3] else None
+    return run if run.state in FINAL_STATES else None
 
 
 def _run(key: RunKey, data: dict[str, Any], raw: bytes, signature: Signature) -> RunFile:
