@@ -431,7 +431,9 @@ def scan_status_under(
         return
     result.enter(path, prefix)
     runs = len(prefix) == 3
-    # Read after the directory is watched: a run that ends from now on raises an event.
+    # Ended runs from their lines, unread; a run with no usable line (live ones, whose
+    # directories are then watched) is read as before. A line made stale by a rewrite is
+    # put right by the reconciliation that follows a start from summaries.
     summary = runsummary.read(path) if runs and result.summaries else None
     for name, sub in subdirs(path, root, result.problems):
         if summary:
