@@ -27,7 +27,9 @@ The name starts with '.', so a reader of the tree that does not know it skips it
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from typing import Any
 
 import orjson
@@ -64,16 +66,29 @@ def summary_line(job: job_pb2.Job, st: os.stat_result) -> bytes | None:
 
 def append(job_dir: str, line: bytes) -> None:
     """Add ``line`` to the summary in ``job_dir`` (blocking). One write of a short line:
-    writers appending at once never interleave within a line."""
+    writers appending at once never interleave within a line. OSError when it cannot, or when
+    something other than a file (a link, a FIFO) has the summary's name."""
     fd = os.open(
         os.path.join(job_dir, SUMMARY_FILE),
-        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
         RUN_FILE_MODE,
     )
     try:
+        _regular(fd)
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+# Never blocks on a FIFO left under the summary's name; never follows a link.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _regular(fd: int) -> os.stat_result:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, f"{SUMMARY_FILE} is not a regular file")
+    return st
 
 
 def compact(dir_fd: int) -> int:
@@ -82,10 +97,11 @@ def compact(dir_fd: int) -> int:
     rename), so a reader sees the old summary or the new one. For the one process that
     appends to it: a line appended meanwhile by another would be lost."""
     try:
-        fd = os.open(SUMMARY_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(SUMMARY_FILE, _READ_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return 0
     try:
+        _regular(fd)
         data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
     finally:
         os.close(fd)
@@ -119,11 +135,11 @@ def read(job_dir: str) -> dict[str, Entry]:
     """The summary in ``job_dir`` by run directory name (blocking); empty when it has none or it
     cannot be read."""
     try:
-        fd = os.open(os.path.join(job_dir, SUMMARY_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(os.path.join(job_dir, SUMMARY_FILE), _READ_FLAGS)
     except OSError:
         return {}
     try:
-        st = os.fstat(fd)
+        st = _regular(fd)
         if st.st_size > MAX_SUMMARY_BYTES:
             return {}
         data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))

@@ -67,12 +67,21 @@ def apply(items: list[Item]) -> list[Outcome]:
                 job = job_pb2.Job.FromString(blob)
                 line = runsummary.summary_line(job, write_job(os.path.join(path, STATUS_FILE), job))
                 if line is not None:
-                    runsummary.append(os.path.dirname(path), line)
+                    _summarize(os.path.dirname(path), line)
         except UnsafePath as exc:
             out.append((key, UNSAFE, str(exc)))
         except OSError as exc:
             out.append((key, FAILED, exc.strerror or type(exc).__name__))
     return out
+
+
+def _summarize(job_dir: str, line: bytes) -> None:
+    """Append an ended run's line to its job's summary. The status file is written already and
+    is what counts: a line that cannot be added only costs a viewer's cold start one read."""
+    try:
+        runsummary.append(job_dir, line)
+    except OSError as exc:
+        log.warning("run_summary_not_appended", job_dir=job_dir, error=str(exc)[:200])
 
 
 def _compact_later(root: Path, job_dir: Path) -> None:

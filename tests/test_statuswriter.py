@@ -146,3 +146,16 @@ def test_an_ended_run_gets_its_line_and_removed_runs_lose_theirs(
     assert not any(Path(j.run_dir).exists() for j in jobs[:12])
     # Compacted at the fifth and the tenth removal: the two removed after keep their lines.
     assert set(runsummary.read(str(job_dir))) == {_run(j) for j in jobs[10:]}
+
+
+def test_a_fifo_named_as_the_summary_costs_its_line_not_the_status_file(tmp_path: Path) -> None:
+    """A job's own process can make files beside its run directory: one named as the summary
+    (here a FIFO, which a plain open would wait on for ever) never holds up the writer."""
+    job = _job(tmp_path, 1)
+    job.state = S.JOB_STATE_FAILED
+    job_dir = tmp_path / "p" / "g" / "n"
+    job_dir.mkdir(parents=True)
+    os.mkfifo(job_dir / runsummary.SUMMARY_FILE)
+    assert statuswriter.apply([(job.id, job.run_dir, job.SerializeToString(), str(tmp_path))]) == []
+    assert _state(tmp_path, 1) == "j1"
+    assert runsummary.read(str(job_dir)) == {}

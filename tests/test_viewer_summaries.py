@@ -10,6 +10,7 @@ Shapes, not times: the benchmark (``bench/scale.py``) times the cold start at a 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -68,12 +69,18 @@ def test_a_cold_start_from_summaries_converges_to_one_that_reads_every_file(
     runsummary.append(str(ended[31].path.parent), json.dumps(live_claim).encode() + b"\n")
     stranger = {"run": "no-such-run", "id": "no-such-run", "state": "JOB_STATE_SUCCEEDED", "file": [1, 2, 3]}
     runsummary.append(job_dir, json.dumps(stranger).encode() + b"\n")
+    # A FIFO where a summary was (a plain open would wait on it for ever): its runs are read.
+    fifo_dir = next(r.path.parent for r in reversed(ended) if str(r.path.parent) != job_dir)
+    fifo_lines = len(runsummary.read(str(fifo_dir)))
+    (fifo_dir / runsummary.SUMMARY_FILE).unlink()
+    os.mkfifo(fifo_dir / runsummary.SUMMARY_FILE)
 
     v = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
     indexer = v.running.indexer
-    # Every ended run came from its line, unread, but two: the one removed, and the one whose
-    # last line claims a live state (read from its file). A line cut short leaves the one before.
-    assert indexer.from_summaries == lines - 2
+    # Every ended run came from its line, unread, but two, and the FIFO's job's: the one
+    # removed, and the one whose last line claims a live state (read from its file). A line cut
+    # short leaves the one before.
+    assert indexer.from_summaries == lines - 2 - fifo_lines
     listed = {j.run_id: j.state for j in v.list_all()[0]}
     assert "no-such-run" not in listed and ended[20].key[3] not in listed
     _wait_reconciled(v)
