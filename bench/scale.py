@@ -768,6 +768,15 @@ def _started_viewer(run: _Run, cache: Path, log_name: str, name: str, what: str)
         return None
 
 
+def _reconciled(run: _Run, v: _Viewer, t0: float, name: str, what: str) -> bool:
+    """Wait for the viewer's first reconciliation; the figure ``name`` says when, from ``t0``."""
+    if v.wait_event("index_reconciled", run.limit) is None:
+        run.figures[name] = timed_out(run.limit, "s", what, None)
+        return False
+    run.figures[name] = figure(time.monotonic() - t0, "s", 1, what)
+    return True
+
+
 def _viewer_restart(run: _Run, cache: Path) -> None:
     runs = run.history.jobs + len(run.live_ids)
     t0 = time.monotonic()
@@ -781,13 +790,9 @@ def _viewer_restart(run: _Run, cache: Path) -> None:
             f"viewer restart from its index snapshot to serving over {runs} runs (lists as of the snapshot "
             "until reconciled)", Target("<=", 30.0, "s", ISSUE),
         )  # fmt: skip
-        done = v.wait_event("index_reconciled", run.limit)
-        if done is None:
-            run.figures["viewer_reconciled_s"] = timed_out(run.limit, "s", "restart to reconciled", None)
+        what = "viewer restart to its index reconciled with the tree"
+        if not _reconciled(run, v, t0, "viewer_reconciled_s", what):
             return
-        run.figures["viewer_reconciled_s"] = figure(
-            time.monotonic() - t0, "s", 1, "viewer restart to its index reconciled with the tree"
-        )
         run.figures["viewer_restart_rss_mb"] = figure(
             rss_mb(v.proc.pid), "MB", 1, "viewer RSS once reconciled", Target("<=", 1024.0, "MB", ISSUE)
         )
@@ -838,14 +843,9 @@ def _viewer_start(run: _Run, cache: Path) -> None:
         if run.details.get("viewer_index_ready", {}).get("from_summaries"):
             # Served from the job directories' summaries: every run taken from one is then
             # checked against its status file, in the background.
-            done = v.wait_event("index_reconciled", run.limit)
-            run.figures["viewer_cold_confirmed_s"] = (
-                timed_out(run.limit, "s", "cold start to every summarized run checked", None)
-                if done is None
-                else figure(
-                    time.monotonic() - t0, "s", 1,
-                    "viewer process start until every run taken from a summary is checked against its file",
-                )
+            _reconciled(
+                run, v, t0, "viewer_cold_confirmed_s",
+                "viewer process start until every run taken from a summary is checked against its file",
             )  # fmt: skip
         written = v.wait_event("index_snapshot_written", run.limit)
         if written is not None:
