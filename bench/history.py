@@ -59,7 +59,7 @@ from typing import Any
 
 from google.protobuf import descriptor, json_format, timestamp_pb2
 
-from baton.common import runsummary
+from baton.common import checkpointdirs, runsummary
 from baton.common import spec as specs
 from baton.common.layout import LOG_FILE, RUN_MARKER, STATUS_FILE, Layout
 from baton.common.modes import DIR_MODE, RUN_FILE_MODE, STATE_DIR_MODE, UMASK
@@ -539,6 +539,12 @@ def write_trees(items: list[_TreeItem], spec_json: dict[tuple[str, str, str], di
         # What layout.make_run_checkpoint_dir writes; ids are names, with nothing to escape.
         marker = f'{{"job_id": "{job.id}", "run_id": "{job.run_id}"}}\n'.encode()
         _write_file(os.path.join(job.checkpoint_dir, RUN_MARKER), marker)
+        if line is not None:
+            # And a line in its job's checkpoint summary, measured as the status writer does.
+            checkpoints = checkpointdirs.run_checkpoints(job.checkpoint_dir)
+            if checkpoints is not None:
+                ck_line = runsummary.checkpoint_line(job.checkpoint_dir, checkpoints)
+                runsummary.append(os.path.dirname(job.checkpoint_dir), ck_line)
     return len(items)
 
 

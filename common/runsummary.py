@@ -1,27 +1,37 @@
 """Run summaries: a line per ended run, in its job directory, for a viewer that starts cold.
 
-    <status_dir>/<project>/<group>/<name>/.runs.jsonl
+    <status_dir>/<project>/<group>/<name>/.runs.jsonl        what each run's status.json held
+    <checkpoints_dir>/<project>/<group>/<name>/.runs.jsonl   what each run's checkpoint directory held
 
 A viewer with no index of its own would otherwise open every run's
-status.json before it serves: at a million runs that is a million scattered
-reads, minutes on a disk whose cache does not hold the tree. With a summary it
-reads one file per job directory, serves at once, and checks the runs against
-their files in the background (``viewer_api.indexer``).
+status.json, and list every run's checkpoint directory, before it serves: at a
+million runs that is millions of scattered reads, minutes on a disk whose cache
+does not hold the trees. With summaries it reads one file per job directory in
+each tree, serves at once, and checks the runs against the trees in the
+background (``viewer_api.indexer``).
 
-The status files stay the truth; a summary only says what an ended run's file
-held when it was written, and which file that was (its inode, mtime and size),
-so a reader can tell a file rewritten since by a stat. A line is a JSON object:
-``run`` (the run directory's name), the status.json fields ``id``, ``state`` and
-its times as the file has them, and ``file`` ([inode, mtime_ns, size]). Whoever writes an ended
-run's status.json appends its line (the conductor's status writer, the
-benchmark's history generator). Lines are appended, never edited: the last line
-for a run wins, a line whose run directory is gone is ignored, and a line that
-does not parse (a write cut short) is skipped, its run read from its file.
-Only ended runs have lines: a live run changes, and is read from its file. The
-conductor's status writer, which removes run directories too, compacts a
-summary (``compact``) once it has removed many runs of that job.
+The trees stay the truth; a summary only says what an ended run left there
+when its line was written. Each line is a JSON object whose ``run`` is the run
+directory's name.
 
-The name starts with '.', so a reader of the tree that does not know it skips it.
+- A status line holds the status.json fields ``id``, ``state`` and its times as
+  the file has them, and ``file`` ([inode, mtime_ns, size]): which file that
+  was, so a reader can tell a file rewritten since by a stat.
+- A checkpoint line holds ``checkpoints``: for each checkpoint in the run's
+  directory, [suffix, mtime, bytes, files, configuration file, has a job spec],
+  measured as the viewer measures them (``common.checkpointdirs``). A run whose
+  directory cannot be summarized (a link in it, too many files) has no line.
+
+Whoever writes an ended run's status.json appends its lines (the conductor's
+status writer, the benchmark's history generator). Lines are appended, never
+edited: the last line for a run wins, a line whose run directory is gone is
+ignored, and a line that does not parse (a write cut short) is skipped, its
+run read from the tree. Only ended runs have lines: a live run changes, and is
+read. The conductor's status writer, which removes run directories too,
+compacts a summary (``compact``) once it has removed many runs of that job.
+
+The name starts with '.', so a reader of the tree that does not know it skips
+it, and it is never a checkpoint's name (``common.layout``).
 """
 
 from __future__ import annotations
@@ -30,12 +40,16 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
+from baton.common.checkpointdirs import Checkpoint
 from baton.common.jobs import FINAL_STATES
+from baton.common.layout import CONFIG_FILES, is_complete_checkpoint
 from baton.common.modes import RUN_FILE_MODE
+from baton.common.names import is_valid_name
 from baton.v1 import job_pb2
 
 SUMMARY_FILE = ".runs.jsonl"
@@ -46,6 +60,8 @@ _TIMES = (("createTime", "create_time"), ("startTime", "start_time"), ("endTime"
           ("heartbeatTime", "heartbeat_time"))  # fmt: skip
 # (the status.json fields a line repeats, as status.json has them; the file's (inode, mtime_ns, size))
 Entry = tuple[dict[str, Any], tuple[int, int, int]]
+# What a checkpoint line may name as a checkpoint's configuration file (none: "").
+_CONFIG_NAMES = frozenset({"", *CONFIG_FILES})
 
 
 def summary_line(job: job_pb2.Job, st: os.stat_result) -> bytes | None:
@@ -131,30 +147,82 @@ def _run_id(line: bytes) -> str | None:
     return run_id if isinstance(run_id, str) else None
 
 
-def read(job_dir: str) -> dict[str, Entry]:
-    """The summary in ``job_dir`` by run directory name (blocking); empty when it has none or it
-    cannot be read."""
+def _lines(job_dir: str) -> Iterator[dict[str, Any]]:
+    """The lines of the summary in ``job_dir`` that parse as objects with a string ``run``
+    (blocking); none when it has none or it cannot be read."""
     try:
         fd = os.open(os.path.join(job_dir, SUMMARY_FILE), _READ_FLAGS)
     except OSError:
-        return {}
+        return
     try:
         st = _regular(fd)
         if st.st_size > MAX_SUMMARY_BYTES:
-            return {}
+            return
         data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
     except OSError:
-        return {}
+        return
     finally:
         os.close(fd)
-    out: dict[str, Entry] = {}
     for line in data.splitlines():
         try:
             fields = orjson.loads(line)
+        except ValueError:
+            continue  # cut short: that run is read from its file
+        if type(fields) is dict and type(fields.get("run")) is str:
+            yield fields
+
+
+def read(job_dir: str) -> dict[str, Entry]:
+    """The status summary in ``job_dir`` by run directory name (blocking); empty when it has
+    none or it cannot be read."""
+    out: dict[str, Entry] = {}
+    for fields in _lines(job_dir):
+        try:
             ino, mtime_ns, size = fields.pop("file")
-            run_id = fields.pop("run")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue  # cut short, or not ours: that run is read from its file
-        if type(run_id) is str and type(ino) is int and type(mtime_ns) is int and type(size) is int:
-            out[run_id] = (fields, (ino, mtime_ns, size))
+        except (KeyError, TypeError, ValueError):
+            continue  # not a status line: that run is read from its file
+        if type(ino) is int and type(mtime_ns) is int and type(size) is int:
+            out[fields.pop("run")] = (fields, (ino, mtime_ns, size))
     return out
+
+
+def checkpoint_line(run_dir: str, checkpoints: list[Checkpoint]) -> bytes:
+    """The line for the ended run whose checkpoint directory is ``run_dir`` and holds
+    ``checkpoints`` (``common.checkpointdirs.run_checkpoints``)."""
+    return orjson.dumps({"run": os.path.basename(run_dir), "checkpoints": checkpoints}) + b"\n"
+
+
+def read_checkpoints(job_dir: str) -> dict[str, list[Checkpoint]]:
+    """The checkpoint summary in ``job_dir`` by run directory name (blocking): each run's
+    checkpoints as its line has them. A line whose checkpoints are not all well formed, with
+    names a run's checkpoint could have, is skipped: its run is read from the tree."""
+    out: dict[str, list[Checkpoint]] = {}
+    for fields in _lines(job_dir):
+        found = fields.get("checkpoints")
+        if type(found) is not list:
+            out.pop(fields["run"], None)
+            continue
+        checkpoints = [_checkpoint(c) for c in found]
+        if None in checkpoints:
+            out.pop(fields["run"], None)  # what the run holds now is unknown: read it
+        else:
+            out[fields["run"]] = checkpoints  # type: ignore[assignment]
+    return out
+
+
+def _checkpoint(item: Any) -> Checkpoint | None:
+    if type(item) is not list or len(item) != 6:
+        return None
+    suffix, mtime, size, files, config, spec = item
+    if (
+        type(suffix) is not str
+        or not is_complete_checkpoint(suffix)
+        or not is_valid_name(suffix)
+        or type(mtime) not in (int, float)
+        or type(size) is not int
+        or type(files) is not int
+        or config not in _CONFIG_NAMES
+        or type(spec) is not bool
+    ):
+        return None
+    return (suffix, float(mtime), size, files, config, spec)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import structlog
 
-from baton.common import runsummary
+from baton.common import checkpointdirs, runsummary
 from baton.common.jobfile import write_job
 from baton.common.layout import STATUS_FILE
 from baton.common.safeopen import UnsafePath, dir_without_links, remove_beneath
@@ -68,6 +68,7 @@ def apply(items: list[Item]) -> list[Outcome]:
                 line = runsummary.summary_line(job, write_job(os.path.join(path, STATUS_FILE), job))
                 if line is not None:
                     _summarize(os.path.dirname(path), line)
+                    _summarize_checkpoints(job.checkpoint_dir)
         except UnsafePath as exc:
             out.append((key, UNSAFE, str(exc)))
         except OSError as exc:
@@ -82,6 +83,14 @@ def _summarize(job_dir: str, line: bytes) -> None:
         runsummary.append(job_dir, line)
     except OSError as exc:
         log.warning("run_summary_not_appended", job_dir=job_dir, error=str(exc)[:200])
+
+
+def _summarize_checkpoints(run_dir: str) -> None:
+    """Append an ended run's checkpoint line to its job's checkpoint summary, when its
+    directory can be summarized (``common.checkpointdirs.run_checkpoints``)."""
+    found = checkpointdirs.run_checkpoints(run_dir) if run_dir else None
+    if found is not None:
+        _summarize(os.path.dirname(run_dir), runsummary.checkpoint_line(run_dir, found))
 
 
 def _compact_later(root: Path, job_dir: Path) -> None:

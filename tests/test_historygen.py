@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, json_format
 
-from baton.common import runsummary
+from baton.common import checkpointdirs, runsummary
 from baton.common.jobfile import job_to_json
 from baton.common.jobs import FINAL_STATES
 from baton.v1 import conductor_pb2 as pb
@@ -125,9 +125,11 @@ class Home:
 
 def assert_summarized(home: Home) -> None:
     """Every ended run has the last line for it in its job directory's summary: its status.json's
-    fields, and that file's inode, mtime and size."""
+    fields, and that file's inode, mtime and size; and one in its checkpoint directory's job
+    directory, when it was launched."""
     summaries: dict[str, dict[str, runsummary.Entry]] = {}
-    ended = 0
+    ck_summaries: dict[str, dict[str, list[checkpointdirs.Checkpoint]]] = {}
+    ended = ck_ended = 0
     for job_id in home.rows:
         job = home.job(job_id)
         job_dir = os.path.dirname(job.run_dir)
@@ -144,7 +146,13 @@ def assert_summarized(home: Home) -> None:
         status = json.loads(path.read_bytes())
         assert fields == {k: status[k] for k in fields}, job.id
         assert {"id", "state", "createTime"} <= set(fields), job.id
-    assert ended
+        if job.HasField("start_time"):
+            # A launched run's checkpoint directory has its line too, with what a scan finds there.
+            ck_dir = os.path.dirname(job.checkpoint_dir)
+            lines = ck_summaries.setdefault(ck_dir, runsummary.read_checkpoints(ck_dir))
+            assert lines.get(job.run_id) == checkpointdirs.run_checkpoints(job.checkpoint_dir) == [], job.id
+            ck_ended += 1
+    assert ended and ck_ended
 
 
 def runtime_shape(text: str) -> Any:
@@ -271,7 +279,7 @@ def test_a_generated_history_has_the_shape_of_jobs_made_through_the_api(
     run_dirs = {Path(gen.job(i).run_dir) for i in gen.rows}
     assert {p for p in gen.status.glob("*/*/*/*") if p.name != runsummary.SUMMARY_FILE} == run_dirs
     ckpt_dirs = {Path(gen.job(i).checkpoint_dir) for i in gen.rows if gen.job(i).HasField("start_time")}
-    assert {p for p in gen.checkpoints.glob("*/*/*/*")} == ckpt_dirs
+    assert {p for p in gen.checkpoints.glob("*/*/*/*") if p.name != runsummary.SUMMARY_FILE} == ckpt_dirs
 
     check_served(conductor_factory, history, gen, api_answers)
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from baton.common import runsummary
+from baton.common import checkpointdirs, runsummary
+from baton.common.layout import RUN_MARKER
 from baton.conductor import statuswriter
 from baton.conductor.publisher import Publisher
 from baton.v1 import job_pb2
+from baton.viewer_api import scan
 from tests.checks import wait_until
 
 S = job_pb2
@@ -159,3 +161,56 @@ def test_a_fifo_named_as_the_summary_costs_its_line_not_the_status_file(tmp_path
     assert statuswriter.apply([(job.id, job.run_dir, job.SerializeToString(), str(tmp_path))]) == []
     assert _state(tmp_path, 1) == "j1"
     assert runsummary.read(str(job_dir)) == {}
+
+
+def _checkpoint_dir(root: Path, i: int) -> Path:
+    """Run ``i``'s checkpoint directory, with its marker, as a launch makes it."""
+    path = root / "p" / "g" / "n" / f"r{i}"
+    path.mkdir(parents=True)
+    (path / RUN_MARKER).write_text("{}\n")
+    return path
+
+
+def test_an_ended_runs_checkpoints_get_a_line_with_what_a_scan_finds(tmp_path: Path) -> None:
+    """The line in the job's checkpoint summary holds each checkpoint as the viewer's scan
+    measures it; a run whose directory holds a link, or none, or that is live, has no line."""
+    ck_root = tmp_path / "checkpoints"
+    status_root = tmp_path / "status"
+    full = _checkpoint_dir(ck_root, 1)
+    for suffix, files in (
+        ("step-100", {"model.bin": 4096, "config.yaml": 20, "job.json": 30, "shards/rank0/part-0.bin": 700}),
+        ("step-200", {"model.bin": 5000, "config.json": 12}),
+        ("step-300.tmp", {"model.bin": 1}),  # still being written: not a checkpoint
+    ):
+        for rel, size in files.items():
+            (full / suffix / rel).parent.mkdir(parents=True, exist_ok=True)
+            (full / suffix / rel).write_bytes(b"x" * size)
+    empty = _checkpoint_dir(ck_root, 2)
+    linked = _checkpoint_dir(ck_root, 3)
+    (linked / "step-1").symlink_to(full / "step-100")
+    live = _checkpoint_dir(ck_root, 4)
+    jobs = [_job(status_root, i) for i in range(1, 6)]  # the fifth has no checkpoint directory
+    for job, path in zip(jobs, (full, empty, linked, live, None), strict=True):
+        job.checkpoint_dir = str(path) if path else ""
+        job.state = S.JOB_STATE_RUNNING if path is live else S.JOB_STATE_SUCCEEDED
+    publisher = Publisher(status_root)
+    try:
+        for job in jobs:
+            publisher.publish(job)
+        assert publisher.flush(60)
+        assert _children(), "written by the child process"
+    finally:
+        publisher.close()
+
+    lines = runsummary.read_checkpoints(str(full.parent))
+    assert set(lines) == {"r1", "r2"}, "the link's run and the live run are left to the viewer to read"
+    assert lines["r2"] == []
+    scanned = scan.scan_checkpoints(str(ck_root)).checkpoints
+    want = sorted((c.suffix, c.create_ts, c.size_bytes, c.file_count, c.config_file, c.has_job_spec)
+                  for c in scanned if c.run_id == "r1")  # fmt: skip
+    assert [c[0] for c in want] == ["step-100", "step-200"]
+    assert want[0][2:] == (4846, 4, "config.yaml", True)
+    assert sorted(lines["r1"]) == want
+    # A directory with more entries than the writer measures is left to the viewer too.
+    assert checkpointdirs.run_checkpoints(str(full), limit=8) is None
+    assert checkpointdirs.run_checkpoints(str(full), limit=20) == lines["r1"]

@@ -30,19 +30,23 @@ S = job_pb2
 RUNS = 6000
 
 
-def _everything(v: InProcessViewer) -> dict[str, Any]:
-    """What the viewer answers about the whole tree: every run's Job, every checkpoint, the counts."""
-    jobs, totals = v.list_all()
+def all_checkpoints(v: InProcessViewer) -> list[Any]:
+    """Every checkpoint the viewer lists, page by page."""
     ckpts: list[Any] = []
     token = ""
     while True:
-        resp = v.stub.ListCheckpoints(
-            vpb.ListCheckpointsRequest(page_token=token, page_size=1000), timeout=10
-        )
+        request = vpb.ListCheckpointsRequest(page_token=token, page_size=1000)
+        resp = v.stub.ListCheckpoints(request, timeout=10)
         ckpts.extend(resp.checkpoints)
         token = resp.next_page_token
         if not token:
-            break
+            return ckpts
+
+
+def _everything(v: InProcessViewer) -> dict[str, Any]:
+    """What the viewer answers about the whole tree: every run's Job, every checkpoint, the counts."""
+    jobs, totals = v.list_all()
+    ckpts = all_checkpoints(v)
     stats = v.stub.GetDashboardStats(vpb.GetDashboardStatsRequest(), timeout=10)
     projects = v.stub.ListProjects(vpb.ListProjectsRequest(), timeout=10)
     return {
@@ -59,7 +63,8 @@ def _everything(v: InProcessViewer) -> dict[str, Any]:
 def _wait_reconciled(v: InProcessViewer, timeout: float = 60.0) -> None:
     assert v.running is not None
     deadline = time.monotonic() + timeout
-    while v.running.indexer.from_snapshot or v.running.indexer.from_summaries:
+    indexer = v.running.indexer
+    while indexer.from_snapshot or indexer.from_summaries or indexer.checkpoints_from_summaries:
         assert time.monotonic() < deadline, "the reconciliation after a start from the snapshot never ended"
         time.sleep(0.05)
 

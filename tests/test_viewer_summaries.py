@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from baton.common import runsummary
+from baton.common import checkpointdirs, runsummary
 from baton.common.jobfile import job_from_json
 from baton.common.jobs import FINAL_STATES
 from baton.v1 import job_pb2
-from tests.test_viewer_snapshot import RUNS, _everything, _wait_reconciled
+from tests.test_viewer_snapshot import RUNS, _everything, _wait_reconciled, all_checkpoints
 from tests.treegen import format_ts, generate, write_status
 from tests.viewer_oracle import Oracle
 
@@ -96,6 +96,62 @@ def test_a_cold_start_from_summaries_converges_to_one_that_reads_every_file(
     every_file = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
     assert every_file.running.indexer.from_summaries == 0
     assert _everything(every_file) == after
+
+
+def _summarize_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Each run's line in its job's checkpoint summary, as the status writer would append it
+    (the runs' checkpoint directories it can summarize)."""
+    done = []
+    for marker in sorted(checkpoints_dir.glob("*/*/*/*/.baton-run")):
+        found = checkpointdirs.run_checkpoints(str(marker.parent))
+        if found is not None:
+            line = runsummary.checkpoint_line(str(marker.parent), found)
+            runsummary.append(str(marker.parent.parent), line)
+            done.append(marker.parent)
+    return done
+
+
+def test_a_cold_start_takes_runs_checkpoints_from_summaries_and_converges(
+    tmp_path: Path, viewer_factory: Any
+) -> None:
+    m = generate(tmp_path / "tree", runs=600, checkpoints=300, seed=10)
+    _summarize(m.status_dir)
+    summarized = [d for d in _summarize_checkpoints(m.checkpoints_dir) if any(d.iterdir())]
+    with_checkpoints = [d for d in summarized if any(p.is_dir() for p in d.iterdir())]
+    assert len(summarized) > 20 and len(with_checkpoints) > 5
+
+    # What makes a line wrong: a checkpoint written since, one removed since, a name that would
+    # lead out of the run's directory, a run whose directory is gone.
+    added = summarized[0] / "step-99999"
+    added.mkdir()
+    (added / "model.bin").write_bytes(b"x" * 1000)
+    removed = next(p for p in with_checkpoints[1].iterdir() if p.is_dir())
+    shutil.rmtree(removed)
+    hostile = summarized[2]
+    escape = ["..", 1.0, 1, 1, "", False]
+    runsummary.append(str(hostile.parent), runsummary.checkpoint_line(str(hostile), [escape]))  # type: ignore[list-item]
+    ghost = {"run": "no-such-run", "checkpoints": [["step-1", 1.0, 1, 1, "", False]]}
+    runsummary.append(str(summarized[3].parent), json.dumps(ghost).encode() + b"\n")
+
+    v = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
+    indexer = v.running.indexer
+    # Every summarized run's directory from its line, unlisted, but the one whose last line
+    # names a checkpoint out of it (listed instead).
+    assert indexer.checkpoints_from_summaries == len(summarized) - 1
+    served = {(c.run_id, c.suffix) for c in all_checkpoints(v)}
+    assert (added.parent.name, added.name) not in served, "the line, not the tree, was served"
+    assert not any(run == "no-such-run" or suffix == ".." for run, suffix in served)
+    _wait_reconciled(v)
+    after = _everything(v)
+    served = {(c.run_id, c.suffix) for c in all_checkpoints(v)}
+    assert (added.parent.name, added.name) in served and (removed.parent.name, removed.name) not in served
+    v.stop()
+
+    for summary in m.root.glob(f"*/*/*/*/{runsummary.SUMMARY_FILE}"):
+        summary.unlink()
+    every_dir = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
+    assert every_dir.running.indexer.checkpoints_from_summaries == 0
+    assert _everything(every_dir) == after
 
 
 def test_a_run_that_ends_after_a_start_from_summaries_shows(tmp_path: Path, viewer_factory: Any) -> None:

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from baton.common import runsummary
 from baton.common.layout import RUN_MARKER
 from baton.common.names import is_valid_name
 from baton.viewer_api import scan, snapshot
@@ -239,6 +240,8 @@ class Indexer:
         # Ended runs a cold start took from their job directories' summaries
         # (``common.runsummary``), unread; 0 once reconciled with their files.
         self.from_summaries = 0
+        # Ended runs' checkpoint directories it took from their summaries, unlisted; 0 likewise.
+        self.checkpoints_from_summaries = 0
 
     # ---------------------------------------------------------------- start
 
@@ -272,6 +275,7 @@ class Indexer:
             unwatched=self.unwatched,
             from_snapshot=self.from_snapshot,
             from_summaries=self.from_summaries,
+            checkpoints_from_summaries=self.checkpoints_from_summaries,
             **self.cold_phases,
         )
         if self.unwatched:
@@ -285,7 +289,7 @@ class Indexer:
         if self._watches is not None:
             self._tasks.append(asyncio.create_task(self._roots_changed()))
         interval = self._poll_interval if self.mode == "poll" else self._reconcile_interval
-        if self.from_snapshot or self.from_summaries:
+        if self.from_snapshot or self.from_summaries or self.checkpoints_from_summaries:
             # Served from the snapshot or the summaries at once; made to match the trees now,
             # in the background.
             self._spawn(self._reconcile_snapshot(t0))
@@ -326,7 +330,7 @@ class Indexer:
         changes = self.index.changes
         await self.reconcile()
         self.from_snapshot = False
-        self.from_summaries = 0
+        self.from_summaries = self.checkpoints_from_summaries = 0
         log.info(
             "index_reconciled",
             seconds=round(time.perf_counter() - t0, 3),
@@ -427,19 +431,20 @@ class Indexer:
         else:
             scanning = asyncio.to_thread(scan.scan_status, st.root, known, on_st, on_run, STATUS_SCAN_THREADS)
         status, ckpts = await asyncio.gather(
-            scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck, SCAN_THREADS)
+            scanning, asyncio.to_thread(scan.scan_checkpoints, ck.root, on_ck, SCAN_THREADS, summaries=cold)
         )
         if self._watches is not None:
             self._watches.take_over(st.kind, status.watched, status.unwatched)
         scanned = time.monotonic()
         if cold:
-            summarized = status.summarized
+            summarized, ck_summarized = status.summarized, ckpts.summarized
             loader.finish(ckpts.checkpoints, {**status.problems, **ckpts.problems})
             del status, ckpts, loader
             _return_free_memory()
             loaded = time.monotonic()
             self.cold_phases = {"scan_s": round(scanned - began, 3), "load_s": round(loaded - scanned, 3)}
             self.from_summaries = summarized
+            self.checkpoints_from_summaries = ck_summarized
             if self._watches is not None:
                 # The live runs' checkpoint directories, read again as if changed:
                 # that read watches each before listing it, so nothing made in one
@@ -527,6 +532,11 @@ class Indexer:
         return not self.index.is_ended(rel)
 
     def _changed(self, paths: set[Changed]) -> None:
+        # A line appended to a job directory's run summary (one per ended run, in each tree)
+        # changes nothing the index holds: it is read only at a cold start.
+        paths = {p for p in paths if len(p[1]) != 4 or p[1][3] != runsummary.SUMMARY_FILE}
+        if not paths:
+            return
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
         self._dirty |= paths

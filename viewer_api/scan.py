@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from baton.common import protojson, runsummary
+from baton.common import checkpointdirs, protojson, runsummary
 from baton.common.jobfile import MAX_STATUS_BYTES, load_json
-from baton.common.layout import CONFIG_FILES, JOB_SPEC_FILE, RUN_MARKER, STATUS_FILE, is_complete_checkpoint
+from baton.common.layout import STATUS_FILE, is_complete_checkpoint
 from baton.common.names import is_valid_name
 from baton.common.protojson import check_shape
 from baton.common.safeopen import UnsafePath, open_beneath
@@ -448,53 +448,6 @@ def scan_status_under(
         scan_status_under(root, (*prefix, name if runs else sys.intern(name)), sub, result, known)
 
 
-def _listing(path: str) -> list[os.DirEntry[str]] | None:
-    """The entries of the directory at ``path``; None when it is gone or unreadable."""
-    try:
-        with os.scandir(path) as it:
-            return list(it)
-    except OSError:
-        return None
-
-
-def _has_marker(entries: list[os.DirEntry[str]]) -> bool:
-    """Whether a listing holds the run marker (anything but a directory by that name)."""
-    for entry in entries:
-        if entry.name == RUN_MARKER:
-            try:
-                return not entry.is_dir(follow_symlinks=False)
-            except OSError:
-                return False
-    return False
-
-
-def _dir_usage(path: str, top: list[os.DirEntry[str]] | None = None) -> tuple[int, int, set[str]]:
-    """Bytes and files below ``path`` (links not followed), and the top level's file names.
-
-    ``top``: the top level's listing, when the caller has it already.
-    """
-    size = files = 0
-    names: set[str] = set()
-    stack: list[str] = []
-    level: list[os.DirEntry[str]] | None = top if top is not None else _listing(path)
-    first = True
-    while True:
-        for entry in level or ():
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                    continue
-                size += entry.stat(follow_symlinks=False).st_size
-            except OSError:
-                continue
-            files += 1
-            if first:
-                names.add(entry.name)
-        if not stack:
-            return size, files, names
-        level, first = _listing(stack.pop()), False
-
-
 def _checkpoint_dir(root: str, name: str, path: str) -> os.stat_result | str | None:
     """The status of a complete, validly named directory at ``path``; a problem; None when no checkpoint."""
     if not is_complete_checkpoint(name):
@@ -518,11 +471,9 @@ def _checkpoint_dir(root: str, name: str, path: str) -> os.stat_result | str | N
 
 
 def _checkpoint(
-    key: JobKey, run_id: str, suffix: str, path: str, mtime: float, usage: tuple[int, int, set[str]]
+    key: JobKey, run_id: str, suffix: str, path: str, mtime: float, usage: checkpointdirs.Usage
 ) -> CheckpointFile:
-    size, files, top = usage
-    config = next((c for c in CONFIG_FILES if c in top), "")
-    return CheckpointFile(key, run_id, suffix, path, mtime, size, files, config, JOB_SPEC_FILE in top)
+    return CheckpointFile(key, run_id, suffix, path, mtime, *usage)
 
 
 def read_checkpoint(
@@ -536,7 +487,7 @@ def read_checkpoint(
     lst = _checkpoint_dir(root, suffix, path)
     if not isinstance(lst, os.stat_result):
         return lst
-    return _checkpoint(key, run_id, suffix, path, lst.st_mtime, _dir_usage(path))
+    return _checkpoint(key, run_id, suffix, path, lst.st_mtime, checkpointdirs.usage(path))
 
 
 def read_checkpoint_item(
@@ -575,19 +526,20 @@ def read_checkpoint_item(
         lst = found
     if result.watch_items:
         result.enter(path, rel)
-    listing = _listing(path)
+    listing = checkpointdirs.listing(path)
     if listing is None:
         return  # gone meanwhile
-    if not _has_marker(listing):
+    if not checkpointdirs.has_marker(listing):
         if lst is None:
             try:
                 lst = os.stat(path)
             except OSError:
                 return
-        result.checkpoints.append(_checkpoint(key, "", name, path, lst.st_mtime, _dir_usage(path, listing)))
+        usage = checkpointdirs.usage(path, listing)
+        result.checkpoints.append(_checkpoint(key, "", name, path, lst.st_mtime, usage))
         return
     if not result.watch_items and result.enter(path, rel):
-        listing = _listing(path) or []
+        listing = checkpointdirs.listing(path) or []
     for sub in listing:
         try:
             if not sub.is_dir(follow_symlinks=True):
@@ -601,14 +553,19 @@ def read_checkpoint_item(
             result.problems[sub.path] = got
 
 
-def scan_checkpoints(root: str, on_dir: OnDir | None = None, threads: int = 1) -> ScanResult:
+def scan_checkpoints(
+    root: str, on_dir: OnDir | None = None, threads: int = 1, *, summaries: bool = False
+) -> ScanResult:
     """Every checkpoint under ``root``.
 
     With ``threads``, that many job directories are read at once: on a disk
     whose cache does not hold the tree, each entry costs a read that waits,
-    and a disk answers several at a time about as fast as one.
+    and a disk answers several at a time about as fast as one. With
+    ``summaries``, an ended run's checkpoints are taken from its line in its
+    job directory's summary (``common.runsummary``) when it has one, its
+    directory unlisted (a cold start).
     """
-    result = ScanResult(on_dir=on_dir)
+    result = ScanResult(on_dir=on_dir, summaries=summaries)
     if not os.path.isdir(root):
         return result
     root = os.path.realpath(root)
@@ -626,7 +583,7 @@ def scan_checkpoints(root: str, on_dir: OnDir | None = None, threads: int = 1) -
             )
 
     def scan_job(job: tuple[tuple[str, ...], str]) -> ScanResult:
-        part = ScanResult(on_dir=on_dir)
+        part = ScanResult(on_dir=on_dir, summaries=summaries)
         scan_checkpoints_under(root, job[0], job[1], part)
         return part
 
@@ -634,6 +591,7 @@ def scan_checkpoints(root: str, on_dir: OnDir | None = None, threads: int = 1) -
         for part in pool.map(scan_job, jobs):
             result.checkpoints.extend(part.checkpoints)
             result.problems.update(part.problems)
+            result.summarized += part.summarized
     return result
 
 
@@ -644,15 +602,37 @@ def scan_checkpoints_under(root: str, prefix: tuple[str, ...], path: str, result
         return
     result.enter(path, prefix)
     if len(prefix) == 3:
+        key: JobKey = prefix  # type: ignore[assignment]
+        summary = runsummary.read_checkpoints(path) if result.summaries else None
         # Checkpoint names that are still being written are skipped, not problems.
-        for entry in _listing(path) or ():
+        for entry in checkpointdirs.listing(path) or ():
             try:
                 if not entry.is_dir(follow_symlinks=True):
                     continue
             except OSError:
                 continue
-            item: tuple[str, str, str, str] = (*prefix, entry.name)  # type: ignore[assignment]
+            if summary and _summarized(key, entry, summary, result):
+                continue
+            item: tuple[str, str, str, str] = (*key, entry.name)
             read_checkpoint_item(root, item, entry.path, result, entry)
         return
     for name, sub in subdirs(path, root, result.problems):
         scan_checkpoints_under(root, (*prefix, name), sub, result)
+
+
+def _summarized(
+    key: JobKey,
+    entry: os.DirEntry[str],
+    summary: dict[str, list[checkpointdirs.Checkpoint]],
+    result: ScanResult,
+) -> bool:
+    """Take the checkpoints of the run whose directory ``entry`` is from its summary line;
+    False when it has none (or is a link: a line speaks only of a real directory)."""
+    checkpoints = summary.get(entry.name)
+    if checkpoints is None or entry.is_symlink() or not is_valid_name(entry.name):
+        return False
+    for suffix, mtime, *usage in checkpoints:
+        path = os.path.join(entry.path, suffix)
+        result.checkpoints.append(CheckpointFile(key, entry.name, suffix, path, mtime, *usage))  # type: ignore[arg-type]
+    result.summarized += 1
+    return True
