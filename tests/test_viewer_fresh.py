@@ -23,6 +23,7 @@ import pytest
 from baton.common.layout import Layout, make_run_checkpoint_dir
 from baton.v1 import job_pb2
 from baton.v1 import viewer_pb2 as vpb
+from baton.viewer_api.indexer import rescan_pause
 from baton.viewer_api.scan import FINAL_STATES
 from tests.checks import error_info
 from tests.treegen import Manifest, format_ts, generate, write_status
@@ -562,3 +563,14 @@ def test_a_reconciliation_scan_does_not_undo_newer_changes(tmp_path: Path, viewe
 
 async def _monotonic() -> float:
     return time.monotonic()
+
+
+def test_safety_net_rescans_take_at_most_a_tenth_of_the_time() -> None:
+    """A tree whose rescan takes longer than a tenth of --reconcile-interval is rescanned less
+    often, not back to back: at a million runs on a cold disk one takes minutes."""
+    assert rescan_pause(300.0, 0.0) == 300.0
+    assert rescan_pause(300.0, 30.0) == pytest.approx(300.0)
+    assert rescan_pause(300.0, 480.0) == pytest.approx(4320.0)
+    for scan_s in (0.5, 33.4, 480.0, 3600.0):
+        pause = rescan_pause(300.0, scan_s)
+        assert scan_s / (scan_s + pause) <= 0.1 + 1e-9

@@ -181,6 +181,18 @@ class IndexerObserver:
         """Changes inotify reported were in the index ``lag`` seconds after the first was noticed."""
 
 
+# The periodic safety-net rescan (inotify mode) takes at most this share of the viewer's time:
+# on a tree so large, or a disk so slow, that one takes longer than a tenth of the interval,
+# the pause after it grows.
+RESCAN_SHARE = 0.1
+
+
+def rescan_pause(interval: float, last_scan_s: float) -> float:
+    """Seconds to wait before the next periodic rescan: ``interval``, or longer, so that rescans
+    that took ``last_scan_s`` each fill no more than RESCAN_SHARE of the time."""
+    return max(interval, last_scan_s * (1 - RESCAN_SHARE) / RESCAN_SHARE)
+
+
 class Indexer:
     def __init__(
         self,
@@ -228,6 +240,8 @@ class Indexer:
         # Batches of changes applied since start, and the paths in them (for tests and the log).
         self.batches = 0
         self.changes_applied = 0
+        # How long the last reconciliation scan took, end to end (seconds).
+        self.last_reconcile_s = 0.0
         # How long the cold start's scan and load took (seconds), for the log.
         self.cold_phases: dict[str, float] = {}
         # The index snapshot's file (``snapshot.py``; None: none kept), and the
@@ -378,7 +392,12 @@ class Indexer:
 
     async def _periodic(self, interval: float) -> None:
         while True:
-            await asyncio.sleep(interval)
+            # Polling, the scan is how changes are seen: it runs as often as asked.
+            last = self.last_reconcile_s if self.mode == "inotify" else 0.0
+            pause = rescan_pause(interval, last)
+            if pause > interval:
+                log.info("rescan_spaced", seconds=round(pause, 1), last_rescan_s=round(last, 1))
+            await asyncio.sleep(pause)
             try:
                 await self.reconcile()
             except Exception:
@@ -461,7 +480,8 @@ class Indexer:
         if self._watches is not None:
             self._watches.forget_unwatched_before(began)
         self._observer.scanned(scanned - began)
-        self._observer.reconciled(time.monotonic() - began)
+        self.last_reconcile_s = time.monotonic() - began
+        self._observer.reconciled(self.last_reconcile_s)
         if self._cache is not None and not cold and self.index.changes != self._saved_changes:
             self._spawn(self._save())
 
