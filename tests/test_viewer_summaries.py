@@ -90,12 +90,18 @@ def test_a_cold_start_from_summaries_converges_to_one_that_reads_every_file(
                   if j.run_id == r.key[3]]  # fmt: skip
         assert job.state in (S.JOB_STATE_CANCELLED, S.JOB_STATE_FAILED) and job.state != r.state
     v.stop()
+    _assert_as_without_summaries(m.root, viewer_factory, after)
 
-    for summary in m.status_dir.glob(f"*/*/*/{runsummary.SUMMARY_FILE}"):
+
+def _assert_as_without_summaries(root: Path, viewer_factory: Any, answers: dict[str, Any]) -> None:
+    """A cold start once every summary is gone (so every file is read, every directory listed)
+    answers ``answers``."""
+    for summary in root.glob(f"*/*/*/*/{runsummary.SUMMARY_FILE}"):
         summary.unlink()
-    every_file = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
-    assert every_file.running.indexer.from_summaries == 0
-    assert _everything(every_file) == after
+    every_file = viewer_factory(home=root, index_cache="off", reconcile_interval=3600)
+    indexer = every_file.running.indexer
+    assert indexer.from_summaries == indexer.checkpoints_from_summaries == 0
+    assert _everything(every_file) == answers
 
 
 def _summarize_checkpoints(checkpoints_dir: Path) -> list[Path]:
@@ -146,12 +152,7 @@ def test_a_cold_start_takes_runs_checkpoints_from_summaries_and_converges(
     served = {(c.run_id, c.suffix) for c in all_checkpoints(v)}
     assert (added.parent.name, added.name) in served and (removed.parent.name, removed.name) not in served
     v.stop()
-
-    for summary in m.root.glob(f"*/*/*/*/{runsummary.SUMMARY_FILE}"):
-        summary.unlink()
-    every_dir = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
-    assert every_dir.running.indexer.checkpoints_from_summaries == 0
-    assert _everything(every_dir) == after
+    _assert_as_without_summaries(m.root, viewer_factory, after)
 
 
 def test_a_run_that_ends_after_a_start_from_summaries_shows(tmp_path: Path, viewer_factory: Any) -> None:
