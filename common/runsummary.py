@@ -14,8 +14,10 @@ The trees stay the truth; a summary only says what an ended run left there
 when its line was written. Each line is a JSON object whose ``run`` is the run
 directory's name.
 
-- A status line holds the status.json fields ``id``, ``state`` and its times as
-  the file has them, and ``file`` ([inode, mtime_ns, size]): which file that
+- A status line holds the status.json fields ``id`` and ``state`` as the file
+  has them; ``ts``, its create, start, end and heartbeat times in seconds since
+  the epoch (0.0 when absent), as a viewer parses them from the file
+  (``common.rfc3339``); and ``file`` ([inode, mtime_ns, size]): which file that
   was, so a reader can tell a file rewritten since by a stat.
 - A checkpoint line holds ``checkpoints``: for each checkpoint in the run's
   directory, [suffix, mtime, bytes, files, configuration file, has a job spec],
@@ -50,15 +52,15 @@ from baton.common.jobs import FINAL_STATES
 from baton.common.layout import CONFIG_FILES, is_complete_checkpoint
 from baton.common.modes import RUN_FILE_MODE
 from baton.common.names import is_valid_name
+from baton.common.rfc3339 import rfc3339_seconds
 from baton.v1 import job_pb2
 
 SUMMARY_FILE = ".runs.jsonl"
 # A summary larger than this is not read (a reader reads the runs' files instead).
 MAX_SUMMARY_BYTES = 256 << 20
-# The timestamps a line repeats: (proto3 JSON name, field name).
-_TIMES = (("createTime", "create_time"), ("startTime", "start_time"), ("endTime", "end_time"),
-          ("heartbeatTime", "heartbeat_time"))  # fmt: skip
-# (the status.json fields a line repeats, as status.json has them; the file's (inode, mtime_ns, size))
+# The times a line holds, in this order.
+_TIMES = ("create_time", "start_time", "end_time", "heartbeat_time")
+# (a status line's fields but ``run`` and ``file``; the file's (inode, mtime_ns, size))
 Entry = tuple[dict[str, Any], tuple[int, int, int]]
 # What a checkpoint line may name as a checkpoint's configuration file (none: "").
 _CONFIG_NAMES = frozenset({"", *CONFIG_FILES})
@@ -73,9 +75,11 @@ def summary_line(job: job_pb2.Job, st: os.stat_result) -> bytes | None:
     if job.id:
         fields["id"] = job.id
     fields["state"] = job_pb2.JobState.Name(job.state)
-    for json_name, name in _TIMES:
-        if job.HasField(name):
-            fields[json_name] = getattr(job, name).ToJsonString()
+    # Each time as the viewer parses it from status.json (0.0: absent), so the line gives the
+    # very float a read of the file would, and a reader parses no time at all.
+    fields["ts"] = [
+        rfc3339_seconds(getattr(job, name).ToJsonString()) if job.HasField(name) else 0.0 for name in _TIMES
+    ]
     fields["file"] = [st.st_ino, st.st_mtime_ns, st.st_size]
     return orjson.dumps(fields) + b"\n"
 

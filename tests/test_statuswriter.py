@@ -24,6 +24,7 @@ from baton.conductor.publisher import Publisher
 from baton.v1 import job_pb2
 from baton.viewer_api import scan
 from tests.checks import wait_until
+from tests.test_historygen import assert_line_reads_as_file
 
 S = job_pb2
 
@@ -134,12 +135,7 @@ def test_an_ended_run_gets_its_line_and_removed_runs_lose_theirs(
     # By run directory: r1, r2... (the job ids here, j1, j2..., are not the directories' names).
     assert set(lines) == {_run(j) for j in jobs}, "a line for each ended run, none for the live one"
     for job in jobs:
-        fields, (ino, mtime_ns, size) = lines[_run(job)]
-        assert fields["id"] == job.id
-        st = (Path(job.run_dir) / "status.json").stat()
-        assert (ino, mtime_ns, size) == (st.st_ino, st.st_mtime_ns, st.st_size)
-        assert fields["state"] == "JOB_STATE_SUCCEEDED"
-        assert fields["createTime"] == job.create_time.ToJsonString()
+        assert_line_reads_as_file(lines[_run(job)], job.run_dir)
 
     monkeypatch.setattr(statuswriter, "COMPACT_AFTER", 5)
     monkeypatch.setattr(statuswriter, "_removed", {})

@@ -65,9 +65,15 @@ def test_a_cold_start_from_summaries_converges_to_one_that_reads_every_file(
     job_dir = str(ended[30].path.parent)
     runsummary.append(job_dir, b'{"run": "' + ended[30].key[3].encode() + b'", "sta')
     run_id = ended[31].key[3]
-    live_claim = {"run": run_id, "id": run_id, "state": "JOB_STATE_RUNNING", "file": [1, 2, 3]}
+    times = [1.7e9, 1.7e9 + 1, 0.0, 0.0]
+    live_claim = {"run": run_id, "id": run_id, "state": "JOB_STATE_RUNNING", "ts": times, "file": [1, 2, 3]}
     runsummary.append(str(ended[31].path.parent), json.dumps(live_claim).encode() + b"\n")
-    stranger = {"run": "no-such-run", "id": "no-such-run", "state": "JOB_STATE_SUCCEEDED", "file": [1, 2, 3]}
+    run_id = ended[32].key[3]
+    bad_times = {"run": run_id, "id": run_id, "state": "JOB_STATE_FAILED", "ts": ["1.7e9", 0, 0, 0],
+                 "file": [1, 2, 3]}  # fmt: skip
+    runsummary.append(str(ended[32].path.parent), json.dumps(bad_times).encode() + b"\n")
+    stranger = {"run": "no-such-run", "id": "no-such-run", "state": "JOB_STATE_SUCCEEDED", "ts": times,
+                "file": [1, 2, 3]}  # fmt: skip
     runsummary.append(job_dir, json.dumps(stranger).encode() + b"\n")
     # A FIFO where a summary was (a plain open would wait on it for ever): its runs are read.
     fifo_dir = next(r.path.parent for r in reversed(ended) if str(r.path.parent) != job_dir)
@@ -77,10 +83,10 @@ def test_a_cold_start_from_summaries_converges_to_one_that_reads_every_file(
 
     v = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
     indexer = v.running.indexer
-    # Every ended run came from its line, unread, but two, and the FIFO's job's: the one
-    # removed, and the one whose last line claims a live state (read from its file). A line cut
-    # short leaves the one before.
-    assert indexer.from_summaries == lines - 2 - fifo_lines
+    # Every ended run came from its line, unread, but three, and the FIFO's job's: the one
+    # removed, and the ones whose last lines claim a live state or give times that are not
+    # seconds (read from their files). A line cut short leaves the one before.
+    assert indexer.from_summaries == lines - 3 - fifo_lines
     listed = {j.run_id: j.state for j in v.list_all()[0]}
     assert "no-such-run" not in listed and ended[20].key[3] not in listed
     _wait_reconciled(v)

@@ -12,7 +12,6 @@ reported as problems (counted in the stats), never indexed.
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import os
 import stat
 import sys
@@ -25,6 +24,7 @@ from baton.common.jobfile import MAX_STATUS_BYTES, load_json
 from baton.common.layout import STATUS_FILE, is_complete_checkpoint
 from baton.common.names import is_valid_name
 from baton.common.protojson import check_shape
+from baton.common.rfc3339 import rfc3339_seconds
 from baton.common.safeopen import UnsafePath, open_beneath
 from baton.v1 import job_pb2
 
@@ -46,58 +46,8 @@ OUTSIDE_LINK = "outside_link"
 _STATES = {v.name: v.number for v in job_pb2.JobState.DESCRIPTOR.values}
 # States a run never leaves: its status.json changes only if another program rewrites it.
 FINAL_STATES = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
-_EPOCH = datetime.datetime(1970, 1, 1)
-# Seconds at the start of each minute seen ("YYYY-MM-DDTHH:MM:" -> seconds):
-# runs cluster in time, so most timestamps hit this cache.
-_MINUTES: dict[str, float] = {}
-_MINUTES_MAX = 200_000
 # A hash of a status file's inode, mtime and size: whether it changed since read.
 Signature = int
-
-
-def _minute(prefix: str) -> float:
-    if prefix[16] != ":":
-        raise ValueError(f"not an RFC 3339 time: {prefix!r}")
-    seconds = (datetime.datetime.fromisoformat(prefix[:16]) - _EPOCH).total_seconds()
-    if len(_MINUTES) >= _MINUTES_MAX:
-        _MINUTES.clear()
-    _MINUTES[prefix] = seconds
-    return seconds
-
-
-def rfc3339_seconds(text: Any) -> float:
-    """Seconds since the epoch of a proto3-JSON timestamp; 0.0 when absent."""
-    if not text:
-        return 0.0
-    if text.__class__ is str and len(text) >= 20 and text[-1] == "Z":
-        # A minute seen before (so its "YYYY-MM-DDTHH:MM:" is valid): four of a
-        # run's times cost a few dict reads. A million runs' cold scan reads four million.
-        minute = _MINUTES.get(text[:17])
-        if minute is not None:
-            secs = text[17:19]
-            if secs.isdigit():
-                if len(text) == 20:
-                    return minute + int(secs)
-                if text[19] == "." and text[20:-1].isdigit():
-                    return minute + int(secs) + float(text[19:-1])
-    return _rfc3339_seconds(text)
-
-
-def _rfc3339_seconds(text: Any) -> float:
-    if not isinstance(text, str):
-        raise ValueError("timestamp is not a string")
-    if len(text) >= 20 and text[-1] == "Z" and text[10] == "T" and text[17:19].isdigit():
-        # What json_format writes: UTC, whole seconds, then an optional fraction.
-        prefix = text[:17]
-        minute = _MINUTES.get(prefix)
-        if minute is None:
-            minute = _minute(prefix)
-        whole = minute + int(text[17:19])
-        if len(text) == 20:
-            return whole
-        if text[19] == "." and text[20:-1].isdigit():
-            return whole + float(text[19:-1])
-    return datetime.datetime.fromisoformat(text).timestamp()
 
 
 class RunFile(NamedTuple):
@@ -207,11 +157,21 @@ def summarized_run(key: RunKey, entry: runsummary.Entry) -> RunFile | None:
     """An ended run as its job directory's summary has it (``common.runsummary``); None
     when the line is not one an ended run's status.json could have."""
     fields, (ino, mtime_ns, size) = entry
-    try:
-        run = _run(key, fields, b"", hash((ino, mtime_ns, size)))
-    except ValueError:
+    name, job_id, times = fields.get("state"), fields.get("id", ""), fields.get("ts")
+    state = _STATES.get(name) if name.__class__ is str else None
+    if (
+        state not in FINAL_STATES
+        or job_id.__class__ is not str
+        or times.__class__ is not list
+        or len(times) != 4
+    ):
         return None
-    return run if run.state in FINAL_STATES else None
+    create, start, end, beat = times
+    if not (create.__class__ is start.__class__ is end.__class__ is beat.__class__ is float):
+        return None
+    if job_id == key[3]:
+        job_id = key[3]  # one string object for both, not two
+    return RunFile(key, job_id, state, create, start, end, beat, b"", hash((ino, mtime_ns, size)))
 
 
 def _run(key: RunKey, data: dict[str, Any], raw: bytes, signature: Signature) -> RunFile:
