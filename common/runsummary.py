@@ -190,9 +190,10 @@ def read(job_dir: str) -> dict[str, Entry]:
     return out
 
 
-def checkpoint_line(run_dir: str, checkpoints: list[Checkpoint]) -> bytes:
+def checkpoint_line(run_dir: str, checkpoints: list[Checkpoint] | None) -> bytes:
     """The line for the ended run whose checkpoint directory is ``run_dir`` and holds
-    ``checkpoints`` (``common.checkpointdirs.run_checkpoints``)."""
+    ``checkpoints`` (``common.checkpointdirs.run_checkpoints``); with None, a line that says
+    nothing of them, so a reader lists the directory whatever lines came before."""
     return orjson.dumps({"run": os.path.basename(run_dir), "checkpoints": checkpoints}) + b"\n"
 
 

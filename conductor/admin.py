@@ -65,7 +65,7 @@ class Admin:
                     found = await asyncio.to_thread(layout.find_checkpoints, project, group, name, ref)
                     job = f"{project}/{group}/{name}"
                     targets.append(one_checkpoint(found, ref, job, f"suffixes[{i}]", lambda f: f.ref).path)
-                return await asyncio.to_thread(ckpt.delete, root, targets)
+                return await asyncio.to_thread(ckpt.delete_some, root, base, targets)
             except UnsafePath as exc:
                 raise refusal(exc) from None
 

@@ -18,6 +18,7 @@ import os
 import stat
 from pathlib import Path
 
+from baton.common import checkpointdirs, runsummary
 from baton.common.layout import RUN_MARKER, is_complete_checkpoint
 from baton.common.safeopen import dir_without_links, remove_beneath
 
@@ -81,11 +82,28 @@ def existing(root: Path, base: Path) -> tuple[list[Path], list[Path]]:
 
 
 def delete_all(root: Path, base: Path) -> tuple[int, int]:
-    """Remove every checkpoint of a job, then its runs' directories; returns (count, bytes)."""
+    """Remove every checkpoint of a job, then its runs' directories and its checkpoint summary;
+    returns (count, bytes)."""
     checkpoints, runs = existing(root, base)
     counted = delete(root, checkpoints)
     # What is left of a run's directory is its marker and any half-written checkpoint.
     delete(root, runs)
+    # Its lines all speak of runs now gone: the job's directory is left empty.
+    with contextlib.suppress(FileNotFoundError), dir_without_links(root, base) as bfd:
+        os.unlink(runsummary.SUMMARY_FILE, dir_fd=bfd)
+    return counted
+
+
+def delete_some(root: Path, base: Path, targets: list[Path]) -> tuple[int, int]:
+    """``delete`` these checkpoints of the job at ``base``. Each run's directory they were in
+    gets a new line in the job's checkpoint summary (the last line for a run wins), so a viewer
+    starting cold from the summary shows none of them."""
+    counted = delete(root, targets)
+    for run_dir in sorted({t.parent for t in targets if t.parent != base}):
+        # None (the directory cannot be summarized now) makes a line that has readers list it.
+        found = checkpointdirs.run_checkpoints(str(run_dir))
+        with contextlib.suppress(OSError):
+            runsummary.append(str(base), runsummary.checkpoint_line(str(run_dir), found))
     return counted
 
 

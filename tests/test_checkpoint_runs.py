@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,9 +22,11 @@ from grpc_status import rpc_status
 
 from baton.client import exitcodes
 from baton.client.cli import main
+from baton.common import runsummary
 from baton.common.layout import RUN_MARKER
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2
+from baton.v1 import viewer_pb2 as vpb
 from tests.harness import InProcessConductor
 from tests.procs import log_lines, log_text, spec_yaml, train_command, wait_until
 
@@ -153,3 +156,35 @@ def test_a_checkpoint_pause_of_a_job_that_saves_nothing_says_so(
     wait_until(lambda: log_text(conductor.get(job.id)) == "up\nup\n", what="the second start")
     again = conductor.get(job.id)
     assert again.resume_dir == "", "nothing was saved: there is nothing to resume from"
+
+
+def test_an_ended_runs_checkpoints_are_summarized_and_a_deletion_updates_the_summary(
+    conductor: InProcessConductor, viewer_factory: Any
+) -> None:
+    """The conductor leaves an ended run's checkpoints in its job's checkpoint summary, for a
+    viewer starting cold; deleting one of them gives the run a new line, so that viewer never
+    shows a checkpoint that is gone, and deleting them all leaves the job's directory empty."""
+    command = 'for s in 1 2 3; do d="$BATON_CHECKPOINT_DIR/step-$s"; mkdir "$d"; echo w > "$d/m"; done'
+    writes = spec_yaml(name="summed", command=command)
+    run = conductor.wait_ended(conductor.submit(writes).id)
+    base = Path(run.checkpoint_dir).parent
+
+    def line() -> list[Any] | None:
+        return runsummary.read_checkpoints(str(base)).get(run.run_id)
+
+    wait_until(lambda: line() is not None, 30, "the ended run's checkpoint line")
+    assert sorted(c[0] for c in line() or ()) == ["step-1", "step-2", "step-3"]
+
+    request = pb.DeleteCheckpointsRequest(project=run.project, group=run.group, name=run.name,
+                                          suffixes=[f"{run.run_id}/step-2"])  # fmt: skip
+    assert conductor.stub.DeleteCheckpoints(request, timeout=10).deleted_count == 1
+    assert sorted(c[0] for c in line() or ()) == ["step-1", "step-3"]
+    viewer = viewer_factory(home=conductor.home, index_cache="off", reconcile_interval=3600)
+    assert viewer.running.indexer.checkpoints_from_summaries == 1
+    listing = vpb.ListCheckpointsRequest(project=run.project, name=run.name)
+    shown = viewer.stub.ListCheckpoints(listing, timeout=10)
+    assert sorted(c.suffix for c in shown.checkpoints) == ["step-1", "step-3"]
+
+    request = pb.DeleteCheckpointsRequest(project=run.project, group=run.group, name=run.name)
+    assert conductor.stub.DeleteCheckpoints(request, timeout=10).deleted_count == 2
+    assert not any(base.iterdir()), list(base.iterdir())

@@ -16,6 +16,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, json_format
 
+from baton.common import runsummary
 from baton.v1 import conductor_pb2 as pb
 from baton.v1 import job_pb2, viewer_pb2
 from tests.checks import bad_request_fields, live_group_members, wait_for_text, wait_group_gone, wait_until
@@ -154,11 +155,14 @@ def gate_command(gate: Path) -> str:
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
-    """Every entry under ``roots``: directories, link targets, file contents (links not followed)."""
+    """Every entry under ``roots``: directories, link targets, file contents (links not followed).
+    Run summaries are left out: a job's end appends to them, whenever its status is written."""
     out: dict[str, str] = {}
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             for name in dirnames + filenames:
+                if name == runsummary.SUMMARY_FILE:
+                    continue
                 path = os.path.join(dirpath, name)
                 if os.path.islink(path):
                     out[path] = "link:" + os.readlink(path)
