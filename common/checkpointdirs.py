@@ -60,11 +60,11 @@ def has_marker(entries: list[os.DirEntry[str]]) -> bool:
 def usage(path: str, top: list[os.DirEntry[str]] | None = None) -> Usage:
     """What the checkpoint directory at ``path`` holds; ``top``: its listing, when the caller
     has it already."""
-    return _measure(path, top, 0)[0]
+    return _measure(path, top, None)[0]
 
 
-def _measure(path: str, top: list[os.DirEntry[str]] | None, limit: int) -> tuple[Usage, int]:
-    """``usage``, and how many entries lie below ``path``; _TooBig past ``limit`` (0: none)."""
+def _measure(path: str, top: list[os.DirEntry[str]] | None, limit: int | None) -> tuple[Usage, int]:
+    """``usage``, and how many entries lie below ``path``; _TooBig past ``limit`` (None: none)."""
     size = files = seen = 0
     names: set[str] = set()
     stack: list[str] = []
@@ -72,7 +72,7 @@ def _measure(path: str, top: list[os.DirEntry[str]] | None, limit: int) -> tuple
     first = True
     while True:
         seen += len(level or ())
-        if limit and seen > limit:
+        if limit is not None and seen > limit:
             raise _TooBig
         for entry in level or ():
             try:
@@ -111,7 +111,7 @@ def run_checkpoints(path: str, limit: int = MAX_SUMMARIZED_ENTRIES) -> list[Chec
         return None
     out: list[Checkpoint] = []
     budget = limit - len(entries)
-    if budget <= 0:
+    if budget < 0:
         return None
     try:
         for entry in entries:
@@ -122,8 +122,6 @@ def run_checkpoints(path: str, limit: int = MAX_SUMMARIZED_ENTRIES) -> list[Chec
             if not is_valid_name(entry.name):
                 return None
             mtime = entry.stat(follow_symlinks=False).st_mtime
-            if budget <= 0:
-                return None
             found, seen = _measure(entry.path, None, budget)
             budget -= seen
             out.append((entry.name, mtime, *found))

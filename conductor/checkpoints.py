@@ -18,9 +18,13 @@ import os
 import stat
 from pathlib import Path
 
+import structlog
+
 from baton.common import checkpointdirs, runsummary
 from baton.common.layout import RUN_MARKER, is_complete_checkpoint
 from baton.common.safeopen import dir_without_links, remove_beneath
+
+log = structlog.get_logger(__name__)
 
 
 def _usage(dir_fd: int, name: str) -> int:
@@ -102,8 +106,12 @@ def delete_some(root: Path, base: Path, targets: list[Path]) -> tuple[int, int]:
     for run_dir in sorted({t.parent for t in targets if t.parent != base}):
         # None (the directory cannot be summarized now) makes a line that has readers list it.
         found = checkpointdirs.run_checkpoints(str(run_dir))
-        with contextlib.suppress(OSError):
+        try:
             runsummary.append(str(base), runsummary.checkpoint_line(str(run_dir), found))
+        except OSError as exc:
+            # The deletion stands; a viewer starting cold shows the run as its old line has
+            # it until its reconciliation.
+            log.warning("run_summary_not_appended", job_dir=str(base), error=str(exc)[:200])
     return counted
 
 

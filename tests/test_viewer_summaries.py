@@ -144,6 +144,12 @@ def test_a_cold_start_takes_runs_checkpoints_from_summaries_and_converges(
     runsummary.append(str(hostile.parent), runsummary.checkpoint_line(str(hostile), [escape]))  # type: ignore[list-item]
     ghost = {"run": "no-such-run", "checkpoints": [["step-1", 1.0, 1, 1, "", False]]}
     runsummary.append(str(summarized[3].parent), json.dumps(ghost).encode() + b"\n")
+    # A directory whose name says it is still being written is no run's, whatever a line says.
+    half = summarized[4].parent / "half.tmp"
+    (half / "step-1").mkdir(parents=True)
+    (half / ".baton-run").write_text("{}\n")
+    half_line = runsummary.checkpoint_line(str(half), [("step-1", 1.0, 1, 1, "", False)])
+    runsummary.append(str(half.parent), half_line)
 
     v = viewer_factory(home=m.root, index_cache="off", reconcile_interval=3600)
     indexer = v.running.indexer
@@ -152,7 +158,7 @@ def test_a_cold_start_takes_runs_checkpoints_from_summaries_and_converges(
     assert indexer.checkpoints_from_summaries == len(summarized) - 1
     served = {(c.run_id, c.suffix) for c in all_checkpoints(v)}
     assert (added.parent.name, added.name) not in served, "the line, not the tree, was served"
-    assert not any(run == "no-such-run" or suffix == ".." for run, suffix in served)
+    assert not any(run in ("no-such-run", "half.tmp") or suffix == ".." for run, suffix in served)
     _wait_reconciled(v)
     after = _everything(v)
     served = {(c.run_id, c.suffix) for c in all_checkpoints(v)}

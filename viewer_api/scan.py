@@ -587,9 +587,12 @@ def _summarized(
     result: ScanResult,
 ) -> bool:
     """Take the checkpoints of the run whose directory ``entry`` is from its summary line;
-    False when it has none (or is a link: a line speaks only of a real directory)."""
+    False when it has none, or when the entry is not one a line may speak of (a link, or a
+    name the scan would skip or report)."""
     checkpoints = summary.get(entry.name)
-    if checkpoints is None or entry.is_symlink() or not is_valid_name(entry.name):
+    if checkpoints is None or entry.is_symlink():
+        return False
+    if not is_complete_checkpoint(entry.name) or not is_valid_name(entry.name):
         return False
     for suffix, mtime, *usage in checkpoints:
         path = os.path.join(entry.path, suffix)
